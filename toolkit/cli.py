@@ -1,0 +1,242 @@
+"""The `toolkit` command. It only dispatches: each command parses its arguments,
+loads the config, calls one function, and turns our exceptions into exit codes
+(2 for bad input, 1 for a failed run). Heavy libraries are imported inside the
+commands that need them, so `toolkit --help` and `validate` never load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from toolkit import __version__
+from toolkit.errors import ToolkitError, UsageError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if not getattr(args, "takes_overrides", False) and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.func(args, extra) or 0
+    except ToolkitError as exc:
+        print(exc.render(), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="toolkit", allow_abbrev=False,
+        description="Containerized, reproducible post-training for Qwen3 and Qwen3-MoE.",
+        epilog="Config keys can be overridden after the config path: --micro-batch-size 2")
+    parser.add_argument("--version", action="version", version=f"toolkit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func, help: str, overrides: bool = False):
+        p = sub.add_parser(name, help=help, description=help, allow_abbrev=False)
+        p.set_defaults(func=func, takes_overrides=overrides)
+        return p
+
+    def runtime_options(p):
+        p.add_argument("--runtime", choices=["docker", "local"], default=None,
+                       help="where to run: the toolkit image (default outside a container) "
+                            "or this Python environment (default inside one)")
+        p.add_argument("--image", default=None,
+                       help="image to run in (default: the cpu variant, built if missing)")
+
+    p = command("validate", cmd_validate, "check a config and print every resolved value",
+                overrides=True)
+    p.add_argument("config")
+
+    p = command("train", cmd_train, "train as the config says", overrides=True)
+    p.add_argument("config")
+    runtime_options(p)
+
+    p = command("merge-lora", cmd_merge, "merge the trained LoRA adapter into the base model",
+                overrides=True)
+    p.add_argument("config")
+    runtime_options(p)
+
+    p = command("tiny-model", cmd_tiny,
+                "build the tiny random-init Qwen3 and tokenizer the demo and tests use")
+    p.add_argument("out_dir")
+    p.add_argument("--moe", action="store_true", help="a Qwen3-MoE instead of a dense Qwen3")
+    p.add_argument("--seed", type=int, default=0)
+    runtime_options(p)
+
+    images = sub.add_parser("images", help="the image matrix: list and build variants",
+                            allow_abbrev=False)
+    isub = images.add_subparsers(dest="images_command", required=True, metavar="SUBCOMMAND")
+    p = isub.add_parser("list", help="the variants and their tags", allow_abbrev=False)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_images_list, takes_overrides=False)
+    p = isub.add_parser("build", help="build one variant's image", allow_abbrev=False)
+    p.add_argument("variant")
+    p.add_argument("--base", help="build on this base image instead of the matrix's")
+    p.add_argument("--local-base", action="store_true",
+                   help="build the base from Debian's archive (debootstrap; for air-gapped hosts)")
+    p.add_argument("--wheelhouse", type=Path, help="install from these wheels, offline")
+    p.add_argument("--online", action="store_true",
+                   help="let pip reach the package index inside the build")
+    p.add_argument("--ca-bundle", type=Path, help="CA bundle for pip inside the build")
+    p.set_defaults(func=cmd_images_build, takes_overrides=False)
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# commands
+
+
+def _load(args, extra):
+    from toolkit.config import load_config, parse_overrides
+
+    return load_config(args.config, parse_overrides(extra))
+
+
+def _runtime():
+    from toolkit.runtime import Runtime
+
+    return Runtime()
+
+
+def cmd_validate(args, extra) -> int:
+    from toolkit.config import dump_resolved
+
+    loaded = _load(args, extra)
+    sys.stdout.write(dump_resolved(loaded))
+    return 0
+
+
+def cmd_train(args, extra) -> int:
+    loaded = _load(args, extra)
+    cfg = loaded.config
+    if _runtime_of(args) == "docker":
+        from toolkit.launch import config_paths, run_in_container
+
+        reads, writes, network = config_paths(cfg)
+        command = ["toolkit", "train", str(Path(args.config).absolute()), "--runtime", "local",
+                   *extra]
+        code = run_in_container(_runtime(), _image(args), command,
+                                [Path(args.config), *reads], writes, network)
+        if code != 0:
+            return _container_failed(code)
+    else:
+        from toolkit.trainer.sft import train
+
+        train(loaded)
+    if cfg.uses_lora:
+        print(f"adapter and tokenizer: {cfg.output_dir}\nlog: {cfg.output_dir}/train.log\n"
+              f"next: toolkit merge-lora {args.config}")
+    return 0
+
+
+def cmd_merge(args, extra) -> int:
+    from toolkit.merge import check_inputs
+
+    loaded = _load(args, extra)
+    check_inputs(Path(loaded.config.output_dir))
+    if _runtime_of(args) == "docker":
+        from toolkit.launch import config_paths, run_in_container
+
+        reads, writes, network = config_paths(loaded.config)
+        command = ["toolkit", "merge-lora", str(Path(args.config).absolute()),
+                   "--runtime", "local", *extra]
+        code = run_in_container(_runtime(), _image(args), command,
+                                [Path(args.config), *reads], writes, network)
+        return _container_failed(code) if code else 0
+    from toolkit.merge import merge_lora
+
+    merge_lora(loaded)
+    return 0
+
+
+def cmd_tiny(args, extra) -> int:
+    out = Path(args.out_dir)
+    if (out / "config.json").exists():
+        print(f"{out} already holds a model; remove it to build a new one")
+        return 0
+    if _runtime_of(args) == "docker":
+        from toolkit.launch import run_in_container
+
+        command = ["toolkit", "tiny-model", str(out.absolute()), "--runtime", "local",
+                   "--seed", str(args.seed), *(["--moe"] if args.moe else [])]
+        code = run_in_container(_runtime(), _image(args), command, [], [out])
+        return _container_failed(code) if code else 0
+    from toolkit.tiny import write_tiny_model
+
+    write_tiny_model(out, moe=args.moe, seed=args.seed)
+    print(f"wrote a tiny {'Qwen3-MoE' if args.moe else 'Qwen3'} and its tokenizer to {out}")
+    return 0
+
+
+def cmd_images_list(args, extra) -> int:
+    from toolkit.images import list_rows
+
+    rows = list_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    cols = ["variant", "accelerator", "torch", "python", "tag", "base"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
+    return 0
+
+
+def cmd_images_build(args, extra) -> int:
+    from toolkit.images import BuildOptions, build_image, get_variant
+
+    for flag in ("wheelhouse", "ca_bundle"):
+        path = getattr(args, flag)
+        if path is not None and not path.exists():
+            raise UsageError(f"--{flag.replace('_', '-')} {path}: does not exist")
+    opts = BuildOptions(base=args.base, local_base=args.local_base, wheelhouse=args.wheelhouse,
+                        online=args.online, ca_bundle=args.ca_bundle)
+    print(build_image(get_variant(args.variant), _runtime(), opts))
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def _runtime_of(args) -> str:
+    from toolkit.launch import default_runtime, in_container
+
+    chosen = args.runtime or default_runtime()
+    if chosen == "docker" and in_container():
+        raise UsageError("--runtime docker inside the toolkit container: Docker is not "
+                         "available here; drop the flag (local is the default inside)")
+    return chosen
+
+
+def _image(args) -> str:
+    from toolkit.images import DEFAULT_VARIANT, ensure_image, get_variant
+    from toolkit.runtime import Docker
+
+    runtime = _runtime()
+    Docker(runtime).require()
+    if args.image:
+        if Docker(runtime).inspect_image(args.image) is None:
+            raise UsageError(f"--image {args.image}: no such image here; build one with "
+                             "`toolkit images build VARIANT` or `docker pull` it")
+        return args.image
+    return ensure_image(get_variant(DEFAULT_VARIANT), runtime)
+
+
+def _container_failed(code: int) -> int:
+    hint = {137: "it was killed (out of memory, or `docker stop`)",
+            125: "docker could not start it (see the message above)"}.get(code, "see its log above")
+    print(f"error: the container exited with code {code}: {hint}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,459 @@
+"""The one typed config, over axolotl's key names.
+
+`load_config(path, overrides)` reads YAML, applies command-line overrides, and
+validates everything at once: field types and ranges (pydantic), cross-field
+rules (`_cross_field_problems`, the only place they live) and the files the
+config points at (`_path_problems`). Every problem names its key path, the
+value, what is accepted and the fix; they are raised together as one
+ConfigError. Validation never changes a value: deriving values from hardware
+(`bf16: auto`) is the trainer's explicit resolve step.
+
+This module must stay importable without torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from toolkit.errors import ConfigError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+
+# Data file suffixes we read, mapped to the `datasets` builder that reads them.
+DATA_SUFFIXES = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".csv": "csv",
+}
+
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+# Optimizers the trainer can build on every backend we ship (names as transformers spells them).
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_bnb_8bit",
+    "paged_adamw_8bit",
+    "adamw_8bit",
+    "adafactor",
+    "sgd",
+)
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
+)
+
+# axolotl keys we know but do not implement yet: refused by name, with what to do instead.
+UNSUPPORTED_KEYS = {
+    "rl": "preference training is not implemented yet; train SFT, or use axolotl for DPO",
+    "sample_packing": "sample packing is not implemented yet; remove the key (rows are padded per batch)",
+    "deepspeed": "DeepSpeed is not supported yet; remove the key to train on one device",
+    "fsdp": "FSDP is not supported yet; remove the key to train on one device",
+    "fsdp_config": "FSDP is not supported yet; remove the key to train on one device",
+    "reward_model": "reward models are not implemented yet",
+    "process_reward_model": "process reward models are not implemented yet",
+    "flash_attention": "use attn_implementation: flash_attention_2 (on a GPU image)",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MessageMapping(_Strict):
+    role: str = "role"
+    content: str = "content"
+
+
+class DatasetConfig(_Strict):
+    """One entry of `datasets:` (axolotl's `type: chat_template`)."""
+
+    path: str
+    type: Literal["chat_template"] = "chat_template"
+    ds_type: Literal["json", "parquet", "arrow", "csv"] | None = None
+    data_files: str | list[str] | None = None
+    split: str = "train"
+    field_messages: str = "messages"
+    message_property_mappings: MessageMapping = MessageMapping()
+    # Extra source role names mapped onto the canonical roles, e.g. {user: [human], assistant: [gpt]}.
+    roles: dict[Literal["system", "user", "assistant", "tool"], list[str]] | None = None
+    roles_to_train: list[Literal["system", "user", "assistant", "tool"]] = ["assistant"]
+    # Which end-of-turn tokens carry loss: each trained turn's, every turn's, the last one's, none.
+    train_on_eos: Literal["turn", "all", "last", "none"] = "turn"
+
+
+class Config(_Strict):
+    """A training run. Key names and meanings follow axolotl's."""
+
+    base_model: str
+    tokenizer_config: str | None = None
+    chat_template: Literal["tokenizer_default", "qwen3", "chatml", "jinja"] = "tokenizer_default"
+    chat_template_jinja: str | None = None
+    eot_tokens: list[str] | None = None
+
+    datasets: Annotated[list[DatasetConfig], Field(min_length=1)]
+    val_set_size: Annotated[float, Field(ge=0)] = 0.0
+    output_dir: str = "./outputs/model-out"
+    sequence_len: PositiveInt = 2048
+    # What happens to a row longer than sequence_len; both are counted and reported.
+    excess_length_strategy: Literal["drop", "truncate"] = "drop"
+    train_on_inputs: bool = False
+
+    adapter: Literal["lora", "qlora", "none"] | None = None
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    lora_r: PositiveInt = 8
+    lora_alpha: PositiveInt = 16
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    lora_target_modules: list[str] | str | None = None
+    lora_target_linear: bool = False
+    lora_modules_to_save: list[str] | None = None
+
+    micro_batch_size: PositiveInt = 1
+    gradient_accumulation_steps: PositiveInt = 1
+    num_epochs: Annotated[float, Field(gt=0)] = 1.0
+    max_steps: PositiveInt | None = None
+    learning_rate: Annotated[float, Field(gt=0)] = 2e-4
+    optimizer: Literal[OPTIMIZERS] = "adamw_torch"  # type: ignore[valid-type]
+    lr_scheduler: Literal[LR_SCHEDULERS] = "cosine"  # type: ignore[valid-type]
+    warmup_steps: NonNegInt | None = None
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = None
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
+
+    bf16: bool | Literal["auto"] = "auto"
+    fp16: bool = False
+    tf32: bool = False
+    gradient_checkpointing: bool = False
+
+    logging_steps: PositiveInt = 1
+    save_steps: PositiveInt | None = None
+    saves_per_epoch: PositiveInt | None = None
+    save_total_limit: PositiveInt | None = None
+    seed: int = 42
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.adapter in ("lora", "qlora")
+
+    def digest(self) -> str:
+        """A stable hash of every validated value (what run.json calls the config hash)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config plus where each top-level value came from."""
+
+    config: Config
+    path: Path
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------
+# loading
+
+
+def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> LoadedConfig:
+    """Read, override and validate a config; raise ConfigError listing every problem."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    overrides = overrides or {}
+    sources = {key: "file" for key in raw}
+    problems: list[str] = []
+    for dotted, value in overrides.items():
+        try:
+            _set_dotted(raw, dotted, value)
+        except (KeyError, IndexError, TypeError) as exc:
+            problems.append(f"--{dotted.replace('_', '-')}: cannot override ({exc}); "
+                            "use a top-level key or a path like datasets.0.path")
+            continue
+        sources[dotted.split(".")[0]] = "command line"
+
+    problems += _unsupported_problems(raw)
+    known = {k: v for k, v in raw.items() if k not in UNSUPPORTED_KEYS}
+    config = None
+    try:
+        config = Config.model_validate(known)
+    except ValidationError as exc:
+        problems += _describe_all(exc.errors())
+    problems += _cross_field_problems(known)
+    problems += _path_problems(known)
+    if problems:
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise ConfigError(f"{path}: {len(problems)} {noun}", problems)
+    for name in Config.model_fields:
+        sources.setdefault(name, "default")
+    return LoadedConfig(config=config, path=path, sources=sources)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; pass the YAML config file inside it")
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist; pass the path of a YAML config "
+                          "(examples are in configs/)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}; fix the syntax "
+                          "(indentation, a missing ':' or an unclosed quote)") from None
+    if raw is None:
+        raise ConfigError(f"{path} is empty; start from an example in configs/")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a YAML mapping of keys to values, "
+                          f"got a {type(raw).__name__}; start from an example in configs/")
+    return raw
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`--micro-batch-size 2 --datasets.0.path x` → {"micro_batch_size": 2, ...}.
+
+    Values are parsed as YAML scalars (so `2` is an int, `true` a bool); a flag
+    without a value means true, as in axolotl.
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --key value "
+                              "(e.g. --micro-batch-size 2)")
+        name = arg[2:]
+        value: Any
+        if "=" in name:
+            name, text = name.split("=", 1)
+            value = _yaml_scalar(text)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = _yaml_scalar(args[i + 1])
+            i += 1
+        else:
+            value = True
+        out[name.replace("-", "_")] = value
+        i += 1
+    return out
+
+
+def _yaml_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = raw
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+# ---------------------------------------------------------------------------
+# problems
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _key_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The key names accepted at the level of `loc` (for 'did you mean')."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        nested = _nested_model(annotation)
+        if nested is None:
+            return []
+        model = nested
+    return list(model.model_fields)
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """Drop pydantic's union-branch labels (e.g. 'bool', "literal['auto']") from a location."""
+    return tuple(p for p in loc if isinstance(p, int) or not _is_branch(p))
+
+
+def _is_branch(part: str) -> bool:
+    return part.startswith(("literal[", "list[", "dict[", "function-")) or part in (
+        "str", "int", "bool", "float", "none", "MessageMapping", "DatasetConfig")
+
+
+def _expected(err: dict) -> str:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind == "literal_error":
+        return str(ctx.get("expected"))
+    if kind.startswith("greater_than") or kind.startswith("less_than"):
+        sign = {"greater_than": ">", "greater_than_equal": "≥", "less_than": "<",
+                "less_than_equal": "≤"}[kind]
+        return f"a number {sign} {next(iter(ctx.values()))}"
+    names = {"bool": "true or false", "int": "a whole number", "float": "a number",
+             "string": "a string", "list": "a list", "dict": "a mapping", "model": "a mapping"}
+    for prefix, words in names.items():
+        if kind.startswith(prefix):
+            return words
+    return err["msg"][0].lower() + err["msg"][1:]
+
+
+def _describe_all(errors: list[dict]) -> list[str]:
+    """One line per key path; union branches that all failed are merged into one line."""
+    by_key: dict[str, list[dict]] = {}
+    for err in errors:
+        by_key.setdefault(_key_path(_clean_loc(err["loc"])), []).append(err)
+    out = []
+    for key, errs in by_key.items():
+        first = errs[0]
+        loc = _clean_loc(first["loc"])
+        if first["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc), n=1, cutoff=0.6)
+            fix = f"did you mean '{close[0]}'?" if close else "remove it or check the spelling"
+            out.append(f"{key}: unknown key; {fix}")
+        elif first["type"] == "missing":
+            out.append(f"{key}: required key is missing; add it (see configs/ for examples)")
+        elif first["type"] == "too_short":
+            out.append(f"{key}: is empty; give at least one entry")
+        else:
+            accepted = " or ".join(dict.fromkeys(_expected(e) for e in errs))
+            out.append(f"{key}: got {_show(first.get('input'))}; accepted: {accepted}; "
+                       f"fix: set {key.split('.')[-1]} to " + ("one of those" if " or " in accepted else accepted))
+    return out
+
+
+def _unsupported_problems(raw: dict) -> list[str]:
+    return [f"{key}: not supported by toolkit ({why})"
+            for key, why in UNSUPPORTED_KEYS.items() if key in raw]
+
+
+def _cross_field_problems(raw: dict) -> list[str]:
+    """Rules that span fields. They read the raw values and only judge well-typed ones."""
+    out = []
+    adapter = raw.get("adapter")
+    if adapter == "qlora" and raw.get("load_in_4bit") is not True:
+        out.append("adapter: 'qlora' needs load_in_4bit: true; add `load_in_4bit: true` "
+                   "or use adapter: lora")
+    if raw.get("load_in_4bit") is True and adapter != "qlora":
+        out.append(f"load_in_4bit: true needs adapter: qlora (got adapter: {_show(adapter)}); "
+                   "a 4-bit base can only be trained through an adapter")
+    if raw.get("load_in_4bit") is True and raw.get("load_in_8bit") is True:
+        out.append("load_in_4bit and load_in_8bit are both true; keep one")
+    if raw.get("warmup_steps") is not None and raw.get("warmup_ratio") is not None:
+        out.append(f"warmup_steps ({_show(raw['warmup_steps'])}) and warmup_ratio "
+                   f"({_show(raw['warmup_ratio'])}) are both set; keep one")
+    if raw.get("save_steps") is not None and raw.get("saves_per_epoch") is not None:
+        out.append("save_steps and saves_per_epoch are both set; keep one")
+    if raw.get("bf16") is True and raw.get("fp16") is True:
+        out.append("bf16 and fp16 are both true; keep one (bf16: auto picks for you)")
+    template = raw.get("chat_template", "tokenizer_default")
+    if template == "jinja" and not raw.get("chat_template_jinja"):
+        out.append("chat_template: 'jinja' needs chat_template_jinja (the template text); "
+                   "add it or pick qwen3 / chatml / tokenizer_default")
+    if raw.get("chat_template_jinja") and template != "jinja":
+        out.append(f"chat_template_jinja is set but chat_template is {_show(template)}; "
+                   "set chat_template: jinja to use it")
+    val = raw.get("val_set_size")
+    if isinstance(val, (int, float)) and val >= 1 and float(val) != int(val):
+        out.append(f"val_set_size: got {val}; use a fraction below 1 or a whole number of rows")
+    return out
+
+
+def is_local_ref(ref: str) -> bool:
+    """Whether a model or dataset reference names a local path rather than a hub id."""
+    if ref.startswith(("/", "./", "../", "~")) or os.path.exists(os.path.expanduser(ref)):
+        return True
+    return Path(ref).suffix in DATA_SUFFIXES or ref.count("/") != 1
+
+
+def _path_problems(raw: dict) -> list[str]:
+    """Files the config points at. Reads raw values so it runs even when other keys are wrong."""
+    out = []
+    for key in ("base_model", "tokenizer_config"):
+        ref = raw.get(key)
+        if isinstance(ref, str) and is_local_ref(ref) and not Path(ref).expanduser().exists():
+            hint = (f"; for the bundled demo run `toolkit tiny-model {ref}` (or `make train`)"
+                    if "tiny" in ref else
+                    "; give an existing model folder or a hub id like Qwen/Qwen3-8B")
+            out.append(f"{key}: {ref!r} does not exist (looked in "
+                       f"{Path(ref).expanduser().resolve()}){hint}")
+    datasets = raw.get("datasets")
+    for i, ds in enumerate(datasets if isinstance(datasets, list) else []):
+        ref = ds.get("path") if isinstance(ds, dict) else None
+        if not isinstance(ref, str) or not is_local_ref(ref):
+            continue
+        where = Path(ref).expanduser()
+        if not where.exists():
+            out.append(f"datasets[{i}].path: {ref!r} does not exist (looked in "
+                       f"{where.resolve()}); fix the path (relative paths start at the "
+                       "directory you run toolkit from)")
+        elif where.is_file() and ds.get("ds_type") is None and where.suffix not in DATA_SUFFIXES:
+            out.append(f"datasets[{i}].path: cannot tell the format of {ref!r}; "
+                       f"set ds_type to one of {sorted(set(DATA_SUFFIXES.values()))}")
+    out_dir = raw.get("output_dir")
+    if isinstance(out_dir, str) and Path(out_dir).expanduser().is_file():
+        out.append(f"output_dir: {out_dir!r} is a file; choose a directory path")
+    return out
+
+
+def dump_resolved(loaded: LoadedConfig) -> str:
+    """The validated config as YAML, each top-level key annotated with its source."""
+    data = loaded.config.model_dump(mode="json")
+    lines = [f"# {loaded.path} (validated; '# default' marks values not set in the file)"]
+    for key, value in data.items():
+        block = yaml.safe_dump({key: value}, sort_keys=False, allow_unicode=True).rstrip()
+        source = loaded.sources.get(key, "default")
+        first, *rest = block.splitlines()
+        lines.append(first if source == "file" else f"{first}  # {source}")
+        lines += rest
+    return "\n".join(lines) + "\n"

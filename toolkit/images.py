@@ -1,0 +1,323 @@
+"""The image matrix (images/matrix.yaml) and building its variants.
+
+A variant's tag is derived from its lock: `toolkit:{variant}-{sha256(lock)[:12]}`,
+so the same lock gives the same tag. The image also records the hash of
+toolkit's own source in a label; `ensure_image` rebuilds (a cached, code-only
+rebuild) when the checkout's source differs, so the container never runs stale
+code.
+
+Air-gapped hosts: when the base cannot be pulled, the build falls back, out
+loud, to a base made from Debian's archive (debootstrap, then `docker import`).
+Wheels come from a wheelhouse that the host's pip fills (the default), from a
+wheelhouse you give, or from the package index inside the build (`--online`,
+with `--ca-bundle` for a TLS proxy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from toolkit import __version__
+from toolkit.errors import RuntimeFailure, UsageError
+from toolkit.runtime import Docker, Runtime
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+IMAGES_DIR = REPO_ROOT / "images"
+CACHE_DIR = Path(os.environ.get("TOOLKIT_CACHE", REPO_ROOT / ".cache"))
+LOCAL_BASE_REPO = "toolkit-base"
+DEFAULT_VARIANT = "cpu"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    accelerator: str
+    base: str
+    base_digest: str | None
+    local_base_suite: str
+    local_base_packages: tuple[str, ...]
+    python: str
+    torch: str
+    torch_index: str
+    platform: str
+    lock: Path
+
+    @property
+    def lock_sha256(self) -> str:
+        return hashlib.sha256(self.lock.read_bytes()).hexdigest()
+
+    @property
+    def tag(self) -> str:
+        return f"toolkit:{self.name}-{self.lock_sha256[:12]}"
+
+    @property
+    def base_ref(self) -> str:
+        return f"{self.base}@{self.base_digest}" if self.base_digest else self.base
+
+    @property
+    def local_base_tag(self) -> str:
+        return f"{LOCAL_BASE_REPO}:debian-{self.local_base_suite}-python{self.python}"
+
+
+def load_matrix(images_dir: Path = IMAGES_DIR) -> dict[str, Variant]:
+    path = images_dir / "matrix.yaml"
+    if not path.exists():
+        raise UsageError(f"{path} not found; image commands run from a checkout of the "
+                         "toolkit repository")
+    rows = yaml.safe_load(path.read_text())["variants"]
+    out = {}
+    for name, row in rows.items():
+        out[name] = Variant(
+            name=name, accelerator=row["accelerator"], base=row["base"],
+            base_digest=row.get("base_digest"),
+            local_base_suite=row["local_base"]["suite"],
+            local_base_packages=tuple(row["local_base"]["packages"]),
+            python=str(row["python"]), torch=row["torch"], torch_index=row["torch_index"],
+            platform=row["platform"], lock=images_dir / row["lock"],
+        )
+    return out
+
+
+def get_variant(name: str) -> Variant:
+    matrix = load_matrix()
+    if name not in matrix:
+        raise UsageError(f"unknown image variant {name!r}; known: {', '.join(matrix)} "
+                         "(see `toolkit images list`)")
+    return matrix[name]
+
+
+def source_sha256(root: Path = REPO_ROOT) -> str:
+    """A hash of the toolkit source that goes into the image (the package and pyproject)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in (root / "toolkit").rglob("*")
+                   if p.is_file() and "__pycache__" not in p.parts)
+    for path in [root / "pyproject.toml", *files]:
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def list_rows() -> list[dict]:
+    return [{"variant": v.name, "accelerator": v.accelerator, "base": v.base_ref,
+             "python": v.python, "torch": v.torch, "tag": v.tag}
+            for v in load_matrix().values()]
+
+
+# ---------------------------------------------------------------------------
+# building
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    base: str | None = None          # an explicit base image
+    local_base: bool = False         # build the base from Debian's archive
+    wheelhouse: Path | None = None   # wheels to install from, offline
+    online: bool = False             # let pip reach the index inside the build
+    ca_bundle: Path | None = None    # CA bundle for pip inside the build (TLS proxies)
+
+
+def say(message: str) -> None:
+    print(f"toolkit: {message}", file=sys.stderr, flush=True)
+
+
+def ensure_image(variant: Variant, runtime: Runtime) -> str:
+    """Return the variant's tag, building it first if missing or built from other source."""
+    docker = Docker(runtime)
+    info = docker.inspect_image(variant.tag)
+    if info is not None:
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        if labels.get("io.toolkit.source-sha256") == source_sha256():
+            return variant.tag
+        say(f"image {variant.tag} was built from other toolkit source; rebuilding "
+            "(only the source layer changes)")
+    else:
+        say(f"image {variant.tag} not found; building it (toolkit images build {variant.name})")
+    return build_image(variant, runtime, BuildOptions())
+
+
+def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
+    docker = Docker(runtime)
+    docker.require()
+    if opts.online and opts.wheelhouse:
+        raise UsageError("--online and --wheelhouse exclude each other; pick one source of wheels")
+    base = resolve_base(variant, docker, opts)
+    base_info = docker.inspect_image(base) or {}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="toolkit-build-") as tmp:
+        context = Path(tmp)
+        pip_source = _stage_context(variant, context, opts, runtime)
+        env, note = docker.buildkit_env()
+        if note:
+            say(note)
+        args = {
+            "BASE_IMAGE": base,
+            "PIP_SOURCE": pip_source,
+            "VARIANT": variant.name,
+            "BASE_ID": base_info.get("Id", ""),
+            "TORCH": variant.torch,
+            "LOCK_SHA256": variant.lock_sha256,
+            "SOURCE_SHA256": source_sha256(),
+            "VERSION": __version__,
+            "REVISION": _git(runtime, "rev-parse", "HEAD") or "unknown",
+            "CREATED": _created(runtime),
+        }
+        say(f"building {variant.tag} from {base}")
+        res = docker.build(str(context), variant.tag, args, env)
+    if not res.ok:
+        raise RuntimeFailure(f"building {variant.tag} failed (exit {res.returncode}); the "
+                             "build log above shows the failing step")
+    say(f"built {variant.tag} in {time.monotonic() - started:.0f} s")
+    return variant.tag
+
+
+def _stage_context(variant: Variant, context: Path, opts: BuildOptions,
+                   runtime: Runtime) -> str:
+    """Lay out the build context; return pip's source options for the Dockerfile."""
+    shutil.copy(IMAGES_DIR / "Dockerfile", context / "Dockerfile")
+    shutil.copy(variant.lock, context / "lock.txt")
+    (context / "ca-bundle.crt").write_bytes(opts.ca_bundle.read_bytes() if opts.ca_bundle else b"")
+    src = context / "src"
+    shutil.copytree(REPO_ROOT / "toolkit", src / "toolkit",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy(REPO_ROOT / "pyproject.toml", src / "pyproject.toml")
+    wheels = context / "wheels"
+    wheels.mkdir()
+    if opts.online:
+        say(f"pip will install inside the build from the index (+ {variant.torch_index})")
+        return f"--extra-index-url {variant.torch_index}"
+    house = opts.wheelhouse or fill_wheelhouse(variant, runtime)
+    for whl in sorted(Path(house).glob("*.whl")):
+        _link_or_copy(whl, wheels / whl.name)
+    return "--no-index --find-links /build/wheels"
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def wheelhouse_dir(variant: Variant) -> Path:
+    return CACHE_DIR / "wheelhouse" / f"{variant.name}-{variant.lock_sha256[:12]}"
+
+
+def fill_wheelhouse(variant: Variant, runtime: Runtime) -> Path:
+    """Download the lock's wheels with the host's pip, for the image's platform.
+
+    The host's pip configuration (indexes, find-links, proxy CA) applies, so a
+    machine that can install the lock can build the image offline.
+    """
+    house = wheelhouse_dir(variant)
+    done = house / ".complete"
+    if done.exists():
+        return house
+    house.mkdir(parents=True, exist_ok=True)
+    say(f"downloading the {variant.name} lock's wheels with this machine's pip into {house}")
+    argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+            "--python-version", variant.python, "--implementation", "cp",
+            "--abi", "cp" + variant.python.replace(".", ""), "--abi", "abi3", "--abi", "none",
+            "--extra-index-url", variant.torch_index, "--dest", str(house),
+            "--requirement", str(variant.lock)]
+    for platform in _pip_platforms(variant.platform):
+        argv += ["--platform", platform]
+    res = runtime.run(argv, timeout=3600)
+    if not res.ok:
+        tail = "\n".join(res.stderr.strip().splitlines()[-3:])
+        raise RuntimeFailure(f"could not download the wheels for {variant.name}:\n{tail}\n"
+                             "Check that pip reaches your index (pip config list), pass "
+                             "--wheelhouse DIR with the lock's wheels, or --online.")
+    done.write_text(variant.lock_sha256 + "\n")
+    return house
+
+
+def _pip_platforms(platform: str) -> list[str]:
+    arch = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}[platform]
+    # Every manylinux tag a Debian 12 (glibc 2.36) base can run.
+    tags = [f"manylinux_2_{minor}_{arch}" for minor in range(36, 16, -1)]
+    return tags + [f"manylinux2014_{arch}", f"linux_{arch}"]
+
+
+def resolve_base(variant: Variant, docker: Docker, opts: BuildOptions) -> str:
+    """The base image to build on: explicit, local, present, pulled — or, out loud, local."""
+    if opts.base:
+        if docker.inspect_image(opts.base) is None and not docker.pull(opts.base).ok:
+            raise RuntimeFailure(f"--base {opts.base}: not present and cannot be pulled; "
+                                 "`docker images` lists what you have")
+        return opts.base
+    if opts.local_base:
+        return make_local_base(variant, docker)
+    if docker.inspect_image(variant.base_ref) is not None:
+        return variant.base_ref
+    pulled = docker.pull(variant.base_ref, timeout=900)
+    if pulled.ok:
+        return variant.base_ref
+    if docker.inspect_image(variant.local_base_tag) is not None:
+        say(f"could not pull {variant.base_ref}; using the local base "
+            f"{variant.local_base_tag} built earlier from Debian's archive")
+        return variant.local_base_tag
+    reason = (pulled.stderr.strip().splitlines() or ["no answer"])[-1]
+    say(f"could not pull {variant.base_ref} ({reason}); falling back to a base built from "
+        f"Debian's archive ({variant.local_base_tag}). Pass --base IMAGE to use another.")
+    return make_local_base(variant, docker)
+
+
+def make_local_base(variant: Variant, docker: Docker) -> str:
+    """debootstrap a minimal Debian with Python into a folder and `docker import` it."""
+    tag = variant.local_base_tag
+    if docker.inspect_image(tag) is not None:
+        return tag
+    runtime = docker.runtime
+    if runtime.which("debootstrap") is None:
+        raise RuntimeFailure("building a local base needs debootstrap; install it "
+                             "(`sudo apt-get install debootstrap`) or pass --base IMAGE")
+    if os.geteuid() != 0:
+        raise RuntimeFailure("debootstrap must run as root; run `sudo toolkit images base "
+                             f"{variant.name}` once, or pass --base IMAGE")
+    mirror = os.environ.get("TOOLKIT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+    say(f"building {tag} with debootstrap from {mirror} (about a minute)")
+    with tempfile.TemporaryDirectory(prefix="toolkit-rootfs-") as tmp:
+        root = Path(tmp) / "root"
+        res = runtime.run(["debootstrap", "--variant=minbase",
+                           "--include=" + ",".join(variant.local_base_packages),
+                           variant.local_base_suite, str(root), mirror], timeout=1800)
+        if not res.ok:
+            raise RuntimeFailure(f"debootstrap failed: {res.stderr.strip()[-400:]}\n"
+                                 "Set TOOLKIT_DEBIAN_MIRROR to a reachable mirror, or pass "
+                                 "--base IMAGE")
+        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for item in (root / cache).glob("*"):
+                if item.is_file():
+                    item.unlink()
+        tarball = Path(tmp) / "rootfs.tar"
+        tar = runtime.run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(tarball), "."],
+                          timeout=600)
+        if not tar.ok:
+            raise RuntimeFailure(f"packing the base failed: {tar.stderr.strip()[-400:]}")
+        imported = docker.import_rootfs(str(tarball), tag, [
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "ENV LANG=C.UTF-8",
+            'CMD ["python3"]',
+        ])
+        if not imported.ok:
+            raise RuntimeFailure(f"docker import failed: {imported.stderr.strip()[-400:]}")
+    return tag
+
+
+def _git(runtime: Runtime, *args: str) -> str:
+    res = runtime.run(["git", "-C", str(REPO_ROOT), *args], timeout=30)
+    return res.stdout.strip() if res.ok else ""
+
+
+def _created(runtime: Runtime) -> str:
+    """Build time for the label: SOURCE_DATE_EPOCH when set, else the last commit's time."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH") or _git(runtime, "log", "-1", "--format=%ct")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch or 0)))

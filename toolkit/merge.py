@@ -1,0 +1,101 @@
+"""Merge a trained LoRA adapter into its full-precision base.
+
+    toolkit merge-lora configs/tiny-cpu-demo.yaml
+
+Reads `output_dir/run.json` (what training recorded), merges on CPU into
+`output_dir/merged` with the trained tokenizer, and writes atomically: into a
+temporary folder beside it, then a rename. It is idempotent: `merged/merge.json`
+records the adapter's hash, and a second call with the same adapter returns at
+once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from toolkit.config import LoadedConfig
+from toolkit.errors import UsageError
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def adapter_sha256(out: Path) -> str:
+    h = hashlib.sha256()
+    for name in ADAPTER_FILES:
+        h.update(name.encode() + b"\0" + (out / name).read_bytes())
+    return h.hexdigest()
+
+
+def check_inputs(out: Path) -> dict:
+    """Validate output_dir before loading anything heavy; return run.json."""
+    manifest = out / "run.json"
+    if not manifest.exists():
+        raise UsageError(f"{manifest} not found: nothing has been trained into output_dir "
+                         f"{out}; run `toolkit train CONFIG` first")
+    run = json.loads(manifest.read_text())
+    if not run.get("adapter"):
+        raise UsageError(f"the run in {out} is a full fine-tune (no adapter); its model is "
+                         "already complete in output_dir, there is nothing to merge")
+    missing = [name for name in ADAPTER_FILES if not (out / name).exists()]
+    if missing:
+        raise UsageError(f"{out} lacks {', '.join(missing)}; training did not finish. "
+                         "Rerun `toolkit train CONFIG`")
+    return run
+
+
+def merge_lora(loaded: LoadedConfig) -> Path:
+    """Merge and return the merged folder (or return it untouched if already merged)."""
+    out = Path(loaded.config.output_dir)
+    run = check_inputs(out)
+    merged = out / "merged"
+    fingerprint = adapter_sha256(out)
+    record = merged / "merge.json"
+    if record.exists() and json.loads(record.read_text()).get("adapter_sha256") == fingerprint:
+        print(f"already merged: {merged} holds this adapter ({fingerprint[:12]}); nothing to do")
+        return merged
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from toolkit.trainer.files import make_readable, write_json_atomic
+
+    base_ref = run["base_model"]
+    # The base in its stored precision, never quantized: a QLoRA adapter merges into
+    # the full-precision weights, not into the 4-bit ones it trained against.
+    base = AutoModelForCausalLM.from_pretrained(base_ref, dtype="auto", device_map={"": "cpu"})
+    model = PeftModel.from_pretrained(base, str(out), torch_device="cpu")
+    model = model.merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+
+    tmp = Path(tempfile.mkdtemp(prefix=".merged.tmp-", dir=out))
+    try:
+        with torch.no_grad():
+            model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / "merge.json", {"adapter_sha256": fingerprint,
+                                               "base_model": base_ref,
+                                               "dtype": str(model.dtype).removeprefix("torch.")})
+        make_readable(tmp)
+        _replace_dir(tmp, merged)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"merged {out} into {merged}")
+    return merged
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put `new` at `target`; an old `target` is moved aside first and then removed."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.rename(target, old)
+        os.rename(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, target)

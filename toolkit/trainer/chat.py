@@ -1,0 +1,193 @@
+"""Chat rows → token ids and labels, with loss only where the config says.
+
+A conversation is rendered once with the chat template. Each trained turn is
+then located in the rendered text as a character span:
+
+- an assistant turn starts where the template's generation prompt ends (render
+  the turns before it with `add_generation_prompt=True`; that text must be a
+  prefix of the whole rendering), so whatever the template puts at the start of
+  the reply, such as Qwen3's `<think>` block, is trained as the model will have
+  to produce it;
+- a turn ends at its end-of-turn token (`<|im_end|>` for Qwen3 and ChatML).
+
+Templates that rewrite earlier turns (Qwen3 drops old reasoning) can break the
+prefix rule; then the turn's own text is searched for instead. Tokens are
+labelled by their character offsets, so the labels follow the real
+tokenization, merges included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.config import Config, DatasetConfig
+from toolkit.errors import DataError
+from toolkit.templates import template_text
+
+IGNORE_INDEX = -100
+
+
+class RowError(ValueError):
+    """A row that cannot be used; the message names the field."""
+
+
+def resolve_template(cfg: Config, tokenizer) -> str:
+    """The Jinja chat template the config asks for."""
+    if cfg.chat_template in ("qwen3", "chatml"):
+        return template_text(cfg.chat_template)
+    if cfg.chat_template == "jinja":
+        text = cfg.chat_template_jinja or ""
+        path = Path(text)
+        return path.read_text() if "\n" not in text and path.is_file() else text
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(f"chat_template: 'tokenizer_default' but the tokenizer of "
+                        f"{cfg.tokenizer_config or cfg.base_model} has no chat template; set "
+                        "chat_template: qwen3 (or chatml, or jinja with chat_template_jinja)")
+    return tokenizer.chat_template
+
+
+def resolve_eot_tokens(cfg: Config, tokenizer) -> list[str]:
+    """End-of-turn markers: the config's, else `<|im_end|>` when the vocabulary has it, else EOS."""
+    if cfg.eot_tokens:
+        return list(cfg.eot_tokens)
+    if "<|im_end|>" in tokenizer.get_vocab():
+        return ["<|im_end|>"]
+    return [tokenizer.eos_token]
+
+
+@dataclass(frozen=True)
+class TurnRule:
+    roles_to_train: frozenset[str]
+    train_on_eos: str
+    train_on_inputs: bool
+
+    @classmethod
+    def from_config(cls, cfg: Config, ds: DatasetConfig) -> "TurnRule":
+        return cls(frozenset(ds.roles_to_train), ds.train_on_eos, cfg.train_on_inputs)
+
+
+def normalize_messages(row: dict, ds: DatasetConfig) -> list[dict]:
+    """Map a dataset row to [{'role', 'content', ...}] with canonical roles, or raise RowError."""
+    field = ds.field_messages
+    if field not in row:
+        raise RowError(f"has no {field!r} field (field_messages); its fields are "
+                       f"{sorted(row)[:8]}")
+    turns = row[field]
+    if not isinstance(turns, list) or not turns:
+        raise RowError(f"{field} is {'empty' if turns == [] else type(turns).__name__}; "
+                       "expected a non-empty list of messages")
+    role_key = ds.message_property_mappings.role
+    content_key = ds.message_property_mappings.content
+    aliases = {alias: role for role, names in (ds.roles or {}).items() for alias in names}
+    out = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise RowError(f"{field}[{i}] is {type(turn).__name__}; expected a mapping")
+        if role_key not in turn or content_key not in turn:
+            missing = role_key if role_key not in turn else content_key
+            raise RowError(f"{field}[{i}] has no {missing!r} (message_property_mappings); "
+                           f"it has {sorted(turn)}")
+        role = aliases.get(turn[role_key], turn[role_key])
+        if role not in ("system", "user", "assistant", "tool"):
+            raise RowError(f"{field}[{i}].{role_key} is {turn[role_key]!r}; accepted: system, "
+                           "user, assistant, tool; map other names with the dataset's `roles:` "
+                           "(e.g. roles: {assistant: [gpt]})")
+        content = turn[content_key]
+        if not isinstance(content, str):
+            raise RowError(f"{field}[{i}].{content_key} is {type(content).__name__}; "
+                           "expected text")
+        message = {"role": role, "content": content}
+        if isinstance(turn.get("reasoning_content"), str):
+            message["reasoning_content"] = turn["reasoning_content"]
+        out.append(message)
+    return out
+
+
+class ChatEncoder:
+    """Renders conversations with one template and labels the trained spans."""
+
+    def __init__(self, tokenizer, template: str, eot_tokens: list[str]):
+        self.tokenizer = tokenizer
+        self.template = template
+        self.eot_tokens = eot_tokens
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.template, tokenize=False,
+            add_generation_prompt=add_generation_prompt)
+
+    def encode(self, messages: list[dict], rule: TurnRule) -> tuple[list[int], list[int]]:
+        """Token ids and labels (IGNORE_INDEX where no loss) for one conversation."""
+        text = self.render(messages)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        if rule.train_on_inputs:
+            return ids, list(ids)
+        spans = self._trained_spans(messages, text, rule)
+        labels = [IGNORE_INDEX] * len(ids)
+        for t, (start, _end) in enumerate(enc["offset_mapping"]):
+            if any(a <= start < b for a, b in spans):
+                labels[t] = ids[t]
+        return ids, labels
+
+    def _trained_spans(self, messages: list[dict], text: str, rule: TurnRule) -> list[tuple[int, int]]:
+        spans: list[tuple[int, int]] = []
+        eot_spans: list[tuple[int, int, bool]] = []  # (start, end, belongs to a trained turn)
+        cursor = 0
+        for i, msg in enumerate(messages):
+            trained = msg["role"] in rule.roles_to_train
+            start = self._turn_start(messages, i, text, cursor)
+            body = _visible_content(msg)
+            found = text.find(body, start) if body else start
+            if found < 0:
+                raise RowError(f"messages[{i}]: the chat template does not render this turn's "
+                               "text verbatim, so its tokens cannot be found; use chat_template: "
+                               "chatml or qwen3, or a template that keeps message text")
+            eot_at, eot = self._next_eot(text, found + len(body))
+            end = eot_at if eot_at >= 0 else len(text)
+            if trained:
+                spans.append((start, end))
+            if eot_at >= 0:
+                eot_spans.append((eot_at, eot_at + len(eot), trained))
+                cursor = eot_at + len(eot)
+            else:
+                cursor = end
+        spans += self._eot_choice(eot_spans, rule.train_on_eos)
+        return spans
+
+    def _turn_start(self, messages: list[dict], i: int, text: str, cursor: int) -> int:
+        """Where turn i's trainable text starts: after the generation prompt for assistants."""
+        if messages[i]["role"] != "assistant" or i == 0:
+            body = _visible_content(messages[i])
+            found = text.find(body, cursor) if body else -1
+            return found if found >= 0 else cursor
+        prompt = self.render(messages[:i], add_generation_prompt=True)
+        if text.startswith(prompt) and len(prompt) >= cursor:
+            return len(prompt)
+        body = _visible_content(messages[i])
+        found = text.find(body, cursor) if body else -1
+        return found if found >= 0 else cursor
+
+    def _next_eot(self, text: str, pos: int) -> tuple[int, str]:
+        hits = [(text.find(tok, pos), tok) for tok in self.eot_tokens]
+        hits = [(at, tok) for at, tok in hits if at >= 0]
+        return min(hits) if hits else (-1, "")
+
+    @staticmethod
+    def _eot_choice(eots: list[tuple[int, int, bool]], mode: str) -> list[tuple[int, int]]:
+        if mode == "all":
+            return [(a, b) for a, b, _ in eots]
+        if mode == "turn":
+            return [(a, b) for a, b, trained in eots if trained]
+        if mode == "last":
+            return [(a, b) for a, b, _ in eots[-1:]]
+        return []
+
+
+def _visible_content(msg: dict) -> str:
+    """The part of a message a template renders verbatim (Qwen3 moves `<think>` text)."""
+    content = msg["content"]
+    if msg["role"] == "assistant" and "</think>" in content:
+        content = content.split("</think>")[-1].lstrip("\n")
+    return content

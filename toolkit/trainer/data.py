@@ -1,0 +1,229 @@
+"""Datasets: read rows, check them, tokenize them, and account for every row.
+
+Bad rows (unknown role, missing field, wrong type) stop the run with the file,
+row and field named: training on a silently shrunken dataset is worse than not
+training. Rows longer than `sequence_len` follow `excess_length_strategy` and
+are counted in the report, as are rows left with no trained token.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from toolkit.config import DATA_SUFFIXES, Config, DatasetConfig, is_local_ref
+from toolkit.errors import DataError
+from toolkit.trainer.chat import (
+    IGNORE_INDEX,
+    ChatEncoder,
+    RowError,
+    TurnRule,
+    normalize_messages,
+)
+
+MAX_REPORTED_ROWS = 10
+
+
+@dataclass
+class DataReport:
+    rows: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped_too_long: int = 0
+    dropped_no_trained_tokens: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    per_dataset: list[dict] = field(default_factory=list)
+
+    def lines(self, cfg: Config) -> list[str]:
+        out = [f"data: {self.rows} rows read, {self.kept} kept, "
+               f"{self.tokens} tokens ({self.trained_tokens} with loss)"]
+        if self.dropped_too_long:
+            out.append(f"data: dropped {self.dropped_too_long} rows longer than sequence_len="
+                       f"{cfg.sequence_len} ({100 * self.dropped_too_long / self.rows:.1f}%; "
+                       "excess_length_strategy: drop). Set excess_length_strategy: truncate "
+                       "or raise sequence_len to keep them.")
+        if self.truncated:
+            out.append(f"data: truncated {self.truncated} rows to sequence_len="
+                       f"{cfg.sequence_len} (excess_length_strategy: truncate)")
+        if self.dropped_no_trained_tokens:
+            out.append(f"data: dropped {self.dropped_no_trained_tokens} rows with no token to "
+                       "train on (no turn of roles_to_train within sequence_len)")
+        return out
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def read_rows(ds: DatasetConfig, index: int) -> list[dict]:
+    """All rows of one dataset entry, as dicts."""
+    where = f"datasets[{index}] ({ds.path})"
+    if not is_local_ref(ds.path):
+        return _read_hub(ds, where)
+    path = Path(ds.path).expanduser()
+    files = _data_files(path, ds, where)
+    rows: list[dict] = []
+    for file in files:
+        kind = ds.ds_type or DATA_SUFFIXES.get(file.suffix)
+        if kind == "json":
+            rows += _read_json(file, where)
+        else:
+            rows += _read_with_datasets(kind, [file], where)
+    if ds.split not in ("train", None):
+        raise DataError(f"{where}: split {ds.split!r} is not supported for local files yet; "
+                        "use split: train")
+    return rows
+
+
+def _data_files(path: Path, ds: DatasetConfig, where: str) -> list[Path]:
+    if path.is_file():
+        return [path]
+    patterns = ds.data_files if isinstance(ds.data_files, list) else [ds.data_files or "*"]
+    files = sorted({f for pat in patterns for f in path.glob(pat)
+                    if f.is_file() and (ds.ds_type or f.suffix in DATA_SUFFIXES)})
+    if not files:
+        raise DataError(f"{where}: no data files in the folder (looked for "
+                        f"{', '.join(patterns)} with suffix {sorted(DATA_SUFFIXES)}); set "
+                        "data_files or point path at a file")
+    return files
+
+
+def _read_json(file: Path, where: str) -> list[dict]:
+    """JSON Lines, or one JSON array; errors name the line."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = file.read_bytes()[:exc.start].count(b"\n") + 1
+        raise DataError(f"{where}: {file.name} line {line} is not UTF-8; re-encode the file "
+                        "as UTF-8") from None
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: {file.name} is not valid JSON at line {exc.lineno}: "
+                            f"{exc.msg}") from None
+        rows = data
+    else:
+        rows = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: {file.name} line {n} is not valid JSON ({exc.msg}); "
+                                "each line must be one JSON object") from None
+    for n, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: {file.name} row {n} is a {type(row).__name__}; each row "
+                            "must be a JSON object")
+    return rows
+
+
+def _read_with_datasets(kind: str | None, files: list[Path], where: str) -> list[dict]:
+    import datasets
+
+    try:
+        table = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
+    except Exception as exc:  # datasets raises many types; the message is what matters
+        raise DataError(f"{where}: could not read as {kind}: {str(exc).splitlines()[0]}") from None
+    return list(table)
+
+
+def _read_hub(ds: DatasetConfig, where: str) -> list[dict]:
+    import datasets
+
+    try:
+        table = datasets.load_dataset(ds.path, data_files=ds.data_files, split=ds.split)
+    except Exception as exc:
+        raise DataError(f"{where}: could not load from the Hugging Face Hub: "
+                        f"{str(exc).splitlines()[0]}; check the id, your network and HF_TOKEN, "
+                        "or download it and point path at the files") from None
+    return list(table)
+
+
+def build_examples(cfg: Config, encoder: ChatEncoder) -> tuple[list[Example], DataReport]:
+    """Tokenize every dataset; raise DataError naming the bad rows, if any."""
+    report = DataReport()
+    examples: list[Example] = []
+    for index, ds in enumerate(cfg.datasets):
+        rows = read_rows(ds, index)
+        rule = TurnRule.from_config(cfg, ds)
+        bad: list[str] = []
+        before = len(examples)
+        for n, row in enumerate(rows, start=1):
+            report.rows += 1
+            try:
+                ids, labels = encoder.encode(normalize_messages(row, ds), rule)
+            except RowError as exc:
+                bad.append(f"row {n}: {exc}")
+                continue
+            if len(ids) > cfg.sequence_len:
+                if cfg.excess_length_strategy == "drop":
+                    report.dropped_too_long += 1
+                    continue
+                ids, labels = ids[:cfg.sequence_len], labels[:cfg.sequence_len]
+                report.truncated += 1
+            if all(label == IGNORE_INDEX for label in labels):
+                report.dropped_no_trained_tokens += 1
+                continue
+            examples.append(Example(ids, labels))
+        if bad:
+            shown = bad[:MAX_REPORTED_ROWS]
+            more = f" (and {len(bad) - len(shown)} more)" if len(bad) > len(shown) else ""
+            raise DataError(f"datasets[{index}] ({ds.path}): {len(bad)} of {len(rows)} rows "
+                            f"cannot be used{more}; fix them or remove them", shown)
+        report.per_dataset.append({"path": ds.path, "rows": len(rows),
+                                   "kept": len(examples) - before})
+    report.kept = len(examples)
+    report.tokens = sum(len(e.input_ids) for e in examples)
+    report.trained_tokens = sum(sum(1 for x in e.labels if x != IGNORE_INDEX) for e in examples)
+    if not examples:
+        raise DataError("no usable rows after tokenization; " + " ".join(report.lines(cfg)))
+    return examples, report
+
+
+def split_validation(examples: list[Example], size: float, seed: int
+                     ) -> tuple[list[Example], list[Example]]:
+    """Hold out a fraction (size < 1) or a count (size ≥ 1) of rows, chosen by `seed`."""
+    if size <= 0:
+        return examples, []
+    count = int(size) if size >= 1 else max(1, round(len(examples) * size))
+    if count >= len(examples):
+        raise DataError(f"val_set_size={size} leaves no training rows out of {len(examples)}; "
+                        "lower it")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:count])
+    train = [e for i, e in enumerate(examples) if i not in held]
+    val = [e for i, e in enumerate(examples) if i in held]
+    return train, val
+
+
+class Collator:
+    """Right-pads a batch to its longest row; padding carries no loss and no attention."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch: list[dict]) -> dict:
+        import torch
+
+        width = max(len(b["input_ids"]) for b in batch)
+        ids, labels, mask = [], [], []
+        for b in batch:
+            pad = width - len(b["input_ids"])
+            ids.append(b["input_ids"] + [self.pad_token_id] * pad)
+            labels.append(b["labels"] + [IGNORE_INDEX] * pad)
+            mask.append([1] * len(b["input_ids"]) + [0] * pad)
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
+                "attention_mask": torch.tensor(mask)}

@@ -1,0 +1,67 @@
+"""run.json: what a training run was, so outputs describe themselves.
+
+merge-lora, `toolkit compare` and `toolkit reproduce` read it; it never holds
+secrets (the config holds none: tokens reach the container by name only).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from toolkit import __version__
+from toolkit.config import LoadedConfig
+from toolkit.trainer.files import write_json_atomic
+
+MANIFEST = "run.json"
+LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers",
+             "safetensors", "bitsandbytes")
+
+
+def library_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def environment() -> dict:
+    """Where the run happened: host or image, and the versions that decide numerics."""
+    return {
+        "in_container": os.environ.get("TOOLKIT_IN_CONTAINER") == "1",
+        "image": os.environ.get("TOOLKIT_IMAGE"),
+        "image_id": os.environ.get("TOOLKIT_IMAGE_ID"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "executable": sys.executable,
+        "libraries": library_versions(),
+    }
+
+
+def write_manifest(output_dir: str | Path, loaded: LoadedConfig, recipe: str,
+                   **facts) -> Path:
+    cfg = loaded.config
+    data = {
+        "toolkit_version": __version__,
+        "recipe": recipe,
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config_path": str(Path(loaded.path).resolve()),
+        "config_sha256": cfg.digest(),
+        "config": cfg.model_dump(mode="json"),
+        "base_model": str(Path(cfg.base_model).resolve()) if Path(cfg.base_model).exists()
+        else cfg.base_model,
+        "adapter": cfg.adapter if cfg.uses_lora else None,
+        "seed": cfg.seed,
+        "environment": environment(),
+        **facts,
+    }
+    path = Path(output_dir) / MANIFEST
+    write_json_atomic(path, data)
+    return path

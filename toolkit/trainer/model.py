@@ -1,0 +1,108 @@
+"""Model and tokenizer loading, the hardware resolve step, and adapters.
+
+`resolve(cfg)` is the one place where values are derived from the hardware
+(`bf16: auto`, tf32, the device); its result is logged and recorded in run.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from toolkit.config import Config
+from toolkit.errors import UsageError
+
+# Qwen3 / Qwen3-MoE linear layers a LoRA targets by default (attention and MLP).
+# Qwen3-MoE's experts share these names, so the same list reaches every expert.
+QWEN3_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    device: str
+    device_name: str
+    bf16: bool
+    fp16: bool
+    tf32: bool
+    dtype: str
+    lora_target_modules: list[str] | str | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve(cfg: Config) -> Resolved:
+    """Derive hardware-dependent settings. bf16 is judged by compute capability ≥ 8.0,
+    not by `torch.cuda.is_bf16_supported()`, which counts emulation (true on a T4)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    name = torch.cuda.get_device_name(0) if cuda else "cpu"
+    hip = getattr(torch.version, "hip", None)
+    capable = cuda and (bool(hip) or torch.cuda.get_device_capability(0) >= (8, 0))
+    if cfg.bf16 == "auto":
+        bf16 = capable and not cfg.fp16
+    else:
+        bf16 = bool(cfg.bf16)
+        if bf16 and cuda and not capable:
+            raise UsageError(f"bf16: true but {name} has no bf16 support in hardware "
+                             "(compute capability < 8.0); set bf16: false and fp16: true")
+    if cfg.fp16 and not cuda:
+        raise UsageError("fp16: true needs a GPU (mixed precision on CPU is bf16 only); "
+                         "set fp16: false")
+    tf32 = bool(cfg.tf32) and cuda and not hip
+    dtype = "bfloat16" if bf16 else "float16" if cfg.fp16 else "float32"
+    if cfg.uses_lora:
+        targets = cfg.lora_target_modules or ("all-linear" if cfg.lora_target_linear
+                                              else QWEN3_LINEAR)
+    else:
+        targets = None
+    return Resolved(device="cuda" if cuda else "cpu", device_name=name, bf16=bf16,
+                    fp16=cfg.fp16, tf32=tf32, dtype=dtype, lora_target_modules=targets)
+
+
+def load_tokenizer(cfg: Config):
+    from transformers import AutoTokenizer
+
+    source = cfg.tokenizer_config or cfg.base_model
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        # Qwen3 ships <|endoftext|> as its pad token; fall back to EOS elsewhere.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(cfg: Config, resolved: Resolved):
+    """The base model in the resolved dtype (4-bit for QLoRA), with the adapter attached."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = getattr(torch, resolved.dtype)
+    kwargs: dict = {"dtype": dtype}
+    if cfg.adapter == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+    elif cfg.load_in_8bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    model = AutoModelForCausalLM.from_pretrained(cfg.base_model, **kwargs)
+    if resolved.device == "cuda" and "quantization_config" not in kwargs:
+        model = model.to("cuda")
+    model.config.use_cache = False
+    if not cfg.uses_lora:
+        return model
+
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if "quantization_config" in kwargs:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        model.enable_input_require_grads()
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=resolved.lora_target_modules,
+                      modules_to_save=cfg.lora_modules_to_save, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)

@@ -1,0 +1,53 @@
+"""Training logs: one line per logging step (loss, learning rate, tokens/s), to the
+terminal and to output_dir/train.log, and the loss history that run.json keeps."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class RunLog:
+    """Prints a line and appends it to the run's log file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.path.write_text("")
+
+    def __call__(self, line: str) -> None:
+        print(line, flush=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+class ProgressLog(TrainerCallback):
+    def __init__(self, log: RunLog):
+        self.log = log
+        self.losses: list[tuple[int, float]] = []
+        self.eval_losses: list[tuple[int, float]] = []
+        self.tokens_seen = 0
+        self._last = (time.monotonic(), 0)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = (time.monotonic(), 0)
+        self.log(f"train: {state.max_steps} steps, batch {args.per_device_train_batch_size} x "
+                 f"accumulation {args.gradient_accumulation_steps}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs:
+            if "eval_loss" in logs:
+                self.eval_losses.append((state.global_step, float(logs["eval_loss"])))
+                self.log(f"eval: step {state.global_step} eval_loss {logs['eval_loss']:.4f}")
+            return
+        now, tokens = time.monotonic(), int(state.num_input_tokens_seen or 0)
+        then, before = self._last
+        rate = (tokens - before) / (now - then) if now > then else 0.0
+        self._last = (now, tokens)
+        self.tokens_seen = tokens
+        self.losses.append((state.global_step, float(logs["loss"])))
+        self.log(f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
+                 f"lr {logs.get('learning_rate', 0):.2e} grad_norm "
+                 f"{float(logs.get('grad_norm', 0)):.3f} tokens/s {rate:,.0f}")
