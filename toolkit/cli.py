@@ -126,13 +126,13 @@ def cmd_train(args, extra) -> int:
                                 [Path(args.config), *reads], writes, network)
         if code != 0:
             return _container_failed(code)
-    else:
-        from toolkit.trainer.sft import train
+        what = "adapter" if cfg.uses_lora else "model"
+        print(f"{what} and tokenizer: {cfg.output_dir}\nmanifest: {cfg.output_dir}/run.json\n"
+              f"log: {cfg.output_dir}/train.log")
+        return 0
+    from toolkit.trainer.sft import train
 
-        train(loaded)
-    if cfg.uses_lora:
-        print(f"adapter and tokenizer: {cfg.output_dir}\nlog: {cfg.output_dir}/train.log\n"
-              f"next: toolkit merge-lora {args.config}")
+    train(loaded)
     return 0
 
 
@@ -140,7 +140,8 @@ def cmd_merge(args, extra) -> int:
     from toolkit.merge import check_inputs
 
     loaded = _load(args, extra)
-    check_inputs(Path(loaded.config.output_dir))
+    if check_inputs(Path(loaded.config.output_dir)) is None:
+        return 0
     if _runtime_of(args) == "docker":
         from toolkit.launch import config_paths, run_in_container
 
@@ -149,7 +150,11 @@ def cmd_merge(args, extra) -> int:
                    "--runtime", "local", *extra]
         code = run_in_container(_runtime(), _image(args), command,
                                 [Path(args.config), *reads], writes, network)
-        return _container_failed(code) if code else 0
+        if code != 0:
+            return _container_failed(code)
+        out = loaded.config.output_dir
+        print(f"merged model: {out}/merged\nadapter: {out}\nlog: {out}/train.log")
+        return 0
     from toolkit.merge import merge_lora
 
     merge_lora(loaded)

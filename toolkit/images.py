@@ -225,11 +225,15 @@ def fill_wheelhouse(variant: Variant, runtime: Runtime) -> Path:
     argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
             "--python-version", variant.python, "--implementation", "cp",
             "--abi", "cp" + variant.python.replace(".", ""), "--abi", "abi3", "--abi", "none",
-            "--extra-index-url", variant.torch_index, "--dest", str(house),
-            "--requirement", str(variant.lock)]
+            "--dest", str(house), "--requirement", str(variant.lock)]
     for platform in _pip_platforms(variant.platform):
         argv += ["--platform", platform]
+    # First with the host's own pip configuration only: an index that is unreachable
+    # costs pip minutes of retries, so the torch index is added only when needed.
     res = runtime.run(argv, timeout=3600)
+    if not res.ok:
+        say(f"retrying with the torch index {variant.torch_index}")
+        res = runtime.run([*argv, "--extra-index-url", variant.torch_index], timeout=3600)
     if not res.ok:
         tail = "\n".join(res.stderr.strip().splitlines()[-3:])
         raise RuntimeFailure(f"could not download the wheels for {variant.name}:\n{tail}\n"

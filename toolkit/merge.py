@@ -31,16 +31,18 @@ def adapter_sha256(out: Path) -> str:
     return h.hexdigest()
 
 
-def check_inputs(out: Path) -> dict:
-    """Validate output_dir before loading anything heavy; return run.json."""
+def check_inputs(out: Path) -> dict | None:
+    """Validate output_dir before loading anything heavy; return run.json, or None
+    when the run was a full fine-tune and there is nothing to merge."""
     manifest = out / "run.json"
     if not manifest.exists():
         raise UsageError(f"{manifest} not found: nothing has been trained into output_dir "
                          f"{out}; run `toolkit train CONFIG` first")
     run = json.loads(manifest.read_text())
     if not run.get("adapter"):
-        raise UsageError(f"the run in {out} is a full fine-tune (no adapter); its model is "
-                         "already complete in output_dir, there is nothing to merge")
+        print(f"nothing to merge: the run in {out} is a full fine-tune, and its model in "
+              "output_dir is already complete")
+        return None
     missing = [name for name in ADAPTER_FILES if not (out / name).exists()]
     if missing:
         raise UsageError(f"{out} lacks {', '.join(missing)}; training did not finish. "
@@ -52,6 +54,8 @@ def merge_lora(loaded: LoadedConfig) -> Path:
     """Merge and return the merged folder (or return it untouched if already merged)."""
     out = Path(loaded.config.output_dir)
     run = check_inputs(out)
+    if run is None:
+        return out
     merged = out / "merged"
     fingerprint = adapter_sha256(out)
     record = merged / "merge.json"
@@ -64,6 +68,9 @@ def merge_lora(loaded: LoadedConfig) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from toolkit.trainer.files import make_readable, write_json_atomic
+    from toolkit.trainer.progress import quiet_libraries
+
+    quiet_libraries()
 
     base_ref = run["base_model"]
     # The base in its stored precision, never quantized: a QLoRA adapter merges into

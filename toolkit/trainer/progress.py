@@ -4,9 +4,18 @@ terminal and to output_dir/train.log, and the loss history that run.json keeps."
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.utils import logging as hf_logging
+
+
+def quiet_libraries() -> None:
+    """Keep our logs readable: no per-file progress bars, no deprecation chatter
+    from inside the libraries (their real warnings still show)."""
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
 
 
 class RunLog:

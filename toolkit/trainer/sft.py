@@ -18,7 +18,7 @@ from toolkit.trainer.data import Collator, build_examples, split_validation
 from toolkit.trainer.files import make_readable
 from toolkit.trainer.manifest import write_manifest
 from toolkit.trainer.model import load_model, load_tokenizer, resolve
-from toolkit.trainer.progress import ProgressLog, RunLog
+from toolkit.trainer.progress import ProgressLog, RunLog, quiet_libraries
 
 
 def train(loaded: LoadedConfig) -> Path:
@@ -27,6 +27,7 @@ def train(loaded: LoadedConfig) -> Path:
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
 
+    quiet_libraries()
     cfg = loaded.config
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,60 @@
+# make train   the bundled tiny Qwen3 demo, end to end, in the toolkit image
+# make test    the test suite (docker-marked tests need a running Docker engine)
+# Inside the toolkit image the same targets run without a venv or Docker.
+
+PYTHON ?= python3
+VENV ?= .venv
+CONFIG ?= configs/tiny-cpu-demo.yaml
+DEMO_CONFIG := configs/tiny-cpu-demo.yaml
+TINY_MODEL := .cache/tiny-qwen3
+ARGS ?=
+PYTEST_ARGS ?=
+
+ifeq ($(TOOLKIT_IN_CONTAINER),1)
+TOOLKIT := toolkit
+HOST_ENV :=
+else
+TOOLKIT := $(VENV)/bin/toolkit
+HOST_ENV := $(VENV)/.host
+endif
+DEV_ENV := $(VENV)/.dev
+
+.PHONY: train merge image tiny-model test lint clean
+
+# The host needs only the light CLI (pydantic, PyYAML); training runs in the image.
+$(VENV)/.host: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -e .
+	touch $@
+
+# Tests train tiny models in-process, so they need the trainer's stack here too.
+# torch is pinned in the same command so pip takes the CPU build, not a CUDA one.
+$(VENV)/.dev: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet torch==2.13.0 -e '.[train,dev]'
+	touch $@ $(VENV)/.host
+
+train: $(HOST_ENV)
+ifeq ($(CONFIG),$(DEMO_CONFIG))
+	$(TOOLKIT) tiny-model $(TINY_MODEL)
+endif
+	$(TOOLKIT) train $(CONFIG) $(ARGS)
+	$(TOOLKIT) merge-lora $(CONFIG) $(ARGS)
+
+merge: $(HOST_ENV)
+	$(TOOLKIT) merge-lora $(CONFIG) $(ARGS)
+
+tiny-model: $(HOST_ENV)
+	$(TOOLKIT) tiny-model $(TINY_MODEL)
+
+image: $(HOST_ENV)
+	$(TOOLKIT) images build cpu
+
+test: $(DEV_ENV)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: $(DEV_ENV)
+	$(VENV)/bin/ruff check toolkit tests
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny Qwen3 built once per session, and config writers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = REPO / "configs" / "tiny-cpu-demo.yaml"
+DEMO_DATA = REPO / "configs" / "data" / "demo-chat.jsonl"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from toolkit.tiny import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen3")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write a config (the demo's, updated with `changes`) and return its path."""
+
+    def write(changes: dict | None = None, name: str = "config.yaml", base: dict | None = None
+              ) -> Path:
+        data = base if base is not None else yaml.safe_load(DEMO_CONFIG.read_text())
+        data["datasets"][0]["path"] = str(DEMO_DATA)
+        data["output_dir"] = str(tmp_path / "out")
+        data.update(changes or {})
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """The real engine. Under CI=true a missing engine fails instead of skipping."""
+    from toolkit.runtime import Docker, Runtime
+
+    version = Docker(Runtime()).server_version() if shutil.which("docker") else None
+    if version is None:
+        message = "no Docker engine answers (`docker version`); start dockerd"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI=true: docker tests must run)")
+        pytest.skip(message)
+    return version

@@ -1,0 +1,137 @@
+"""Chat rendering and loss masks, token by token, against hand-built expectations.
+
+Each expectation is written as the rendered text cut into pieces, each marked
+trained or not; the expected ids are the pieces tokenized one by one, so these
+tests also pin that the template renders exactly that text.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from toolkit.config import DatasetConfig
+from toolkit.templates import template_text
+from toolkit.trainer.chat import (
+    IGNORE_INDEX,
+    ChatEncoder,
+    RowError,
+    TurnRule,
+    normalize_messages,
+)
+
+TWO_TURNS = [
+    {"role": "user", "content": "Spell green backwards."},
+    {"role": "assistant", "content": "neerg"},
+    {"role": "user", "content": "And forwards?"},
+    {"role": "assistant", "content": "green"},
+]
+
+
+def expected(tok, pieces: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
+    ids, labels = [], []
+    for text, trained in pieces:
+        piece = tok(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        labels += piece if trained else [IGNORE_INDEX] * len(piece)
+    return ids, labels
+
+
+def encode(tok, messages, template="qwen3", roles=("assistant",), eos="turn", inputs=False):
+    encoder = ChatEncoder(tok, template_text(template), ["<|im_end|>"])
+    return encoder.encode(messages, TurnRule(frozenset(roles), eos, inputs))
+
+
+def test_qwen3_multi_turn_trains_assistant_turns_and_their_end_tokens(tiny_tokenizer):
+    assert encode(tiny_tokenizer, TWO_TURNS) == expected(tiny_tokenizer, [
+        ("<|im_start|>user\nSpell green backwards.<|im_end|>\n<|im_start|>assistant\n", False),
+        ("neerg<|im_end|>", True),
+        ("\n<|im_start|>user\nAnd forwards?<|im_end|>\n<|im_start|>assistant\n", False),
+        # Qwen3 renders an empty think block in the final reply; the model must learn it.
+        ("<think>\n\n</think>\n\ngreen<|im_end|>", True),
+        ("\n", False),
+    ])
+
+
+def test_qwen3_reasoning_content_is_trained_inside_think(tiny_tokenizer):
+    messages = [{"role": "user", "content": "What is 3 plus 4?"},
+                {"role": "assistant", "content": "7", "reasoning_content": "Add them."}]
+    assert encode(tiny_tokenizer, messages) == expected(tiny_tokenizer, [
+        ("<|im_start|>user\nWhat is 3 plus 4?<|im_end|>\n<|im_start|>assistant\n", False),
+        ("<think>\nAdd them.\n</think>\n\n7<|im_end|>", True),
+        ("\n", False),
+    ])
+
+
+def test_train_on_eos_none_leaves_end_tokens_out(tiny_tokenizer):
+    assert encode(tiny_tokenizer, TWO_TURNS, eos="none") == expected(tiny_tokenizer, [
+        ("<|im_start|>user\nSpell green backwards.<|im_end|>\n<|im_start|>assistant\n", False),
+        ("neerg", True),
+        ("<|im_end|>\n<|im_start|>user\nAnd forwards?<|im_end|>\n<|im_start|>assistant\n", False),
+        ("<think>\n\n</think>\n\ngreen", True),
+        ("<|im_end|>\n", False),
+    ])
+
+
+def test_train_on_eos_all_trains_user_end_tokens_too(tiny_tokenizer):
+    assert encode(tiny_tokenizer, TWO_TURNS, eos="all") == expected(tiny_tokenizer, [
+        ("<|im_start|>user\nSpell green backwards.", False),
+        ("<|im_end|>", True),
+        ("\n<|im_start|>assistant\n", False),
+        ("neerg<|im_end|>", True),
+        ("\n<|im_start|>user\nAnd forwards?", False),
+        ("<|im_end|>", True),
+        ("\n<|im_start|>assistant\n", False),
+        ("<think>\n\n</think>\n\ngreen<|im_end|>", True),
+        ("\n", False),
+    ])
+
+
+def test_train_on_eos_last_trains_only_the_final_end_token(tiny_tokenizer):
+    assert encode(tiny_tokenizer, TWO_TURNS, eos="last") == expected(tiny_tokenizer, [
+        ("<|im_start|>user\nSpell green backwards.<|im_end|>\n<|im_start|>assistant\n", False),
+        ("neerg", True),
+        ("<|im_end|>\n<|im_start|>user\nAnd forwards?<|im_end|>\n<|im_start|>assistant\n", False),
+        ("<think>\n\n</think>\n\ngreen<|im_end|>", True),
+        ("\n", False),
+    ])
+
+
+def test_chatml_with_system_and_user_roles_trained(tiny_tokenizer):
+    messages = [{"role": "system", "content": "Be brief."}, *TWO_TURNS[:2]]
+    got = encode(tiny_tokenizer, messages, template="chatml", roles=("user", "assistant"))
+    assert got == expected(tiny_tokenizer, [
+        ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n", False),
+        ("Spell green backwards.<|im_end|>", True),
+        ("\n<|im_start|>assistant\n", False),
+        ("neerg<|im_end|>", True),
+        ("\n", False),
+    ])
+
+
+def test_train_on_inputs_trains_everything(tiny_tokenizer):
+    ids, labels = encode(tiny_tokenizer, TWO_TURNS, inputs=True)
+    assert labels == ids
+
+
+def test_roles_map_source_names_and_fields():
+    ds = DatasetConfig(path="x.jsonl", field_messages="conversations",
+                       message_property_mappings={"role": "from", "content": "value"},
+                       roles={"user": ["human"], "assistant": ["gpt"]})
+    row = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]}
+    assert normalize_messages(row, ds) == [{"role": "user", "content": "Hi"},
+                                           {"role": "assistant", "content": "Yo"}]
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"messages": [{"role": "bot", "content": "x"}]},
+     "messages[0].role is 'bot'; accepted: system, user, assistant, tool; map other names"),
+    ({"messages": []}, "messages is empty; expected a non-empty list of messages"),
+    ({"text": "hi"}, "has no 'messages' field (field_messages); its fields are ['text']"),
+    ({"messages": [{"role": "user"}]}, "messages[0] has no 'content'"),
+    ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content is int; expected text"),
+    ({"messages": "hello"}, "messages is str; expected a non-empty list of messages"),
+])
+def test_bad_rows_name_the_field(row, message):
+    with pytest.raises(RowError) as info:
+        normalize_messages(row, DatasetConfig(path="x.jsonl"))
+    assert str(info.value).startswith(message)

@@ -1,0 +1,157 @@
+"""Config loading: every problem at once, each naming key, value, what is accepted and the fix."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from toolkit.cli import main
+from toolkit.config import load_config, parse_overrides
+from toolkit.errors import ConfigError
+
+from conftest import DEMO_CONFIG
+
+
+def problems_of(path, overrides=None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return info.value.problems
+
+
+def test_demo_config_is_valid(monkeypatch, tmp_path):
+    (tmp_path / ".cache" / "tiny-qwen3").mkdir(parents=True)
+    (tmp_path / "configs" / "data").mkdir(parents=True)
+    (tmp_path / "configs" / "data" / "demo-chat.jsonl").write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+    loaded = load_config(DEMO_CONFIG)
+    assert loaded.config.adapter == "lora"
+    assert loaded.sources["micro_batch_size"] == "file"
+    assert loaded.sources["lora_modules_to_save"] == "default"
+
+
+def test_unknown_key_suggests_the_close_one(write_config):
+    assert problems_of(write_config({"micro_batch_sizee": 2})) == [
+        "micro_batch_sizee: unknown key; did you mean 'micro_batch_size'?"]
+
+
+def test_unknown_nested_key_suggests_within_its_level(write_config, tmp_path):
+    path = write_config()
+    data = yaml.safe_load(path.read_text())
+    data["datasets"][0]["feild_messages"] = "conversations"
+    path.write_text(yaml.safe_dump(data))
+    assert problems_of(path) == [
+        "datasets[0].feild_messages: unknown key; did you mean 'field_messages'?"]
+
+
+def test_all_problems_are_reported_together(write_config):
+    problems = problems_of(write_config({
+        "micro_batch_size": 0, "adapter": "qlora", "optimizer": "adam", "bf16": "maybe",
+        "base_model": "./no/such/model"}))
+    assert len(problems) == 5
+    text = "\n".join(problems)
+    assert "micro_batch_size: got 0; accepted: a number > 0" in text
+    assert "adapter: 'qlora' needs load_in_4bit: true" in text
+    assert "optimizer: got 'adam'; accepted: 'adamw_torch'" in text
+    assert "bf16: got 'maybe'; accepted: true or false or 'auto'" in text
+    assert "base_model: './no/such/model' does not exist" in text
+
+
+def test_missing_dataset_file_names_the_path(write_config):
+    path = write_config()
+    data = yaml.safe_load(path.read_text())
+    data["datasets"][0]["path"] = "data/missing.jsonl"
+    path.write_text(yaml.safe_dump(data))
+    [problem] = problems_of(path)
+    assert problem.startswith("datasets[0].path: 'data/missing.jsonl' does not exist (looked in ")
+    assert "fix the path" in problem
+
+
+def test_exclusive_pairs_name_both_keys(write_config):
+    problems = problems_of(write_config({"warmup_steps": 2, "warmup_ratio": 0.1,
+                                         "save_steps": 5, "saves_per_epoch": 2}))
+    assert problems == [
+        "warmup_steps (2) and warmup_ratio (0.1) are both set; keep one",
+        "save_steps and saves_per_epoch are both set; keep one",
+    ]
+
+
+def test_unsupported_axolotl_key_is_refused_by_name(write_config):
+    [problem] = problems_of(write_config({"sample_packing": True}))
+    assert problem.startswith("sample_packing: not supported by toolkit (")
+
+
+def test_not_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("base_model: [unclosed\nlr: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "is not valid YAML at line" in str(info.value)
+
+
+def test_yaml_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a YAML mapping of keys to values, got a list"):
+        load_config(path)
+
+
+def test_overrides_parse_as_yaml_scalars():
+    assert parse_overrides(["--micro-batch-size", "2", "--bf16", "false", "--lr-scheduler=linear",
+                            "--gradient-checkpointing", "--datasets.0.path", "x.jsonl"]) == {
+        "micro_batch_size": 2, "bf16": False, "lr_scheduler": "linear",
+        "gradient_checkpointing": True, "datasets.0.path": "x.jsonl"}
+
+
+def test_override_wins_and_is_marked(write_config):
+    loaded = load_config(write_config(), parse_overrides(["--micro-batch-size", "2"]))
+    assert loaded.config.micro_batch_size == 2
+    assert loaded.sources["micro_batch_size"] == "command line"
+
+
+def test_override_is_validated_like_the_file(write_config):
+    assert problems_of(write_config(), {"micro_batch_size": 0}) == [
+        "micro_batch_size: got 0; accepted: a number > 0; fix: set micro_batch_size to a number > 0"]
+
+
+def test_config_is_frozen(write_config):
+    loaded = load_config(write_config())
+    with pytest.raises(Exception):
+        loaded.config.micro_batch_size = 3
+
+
+# --- through the CLI: exit codes, and stdout vs stderr --------------------------------------
+
+def test_cli_validate_prints_resolved_config(write_config, capsys):
+    assert main(["validate", str(write_config()), "--micro-batch-size", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert "micro_batch_size: 3  # command line\n" in out
+    assert "\nseed: 42\n" in out
+    assert "lora_modules_to_save: null  # default\n" in out
+
+
+def test_cli_misspelled_key_exit_2_on_stderr(write_config, capsys):
+    path = write_config({"lerning_rate": 0.1})
+    assert main(["validate", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (f"error: {path}: 1 problem\n"
+                   "  - lerning_rate: unknown key; did you mean 'learning_rate'?\n")
+
+
+def test_cli_train_bad_config_fails_before_any_work(write_config, capsys):
+    path = write_config({"micro_batch_size": 0})
+    assert main(["train", str(path), "--runtime", "local"]) == 2
+    assert "micro_batch_size: got 0" in capsys.readouterr().err
+
+
+def test_cli_missing_config_file(capsys, tmp_path):
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist; pass the path of a YAML config" in capsys.readouterr().err
+
+
+def test_cli_unknown_flag_for_command_without_overrides(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["images", "list", "--bogus"])
+    assert info.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
