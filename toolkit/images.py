@@ -55,6 +55,11 @@ class Variant:
     def lock_sha256(self) -> str:
         return hashlib.sha256(self.lock.read_bytes()).hexdigest()
 
+    def pins(self) -> list[str]:
+        """The lock's `name==version` lines, without comments."""
+        lines = (ln.split("#", 1)[0].strip() for ln in self.lock.read_text().splitlines())
+        return [ln for ln in lines if ln]
+
     @property
     def tag(self) -> str:
         return f"toolkit:{self.name}-{self.lock_sha256[:12]}"
@@ -65,7 +70,9 @@ class Variant:
 
     @property
     def local_base_tag(self) -> str:
-        return f"{LOCAL_BASE_REPO}:debian-{self.local_base_suite}-python{self.python}"
+        packages = hashlib.sha256(" ".join(sorted(self.local_base_packages)).encode())
+        return (f"{LOCAL_BASE_REPO}:debian-{self.local_base_suite}-python{self.python}"
+                f"-{packages.hexdigest()[:8]}")
 
 
 def load_matrix(images_dir: Path = IMAGES_DIR) -> dict[str, Variant]:

@@ -57,6 +57,11 @@ def plan_mounts(reads: list[Path], writes: list[Path]) -> list[Mount]:
     return mounts
 
 
+def host_user() -> str:
+    """UID:GID the container runs as, so its outputs belong to whoever ran toolkit."""
+    return f"{os.getuid()}:{os.getgid()}"
+
+
 def container_spec(image: str, image_id: str, command: list[str], reads: list[Path],
                    writes: list[Path], network: bool) -> RunSpec:
     env: dict[str, str | None] = {"TOOLKIT_IMAGE": image, "TOOLKIT_IMAGE_ID": image_id}
@@ -65,7 +70,7 @@ def container_spec(image: str, image_id: str, command: list[str], reads: list[Pa
         image=image,
         command=command,
         mounts=plan_mounts(reads, writes),
-        user=f"{os.getuid()}:{os.getgid()}",
+        user=host_user(),
         workdir=os.getcwd(),
         env=env,
         network=None if network else "none",

@@ -1,0 +1,142 @@
+"""The real engine: build the cpu image, then train and merge in it as a user would.
+
+These run in CI (CI=true makes a missing engine a failure). The first build of
+the image takes a few minutes; later ones reuse the layers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from toolkit import launch
+from toolkit.cli import main
+from toolkit.config import load_config
+from toolkit.images import ensure_image, get_variant
+from toolkit.runtime import Docker, Runtime
+
+from conftest import DEMO_CONFIG, DEMO_DATA, REPO
+
+pytestmark = pytest.mark.docker
+USER = (1000, 1000)  # not root, not us: outputs must still belong to the caller
+
+
+@pytest.fixture(scope="session")
+def image(docker_engine) -> str:
+    return ensure_image(get_variant("cpu"), Runtime())
+
+
+@pytest.fixture
+def shared(tiny_model_dir):
+    """A folder any UID can read (pytest's own tmp folders are 0700)."""
+    root = Path(tempfile.mkdtemp(prefix="toolkit-docker-test-"))
+    root.chmod(0o755)
+    shutil.copytree(tiny_model_dir, root / "model")
+    shutil.copy(DEMO_DATA, root / "chat.jsonl")
+    yield root
+    subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def demo_config(root: Path, **changes) -> Path:
+    data = yaml.safe_load(DEMO_CONFIG.read_text())
+    data.update({"base_model": str(root / "model"), "output_dir": str(root / "out"),
+                 "max_steps": 12, "save_steps": 6, "logging_steps": 2, **changes})
+    data["datasets"][0]["path"] = str(root / "chat.jsonl")
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def as_user(monkeypatch, root: Path) -> tuple[int, int]:
+    """Run containers as USER when we are root (as in CI), else as ourselves."""
+    if os.geteuid() != 0:
+        return os.getuid(), os.getgid()
+    monkeypatch.setattr(launch, "host_user", lambda: f"{USER[0]}:{USER[1]}")
+    (root / "out").mkdir()
+    os.chown(root / "out", *USER)
+    return USER
+
+
+def test_image_labels_describe_it(image):
+    info = Docker(Runtime()).inspect_image(image)
+    labels = info["Config"]["Labels"]
+    variant = get_variant("cpu")
+    assert labels["io.toolkit.variant"] == "cpu"
+    assert labels["io.toolkit.lock-sha256"] == variant.lock_sha256
+    assert labels["io.toolkit.torch"] == "2.13.0+cpu"
+    assert labels["org.opencontainers.image.base.digest"].startswith("sha256:")
+    freeze = subprocess.run(["docker", "run", "--rm", image, "pip", "freeze", "--all"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(p.lower() for p in freeze if not p.startswith("pip==")) == sorted(
+        p.lower() for p in variant.pins())
+
+
+def test_train_and_merge_in_container_match_local(image, shared, monkeypatch, capfd):
+    uid, gid = as_user(monkeypatch, shared)
+    config = demo_config(shared)
+    assert main(["train", str(config), "--runtime", "docker"]) == 0
+    assert main(["merge-lora", str(config), "--runtime", "docker"]) == 0
+    out = shared / "out"
+    printed = capfd.readouterr().out
+    assert f"merged model: {out}/merged" in printed
+
+    for path in [out, *out.rglob("*")]:
+        assert (path.stat().st_uid, path.stat().st_gid) == (uid, gid), path
+    run = json.loads((out / "run.json").read_text())
+    assert run["environment"]["in_container"] is True
+    assert run["environment"]["image"] == image
+    assert run["environment"]["image_id"].startswith("sha256:")
+    assert (out / "merged" / "model.safetensors").exists()
+
+    # The same config and seed in this process gives the same loss curve.
+    from toolkit.trainer.sft import train
+
+    local_out = shared / "local"
+    local = load_config(config, {"output_dir": str(local_out)})
+    train(local)
+    local_run = json.loads((local_out / "run.json").read_text())
+    steps = [s for s, _ in run["loss_history"]]
+    assert steps == [s for s, _ in local_run["loss_history"]] == [2, 4, 6, 8, 10, 12]
+    for (_, a), (_, b) in zip(run["loss_history"], local_run["loss_history"]):
+        assert abs(a - b) <= 1e-4 * abs(b), (run["loss_history"], local_run["loss_history"])
+
+
+def test_bad_config_stops_before_docker(image, shared, capfd):
+    config = demo_config(shared, micro_batch_size=0)
+    assert main(["train", str(config), "--runtime", "docker"]) == 2
+    captured = capfd.readouterr()
+    assert "micro_batch_size: got 0" in captured.err
+    assert "running in" not in captured.err
+
+
+def test_failing_run_returns_the_container_exit_code(image, shared, capfd):
+    (shared / "chat.jsonl").write_text('{"messages": [{"role": "bot", "content": "x"}]}\n')
+    assert main(["train", str(demo_config(shared)), "--runtime", "docker"]) == 2
+    err = capfd.readouterr().err
+    assert "messages[0].role is 'bot'" in err
+    assert "the container exited with code 2" in err
+
+
+def test_make_train_inside_the_container(image, shared):
+    """The repo mounted into the image: `make train` runs locally there, no Docker inside."""
+    work = shared / "repo"
+    work.mkdir()
+    for name in ("Makefile", "configs", "pyproject.toml"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    subprocess.run(["chown", "-R", f"{USER[0]}:{USER[1]}", str(work)], check=False)
+    user = f"{USER[0]}:{USER[1]}" if os.geteuid() == 0 else f"{os.getuid()}:{os.getgid()}"
+    proc = subprocess.run(["docker", "run", "--rm", "--network", "none", "--user", user,
+                           "--mount", f"type=bind,source={work},target=/work", "--workdir",
+                           "/work", image, "make", "train"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "step 40/40 loss" in proc.stdout
+    assert (work / "outputs" / "tiny-cpu-demo" / "merged" / "model.safetensors").exists()

@@ -1,0 +1,164 @@
+"""The Docker seam and the container plan, without an engine (FakeRuntime)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from toolkit import images
+from toolkit.images import BuildOptions, build_image, ensure_image, get_variant, resolve_base
+from toolkit.launch import config_paths, container_spec, plan_mounts
+from toolkit.runtime import Docker, FakeRuntime, Mount, Result, RunSpec, run_argv
+
+
+def test_run_argv_is_exact():
+    spec = RunSpec(image="toolkit:cpu-abc", command=["toolkit", "train", "/c.yaml"],
+                   mounts=[Mount("/data", "/data"), Mount("/out", "/out", read_only=False)],
+                   user="1000:1000", workdir="/work", env={"A": "1", "HF_TOKEN": None},
+                   network="none", extra=["--shm-size", "1g"])
+    assert run_argv(spec) == [
+        "docker", "run", "--rm", "--init", "--user", "1000:1000", "--network", "none",
+        "--mount", "type=bind,source=/data,target=/data,readonly",
+        "--mount", "type=bind,source=/out,target=/out",
+        "--env", "A=1", "--env", "HF_TOKEN",
+        "--workdir", "/work", "--shm-size", "1g",
+        "toolkit:cpu-abc", "toolkit", "train", "/c.yaml"]
+
+
+def test_mounts_fold_nested_paths(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    mounts = plan_mounts(reads=[data, data / "a.jsonl", out / "model"], writes=[out])
+    assert mounts == [Mount(str(out), str(out), read_only=False),
+                      Mount(str(data), str(data), read_only=True)]
+
+
+def test_secrets_pass_by_name_only(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    spec = container_spec("img", "sha256:1", ["toolkit"], [], [tmp_path], network=False)
+    argv = run_argv(spec)
+    assert "HF_TOKEN" in argv
+    assert not any("hf_secret_value" in a for a in argv)
+    assert spec.user == f"{os.getuid()}:{os.getgid()}"
+    assert spec.network == "none"
+
+
+def test_config_paths_split_local_and_remote(tmp_path, write_config):
+    from toolkit.config import load_config
+
+    model = tmp_path / "m"
+    model.mkdir()
+    cfg = load_config(write_config({"base_model": str(model)})).config
+    reads, writes, remote = config_paths(cfg)
+    assert reads[0] == model and writes == [Path(cfg.output_dir)] and remote is False
+    hub = load_config(write_config({"base_model": "Qwen/Qwen3-8B"})).config
+    assert config_paths(hub)[2] is True
+
+
+def inspect_answer(present: dict[str, dict]):
+    def answer(argv):
+        info = present.get(argv[-1])
+        return Result(0, f"[{__import__('json').dumps(info)}]") if info is not None else Result(1)
+    return answer
+
+
+def test_base_falls_back_to_local_build_out_loud(capsys):
+    variant = get_variant("cpu")
+    fake = FakeRuntime(script=[
+        (("docker", "image", "inspect"), inspect_answer({})),
+        (("docker", "pull"), Result(1, "", "dial tcp: lookup registry-1.docker.io: no such host")),
+        (("debootstrap",), Result(0)),
+        (("docker", "import"), Result(0, "sha256:abc")),
+    ], programs={"docker", "debootstrap"})
+    if os.geteuid() != 0:
+        pytest.skip("the local base needs root (debootstrap)")
+    base = resolve_base(variant, Docker(fake), BuildOptions())
+    assert base == variant.local_base_tag
+    err = capsys.readouterr().err
+    assert f"could not pull {variant.base_ref} (dial tcp: lookup registry-1.docker.io: no such " \
+           "host); falling back to a base built from Debian's archive" in err
+    debootstrap = next(c for c in fake.calls if c[0] == "debootstrap")
+    assert debootstrap[1:4] == ["--variant=minbase", "--include=python3,python3-venv,"
+                                "ca-certificates,make", "bookworm"]
+
+
+def test_explicit_base_is_used_without_pulling_others():
+    variant = get_variant("cpu")
+    fake = FakeRuntime(script=[(("docker", "image", "inspect"),
+                                inspect_answer({"my/base:1": {"Id": "sha256:b"}}))])
+    assert resolve_base(variant, Docker(fake), BuildOptions(base="my/base:1")) == "my/base:1"
+    assert not any(c[:2] == ["docker", "pull"] for c in fake.calls)
+
+
+def test_build_passes_labels_and_offline_pip(tmp_path, monkeypatch):
+    variant = get_variant("cpu")
+    house = tmp_path / "wheels"
+    house.mkdir()
+    (house / "x-1-py3-none-any.whl").write_bytes(b"wheel")
+    staged = {}
+
+    def build(argv):
+        context = Path(argv[-1])
+        staged["files"] = sorted(p.name for p in (context / "wheels").iterdir())
+        staged["src"] = (context / "src" / "toolkit" / "cli.py").exists()
+        return Result(0)
+
+    fake = FakeRuntime(script=[
+        (("docker", "version"), Result(0, "20.10.24\n")),
+        (("docker", "image", "inspect"), inspect_answer({variant.base_ref: {"Id": "sha256:b"}})),
+        (("docker", "buildx"), Result(1)),
+        (("docker", "build"), build),
+    ])
+    assert build_image(variant, fake, BuildOptions(wheelhouse=house)) == variant.tag
+    argv = next(c for c in fake.calls if c[:2] == ["docker", "build"])
+    args = dict(a.split("=", 1) for a in argv[argv.index("--tag") + 3:-1:2])
+    assert args["PIP_SOURCE"] == "--no-index --find-links /build/wheels"
+    assert args["BASE_ID"] == "sha256:b" and args["LOCK_SHA256"] == variant.lock_sha256
+    assert args["SOURCE_SHA256"] == images.source_sha256()
+    assert staged == {"files": ["x-1-py3-none-any.whl"], "src": True}
+    build_env = fake.envs[fake.calls.index(argv)]
+    assert build_env == {"DOCKER_BUILDKIT": "0"}
+
+
+def test_tag_follows_the_lock(tmp_path):
+    (tmp_path / "locks").mkdir()
+    matrix = (images.IMAGES_DIR / "matrix.yaml").read_text()
+    (tmp_path / "matrix.yaml").write_text(matrix)
+    (tmp_path / "locks" / "cpu.txt").write_text("torch==2.13.0+cpu\n")
+    first = images.load_matrix(tmp_path)["cpu"].tag
+    assert first == images.load_matrix(tmp_path)["cpu"].tag
+    (tmp_path / "locks" / "cpu.txt").write_text("torch==2.13.0+cpu\nnumpy==2.4.6\n")
+    assert images.load_matrix(tmp_path)["cpu"].tag != first
+
+
+def test_stale_image_is_rebuilt(monkeypatch, capsys):
+    variant = get_variant("cpu")
+    stale = {"Id": "sha256:i", "Config": {"Labels": {"io.toolkit.source-sha256": "old"}}}
+    fake = FakeRuntime(script=[(("docker", "image", "inspect"),
+                                inspect_answer({variant.tag: stale}))])
+    rebuilt = []
+    monkeypatch.setattr(images, "build_image", lambda v, r, o: rebuilt.append(v) or v.tag)
+    assert ensure_image(variant, fake) == variant.tag
+    assert rebuilt == [variant]
+    assert "was built from other toolkit source; rebuilding" in capsys.readouterr().err
+
+
+def test_current_image_is_reused(monkeypatch):
+    variant = get_variant("cpu")
+    fresh = {"Id": "sha256:i",
+             "Config": {"Labels": {"io.toolkit.source-sha256": images.source_sha256()}}}
+    fake = FakeRuntime(script=[(("docker", "image", "inspect"),
+                                inspect_answer({variant.tag: fresh}))])
+    monkeypatch.setattr(images, "build_image", lambda *a: pytest.fail("rebuilt a fresh image"))
+    assert ensure_image(variant, fake) == variant.tag
+
+
+def test_missing_engine_says_what_to_do():
+    from toolkit.errors import RuntimeFailure
+
+    fake = FakeRuntime(script=[(("docker", "version"), Result(1, "", "Cannot connect"))])
+    with pytest.raises(RuntimeFailure, match="the Docker engine does not answer; start it"):
+        Docker(fake).require()
+    with pytest.raises(RuntimeFailure, match="the docker CLI is not installed"):
+        Docker(FakeRuntime(programs=set())).require()
