@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from conftest import DEMO_CONFIG
+from pydantic import ValidationError
 
 from toolkit.cli import main
 from toolkit.config import load_config, parse_overrides
 from toolkit.errors import ConfigError
-
-from conftest import DEMO_CONFIG
 
 
 def problems_of(path, overrides=None) -> list[str]:
@@ -110,12 +110,13 @@ def test_override_wins_and_is_marked(write_config):
 
 def test_override_is_validated_like_the_file(write_config):
     assert problems_of(write_config(), {"micro_batch_size": 0}) == [
-        "micro_batch_size: got 0; accepted: a number > 0; fix: set micro_batch_size to a number > 0"]
+        "micro_batch_size: got 0; accepted: a number > 0; "
+        "fix: set micro_batch_size to a number > 0"]
 
 
 def test_config_is_frozen(write_config):
     loaded = load_config(write_config())
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         loaded.config.micro_batch_size = 3
 
 

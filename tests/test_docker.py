@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DEMO_CONFIG, DEMO_DATA, REPO
 
 from toolkit import launch
 from toolkit.cli import main
 from toolkit.config import load_config
 from toolkit.images import ensure_image, get_variant
 from toolkit.runtime import Docker, Runtime
-
-from conftest import DEMO_CONFIG, DEMO_DATA, REPO
 
 pytestmark = pytest.mark.docker
 USER = (1000, 1000)  # not root, not us: outputs must still belong to the caller
@@ -104,7 +103,7 @@ def test_train_and_merge_in_container_match_local(image, shared, monkeypatch, ca
     local_run = json.loads((local_out / "run.json").read_text())
     steps = [s for s, _ in run["loss_history"]]
     assert steps == [s for s, _ in local_run["loss_history"]] == [2, 4, 6, 8, 10, 12]
-    for (_, a), (_, b) in zip(run["loss_history"], local_run["loss_history"]):
+    for (_, a), (_, b) in zip(run["loss_history"], local_run["loss_history"], strict=True):
         assert abs(a - b) <= 1e-4 * abs(b), (run["loss_history"], local_run["loss_history"])
 
 

@@ -163,3 +163,25 @@ def test_qlora_trains_on_cpu(tiny_model_dir, write_config):
     assert run["adapter"] == "qlora" and run["steps"] == 4
     assert all(math.isfinite(loss) for _, loss in run["loss_history"])
     assert (merge_lora(loaded) / "model.safetensors").exists()
+
+
+def test_moe_lora_trains(tmp_path, write_config):
+    from toolkit.tiny import write_tiny_model
+
+    moe = write_tiny_model(tmp_path / "tiny-moe", moe=True)
+    loaded = load_config(write_config({**FAST, "base_model": str(moe)}))
+    run = json.loads((train(loaded) / "run.json").read_text())
+    losses = [loss for _, loss in run["loss_history"]]
+    assert losses[-1] < losses[0] and run["resolved"]["lora_target_modules"] == "all-linear"
+    assert (merge_lora(loaded) / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("name", ["qwen3-8b-lora", "qwen3-32b-qlora", "qwen3-0.6b-full",
+                                  "qwen3-30b-a3b-lora", "tiny-cpu-demo"])
+def test_example_configs_validate(name, monkeypatch):
+    from conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    overrides = {"base_model": "Qwen/Qwen3-0.6B"} if name == "tiny-cpu-demo" else {}
+    loaded = load_config(REPO / "configs" / f"{name}.yaml", overrides)
+    assert loaded.config.chat_template == "qwen3"

@@ -64,7 +64,8 @@ LR_SCHEDULERS = (
 # axolotl keys we know but do not implement yet: refused by name, with what to do instead.
 UNSUPPORTED_KEYS = {
     "rl": "preference training is not implemented yet; train SFT, or use axolotl for DPO",
-    "sample_packing": "sample packing is not implemented yet; remove the key (rows are padded per batch)",
+    "sample_packing": "sample packing is not implemented yet; remove the key "
+                      "(rows are padded per batch)",
     "deepspeed": "DeepSpeed is not supported yet; remove the key to train on one device",
     "fsdp": "FSDP is not supported yet; remove the key to train on one device",
     "fsdp_config": "FSDP is not supported yet; remove the key to train on one device",
@@ -93,7 +94,7 @@ class DatasetConfig(_Strict):
     split: str = "train"
     field_messages: str = "messages"
     message_property_mappings: MessageMapping = MessageMapping()
-    # Extra source role names mapped onto the canonical roles, e.g. {user: [human], assistant: [gpt]}.
+    # Source role names mapped onto the canonical roles: {user: [human], assistant: [gpt]}.
     roles: dict[Literal["system", "user", "assistant", "tool"], list[str]] | None = None
     roles_to_train: list[Literal["system", "user", "assistant", "tool"]] = ["assistant"]
     # Which end-of-turn tokens carry loss: each trained turn's, every turn's, the last one's, none.
@@ -215,7 +216,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); "
+                          "save it as UTF-8") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -367,8 +369,9 @@ def _describe_all(errors: list[dict]) -> list[str]:
             out.append(f"{key}: is empty; give at least one entry")
         else:
             accepted = " or ".join(dict.fromkeys(_expected(e) for e in errs))
+            wanted = "one of those" if " or " in accepted else accepted
             out.append(f"{key}: got {_show(first.get('input'))}; accepted: {accepted}; "
-                       f"fix: set {key.split('.')[-1]} to " + ("one of those" if " or " in accepted else accepted))
+                       f"fix: set {key.split('.')[-1]} to {wanted}")
     return out
 
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from toolkit.config import Config, is_local_ref
-from toolkit.runtime import Docker, Mount, Runtime, RunSpec
+from toolkit.runtime import Docker, Mount, RunSpec, Runtime
 
 # Credentials a run may need; passed by name only, never by value.
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "AWS_ACCESS_KEY_ID",

@@ -11,8 +11,8 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from toolkit.errors import RuntimeFailure
 

@@ -63,7 +63,7 @@ class TurnRule:
     train_on_inputs: bool
 
     @classmethod
-    def from_config(cls, cfg: Config, ds: DatasetConfig) -> "TurnRule":
+    def from_config(cls, cfg: Config, ds: DatasetConfig) -> TurnRule:
         return cls(frozenset(ds.roles_to_train), ds.train_on_eos, cfg.train_on_inputs)
 
 
@@ -131,7 +131,8 @@ class ChatEncoder:
                 labels[t] = ids[t]
         return ids, labels
 
-    def _trained_spans(self, messages: list[dict], text: str, rule: TurnRule) -> list[tuple[int, int]]:
+    def _trained_spans(self, messages: list[dict], text: str, rule: TurnRule
+                       ) -> list[tuple[int, int]]:
         spans: list[tuple[int, int]] = []
         eot_spans: list[tuple[int, int, bool]] = []  # (start, end, belongs to a trained turn)
         cursor = 0

@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass
 from toolkit.config import Config
 from toolkit.errors import UsageError
 
-# Qwen3 / Qwen3-MoE linear layers a LoRA targets by default (attention and MLP).
-# Qwen3-MoE's experts share these names, so the same list reaches every expert.
+# Linear layers a LoRA targets by default: Qwen3's attention and MLP projections.
+# In Qwen3-MoE (transformers 5) the experts are fused 3-D parameters, not Linear
+# layers, so there the list reaches the attention projections only.
 QWEN3_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
