@@ -102,6 +102,7 @@ def test_build_passes_labels_and_offline_pip(tmp_path, monkeypatch):
         context = Path(argv[-1])
         staged["files"] = sorted(p.name for p in (context / "wheels").iterdir())
         staged["src"] = (context / "src" / "toolkit" / "cli.py").exists()
+        staged["dockerfile"] = (context / "Dockerfile").read_text()
         return Result(0)
 
     fake = FakeRuntime(script=[
@@ -114,9 +115,10 @@ def test_build_passes_labels_and_offline_pip(tmp_path, monkeypatch):
     argv = next(c for c in fake.calls if c[:2] == ["docker", "build"])
     args = dict(a.split("=", 1) for a in argv[argv.index("--tag") + 3:-1:2])
     assert args["PIP_SOURCE"] == "--no-index --find-links /build/wheels"
-    assert args["BASE_ID"] == "sha256:b" and args["LOCK_SHA256"] == variant.lock_sha256
+    assert args["BASE_ID"] == "sha256:b" and args["BASE_IMAGE"] == variant.base_ref
     assert args["SOURCE_SHA256"] == images.source_sha256()
-    assert staged == {"files": ["x-1-py3-none-any.whl"], "src": True}
+    assert staged["dockerfile"] == images.render_dockerfile(variant)
+    assert staged["files"] == ["x-1-py3-none-any.whl"] and staged["src"]
     build_env = fake.envs[fake.calls.index(argv)]
     assert build_env == {"DOCKER_BUILDKIT": "0"}
 

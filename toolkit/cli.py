@@ -48,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where to run: the toolkit image (default outside a container) "
                             "or this Python environment (default inside one)")
         p.add_argument("--image", default=None,
-                       help="image to run in (default: the cpu variant, built if missing)")
+                       help="image tag to run in (default: the variant `toolkit images select` "
+                            "picks, built if missing)")
+        p.add_argument("--variant", default=None,
+                       help="image variant to run in (see `toolkit images list`)")
+        p.add_argument("--gpus", default=None,
+                       help="GPUs for the container: all (default) or indexes like 0,1")
 
     p = command("validate", cmd_validate, "check a config and print every resolved value",
                 overrides=True)
@@ -76,6 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = isub.add_parser("list", help="the variants and their tags", allow_abbrev=False)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_images_list, takes_overrides=False)
+    p = isub.add_parser("render", help="print a variant's rendered Dockerfile",
+                        allow_abbrev=False)
+    p.add_argument("variant")
+    p.set_defaults(func=cmd_images_render, takes_overrides=False)
+    p = isub.add_parser("lock", help="resolve a variant's lock, with hashes",
+                        allow_abbrev=False)
+    p.add_argument("variant")
+    p.add_argument("--find-links", type=Path, help="a folder of wheels the indexes would serve")
+    p.set_defaults(func=cmd_images_lock, takes_overrides=False)
+    p = isub.add_parser("select", help="the variant for this host, and why", allow_abbrev=False)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_images_select, takes_overrides=False)
+    p = isub.add_parser("verify", help="check a built image against its lock",
+                        allow_abbrev=False)
+    p.add_argument("tag")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_images_verify, takes_overrides=False)
     p = isub.add_parser("build", help="build one variant's image", allow_abbrev=False)
     p.add_argument("variant")
     p.add_argument("--base", help="build on this base image instead of the matrix's")
@@ -86,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let pip reach the package index inside the build")
     p.add_argument("--ca-bundle", type=Path, help="CA bundle for pip inside the build")
     p.set_defaults(func=cmd_images_build, takes_overrides=False)
+    p = command("doctor", cmd_doctor, "will training work here? each check with its fix "
+                "(inside the image: what torch sees)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--variant", default=None, help="judge this image variant for the host")
     return parser
 
 
@@ -123,7 +149,7 @@ def cmd_train(args, extra) -> int:
         command = ["toolkit", "train", str(Path(args.config).absolute()), "--runtime", "local",
                    *extra]
         code = run_in_container(_runtime(), _image(args), command,
-                                [Path(args.config), *reads], writes, network)
+                                [Path(args.config), *reads], writes, network, args.gpus)
         if code != 0:
             return _container_failed(code)
         what = "adapter" if cfg.uses_lora else "model"
@@ -149,7 +175,7 @@ def cmd_merge(args, extra) -> int:
         command = ["toolkit", "merge-lora", str(Path(args.config).absolute()),
                    "--runtime", "local", *extra]
         code = run_in_container(_runtime(), _image(args), command,
-                                [Path(args.config), *reads], writes, network)
+                                [Path(args.config), *reads], writes, network, args.gpus)
         if code != 0:
             return _container_failed(code)
         out = loaded.config.output_dir
@@ -171,7 +197,7 @@ def cmd_tiny(args, extra) -> int:
 
         command = ["toolkit", "tiny-model", str(out.absolute()), "--runtime", "local",
                    "--seed", str(args.seed), *(["--moe"] if args.moe else [])]
-        code = run_in_container(_runtime(), _image(args), command, [], [out])
+        code = run_in_container(_runtime(), _image(args), command, [], [out], gpus=args.gpus)
         return _container_failed(code) if code else 0
     from toolkit.tiny import write_tiny_model
 
@@ -187,7 +213,7 @@ def cmd_images_list(args, extra) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    cols = ["variant", "accelerator", "torch", "python", "tag", "base"]
+    cols = ["variant", "accelerator", "gpu", "torch", "min_driver", "lock", "tag"]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     print("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
     for r in rows:
@@ -208,6 +234,73 @@ def cmd_images_build(args, extra) -> int:
     return 0
 
 
+def cmd_images_render(args, extra) -> int:
+    from toolkit.images import get_variant, render_dockerfile
+
+    sys.stdout.write(render_dockerfile(get_variant(args.variant)))
+    return 0
+
+
+def cmd_images_lock(args, extra) -> int:
+    from toolkit.images import get_variant, lock_variant
+
+    print(f"wrote {lock_variant(get_variant(args.variant), _runtime(), args.find_links)}")
+    return 0
+
+
+def cmd_images_select(args, extra) -> int:
+    from toolkit.compat import Status, select
+    from toolkit.images import load_matrix
+    from toolkit.probe import gather
+
+    host = gather(_runtime())
+    sel = select(host.facts, [v.facts() for v in load_matrix().values()])
+    if args.json:
+        print(json.dumps({"variant": sel.variant, "status": sel.status.name,
+                          "explanation": sel.explanation, "fix": sel.fix,
+                          "gpus": [g.__dict__ for g in host.facts.gpus],
+                          "nvidia_driver": host.facts.nvidia_driver}, indent=2))
+    else:
+        print(sel.variant or "none")
+        for line in sel.explanation:
+            print(f"  {line}")
+        if sel.fix:
+            print(f"  fix: {sel.fix}")
+    return 1 if sel.status == Status.FAIL else 0
+
+
+def cmd_images_verify(args, extra) -> int:
+    from toolkit.images import verify_image
+
+    return _report(verify_image(args.tag, _runtime()), args.json)
+
+
+def cmd_doctor(args, extra) -> int:
+    from toolkit import doctor
+    from toolkit.launch import in_container
+
+    if in_container():
+        findings = doctor.container_checks()
+    else:
+        from toolkit.images import load_matrix
+        from toolkit.probe import gather
+
+        findings = doctor.host_checks(gather(_runtime()), list(load_matrix().values()),
+                                      wanted=args.variant)
+    return _report(findings, args.json)
+
+
+def _report(findings, as_json: bool) -> int:
+    from toolkit.compat import Status
+    from toolkit.doctor import render, worst
+
+    if as_json:
+        print(json.dumps([f.as_dict() for f in findings], indent=2))
+    else:
+        print(render(findings))
+    return 1 if worst(findings) == Status.FAIL else 0
+
+
 # ---------------------------------------------------------------------------
 # helpers
 
@@ -223,17 +316,9 @@ def _runtime_of(args) -> str:
 
 
 def _image(args) -> str:
-    from toolkit.images import DEFAULT_VARIANT, ensure_image, get_variant
-    from toolkit.runtime import Docker
+    from toolkit.launch import choose_image
 
-    runtime = _runtime()
-    Docker(runtime).require()
-    if args.image:
-        if Docker(runtime).inspect_image(args.image) is None:
-            raise UsageError(f"--image {args.image}: no such image here; build one with "
-                             "`toolkit images build VARIANT` or `docker pull` it")
-        return args.image
-    return ensure_image(get_variant(DEFAULT_VARIANT), runtime)
+    return choose_image(_runtime(), args.image, args.variant)
 
 
 def _container_failed(code: int) -> int:

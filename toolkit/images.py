@@ -16,7 +16,9 @@ with `--ca-bundle` for a TLS proxy).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -39,26 +41,42 @@ DEFAULT_VARIANT = "cpu"
 
 @dataclass(frozen=True)
 class Variant:
+    """A row of images/matrix.yaml."""
+
     name: str
-    accelerator: str
+    accelerator: str                    # cpu, cuda or rocm
     base: str
     base_digest: str | None
     local_base_suite: str
     local_base_packages: tuple[str, ...]
     python: str
+    platform: str
+    requirements: tuple[str, ...]
     torch: str
     torch_index: str
-    platform: str
+    extensions: dict
+    flash_attn: str | None
+    arch_list: tuple[str, ...]
+    min_driver: str | None
+    size_gb: float
     lock: Path
+    gpu_version: str | None = None      # CUDA or ROCm version of the torch build
+    unverified: tuple[str, ...] = ()    # facts resting on one source
 
     @property
     def lock_sha256(self) -> str:
         return hashlib.sha256(self.lock.read_bytes()).hexdigest()
 
     def pins(self) -> list[str]:
-        """The lock's `name==version` lines, without comments."""
-        lines = (ln.split("#", 1)[0].strip() for ln in self.lock.read_text().splitlines())
-        return [ln for ln in lines if ln]
+        """The lock's requirement lines, without comments, hashes or options."""
+        text = self.lock.read_text().replace("\\\n", " ")
+        lines = (ln.split("#", 1)[0].split(" --hash")[0].strip() for ln in text.splitlines())
+        return [ln for ln in lines if ln and not ln.startswith("-")]
+
+    @property
+    def lock_complete(self) -> bool:
+        """Whether the lock pins every package (then pip installs it with --no-deps)."""
+        return "--hash=" in self.lock.read_text()
 
     @property
     def tag(self) -> str:
@@ -74,6 +92,12 @@ class Variant:
         return (f"{LOCAL_BASE_REPO}:debian-{self.local_base_suite}-python{self.python}"
                 f"-{packages.hexdigest()[:8]}")
 
+    def facts(self):
+        from toolkit.compat import VariantFacts
+
+        return VariantFacts(self.name, self.accelerator, self.gpu_version, self.arch_list,
+                            self.min_driver)
+
 
 def load_matrix(images_dir: Path = IMAGES_DIR) -> dict[str, Variant]:
     path = images_dir / "matrix.yaml"
@@ -88,8 +112,13 @@ def load_matrix(images_dir: Path = IMAGES_DIR) -> dict[str, Variant]:
             base_digest=row.get("base_digest"),
             local_base_suite=row["local_base"]["suite"],
             local_base_packages=tuple(row["local_base"]["packages"]),
-            python=str(row["python"]), torch=row["torch"], torch_index=row["torch_index"],
-            platform=row["platform"], lock=images_dir / row["lock"],
+            python=str(row["python"]), platform=row["platform"],
+            requirements=tuple(row["requirements"]), torch=row["torch"],
+            torch_index=row["torch_index"], extensions=dict(row.get("extensions") or {}),
+            flash_attn=row.get("flash_attn"), arch_list=tuple(row.get("arch_list") or ()),
+            min_driver=row.get("min_driver"), size_gb=float(row["size_gb"]),
+            lock=images_dir / row["lock"], gpu_version=row.get("cuda") or row.get("rocm"),
+            unverified=tuple(row.get("check") or ()),
         )
     return out
 
@@ -113,9 +142,42 @@ def source_sha256(root: Path = REPO_ROOT) -> str:
 
 
 def list_rows() -> list[dict]:
-    return [{"variant": v.name, "accelerator": v.accelerator, "base": v.base_ref,
-             "python": v.python, "torch": v.torch, "tag": v.tag}
+    return [{"variant": v.name, "accelerator": v.accelerator,
+             "gpu": v.gpu_version or "-", "torch": v.torch, "min_driver": v.min_driver or "-",
+             "arch_list": " ".join(v.arch_list) or "-", "lock": "complete" if v.lock_complete
+             else "top-level", "tag": v.tag, "base": v.base_ref}
             for v in load_matrix().values()]
+
+
+def render_dockerfile(variant: Variant) -> str:
+    """The variant's Dockerfile: the one template with the row's values filled in."""
+    labels = {
+        "io.toolkit.variant": variant.name,
+        "io.toolkit.accelerator": variant.accelerator,
+        "io.toolkit.torch": variant.torch,
+        "io.toolkit.gpu-runtime": variant.gpu_version or "none",
+        "io.toolkit.arch-list": " ".join(variant.arch_list) or "none",
+        "io.toolkit.min-driver": variant.min_driver or "none",
+        "io.toolkit.extensions": " ".join(f"{k}=={v}" for k, v in variant.extensions.items()),
+        "io.toolkit.flash-attn": variant.flash_attn or "none",
+        "io.toolkit.lock-sha256": variant.lock_sha256,
+    }
+    # The NVIDIA Container Toolkit reads these to expose the driver's compute libraries.
+    nvidia_env = ["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"]
+    cuda = variant.accelerator == "cuda"
+    accel_env = "".join(f" \\\n    {e}" for e in nvidia_env) if cuda else ""
+    values = {
+        "@VARIANT@": variant.name,
+        "@BASE@": variant.base_ref,
+        "@PIP_DEPS@": "--no-deps --require-hashes " if variant.lock_complete else "",
+        "@ACCEL_ENV@": accel_env,
+        "@VERSION@": __version__,
+        "@LABELS@": " \\\n".join(f'      {k}="{v}"' for k, v in labels.items()),
+    }
+    text = (IMAGES_DIR / "Dockerfile.in").read_text()
+    for key, value in values.items():
+        text = text.replace(key, value)
+    return text
 
 
 # ---------------------------------------------------------------------------
@@ -167,12 +229,8 @@ def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
         args = {
             "BASE_IMAGE": base,
             "PIP_SOURCE": pip_source,
-            "VARIANT": variant.name,
             "BASE_ID": base_info.get("Id", ""),
-            "TORCH": variant.torch,
-            "LOCK_SHA256": variant.lock_sha256,
             "SOURCE_SHA256": source_sha256(),
-            "VERSION": __version__,
             "REVISION": _git(runtime, "rev-parse", "HEAD") or "unknown",
             "CREATED": _created(runtime),
         }
@@ -188,7 +246,7 @@ def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
 def _stage_context(variant: Variant, context: Path, opts: BuildOptions,
                    runtime: Runtime) -> str:
     """Lay out the build context; return pip's source options for the Dockerfile."""
-    shutil.copy(IMAGES_DIR / "Dockerfile", context / "Dockerfile")
+    (context / "Dockerfile").write_text(render_dockerfile(variant))
     shutil.copy(variant.lock, context / "lock.txt")
     (context / "ca-bundle.crt").write_bytes(opts.ca_bundle.read_bytes() if opts.ca_bundle else b"")
     src = context / "src"
@@ -229,12 +287,10 @@ def fill_wheelhouse(variant: Variant, runtime: Runtime) -> Path:
         return house
     house.mkdir(parents=True, exist_ok=True)
     say(f"downloading the {variant.name} lock's wheels with this machine's pip into {house}")
-    argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--python-version", variant.python, "--implementation", "cp",
-            "--abi", "cp" + variant.python.replace(".", ""), "--abi", "abi3", "--abi", "none",
+    argv = [sys.executable, "-m", "pip", "download", *_target_options(variant),
             "--dest", str(house), "--requirement", str(variant.lock)]
-    for platform in _pip_platforms(variant.platform):
-        argv += ["--platform", platform]
+    if variant.lock_complete:
+        argv.append("--no-deps")
     # First with the host's own pip configuration only: an index that is unreachable
     # costs pip minutes of retries, so the torch index is added only when needed.
     res = runtime.run(argv, timeout=3600)
@@ -250,11 +306,53 @@ def fill_wheelhouse(variant: Variant, runtime: Runtime) -> Path:
     return house
 
 
-def _pip_platforms(platform: str) -> list[str]:
-    arch = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}[platform]
+def _target_options(variant: Variant) -> list[str]:
+    """pip options that pick wheels for the image's Python and platform, not the host's."""
+    arch = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}[variant.platform]
     # Every manylinux tag a Debian 12 (glibc 2.36) base can run.
     tags = [f"manylinux_2_{minor}_{arch}" for minor in range(36, 16, -1)]
-    return tags + [f"manylinux2014_{arch}", f"linux_{arch}"]
+    options = ["--only-binary=:all:", "--python-version", variant.python,
+               "--implementation", "cp", "--abi", "cp" + variant.python.replace(".", ""),
+               "--abi", "abi3", "--abi", "none"]
+    for tag in [*tags, f"manylinux2014_{arch}", f"linux_{arch}"]:
+        options += ["--platform", tag]
+    return options
+
+
+def lock_variant(variant: Variant, runtime: Runtime, find_links: Path | None = None) -> Path:
+    """Resolve the variant's requirements for its platform and write an exact, hashed lock.
+
+    pip runs without this machine's configuration (so a host-only wheel cannot
+    leak into a GPU lock), against PyPI and the variant's torch index, plus
+    `find_links` when given (a folder holding wheels those indexes serve).
+    """
+    requirements = [f"torch=={variant.torch}",
+                    *(f"{k}=={v}" for k, v in variant.extensions.items()),
+                    *variant.requirements]
+    with tempfile.TemporaryDirectory(prefix="toolkit-lock-") as tmp:
+        report = Path(tmp) / "report.json"
+        argv = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet",
+                "--ignore-installed", "--report", str(report), "--target", str(Path(tmp) / "t"),
+                "--retries", "1", "--timeout", "30", *_target_options(variant),
+                "--extra-index-url", variant.torch_index, *requirements]
+        env = {"PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": str(find_links or "")}
+        res = runtime.run(argv, env=env, timeout=1800)
+        if not res.ok:
+            tail = "\n".join(res.stderr.strip().splitlines()[-3:])
+            raise RuntimeFailure(f"could not resolve the {variant.name} lock:\n{tail}\n"
+                                 f"Its index ({variant.torch_index}) must be reachable, or "
+                                 "pass --find-links DIR with the wheels it would serve. "
+                                 f"{variant.lock} is unchanged.")
+        installs = json.loads(report.read_text())["install"]
+    lines = [f"# Exact pins of the {variant.name} image, with hashes: written by",
+             f"# `toolkit images lock {variant.name}`. Same lock, same image tag."]
+    for item in sorted(installs, key=lambda i: i["metadata"]["name"].lower()):
+        meta, archive = item["metadata"], item["download_info"].get("archive_info", {})
+        digest = archive.get("hashes", {}).get("sha256")
+        line = f"{meta['name']}=={meta['version']}"
+        lines.append(f"{line} \\\n    --hash=sha256:{digest}" if digest else line)
+    variant.lock.write_text("\n".join(lines) + "\n")
+    return variant.lock
 
 
 def resolve_base(variant: Variant, docker: Docker, opts: BuildOptions) -> str:
@@ -332,3 +430,74 @@ def _created(runtime: Runtime) -> str:
     """Build time for the label: SOURCE_DATE_EPOCH when set, else the last commit's time."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH") or _git(runtime, "log", "-1", "--format=%ct")
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch or 0)))
+
+
+# ---------------------------------------------------------------------------
+# verifying a built image
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def verify_image(tag: str, runtime: Runtime) -> list:
+    """Inside the image: installed versions equal the lock, torch is the labelled
+    build, and the trainer's imports work. Returns doctor-style findings."""
+    from toolkit.compat import Finding, Status
+
+    docker = Docker(runtime)
+    docker.require()
+    info = docker.inspect_image(tag)
+    if info is None:
+        raise UsageError(f"no image {tag!r} here; `toolkit images list` shows the tags, "
+                         "`toolkit images build VARIANT` makes one")
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    name = labels.get("io.toolkit.variant")
+    if name is None:
+        raise UsageError(f"{tag} has no io.toolkit.variant label: not a toolkit image")
+    variant = get_variant(name)
+    out = []
+    if labels.get("io.toolkit.lock-sha256") != variant.lock_sha256:
+        out.append(Finding("lock", Status.MARGINAL,
+                           f"{tag} was built from another lock than {variant.lock.name} in this "
+                           "checkout; comparing against the checkout's", "rebuild the image"))
+    res = runtime.run(["docker", "run", "--rm", "--network", "none", tag,
+                       "python", "-m", "toolkit.envreport"], timeout=900)
+    if not res.ok:
+        return out + [Finding("run", Status.FAIL, f"the image does not run: "
+                              f"{res.stderr.strip()[-300:]}", "rebuild it")]
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    installed = {_canonical(k): v for k, v in report["distributions"].items()}
+    pinned = {}
+    for pin in variant.pins():
+        pkg, _, version = pin.partition("==")
+        pinned[_canonical(pkg)] = version
+    wrong = [f"{p}: locked {v}, installed {installed.get(p, 'nothing')}"
+             for p, v in sorted(pinned.items()) if installed.get(p) != v]
+    extra = sorted(set(installed) - set(pinned) - {"pip"}) if variant.lock_complete else []
+    if wrong or extra:
+        out.append(Finding("versions", Status.FAIL, "; ".join(
+            wrong + ([f"not in the lock: {', '.join(extra)}"] if extra else [])),
+            "rebuild the image from the lock"))
+    else:
+        out.append(Finding("versions", Status.OK,
+                           f"{len(pinned)} pins match the lock" +
+                           ("" if variant.lock_complete else
+                            f" ({len(installed)} installed; the lock pins top-level only)")))
+    torch = report["torch"]
+    expected_runtime = {"cpu": None, "cuda": variant.gpu_version, "rocm": variant.gpu_version}
+    got = torch.get("hip") if variant.accelerator == "rocm" else torch.get("cuda")
+    want = expected_runtime[variant.accelerator]
+    runtime_ok = (got is None) if want is None else bool(got) and str(got).startswith(want)
+    torch_ok = torch.get("version") == variant.torch and runtime_ok
+    out.append(Finding("torch", Status.OK if torch_ok else Status.FAIL,
+                       f"torch {torch.get('version')} (CUDA {torch.get('cuda')}, HIP "
+                       f"{torch.get('hip')}); the label says {variant.torch}, "
+                       f"{variant.accelerator} {want or ''}".rstrip(),
+                       "" if torch_ok else "rebuild: the lock and the torch index disagree"))
+    broken = {m: e for m, e in report["imports"].items() if e != "ok"}
+    out.append(Finding("imports", Status.FAIL if broken else Status.OK,
+                       "; ".join(f"{m}: {e}" for m, e in broken.items()) or
+                       f"{len(report['imports'])} trainer modules import",
+                       "rebuild the image" if broken else ""))
+    return out

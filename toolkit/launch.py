@@ -62,8 +62,40 @@ def host_user() -> str:
     return f"{os.getuid()}:{os.getgid()}"
 
 
+def device_flags(accelerator: str, gpus: str | None = None,
+                 amd_gids: tuple[int, ...] = ()) -> list[str]:
+    """docker run flags that give a container its GPUs, per vendor (pure).
+
+    `gpus` is "all" (or None) or a comma list of indexes; NVIDIA maps it to a
+    device request, AMD to HIP_VISIBLE_DEVICES. AMD's device nodes belong to the
+    host's video/render groups, added by number because the image may not know
+    their names.
+    """
+    some = gpus not in (None, "all")
+    if accelerator == "cuda":
+        request = f'"device={gpus}"' if some else "all"
+        return ["--gpus", request, "--ipc=host", "--ulimit", "memlock=-1",
+                "--ulimit", "stack=67108864"]
+    if accelerator == "rocm":
+        flags = ["--device", "/dev/kfd", "--device", "/dev/dri"]
+        for gid in amd_gids or ("video",):
+            flags += ["--group-add", str(gid)]
+        flags += ["--security-opt", "seccomp=unconfined", "--ipc=host"]
+        if some:
+            flags += ["--env", f"HIP_VISIBLE_DEVICES={gpus}"]
+        return flags
+    return ["--shm-size", "1g"]
+
+
+def amd_group_ids() -> tuple[int, ...]:
+    """Groups owning /dev/kfd and the render nodes on this host."""
+    paths = [Path("/dev/kfd"), *sorted(Path("/dev/dri").glob("renderD*"))]
+    return tuple(sorted({p.stat().st_gid for p in paths if p.exists()}))
+
+
 def container_spec(image: str, image_id: str, command: list[str], reads: list[Path],
-                   writes: list[Path], network: bool) -> RunSpec:
+                   writes: list[Path], network: bool, devices: list[str] | None = None
+                   ) -> RunSpec:
     env: dict[str, str | None] = {"TOOLKIT_IMAGE": image, "TOOLKIT_IMAGE_ID": image_id}
     env.update({name: None for name in SECRET_ENV if name in os.environ})
     return RunSpec(
@@ -74,18 +106,64 @@ def container_spec(image: str, image_id: str, command: list[str], reads: list[Pa
         workdir=os.getcwd(),
         env=env,
         network=None if network else "none",
-        extra=["--shm-size", "1g"],
+        extra=devices if devices is not None else device_flags("cpu"),
     )
 
 
 def run_in_container(runtime: Runtime, image: str, command: list[str], reads: list[Path],
-                     writes: list[Path], network: bool = False) -> int:
+                     writes: list[Path], network: bool = False, gpus: str | None = None) -> int:
     """Run `command` in `image` with the given paths mounted; stream logs; return its exit code."""
     docker = Docker(runtime)
     info = docker.inspect_image(image) or {}
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    accelerator = labels.get("io.toolkit.accelerator", "cpu")
+    gids = amd_group_ids() if accelerator == "rocm" else ()
     for path in writes:
         path.mkdir(parents=True, exist_ok=True)
-    spec = container_spec(image, info.get("Id", ""), command, reads, writes, network)
+    spec = container_spec(image, info.get("Id", ""), command, reads, writes, network,
+                          device_flags(accelerator, gpus, gids))
     note = "with network access (a model or dataset is remote)" if network else "without network"
     print(f"toolkit: running in {image} as {spec.user}, {note}", file=sys.stderr, flush=True)
     return docker.run(spec)
+
+
+def choose_image(runtime: Runtime, image: str | None, variant: str | None) -> str:
+    """The image a heavy command runs in, after the host preflight.
+
+    `image` is a tag the user gave; `variant` a matrix row; neither: the variant
+    `images select` picks for this host. A FAIL in the preflight refuses the run
+    unless TOOLKIT_SKIP_PREFLIGHT=1.
+    """
+    from toolkit import doctor, images, probe
+    from toolkit.compat import Status
+    from toolkit.errors import RuntimeFailure, UsageError
+
+    docker = Docker(runtime)
+    docker.require()
+    matrix = images.load_matrix()
+    if image:
+        info = docker.inspect_image(image)
+        if info is None:
+            raise UsageError(f"--image {image}: no such image here; build one with "
+                             "`toolkit images build VARIANT` or `docker pull` it")
+        variant = ((info.get("Config") or {}).get("Labels") or {}).get("io.toolkit.variant")
+    if os.environ.get(doctor.SKIP_ENV) == "1":
+        print(f"toolkit: preflight skipped ({doctor.SKIP_ENV}=1)", file=sys.stderr)
+        host_variant = variant or images.DEFAULT_VARIANT
+    else:
+        host = probe.gather(runtime)
+        findings = doctor.host_checks(host, list(matrix.values()), wanted=variant)
+        failed = [f for f in findings if f.status == Status.FAIL]
+        if failed:
+            raise RuntimeFailure(
+                f"preflight failed; fix these or set {doctor.SKIP_ENV}=1 to run anyway",
+                [f"{f.check}: {f.message}" + (f"; fix: {f.fix}" if f.fix else "")
+                 for f in failed])
+        from toolkit.compat import select
+
+        host_variant = variant or select(host.facts, [v.facts() for v in matrix.values()]).variant
+    if image:
+        return image
+    if host_variant not in matrix:
+        raise UsageError(f"unknown image variant {host_variant!r}; see `toolkit images list`")
+    return images.ensure_image(matrix[host_variant], runtime)

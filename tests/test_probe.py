@@ -1,0 +1,167 @@
+"""Host probes fed with recorded outputs, and the doctor's verdicts on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toolkit.compat import Status
+from toolkit.doctor import host_checks, render
+from toolkit.images import load_matrix
+from toolkit.probe import (
+    NVIDIA_QUERY,
+    gather,
+    parse_amd_smi_static,
+    parse_cuda_version,
+    parse_nvidia_smi,
+    parse_proc_driver_version,
+    parse_rocm_agent_enumerator,
+    parse_rocm_smi_productname,
+)
+from toolkit.runtime import FakeRuntime, Result
+
+HOSTS = Path(__file__).parent / "data" / "hosts"
+MATRIX = list(load_matrix().values())
+
+
+def recorded(name: str) -> str:
+    return (HOSTS / name).read_text()
+
+
+def test_nvidia_smi_with_mig():
+    gpus, driver = parse_nvidia_smi(recorded("h100-mig.nvidia-smi.csv"))
+    assert driver == "550.54.15"
+    assert [(g.index, g.compute_cap, g.memory_mib, g.mig) for g in gpus] == [
+        (0, "9.0", 81559, False), (1, "9.0", 81559, True)]
+
+
+def test_nvidia_smi_old_driver_without_compute_cap():
+    gpus, driver = parse_nvidia_smi(recorded("t4-470.nvidia-smi.csv"), with_compute_cap=False)
+    assert driver == "470.182.03"
+    assert (gpus[0].name, gpus[0].compute_cap) == ("Tesla T4", "7.5")
+
+
+@pytest.mark.parametrize("name, version", [("proc-driver-version.proprietary.txt", "550.54.15"),
+                                           ("proc-driver-version.open.txt", "570.86.15")])
+def test_proc_driver_version(name, version):
+    assert parse_proc_driver_version(recorded(name)) == version
+
+
+def test_cuda_version_from_header():
+    assert parse_cuda_version(recorded("h100.nvidia-smi.txt")) == "12.4"
+
+
+def test_amd_smi_both_layouts():
+    assert [(g.name, g.gfx) for g in parse_amd_smi_static(recorded(
+        "mi300x.amd-smi-static.json"))] == [("AMD Instinct MI300X", "gfx942")] * 2
+    assert [(g.name, g.gfx) for g in parse_amd_smi_static(recorded(
+        "mi355x.amd-smi-static.gpu_data.json"))] == [("AMD Instinct MI355X", "gfx950")]
+
+
+def test_rocm_smi_and_agent_enumerator():
+    [gpu] = parse_rocm_smi_productname(recorded("rx7800.rocm-smi-productname.json"))
+    assert (gpu.index, gpu.gfx) == (0, "gfx1101")
+    assert parse_rocm_agent_enumerator(recorded("mi300x.rocm_agent_enumerator.txt")) == [
+        "gfx942", "gfx942"]
+
+
+def fake_host(script, programs, files=None, exists=()):
+    runtime = FakeRuntime(script=script, programs=set(programs))
+    files = files or {}
+    return gather(runtime, read_text=files.get, exists=lambda p: p in exists)
+
+
+def docker_ok(runtimes='{"runc":{}}'):
+    return [(("docker", "version"), Result(0, "27.3.1\n")),
+            (("docker", "info"), Result(0, f"/var/lib/docker|{runtimes}\n"))]
+
+
+def test_gather_old_driver_falls_back_to_the_short_query():
+    host = fake_host([
+        (("nvidia-smi", "--query-gpu=index,name,compute_cap,driver_version,memory.total,"
+          "mig.mode.current"), Result(2, recorded("t4-470.compute-cap-error.txt"))),
+        (("nvidia-smi", "--query-gpu=index,name,driver_version,memory.total"),
+         Result(0, recorded("t4-470.nvidia-smi.csv"))),
+        (("nvidia-smi",), Result(0, "| NVIDIA-SMI 470.182.03  Driver Version: 470.182.03  "
+                                    "CUDA Version: 11.4 |\n")),
+        *docker_ok(),
+    ], programs={"nvidia-smi", "docker"})
+    assert host.facts.nvidia_driver == "470.182.03"
+    assert host.facts.cuda_driver == "11.4"
+    assert host.facts.gpus[0].compute_cap == "7.5"
+    assert any("old driver" in s for s in host.sources)
+
+
+def test_gather_prefers_sysfs_driver_version():
+    host = fake_host([(("nvidia-smi",), Result(0, recorded("h100-mig.nvidia-smi.csv"))),
+                      *docker_ok()], programs={"nvidia-smi", "docker"},
+                     files={"/sys/module/nvidia/version": "550.54.15\n"})
+    assert host.sources[0] == "driver from /sys/module/nvidia/version"
+    assert host.facts.nvidia_driver == "550.54.15"
+
+
+def test_gather_amd_host():
+    host = fake_host([(("amd-smi",), Result(0, recorded("mi300x.amd-smi-static.json"))),
+                      *docker_ok()], programs={"amd-smi", "docker"},
+                     exists={"/dev/kfd", "/dev/dri"})
+    assert [g.gfx for g in host.facts.gpus] == ["gfx942", "gfx942"]
+    assert host.dev_kfd and host.dev_dri
+
+
+# --- doctor verdicts on described hosts ---------------------------------------------------
+
+def nvidia_host(csv: str, driver_files=None, runtimes='{"nvidia":{},"runc":{}}'):
+    return fake_host([(("nvidia-smi", f"--query-gpu={NVIDIA_QUERY}"), Result(0, csv)),
+                      (("nvidia-smi",), Result(0, "CUDA Version: 12.4")),
+                      *docker_ok(runtimes)], programs={"nvidia-smi", "docker"},
+                     files=driver_files)
+
+
+def finding(findings, check):
+    return next(f for f in findings if f.check == check)
+
+
+def test_doctor_refuses_cu130_on_driver_550_and_names_the_alternatives():
+    host = nvidia_host(recorded("h100-mig.nvidia-smi.csv"))
+    image = finding(host_checks(host, MATRIX, wanted="cu130"), "image")
+    assert image.status == Status.FAIL
+    assert "below 580" in image.message
+    assert image.fix == "use the cu128 image, or upgrade the NVIDIA driver to ≥ 580.65.06"
+
+
+def test_doctor_t4_is_told_no_bf16_no_flash_attention():
+    host = nvidia_host("0, Tesla T4, 7.5, 575.51.03, 15360 MiB, [N/A]\n")
+    precision = finding(host_checks(host, MATRIX), "gpu 0 precision")
+    assert precision.status == Status.MARGINAL
+    assert "no bf16 in hardware and no FlashAttention-2" in precision.message
+    assert "fp16: true" in precision.fix
+
+
+def test_doctor_without_nvidia_container_toolkit():
+    host = nvidia_host(recorded("rtx5090.nvidia-smi.csv"), runtimes='{"runc":{}}')
+    findings = host_checks(host, MATRIX)
+    ctk = finding(findings, "nvidia container toolkit")
+    assert ctk.status == Status.FAIL
+    assert 'could not select device driver "" with capabilities: [[gpu]]' in ctk.message
+    assert "nvidia-ctk runtime configure" in ctk.fix
+    # Driver 570 runs cu128's build (with sm_120) but not cu130's.
+    assert finding(findings, "image").message.startswith("cu128: driver 570.124.04")
+
+
+def test_doctor_amd_without_device_nodes():
+    host = fake_host([(("amd-smi",), Result(0, recorded("mi300x.amd-smi-static.json"))),
+                      *docker_ok()], programs={"amd-smi", "docker"})
+    devices = finding(host_checks(host, MATRIX), "amd devices")
+    assert devices.status == Status.FAIL and "/dev/kfd and /dev/dri missing" in devices.message
+
+
+def test_doctor_no_engine_and_cpu_only():
+    host = fake_host([(("docker", "version"), Result(1, "", "Cannot connect"))],
+                     programs={"docker"})
+    findings = host_checks(host, MATRIX)
+    assert finding(findings, "image").message.startswith("cpu:")
+    docker = finding(findings, "docker")
+    assert docker.status == Status.FAIL and "--runtime local" in docker.fix
+    text = render(findings)
+    assert "FAIL     docker" in text and "fix: install Docker" in text
