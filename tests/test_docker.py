@@ -139,3 +139,22 @@ def test_make_train_inside_the_container(image, shared):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "step 40/40 loss" in proc.stdout
     assert (work / "outputs" / "tiny-cpu-demo" / "merged" / "model.safetensors").exists()
+
+
+def test_verify_the_built_image(image):
+    from toolkit.compat import Status
+    from toolkit.images import verify_image
+
+    findings = verify_image(image, Runtime())
+    assert [(f.check, f.status) for f in findings] == [
+        ("versions", Status.OK), ("torch", Status.OK), ("imports", Status.OK)], findings
+
+
+def test_doctor_inside_the_container(image):
+    proc = subprocess.run(["docker", "run", "--rm", "--network", "none", "--shm-size", "1g",
+                           image, "toolkit", "doctor", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    checks = {f["check"]: f["status"] for f in json.loads(proc.stdout)}
+    assert checks == {"torch": "OK", "device": "OK", "flash-attn": "OK", "bitsandbytes": "OK",
+                      "liger": "OK", "shm": "OK"}

@@ -164,3 +164,26 @@ def test_missing_engine_says_what_to_do():
         Docker(fake).require()
     with pytest.raises(RuntimeFailure, match="the docker CLI is not installed"):
         Docker(FakeRuntime(programs=set())).require()
+
+
+def test_preflight_failure_refuses_and_names_the_skip(monkeypatch):
+    from toolkit.errors import RuntimeFailure
+    from toolkit.launch import choose_image
+    from toolkit.probe import NVIDIA_QUERY
+
+    fake = FakeRuntime(script=[
+        (("docker", "version"), Result(0, "27.3.1\n")),
+        (("docker", "info"), Result(0, '/var/lib/docker|{"runc":{}}\n')),
+        (("nvidia-smi", f"--query-gpu={NVIDIA_QUERY}"),
+         Result(0, "0, NVIDIA H100 80GB HBM3, 9.0, 575.51.03, 81559 MiB, Disabled\n")),
+    ], programs={"docker", "nvidia-smi"})
+    monkeypatch.delenv("TOOLKIT_SKIP_PREFLIGHT", raising=False)
+    with pytest.raises(RuntimeFailure) as info:
+        choose_image(fake, None, None)
+    assert "set TOOLKIT_SKIP_PREFLIGHT=1 to run anyway" in str(info.value)
+    assert any(p.startswith("nvidia container toolkit: not installed") for p in
+               info.value.problems)
+
+    monkeypatch.setenv("TOOLKIT_SKIP_PREFLIGHT", "1")
+    monkeypatch.setattr(images, "ensure_image", lambda v, r: v.tag)
+    assert choose_image(fake, None, None) == get_variant("cpu").tag

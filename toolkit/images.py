@@ -60,6 +60,7 @@ class Variant:
     min_driver: str | None
     size_gb: float
     lock: Path
+    prune: tuple[str, ...] = ()         # site-packages globs removed after the install
     gpu_version: str | None = None      # CUDA or ROCm version of the torch build
     unverified: tuple[str, ...] = ()    # facts resting on one source
 
@@ -119,6 +120,7 @@ def load_matrix(images_dir: Path = IMAGES_DIR) -> dict[str, Variant]:
             min_driver=row.get("min_driver"), size_gb=float(row["size_gb"]),
             lock=images_dir / row["lock"], gpu_version=row.get("cuda") or row.get("rocm"),
             unverified=tuple(row.get("check") or ()),
+            prune=tuple(row.get("prune") or ()),
         )
     return out
 
@@ -132,11 +134,12 @@ def get_variant(name: str) -> Variant:
 
 
 def source_sha256(root: Path = REPO_ROOT) -> str:
-    """A hash of the toolkit source that goes into the image (the package and pyproject)."""
+    """A hash of what goes into the image besides the lock: toolkit's package,
+    pyproject and the Dockerfile template (an image built from other ones is stale)."""
     h = hashlib.sha256()
     files = sorted(p for p in (root / "toolkit").rglob("*")
                    if p.is_file() and "__pycache__" not in p.parts)
-    for path in [root / "pyproject.toml", *files]:
+    for path in [root / "pyproject.toml", root / "images" / "Dockerfile.in", *files]:
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
@@ -166,6 +169,7 @@ def render_dockerfile(variant: Variant) -> str:
     nvidia_env = ["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"]
     cuda = variant.accelerator == "cuda"
     accel_env = "".join(f" \\\n    {e}" for e in nvidia_env) if cuda else ""
+    site = f"/opt/toolkit/lib/python{variant.python}/site-packages"
     values = {
         "@VARIANT@": variant.name,
         "@BASE@": variant.base_ref,
@@ -173,6 +177,7 @@ def render_dockerfile(variant: Variant) -> str:
         "@ACCEL_ENV@": accel_env,
         "@VERSION@": __version__,
         "@LABELS@": " \\\n".join(f'      {k}="{v}"' for k, v in labels.items()),
+        "@PRUNE@": " ".join(f"{site}/{glob}" for glob in variant.prune),
     }
     text = (IMAGES_DIR / "Dockerfile.in").read_text()
     for key, value in values.items():
@@ -285,6 +290,9 @@ def fill_wheelhouse(variant: Variant, runtime: Runtime) -> Path:
     done = house / ".complete"
     if done.exists():
         return house
+    for stale in house.parent.glob(f"{variant.name}-*"):
+        if stale != house:  # wheels of an older lock of this variant
+            shutil.rmtree(stale, ignore_errors=True)
     house.mkdir(parents=True, exist_ok=True)
     say(f"downloading the {variant.name} lock's wheels with this machine's pip into {house}")
     argv = [sys.executable, "-m", "pip", "download", *_target_options(variant),

@@ -148,8 +148,9 @@ def choose_image(runtime: Runtime, image: str | None, variant: str | None) -> st
                              "`toolkit images build VARIANT` or `docker pull` it")
         variant = ((info.get("Config") or {}).get("Labels") or {}).get("io.toolkit.variant")
     if os.environ.get(doctor.SKIP_ENV) == "1":
-        print(f"toolkit: preflight skipped ({doctor.SKIP_ENV}=1)", file=sys.stderr)
         host_variant = variant or images.DEFAULT_VARIANT
+        print(f"toolkit: preflight skipped ({doctor.SKIP_ENV}=1); image variant "
+              f"{host_variant} (pass --variant or --image to choose)", file=sys.stderr)
     else:
         host = probe.gather(runtime)
         findings = doctor.host_checks(host, list(matrix.values()), wanted=variant)
