@@ -213,7 +213,13 @@ def _import_finding(check: str, module: str, gpu_only: bool, gpu: bool, missing:
         return Finding(check, Status.FAIL, f"import fails: {str(exc).splitlines()[0][:200]}",
                        "the extension was built for another torch, C++ ABI or CUDA; rebuild "
                        "the image from its lock")
-    return Finding(check, Status.OK, f"{module} {getattr(imported, '__version__', '')}".strip())
+    from importlib import metadata
+
+    try:
+        version = metadata.version(check if check != "liger" else "liger-kernel")
+    except metadata.PackageNotFoundError:
+        version = getattr(imported, "__version__", "")
+    return Finding(check, Status.OK, f"{module} {version}".strip())
 
 
 def worst(findings: list[Finding]) -> Status:

@@ -497,7 +497,12 @@ def verify_image(tag: str, runtime: Runtime) -> list:
     got = torch.get("hip") if variant.accelerator == "rocm" else torch.get("cuda")
     want = expected_runtime[variant.accelerator]
     runtime_ok = (got is None) if want is None else bool(got) and str(got).startswith(want)
-    torch_ok = torch.get("version") == variant.torch and runtime_ok
+    # torch.__version__ carries the build's local label (2.13.0+cu130) even where the
+    # wheel's own version has none (PyPI's CUDA build): compare labels only when locked.
+    version = str(torch.get("version"))
+    same = (version == variant.torch if "+" in variant.torch
+            else version.split("+")[0] == variant.torch)
+    torch_ok = same and runtime_ok
     out.append(Finding("torch", Status.OK if torch_ok else Status.FAIL,
                        f"torch {torch.get('version')} (CUDA {torch.get('cuda')}, HIP "
                        f"{torch.get('hip')}); the label says {variant.torch}, "
