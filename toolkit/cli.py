@@ -156,9 +156,9 @@ def cmd_train(args, extra) -> int:
         print(f"{what} and tokenizer: {cfg.output_dir}\nmanifest: {cfg.output_dir}/run.json\n"
               f"log: {cfg.output_dir}/train.log")
         return 0
-    from toolkit.trainer.sft import train
+    from toolkit.trainer import run
 
-    train(loaded)
+    run(loaded)
     return 0
 
 

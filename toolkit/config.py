@@ -63,14 +63,11 @@ LR_SCHEDULERS = (
 
 # axolotl keys we know but do not implement yet: refused by name, with what to do instead.
 UNSUPPORTED_KEYS = {
-    "rl": "preference training is not implemented yet; train SFT, or use axolotl for DPO",
     "sample_packing": "sample packing is not implemented yet; remove the key "
                       "(rows are padded per batch)",
     "deepspeed": "DeepSpeed is not supported yet; remove the key to train on one device",
     "fsdp": "FSDP is not supported yet; remove the key to train on one device",
     "fsdp_config": "FSDP is not supported yet; remove the key to train on one device",
-    "reward_model": "reward models are not implemented yet",
-    "process_reward_model": "process reward models are not implemented yet",
     "flash_attention": "use attn_implementation: flash_attention_2 (on a GPU image)",
 }
 
@@ -84,11 +81,33 @@ class MessageMapping(_Strict):
     content: str = "content"
 
 
+# Dataset types by the recipe that reads them (axolotl's names where axolotl has one).
+SFT_TYPES = ("chat_template",)
+PAIR_TYPES = ("chat_template.default", "chat_template.argilla_chat", "chat_template.argilla",
+              "preference")
+KTO_TYPES = ("kto",)
+RM_TYPES = ("bradley_terry.chat_template", *PAIR_TYPES)
+PRM_TYPES = ("stepwise_supervised",)
+DATASET_TYPES = tuple(dict.fromkeys(SFT_TYPES + PAIR_TYPES + KTO_TYPES + RM_TYPES + PRM_TYPES))
+RL_METHODS = ("dpo", "ipo", "orpo", "simpo", "kto")
+
+
 class DatasetConfig(_Strict):
-    """One entry of `datasets:` (axolotl's `type: chat_template`)."""
+    """One entry of `datasets:`. `type` says how rows are read:
+
+    chat_template                SFT: `field_messages` conversations
+    chat_template.default        pairs: `field_messages` prompt, `field_chosen`/`field_rejected`
+                                 (a string, a message, or a list whose last message counts)
+    chat_template.argilla_chat   pairs: chosen and rejected are whole conversations
+    chat_template.argilla        the same (ORPO's name in axolotl)
+    preference                   TRL's conversational format: prompt, chosen, rejected
+    kto                          prompt, completion, label (true = desirable)
+    bradley_terry.chat_template  reward model: system, input, chosen, rejected
+    stepwise_supervised          process reward model: prompt, completions, labels
+    """
 
     path: str
-    type: Literal["chat_template"] = "chat_template"
+    type: Literal[DATASET_TYPES] = "chat_template"  # type: ignore[valid-type]
     ds_type: Literal["json", "parquet", "arrow", "csv"] | None = None
     data_files: str | list[str] | None = None
     split: str = "train"
@@ -96,6 +115,8 @@ class DatasetConfig(_Strict):
     message_property_mappings: MessageMapping = MessageMapping()
     # Source role names mapped onto the canonical roles: {user: [human], assistant: [gpt]}.
     roles: dict[Literal["system", "user", "assistant", "tool"], list[str]] | None = None
+    field_chosen: str = "chosen"
+    field_rejected: str = "rejected"
     roles_to_train: list[Literal["system", "user", "assistant", "tool"]] = ["assistant"]
     # Which end-of-turn tokens carry loss: each trained turn's, every turn's, the last one's, none.
     train_on_eos: Literal["turn", "all", "last", "none"] = "turn"
@@ -117,6 +138,26 @@ class Config(_Strict):
     # What happens to a row longer than sequence_len; both are counted and reported.
     excess_length_strategy: Literal["drop", "truncate"] = "drop"
     train_on_inputs: bool = False
+
+    # Preference training (TRL): the method and its knobs.
+    rl: Literal[RL_METHODS] | None = None  # type: ignore[valid-type]
+    dpo_loss_type: list[str] | None = None
+    rl_beta: Annotated[float, Field(gt=0)] | None = None
+    orpo_alpha: Annotated[float, Field(gt=0)] | None = None
+    simpo_gamma: Annotated[float, Field(ge=0)] = 0.5
+    cpo_alpha: Annotated[float, Field(ge=0)] = 0.0
+    kto_desirable_weight: Annotated[float, Field(gt=0)] = 1.0
+    kto_undesirable_weight: Annotated[float, Field(gt=0)] = 1.0
+    max_prompt_len: PositiveInt | None = None
+    # Reward models: a sequence-classification head scoring a conversation.
+    reward_model: bool = False
+    center_rewards_coefficient: Annotated[float, Field(ge=0)] | None = None
+    num_labels: PositiveInt | None = None
+    # Process reward models: a token-classification head labelling each step.
+    process_reward_model: bool = False
+    step_separator: str = "\n"
+    train_on_last_step_only: bool = False
+    max_completion_length: PositiveInt | None = None
 
     adapter: Literal["lora", "qlora", "none"] | None = None
     load_in_4bit: bool = False
@@ -154,6 +195,11 @@ class Config(_Strict):
     @property
     def uses_lora(self) -> bool:
         return self.adapter in ("lora", "qlora")
+
+    @property
+    def recipe(self) -> str:
+        """Which trainer/ recipe runs this config: sft, preference, reward or prm."""
+        return recipe_of(self.model_dump())
 
     def digest(self) -> str:
         """A stable hash of every validated value (what run.json calls the config hash)."""
@@ -380,9 +426,46 @@ def _unsupported_problems(raw: dict) -> list[str]:
             for key, why in UNSUPPORTED_KEYS.items() if key in raw]
 
 
+def recipe_of(raw: dict) -> str:
+    if raw.get("rl"):
+        return "preference"
+    if raw.get("reward_model") is True:
+        return "reward"
+    if raw.get("process_reward_model") is True:
+        return "prm"
+    return "sft"
+
+
+ACCEPTED_TYPES = {"sft": SFT_TYPES, "reward": RM_TYPES, "prm": PRM_TYPES}
+
+
 def _cross_field_problems(raw: dict) -> list[str]:
     """Rules that span fields. They read the raw values and only judge well-typed ones."""
     out = []
+    modes = [k for k in ("rl", "reward_model", "process_reward_model") if raw.get(k)]
+    if len(modes) > 1:
+        out.append(f"{' and '.join(modes)} are all set; a run trains one thing: keep one")
+    recipe = recipe_of(raw)
+    if recipe == "preference":
+        accepted = KTO_TYPES if raw.get("rl") == "kto" else PAIR_TYPES
+    else:
+        accepted = ACCEPTED_TYPES[recipe]
+    datasets = raw.get("datasets")
+    for i, ds in enumerate(datasets if isinstance(datasets, list) else []):
+        kind = ds.get("type", "chat_template") if isinstance(ds, dict) else None
+        if kind in DATASET_TYPES and kind not in accepted:
+            what = f"rl: {raw['rl']}" if raw.get("rl") else recipe.upper() if recipe != "sft" \
+                else "SFT (no rl, reward_model or process_reward_model)"
+            out.append(f"datasets[{i}].type: {kind!r} cannot feed {what}; accepted: "
+                       f"{', '.join(accepted)}")
+    if raw.get("rl") and raw.get("sample_packing"):
+        out.append(f"sample_packing with rl: {raw['rl']}: packing would mix the chosen and "
+                   "rejected sequences; remove sample_packing")
+    if raw.get("dpo_loss_type") and raw.get("rl") not in ("dpo", "ipo"):
+        out.append(f"dpo_loss_type is set but rl is {_show(raw.get('rl'))}; it needs rl: dpo")
+    if raw.get("reward_model") and raw.get("num_labels") not in (None, 1):
+        out.append(f"num_labels: {raw['num_labels']} with reward_model: a reward model has "
+                   "one output; remove num_labels")
     adapter = raw.get("adapter")
     if adapter == "qlora" and raw.get("load_in_4bit") is not True:
         out.append("adapter: 'qlora' needs load_in_4bit: true; add `load_in_4bit: true` "

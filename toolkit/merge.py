@@ -64,18 +64,25 @@ def merge_lora(loaded: LoadedConfig) -> Path:
         return merged
 
     import torch
+    import transformers
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from toolkit.trainer.files import make_readable, write_json_atomic
     from toolkit.trainer.progress import quiet_libraries
 
     quiet_libraries()
 
+    from toolkit.trainer.model import HEADS
+
     base_ref = run["base_model"]
+    head = run.get("head", "causal_lm")
+    extra = {"num_labels": run["num_labels"]} if run.get("num_labels") else {}
     # The base in its stored precision, never quantized: a QLoRA adapter merges into
-    # the full-precision weights, not into the 4-bit ones it trained against.
-    base = AutoModelForCausalLM.from_pretrained(base_ref, dtype="auto", device_map={"": "cpu"})
+    # the full-precision weights, not into the 4-bit ones it trained against. A
+    # classification head comes from the adapter folder (trained in full beside it).
+    auto = getattr(transformers, HEADS[head][0])
+    base = auto.from_pretrained(base_ref, dtype="auto", device_map={"": "cpu"}, **extra)
     model = PeftModel.from_pretrained(base, str(out), torch_device="cpu")
     model = model.merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(str(out))
@@ -86,7 +93,7 @@ def merge_lora(loaded: LoadedConfig) -> Path:
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json_atomic(tmp / "merge.json", {"adapter_sha256": fingerprint,
-                                               "base_model": base_ref,
+                                               "base_model": base_ref, "head": head,
                                                "dtype": str(model.dtype).removeprefix("torch.")})
         make_readable(tmp)
         _replace_dir(tmp, merged)

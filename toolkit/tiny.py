@@ -55,6 +55,34 @@ def demo_conversations(n: int = 96, seed: int = 0) -> list[dict]:
     return rows
 
 
+def demo_preferences(n: int = 64, seed: int = 0) -> list[dict]:
+    """Preference pairs (chat_template.default) whose chosen reply is always the right
+    sum and the rejected one always a refusal: a difference a tiny model can learn."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        rows.append({"messages": [{"role": "user", "content": f"What is {a} plus {b}?"}],
+                     "chosen": f"{a} plus {b} is {a + b}.",
+                     "rejected": "I do not know."})
+    return rows
+
+
+def demo_stepwise(n: int = 48, seed: int = 0) -> list[dict]:
+    """stepwise_supervised rows: arithmetic steps, each labelled right or wrong."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
+        good = rng.random() < 0.5
+        second = a + b + c if good else a + b + c + rng.randint(1, 3)
+        rows.append({"prompt": f"What is {a} plus {b} plus {c}?",
+                     "completions": [f"{a} plus {b} is {a + b}.",
+                                     f"{a + b} plus {c} is {second}."],
+                     "labels": [True, good]})
+    return rows
+
+
 def write_demo_dataset(path: str | Path, n: int = 96, seed: int = 0) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,11 @@ def normalize_messages(row: dict, ds: DatasetConfig) -> list[dict]:
     if field not in row:
         raise RowError(f"has no {field!r} field (field_messages); its fields are "
                        f"{sorted(row)[:8]}")
-    turns = row[field]
+    return normalize_turns(row[field], ds, field)
+
+
+def normalize_turns(turns, ds: DatasetConfig, field: str) -> list[dict]:
+    """A list of messages, mapped through message_property_mappings and roles."""
     if not isinstance(turns, list) or not turns:
         raise RowError(f"{field} is {'empty' if turns == [] else type(turns).__name__}; "
                        "expected a non-empty list of messages")

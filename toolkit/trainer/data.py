@@ -178,10 +178,7 @@ def build_examples(cfg: Config, encoder: ChatEncoder) -> tuple[list[Example], Da
                 continue
             examples.append(Example(ids, labels))
         if bad:
-            shown = bad[:MAX_REPORTED_ROWS]
-            more = f" (and {len(bad) - len(shown)} more)" if len(bad) > len(shown) else ""
-            raise DataError(f"datasets[{index}] ({ds.path}): {len(bad)} of {len(rows)} rows "
-                            f"cannot be used{more}; fix them or remove them", shown)
+            raise bad_rows_error(index, ds, bad, len(rows))
         report.per_dataset.append({"path": ds.path, "rows": len(rows),
                                    "kept": len(examples) - before})
     report.kept = len(examples)
@@ -190,6 +187,14 @@ def build_examples(cfg: Config, encoder: ChatEncoder) -> tuple[list[Example], Da
     if not examples:
         raise DataError("no usable rows after tokenization; " + " ".join(report.lines(cfg)))
     return examples, report
+
+
+def bad_rows_error(index: int, ds: DatasetConfig, bad: list[str], total: int) -> DataError:
+    """One error naming the bad rows of a dataset (the first MAX_REPORTED_ROWS of them)."""
+    shown = bad[:MAX_REPORTED_ROWS]
+    more = f" (and {len(bad) - len(shown)} more)" if len(bad) > len(shown) else ""
+    return DataError(f"datasets[{index}] ({ds.path}): {len(bad)} of {total} rows cannot be "
+                     f"used{more}; fix them or remove them", shown)
 
 
 def split_validation(examples: list[Example], size: float, seed: int

@@ -72,38 +72,63 @@ def load_tokenizer(cfg: Config):
     return tokenizer
 
 
-def load_model(cfg: Config, resolved: Resolved):
-    """The base model in the resolved dtype (4-bit for QLoRA), with the adapter attached."""
+# The model class for each kind of head a recipe trains.
+HEADS = {
+    "causal_lm": ("AutoModelForCausalLM", "CAUSAL_LM"),
+    "sequence_classification": ("AutoModelForSequenceClassification", "SEQ_CLS"),
+    "token_classification": ("AutoModelForTokenClassification", "TOKEN_CLS"),
+}
+
+
+def load_base(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labels: int = 0):
+    """The base model in the resolved dtype (4-bit for QLoRA, 8-bit if asked), no adapter."""
     import torch
-    from transformers import AutoModelForCausalLM
+    import transformers
 
     dtype = getattr(torch, resolved.dtype)
     kwargs: dict = {"dtype": dtype}
+    if num_labels:
+        kwargs["num_labels"] = num_labels
     if cfg.adapter == "qlora":
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
     elif cfg.load_in_8bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-    model = AutoModelForCausalLM.from_pretrained(cfg.base_model, **kwargs)
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(load_in_8bit=True)
+    auto = getattr(transformers, HEADS[head][0])
+    model = auto.from_pretrained(cfg.base_model, **kwargs)
     if resolved.device == "cuda" and "quantization_config" not in kwargs:
         model = model.to("cuda")
     model.config.use_cache = False
+    return model
+
+
+def lora_config(cfg: Config, resolved: Resolved, head: str = "causal_lm"):
+    """The adapter the config asks for, or None for a full fine-tune. A classification
+    head (`score`) is trained in full beside the adapter (peft's SEQ_CLS/TOKEN_CLS do this)."""
     if not cfg.uses_lora:
+        return None
+    from peft import LoraConfig
+
+    # A classification head (Qwen3 calls it `score`) is new and trained in full, so no
+    # adapter goes on it; "all-linear" would otherwise put one there too.
+    exclude = ["score"] if head != "causal_lm" else None
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=resolved.lora_target_modules, exclude_modules=exclude,
+                      modules_to_save=cfg.lora_modules_to_save, task_type=HEADS[head][1])
+
+
+def load_model(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labels: int = 0):
+    """The base with the adapter attached (for recipes that drive transformers' Trainer)."""
+    model = load_base(cfg, resolved, head, num_labels)
+    lora = lora_config(cfg, resolved, head)
+    if lora is None:
         return model
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    if "quantization_config" in kwargs:
+    if cfg.adapter == "qlora" or cfg.load_in_8bit:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
         model.enable_input_require_grads()
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=resolved.lora_target_modules,
-                      modules_to_save=cfg.lora_modules_to_save, task_type="CAUSAL_LM")
     return get_peft_model(model, lora)

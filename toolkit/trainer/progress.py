@@ -15,6 +15,9 @@ def quiet_libraries() -> None:
     """Keep our logs readable: no per-file progress bars, no deprecation chatter
     from inside the libraries (their real warnings still show)."""
     hf_logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
 
 
@@ -36,6 +39,8 @@ class ProgressLog(TrainerCallback):
         self.log = log
         self.losses: list[tuple[int, float]] = []
         self.eval_losses: list[tuple[int, float]] = []
+        self.metrics: list[dict] = []   # every logged training value, by step
+        self.evals: list[dict] = []     # every evaluation, by step
         self.tokens_seen = 0
         self._last = (time.monotonic(), 0)
 
@@ -49,7 +54,11 @@ class ProgressLog(TrainerCallback):
         if "loss" not in logs:
             if "eval_loss" in logs:
                 self.eval_losses.append((state.global_step, float(logs["eval_loss"])))
-                self.log(f"eval: step {state.global_step} eval_loss {logs['eval_loss']:.4f}")
+                self.evals.append({"step": state.global_step, **_numbers(logs)})
+                shown = "".join(f" eval_{k} {logs['eval_' + k]:.4f}" for k in SHOWN
+                                if "eval_" + k in logs)
+                self.log(f"eval: step {state.global_step} eval_loss {logs['eval_loss']:.4f}"
+                         f"{shown}")
             return
         now, tokens = time.monotonic(), int(state.num_input_tokens_seen or 0)
         then, before = self._last
@@ -57,6 +66,17 @@ class ProgressLog(TrainerCallback):
         self._last = (now, tokens)
         self.tokens_seen = tokens
         self.losses.append((state.global_step, float(logs["loss"])))
+        self.metrics.append({"step": state.global_step, **_numbers(logs)})
+        shown = "".join(f" {k} {logs[k]:.3f}" for k in SHOWN if k in logs)
         self.log(f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
                  f"lr {logs.get('learning_rate', 0):.2e} grad_norm "
-                 f"{float(logs.get('grad_norm', 0)):.3f} tokens/s {rate:,.0f}")
+                 f"{float(logs.get('grad_norm', 0)):.3f}{shown}"
+                 + (f" tokens/s {rate:,.0f}" if tokens else ""))
+
+
+# What preference and reward trainers log that tells whether training works.
+SHOWN = ("rewards/accuracies", "rewards/margins", "accuracy", "margin", "step_accuracy")
+
+
+def _numbers(logs: dict) -> dict:
+    return {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}

@@ -8,11 +8,11 @@ save (adapter or model, tokenizer, chat template) → run.json.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
 from toolkit.config import LoadedConfig
+from toolkit.trainer.args import common_args
 from toolkit.trainer.chat import ChatEncoder, resolve_eot_tokens, resolve_template
 from toolkit.trainer.data import Collator, build_examples, split_validation
 from toolkit.trainer.files import make_readable
@@ -24,7 +24,7 @@ from toolkit.trainer.progress import ProgressLog, RunLog, quiet_libraries
 def train(loaded: LoadedConfig) -> Path:
     """Train as configured; return the output directory."""
     import transformers
-    from transformers import Trainer
+    from transformers import Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
     quiet_libraries()
@@ -55,7 +55,7 @@ def train(loaded: LoadedConfig) -> Path:
         total = sum(p.numel() for p in model.parameters())
         log(f"model: {cfg.adapter} adapter, {trainable:,} of {total:,} parameters trainable")
 
-    args = training_arguments(loaded, resolved, len(train_rows), bool(val_rows))
+    args = TrainingArguments(**common_args(cfg, resolved, len(train_rows), bool(val_rows)))
     progress = ProgressLog(log)
     trainer = Trainer(
         model=model, args=args,
@@ -89,49 +89,3 @@ def train(loaded: LoadedConfig) -> Path:
     log(f"saved {'adapter' if cfg.uses_lora else 'model'} and tokenizer to {out}; "
         f"manifest {manifest}; log {out / 'train.log'}")
     return out
-
-
-def training_arguments(loaded: LoadedConfig, resolved, n_rows: int, has_eval: bool):
-    from transformers import TrainingArguments
-
-    cfg = loaded.config
-    steps_per_epoch = max(1, math.ceil(n_rows / cfg.micro_batch_size
-                                       / cfg.gradient_accumulation_steps))
-    if cfg.save_steps:
-        save = {"save_strategy": "steps", "save_steps": cfg.save_steps}
-    elif cfg.saves_per_epoch:
-        save = {"save_strategy": "steps",
-                "save_steps": max(1, steps_per_epoch // cfg.saves_per_epoch)}
-    else:
-        save = {"save_strategy": "epoch"}
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else (cfg.warmup_ratio or 0)
-    return TrainingArguments(
-        output_dir=cfg.output_dir,
-        per_device_train_batch_size=cfg.micro_batch_size,
-        per_device_eval_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        num_train_epochs=cfg.num_epochs,
-        max_steps=cfg.max_steps or -1,
-        learning_rate=cfg.learning_rate,
-        optim=cfg.optimizer,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=warmup,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        bf16=resolved.bf16,
-        fp16=resolved.fp16,
-        tf32=resolved.tf32 or None,
-        activation_checkpointing=cfg.gradient_checkpointing,
-        logging_steps=cfg.logging_steps,
-        save_total_limit=cfg.save_total_limit,
-        eval_strategy="epoch" if has_eval else "no",
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        use_cpu=resolved.device == "cpu",
-        report_to="none",
-        disable_tqdm=True,
-        remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding",
-        dataloader_pin_memory=resolved.device == "cuda",
-        **save,
-    )

@@ -1,0 +1,52 @@
+"""The training arguments every recipe shares, from the config and the resolve step."""
+
+from __future__ import annotations
+
+import math
+
+from toolkit.config import Config
+from toolkit.trainer.model import Resolved
+
+
+def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) -> dict:
+    """TrainingArguments keywords every recipe shares (TRL's configs extend them)."""
+    steps_per_epoch = max(1, math.ceil(n_rows / cfg.micro_batch_size
+                                       / cfg.gradient_accumulation_steps))
+    if cfg.save_steps:
+        save = {"save_strategy": "steps", "save_steps": cfg.save_steps}
+    elif cfg.saves_per_epoch:
+        save = {"save_strategy": "steps",
+                "save_steps": max(1, steps_per_epoch // cfg.saves_per_epoch)}
+    else:
+        save = {"save_strategy": "epoch"}
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else (cfg.warmup_ratio or 0)
+    return dict(
+        output_dir=cfg.output_dir,
+        per_device_train_batch_size=cfg.micro_batch_size,
+        per_device_eval_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps or -1,
+        learning_rate=cfg.learning_rate,
+        optim=cfg.optimizer,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=warmup,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=resolved.bf16,
+        fp16=resolved.fp16,
+        tf32=resolved.tf32 or None,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="epoch" if has_eval else "no",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        use_cpu=resolved.device == "cpu",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_pin_memory=resolved.device == "cuda",
+        **save,
+    )

@@ -1,0 +1,145 @@
+"""Preference training through TRL: DPO, IPO, ORPO, SimPO and KTO.
+
+    toolkit train configs/qwen3-dpo-lora.yaml
+
+Read top to bottom: resolve → tokenizer and template → rows → model → the
+method's TRL trainer → train → save → run.json. With LoRA the reference model is
+the base with the adapter disabled (TRL's behaviour when given a peft_config), so
+no second copy of the model is held in memory.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from toolkit.config import Config, LoadedConfig
+from toolkit.errors import UsageError
+from toolkit.trainer.args import common_args
+from toolkit.trainer.chat import resolve_template
+from toolkit.trainer.data import split_validation
+from toolkit.trainer.files import make_readable
+from toolkit.trainer.manifest import write_manifest
+from toolkit.trainer.model import load_base, load_tokenizer, lora_config, resolve
+from toolkit.trainer.progress import ProgressLog, RunLog, quiet_libraries
+from toolkit.trainer.rows import read_all
+
+# Defaults where axolotl's configs usually leave them out (TRL's own defaults).
+DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1}
+
+
+def train(loaded: LoadedConfig) -> Path:
+    import transformers
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+
+    quiet_libraries()
+    cfg = loaded.config
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out / "train.log")
+    transformers.set_seed(cfg.seed)
+
+    resolved = resolve(cfg)
+    log(f"resolved: rl={cfg.rl} device={resolved.device} dtype={resolved.dtype} "
+        f"beta={beta_of(cfg)} lora_targets={resolved.lora_target_modules}")
+
+    tokenizer = load_tokenizer(cfg)
+    tokenizer.chat_template = resolve_template(cfg, tokenizer)
+
+    rows = read_all(cfg)
+    train_rows, val_rows = split_validation(rows, cfg.val_set_size, cfg.seed)
+    log(f"data: {len(rows)} rows, {len(train_rows)} training, {len(val_rows)} held out")
+
+    model = load_base(cfg, resolved)
+    trainer_cls, args = method(cfg, common_args(cfg, resolved, len(train_rows), bool(val_rows)))
+    progress = ProgressLog(log)
+    trainer = trainer_cls(
+        model=model, args=args, processing_class=tokenizer,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
+        peft_config=lora_config(cfg, resolved), callbacks=[progress])
+    trainer.remove_callback(PrinterCallback)
+    dropped = len(train_rows) - len(trainer.train_dataset)
+    if dropped:
+        log(f"data: the {cfg.rl} trainer dropped {dropped} rows whose prompt alone fills "
+            f"sequence_len={cfg.sequence_len}; raise sequence_len to keep them")
+
+    started = time.monotonic()
+    result = trainer.train()
+    elapsed = time.monotonic() - started
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    make_readable(out)
+    manifest = write_manifest(
+        out, loaded, recipe="preference", method=cfg.rl, beta=beta_of(cfg),
+        resolved=resolved.as_dict(),
+        data={"rows": len(rows), "train_rows": len(train_rows), "val_rows": len(val_rows),
+              "dropped_by_trainer": dropped},
+        steps=trainer.state.global_step, epochs=trainer.state.epoch,
+        final_loss=progress.losses[-1][1] if progress.losses else None,
+        mean_loss=result.training_loss, loss_history=progress.losses,
+        metrics_history=progress.metrics, eval_history=progress.evals,
+        tokens_per_second=progress.tokens_seen / elapsed if elapsed else None,
+        train_seconds=elapsed)
+    log(f"saved {'adapter' if cfg.uses_lora else 'model'} and tokenizer to {out}; "
+        f"manifest {manifest}")
+    return out
+
+
+def beta_of(cfg: Config) -> float:
+    if cfg.rl == "orpo" and cfg.orpo_alpha is not None:
+        return cfg.orpo_alpha
+    return cfg.rl_beta if cfg.rl_beta is not None else DEFAULT_BETA[cfg.rl]
+
+
+def method(cfg: Config, common: dict):
+    """The TRL trainer class and its config for `cfg.rl`."""
+    seq = {"max_length": cfg.sequence_len}
+    if cfg.rl in ("dpo", "ipo"):
+        from trl import DPOConfig, DPOTrainer
+
+        loss = ["ipo"] if cfg.rl == "ipo" else (cfg.dpo_loss_type or ["sigmoid"])
+        _refuse_prompt_len(cfg, DPOConfig)
+        return DPOTrainer, DPOConfig(**common, **seq, beta=beta_of(cfg), loss_type=loss)
+    if cfg.rl == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        _refuse_prompt_len(cfg, KTOConfig)
+        return KTOTrainer, KTOConfig(**common, **seq, beta=beta_of(cfg),
+                                     desirable_weight=cfg.kto_desirable_weight,
+                                     undesirable_weight=cfg.kto_undesirable_weight)
+    # ORPO and CPO batch prompt/chosen/rejected ids under their own names, which
+    # transformers cannot count tokens in; tokens/s is not reported for them.
+    common = {**common, "include_num_input_tokens_seen": "no"}
+    extra = {"max_completion_length": cfg.max_completion_length}
+    if cfg.max_prompt_len:
+        extra["max_prompt_length"] = cfg.max_prompt_len
+    if cfg.rl == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        return ORPOTrainer, ORPOConfig(**common, **seq, **_known(ORPOConfig, extra),
+                                       beta=beta_of(cfg))
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    # SimPO is CPO's simpo loss; cpo_alpha 0 (the default here) is pure SimPO.
+    return CPOTrainer, CPOConfig(**common, **seq, **_known(CPOConfig, extra), loss_type="simpo",
+                                 beta=beta_of(cfg), simpo_gamma=cfg.simpo_gamma,
+                                 cpo_alpha=cfg.cpo_alpha)
+
+
+def _known(config_cls, extra: dict) -> dict:
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return {k: v for k, v in extra.items() if k in names and v is not None}
+
+
+def _refuse_prompt_len(cfg: Config, config_cls) -> None:
+    import dataclasses
+
+    if cfg.max_prompt_len and "max_prompt_length" not in {
+            f.name for f in dataclasses.fields(config_cls)}:
+        raise UsageError(f"max_prompt_len: TRL's {cfg.rl.upper()} trainer has no prompt limit; "
+                         f"sequences are cut at sequence_len={cfg.sequence_len}. Remove "
+                         "max_prompt_len (or lower sequence_len)")

@@ -1,0 +1,141 @@
+"""Process reward models: a token-classification head with two labels that judges
+each reasoning step, built on transformers' Trainer (TRL 1.14+ has no PRM trainer).
+
+    toolkit train configs/qwen3-prm.yaml
+
+A row {prompt, completions: [step, …], labels: [bool, …]} becomes
+`prompt SEP step1 SEP step2 SEP …`; only the last token of each step (its
+separator) carries a label (1 = the step is right), every other token is -100.
+With `train_on_last_step_only`, only the final step is labelled. Completions
+longer than `max_completion_length` lose their last tokens; the whole row is cut
+at `sequence_len`; both are counted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.config import Config, LoadedConfig
+from toolkit.errors import DataError
+from toolkit.trainer.args import common_args
+from toolkit.trainer.chat import IGNORE_INDEX
+from toolkit.trainer.data import Collator, split_validation
+from toolkit.trainer.files import make_readable
+from toolkit.trainer.manifest import write_manifest
+from toolkit.trainer.model import load_model, load_tokenizer, resolve
+from toolkit.trainer.progress import ProgressLog, RunLog, quiet_libraries
+from toolkit.trainer.rows import read_all
+
+HEAD = "token_classification"
+
+
+@dataclass
+class StepCounts:
+    rows: int = 0
+    truncated: int = 0
+    dropped_no_label: int = 0
+
+
+def encode_steps(tokenizer, row: dict, cfg: Config) -> tuple[list[int], list[int], bool]:
+    """Token ids and per-token labels for one stepwise row; and whether it was cut."""
+    sep = tokenizer(cfg.step_separator, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"] + sep
+    labels = [IGNORE_INDEX] * len(ids)
+    completion_ids, completion_labels = [], []
+    last = len(row["completions"]) - 1
+    for i, (step, good) in enumerate(zip(row["completions"], row["labels"], strict=True)):
+        step_ids = tokenizer(step, add_special_tokens=False)["input_ids"] + sep
+        label = int(good) if (i == last or not cfg.train_on_last_step_only) else IGNORE_INDEX
+        completion_ids += step_ids
+        completion_labels += [IGNORE_INDEX] * (len(step_ids) - 1) + [label]
+    cut = False
+    if cfg.max_completion_length and len(completion_ids) > cfg.max_completion_length:
+        completion_ids = completion_ids[:cfg.max_completion_length]
+        completion_labels = completion_labels[:cfg.max_completion_length]
+        cut = True
+    ids, labels = ids + completion_ids, labels + completion_labels
+    if len(ids) > cfg.sequence_len:
+        ids, labels, cut = ids[:cfg.sequence_len], labels[:cfg.sequence_len], True
+    return ids, labels, cut
+
+
+def step_accuracy(eval_pred) -> dict:
+    """Share of labelled step tokens the model classifies right."""
+    import numpy as np
+
+    logits, labels = eval_pred
+    mask = labels != IGNORE_INDEX
+    predicted = np.argmax(logits, axis=-1)
+    return {"step_accuracy": float((predicted[mask] == labels[mask]).mean()) if mask.any()
+            else 0.0}
+
+
+def train(loaded: LoadedConfig) -> Path:
+    import transformers
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    quiet_libraries()
+    cfg = loaded.config
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out / "train.log")
+    transformers.set_seed(cfg.seed)
+
+    resolved = resolve(cfg)
+    log(f"resolved: process reward model, device={resolved.device} dtype={resolved.dtype} "
+        f"separator={cfg.step_separator!r} last_step_only={cfg.train_on_last_step_only}")
+    tokenizer = load_tokenizer(cfg)
+
+    counts = StepCounts()
+    examples = []
+    for row in read_all(cfg):
+        counts.rows += 1
+        ids, labels, cut = encode_steps(tokenizer, row, cfg)
+        counts.truncated += cut
+        if all(x == IGNORE_INDEX for x in labels):
+            counts.dropped_no_label += 1
+            continue
+        examples.append({"input_ids": ids, "labels": labels})
+    if counts.truncated:
+        log(f"data: truncated {counts.truncated} rows to max_completion_length / sequence_len")
+    if counts.dropped_no_label:
+        log(f"data: dropped {counts.dropped_no_label} rows whose labelled steps were all cut; "
+            "raise sequence_len or max_completion_length to keep them")
+    if not examples:
+        raise DataError("no row keeps a labelled step within sequence_len")
+    train_rows, val_rows = split_validation(examples, cfg.val_set_size, cfg.seed)
+    log(f"data: {counts.rows} rows, {len(train_rows)} training, {len(val_rows)} held out")
+
+    model = load_model(cfg, resolved, HEAD, num_labels=2)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    args = TrainingArguments(**common_args(cfg, resolved, len(train_rows), bool(val_rows)))
+    progress = ProgressLog(log)
+    trainer = Trainer(model=model, args=args, train_dataset=train_rows,
+                      eval_dataset=val_rows or None, data_collator=Collator(
+                          tokenizer.pad_token_id),
+                      compute_metrics=step_accuracy, callbacks=[progress])
+    trainer.remove_callback(PrinterCallback)
+
+    started = time.monotonic()
+    result = trainer.train()
+    elapsed = time.monotonic() - started
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    make_readable(out)
+    manifest = write_manifest(
+        out, loaded, recipe="prm", head=HEAD, num_labels=2, resolved=resolved.as_dict(),
+        data={"rows": counts.rows, "truncated": counts.truncated,
+              "dropped_no_label": counts.dropped_no_label,
+              "train_rows": len(train_rows), "val_rows": len(val_rows)},
+        steps=trainer.state.global_step, epochs=trainer.state.epoch,
+        final_loss=progress.losses[-1][1] if progress.losses else None,
+        mean_loss=result.training_loss, loss_history=progress.losses,
+        metrics_history=progress.metrics, eval_history=progress.evals,
+        tokens_per_second=progress.tokens_seen / elapsed if elapsed else None,
+        train_seconds=elapsed)
+    log(f"saved {'adapter' if cfg.uses_lora else 'model'} and tokenizer to {out}; "
+        f"manifest {manifest}")
+    return out
