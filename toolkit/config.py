@@ -243,7 +243,7 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         config = Config.model_validate(known)
     except ValidationError as exc:
         problems += _describe_all(exc.errors())
-    problems += _cross_field_problems(known)
+    problems += _cross_field_problems(raw)
     problems += _path_problems(known)
     if problems:
         noun = "problem" if len(problems) == 1 else "problems"
