@@ -77,7 +77,22 @@ def test_exclusive_pairs_name_both_keys(write_config):
 
 def test_unsupported_axolotl_key_is_refused_by_name(write_config):
     [problem] = problems_of(write_config({"sample_packing": True}))
-    assert problem.startswith("sample_packing: not supported by toolkit (")
+    assert problem.startswith("sample_packing: got True; not supported by toolkit (")
+
+
+def test_unsupported_keys_holding_off_values_are_accepted(write_config):
+    loaded = load_config(write_config({"sample_packing": False, "deepspeed": None,
+                                       "special_tokens": {}, "flash_attention": False}))
+    assert loaded.warnings == []
+
+
+def test_tracker_keys_are_ignored_with_a_warning(write_config, capsys):
+    path = write_config({"wandb_project": "qwen3", "wandb_entity": None, "strict": False})
+    loaded = load_config(path)
+    assert loaded.warnings == [
+        "wandb_project: not used by toolkit (it cannot change what is trained); ignored"]
+    assert main(["validate", str(path)]) == 0
+    assert "warning: wandb_project: not used by toolkit" in capsys.readouterr().err
 
 
 def test_not_yaml(tmp_path):

@@ -228,3 +228,28 @@ def test_bad_rows_are_named(tmp_path, tiny_model_dir, capsys, dtype, rl, row, me
     assert main(["train", str(path), "--runtime", "local"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+AXOLOTL = __import__("pathlib").Path(__file__).parent / "data" / "axolotl"
+
+
+@pytest.mark.parametrize("name", ["dpo-qlora", "reward-model", "prm"])
+def test_axolotl_style_configs_train_with_only_model_and_data_changed(
+        name, tmp_path, tiny_model_dir, capsys, monkeypatch):
+    if name == "dpo-qlora":
+        rows = [{"conversation": r["messages"], "chosen": r["chosen"], "rejected": r["rejected"]}
+                for r in demo_preferences(32)]
+    elif name == "reward-model":
+        rows = [{"system": "", "input": r["messages"][0]["content"], "chosen": r["chosen"],
+                 "rejected": r["rejected"]} for r in demo_preferences(32)]
+    else:
+        rows = demo_stepwise(32)
+    data = jsonl(tmp_path / "data.jsonl", rows)
+    monkeypatch.chdir(tmp_path)  # output_dir is relative, as in axolotl's examples
+    code = main(["train", str(AXOLOTL / f"{name}.yaml"), "--runtime", "local",
+                 "--base-model", str(tiny_model_dir), "--datasets.0.path", str(data)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    assert "warning: flash_attention: flash-attn is not in the images yet" in captured.err
+    run_json = manifest(tmp_path / "outputs" / ("dpo-out" if name == "dpo-qlora" else "out"))
+    assert all(math.isfinite(loss) for _, loss in run_json["loss_history"])

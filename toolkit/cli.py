@@ -122,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args, extra):
     from toolkit.config import load_config, parse_overrides
 
-    return load_config(args.config, parse_overrides(extra))
+    loaded = load_config(args.config, parse_overrides(extra))
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return loaded
 
 
 def _runtime():

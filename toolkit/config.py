@@ -61,14 +61,49 @@ LR_SCHEDULERS = (
     "cosine_with_min_lr",
 )
 
-# axolotl keys we know but do not implement yet: refused by name, with what to do instead.
+# axolotl keys we know but do not implement yet. Holding their "off" value (null,
+# false, empty) they ask for nothing and are accepted; any other value is refused
+# by name with what to do instead.
 UNSUPPORTED_KEYS = {
-    "sample_packing": "sample packing is not implemented yet; remove the key "
-                      "(rows are padded per batch)",
+    "sample_packing": "sample packing is not implemented yet; set it false (rows are "
+                      "padded per batch)",
+    "eval_sample_packing": "sample packing is not implemented yet; set it false",
     "deepspeed": "DeepSpeed is not supported yet; remove the key to train on one device",
     "fsdp": "FSDP is not supported yet; remove the key to train on one device",
     "fsdp_config": "FSDP is not supported yet; remove the key to train on one device",
-    "flash_attention": "use attn_implementation: flash_attention_2 (on a GPU image)",
+    "fsdp_version": "FSDP is not supported yet; remove the key to train on one device",
+    "xformers_attention": "xformers is not supported; set it false (sdpa is used)",
+    "sdp_attention": "sdpa is already the attention used; remove the key",
+    "torch_compile": "torch.compile is not wired in yet; set it false",
+    "resume_from_checkpoint": "resuming is not implemented yet; remove the key to start fresh",
+    "special_tokens": "adding special tokens is not implemented yet; Qwen3's tokenizer has "
+                      "its own, remove the key",
+    "plugins": "plugins (Liger, Cut Cross Entropy) are not wired in yet; remove the key",
+    "early_stopping_patience": "early stopping is not implemented yet; remove the key",
+    "trust_remote_code": "remote code is never run; Qwen3 needs none. Set it false",
+    "group_by_length": "batches are drawn in random order; set it false",
+    "lora_model_dir": "starting from a trained adapter is not implemented yet; remove the key",
+    "lora_mlp_kernel": "fused LoRA kernels are not implemented yet; set it false",
+    "lora_qkv_kernel": "fused LoRA kernels are not implemented yet; set it false",
+    "lora_o_kernel": "fused LoRA kernels are not implemented yet; set it false",
+}
+OFF_VALUES = (None, False, "", [], {})
+
+# Keys that cannot change what is trained (experiment trackers, run names, axolotl's
+# own switches, memory-only settings): accepted, with a warning saying why.
+IGNORED_PREFIXES = ("wandb_", "mlflow_", "comet_")
+NOT_USED = "not used by toolkit (it cannot change what is trained); ignored"
+IGNORED_KEYS = {
+    **dict.fromkeys(("strict", "debug", "local_rank", "dataset_prepared_path",
+                     "evals_per_epoch", "eval_steps", "eval_max_new_tokens", "eval_table_size",
+                     "use_tensorboard", "hub_model_id", "remove_unused_columns"), NOT_USED),
+    "model_type": "ignored: the recipe picks the model class (causal LM, or a classification "
+                  "head for reward_model / process_reward_model)",
+    "tokenizer_type": "ignored: the tokenizer is loaded with AutoTokenizer",
+    "flash_attention": "flash-attn is not in the images yet: sdpa computes the same attention "
+                       "(more memory on long sequences)",
+    "pad_to_sequence_len": "ignored: rows are padded to the longest in each batch (the loss is "
+                           "the same; only memory use differs)",
 }
 
 
@@ -117,6 +152,10 @@ class DatasetConfig(_Strict):
     roles: dict[Literal["system", "user", "assistant", "tool"], list[str]] | None = None
     field_chosen: str = "chosen"
     field_rejected: str = "rejected"
+    # stepwise_supervised settings may sit on the dataset, as in axolotl (else top level).
+    step_separator: str | None = None
+    train_on_last_step_only: bool | None = None
+    max_completion_length: PositiveInt | None = None
     roles_to_train: list[Literal["system", "user", "assistant", "tool"]] = ["assistant"]
     # Which end-of-turn tokens carry loss: each trained turn's, every turn's, the last one's, none.
     train_on_eos: Literal["turn", "all", "last", "none"] = "turn"
@@ -127,7 +166,8 @@ class Config(_Strict):
 
     base_model: str
     tokenizer_config: str | None = None
-    chat_template: Literal["tokenizer_default", "qwen3", "chatml", "jinja"] = "tokenizer_default"
+    # null means the tokenizer's own template, as in axolotl.
+    chat_template: Literal["tokenizer_default", "qwen3", "chatml", "jinja"] | None = None
     chat_template_jinja: str | None = None
     eot_tokens: list[str] | None = None
 
@@ -170,6 +210,7 @@ class Config(_Strict):
     lora_modules_to_save: list[str] | None = None
 
     micro_batch_size: PositiveInt = 1
+    eval_batch_size: PositiveInt | None = None
     gradient_accumulation_steps: PositiveInt = 1
     num_epochs: Annotated[float, Field(gt=0)] = 1.0
     max_steps: PositiveInt | None = None
@@ -185,6 +226,7 @@ class Config(_Strict):
     fp16: bool = False
     tf32: bool = False
     gradient_checkpointing: bool = False
+    gradient_checkpointing_kwargs: dict[str, bool] | None = None
 
     logging_steps: PositiveInt = 1
     save_steps: PositiveInt | None = None
@@ -214,6 +256,7 @@ class LoadedConfig:
     config: Config
     path: Path
     sources: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------
@@ -236,8 +279,14 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
             continue
         sources[dotted.split(".")[0]] = "command line"
 
+    # An empty YAML value means "not set", as in axolotl: the default applies.
+    raw = _drop_nulls(raw)
+    for key in [k for k, v in sources.items() if k not in raw]:
+        del sources[key]
     problems += _unsupported_problems(raw)
-    known = {k: v for k, v in raw.items() if k not in UNSUPPORTED_KEYS}
+    ignored = [k for k in raw if (k in IGNORED_KEYS or k.startswith(IGNORED_PREFIXES))
+               and k not in UNSUPPORTED_KEYS]
+    known = {k: v for k, v in raw.items() if k not in UNSUPPORTED_KEYS and k not in ignored}
     config = None
     try:
         config = Config.model_validate(known)
@@ -250,7 +299,9 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         raise ConfigError(f"{path}: {len(problems)} {noun}", problems)
     for name in Config.model_fields:
         sources.setdefault(name, "default")
-    return LoadedConfig(config=config, path=path, sources=sources)
+    warnings = [f"{key}: {IGNORED_KEYS.get(key, NOT_USED)}"
+                for key in ignored if raw[key] not in OFF_VALUES]
+    return LoadedConfig(config=config, path=path, sources=sources, warnings=warnings)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -305,6 +356,14 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             value = True
         out[name.replace("-", "_")] = value
         i += 1
+    return out
+
+
+def _drop_nulls(raw: dict) -> dict:
+    out = {k: v for k, v in raw.items() if v is not None}
+    if isinstance(out.get("datasets"), list):
+        out["datasets"] = [{k: v for k, v in d.items() if v is not None}
+                           if isinstance(d, dict) else d for d in out["datasets"]]
     return out
 
 
@@ -422,8 +481,9 @@ def _describe_all(errors: list[dict]) -> list[str]:
 
 
 def _unsupported_problems(raw: dict) -> list[str]:
-    return [f"{key}: not supported by toolkit ({why})"
-            for key, why in UNSUPPORTED_KEYS.items() if key in raw]
+    return [f"{key}: got {_show(raw[key])}; not supported by toolkit ({why})"
+            for key, why in UNSUPPORTED_KEYS.items()
+            if key in raw and raw[key] not in OFF_VALUES]
 
 
 def recipe_of(raw: dict) -> str:

@@ -23,7 +23,7 @@ def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) ->
     return dict(
         output_dir=cfg.output_dir,
         per_device_train_batch_size=cfg.micro_batch_size,
-        per_device_eval_batch_size=cfg.micro_batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size or cfg.micro_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps or -1,
@@ -37,6 +37,7 @@ def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) ->
         fp16=resolved.fp16,
         tf32=resolved.tf32 or None,
         activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs=cfg.gradient_checkpointing_kwargs,
         logging_steps=cfg.logging_steps,
         save_total_limit=cfg.save_total_limit,
         eval_strategy="epoch" if has_eval else "no",

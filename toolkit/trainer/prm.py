@@ -40,20 +40,26 @@ class StepCounts:
 
 def encode_steps(tokenizer, row: dict, cfg: Config) -> tuple[list[int], list[int], bool]:
     """Token ids and per-token labels for one stepwise row; and whether it was cut."""
-    sep = tokenizer(cfg.step_separator, add_special_tokens=False)["input_ids"]
+    def setting(name):
+        return row[name] if row.get(name) is not None else getattr(cfg, name)
+
+    separator, last_only, max_completion = (setting("step_separator"),
+                                            setting("train_on_last_step_only"),
+                                            setting("max_completion_length"))
+    sep = tokenizer(separator, add_special_tokens=False)["input_ids"]
     ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"] + sep
     labels = [IGNORE_INDEX] * len(ids)
     completion_ids, completion_labels = [], []
     last = len(row["completions"]) - 1
     for i, (step, good) in enumerate(zip(row["completions"], row["labels"], strict=True)):
         step_ids = tokenizer(step, add_special_tokens=False)["input_ids"] + sep
-        label = int(good) if (i == last or not cfg.train_on_last_step_only) else IGNORE_INDEX
+        label = int(good) if (i == last or not last_only) else IGNORE_INDEX
         completion_ids += step_ids
         completion_labels += [IGNORE_INDEX] * (len(step_ids) - 1) + [label]
     cut = False
-    if cfg.max_completion_length and len(completion_ids) > cfg.max_completion_length:
-        completion_ids = completion_ids[:cfg.max_completion_length]
-        completion_labels = completion_labels[:cfg.max_completion_length]
+    if max_completion and len(completion_ids) > max_completion:
+        completion_ids = completion_ids[:max_completion]
+        completion_labels = completion_labels[:max_completion]
         cut = True
     ids, labels = ids + completion_ids, labels + completion_labels
     if len(ids) > cfg.sequence_len:

@@ -106,7 +106,11 @@ def stepwise(row: dict, ds: DatasetConfig) -> dict:
     if len(labels) != len(steps):
         raise RowError(f"labels has {len(labels)} entries but completions has {len(steps)} "
                        "steps; give one label per step")
-    return {"prompt": prompt, "completions": steps, "labels": labels}
+    # Dataset-level settings travel with the row; None falls back to the top level.
+    return {"prompt": prompt, "completions": steps, "labels": labels,
+            "step_separator": ds.step_separator,
+            "train_on_last_step_only": ds.train_on_last_step_only,
+            "max_completion_length": ds.max_completion_length}
 
 
 NORMALIZERS = {
