@@ -158,3 +158,23 @@ def test_doctor_inside_the_container(image):
     checks = {f["check"]: f["status"] for f in json.loads(proc.stdout)}
     assert checks == {"torch": "OK", "device": "OK", "flash-attn": "OK", "bitsandbytes": "OK",
                       "liger": "OK", "shm": "OK"}
+
+
+def test_dpo_runs_in_the_container_as_sft_does(image, shared, monkeypatch, capfd):
+    from toolkit.tiny import demo_preferences
+
+    uid, gid = as_user(monkeypatch, shared)
+    data = shared / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in demo_preferences(32)))
+    config = shared / "dpo.yaml"
+    config.write_text(yaml.safe_dump({
+        "base_model": str(shared / "model"), "chat_template": "qwen3", "rl": "dpo",
+        "datasets": [{"path": str(data), "type": "chat_template.default"}],
+        "output_dir": str(shared / "out"), "sequence_len": 128, "adapter": "lora",
+        "lora_target_linear": True, "micro_batch_size": 8, "max_steps": 4, "save_steps": 4,
+        "learning_rate": 0.003, "logging_steps": 2}))
+    assert main(["train", str(config), "--runtime", "docker"]) == 0
+    assert main(["merge-lora", str(config), "--runtime", "docker"]) == 0
+    run = json.loads((shared / "out" / "run.json").read_text())
+    assert run["method"] == "dpo" and run["environment"]["in_container"] is True
+    assert (shared / "out" / "merged" / "model.safetensors").stat().st_uid == uid

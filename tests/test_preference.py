@@ -253,3 +253,24 @@ def test_axolotl_style_configs_train_with_only_model_and_data_changed(
     assert "warning: flash_attention: flash-attn is not in the images yet" in captured.err
     run_json = manifest(tmp_path / "outputs" / ("dpo-out" if name == "dpo-qlora" else "out"))
     assert all(math.isfinite(loss) for _, loss in run_json["loss_history"])
+
+
+@pytest.mark.parametrize("kind, adapter", [("kto", None), ("reward", "qlora"), ("prm", None),
+                                           ("orpo", "qlora")])
+def test_more_methods_with_qlora_and_full(kind, adapter, configure, pairs, kto_rows, tmp_path):
+    four_bit = adapter == "qlora" or None
+    if kind == "kto":
+        loaded = configure(kto_rows, "kto", rl="kto", adapter=adapter, max_steps=2)
+    elif kind == "orpo":
+        loaded = configure(pairs, "chat_template.default", rl="orpo", adapter=adapter,
+                           load_in_4bit=four_bit, max_steps=2)
+    elif kind == "reward":
+        loaded = configure(pairs, "chat_template.default", reward_model=True, adapter=adapter,
+                           load_in_4bit=four_bit, max_steps=2)
+    else:
+        data = jsonl(tmp_path / "prm.jsonl", demo_stepwise(16))
+        loaded = configure(data, "stepwise_supervised", process_reward_model=True,
+                           adapter=adapter, max_steps=2)
+    run_json = manifest(run(loaded))
+    assert run_json["adapter"] == adapter and run_json["steps"] == 2
+    assert all(math.isfinite(loss) for _, loss in run_json["loss_history"])

@@ -176,12 +176,13 @@ def test_moe_lora_trains(tmp_path, write_config):
     assert (merge_lora(loaded) / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("name", ["qwen3-8b-lora", "qwen3-32b-qlora", "qwen3-0.6b-full",
-                                  "qwen3-30b-a3b-lora", "tiny-cpu-demo"])
-def test_example_configs_validate(name, monkeypatch):
+@pytest.mark.parametrize("path", sorted((__import__("conftest").REPO / "configs").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_example_configs_validate(path, monkeypatch):
     from conftest import REPO
 
     monkeypatch.chdir(REPO)
-    overrides = {"base_model": "Qwen/Qwen3-0.6B"} if name == "tiny-cpu-demo" else {}
-    loaded = load_config(REPO / "configs" / f"{name}.yaml", overrides)
-    assert loaded.config.chat_template == "qwen3"
+    overrides = {"base_model": "Qwen/Qwen3-0.6B"} if path.stem == "tiny-cpu-demo" else {}
+    loaded = load_config(path, overrides)
+    assert loaded.warnings == []
+    assert loaded.config.recipe in ("sft", "preference", "reward", "prm")

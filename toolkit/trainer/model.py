@@ -132,3 +132,17 @@ def load_model(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_lab
     elif cfg.gradient_checkpointing:
         model.enable_input_require_grads()
     return get_peft_model(model, lora)
+
+
+def match_trainable_dtype(cfg: Config, resolved: Resolved, model) -> None:
+    """Undo TRL's cast of every trainable weight to bf16 under QLoRA where the compute
+    dtype is not bf16 (CPU, pre-Ampere GPUs): a fully trained head such as a reward
+    model's `score` would otherwise meet float32 activations and fail."""
+    if cfg.adapter != "qlora" or resolved.dtype == "bfloat16":
+        return
+    import torch
+
+    dtype = getattr(torch, resolved.dtype)
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != dtype:
+            param.data = param.data.to(dtype)

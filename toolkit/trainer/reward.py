@@ -19,7 +19,13 @@ from toolkit.trainer.chat import resolve_template
 from toolkit.trainer.data import split_validation
 from toolkit.trainer.files import make_readable
 from toolkit.trainer.manifest import write_manifest
-from toolkit.trainer.model import load_base, load_tokenizer, lora_config, resolve
+from toolkit.trainer.model import (
+    load_base,
+    load_tokenizer,
+    lora_config,
+    match_trainable_dtype,
+    resolve,
+)
 from toolkit.trainer.progress import ProgressLog, RunLog, quiet_libraries
 from toolkit.trainer.rows import read_all
 
@@ -61,6 +67,7 @@ def train(loaded: LoadedConfig) -> Path:
         eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
         peft_config=lora_config(cfg, resolved, HEAD), callbacks=[progress])
     trainer.remove_callback(PrinterCallback)
+    match_trainable_dtype(cfg, resolved, trainer.model)
     dropped = len(train_rows) - len(trainer.train_dataset)
     if dropped:
         log(f"data: the reward trainer dropped {dropped} pairs longer than "
