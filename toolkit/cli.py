@@ -146,19 +146,12 @@ def cmd_train(args, extra) -> int:
     loaded = _load(args, extra)
     cfg = loaded.config
     if _runtime_of(args) == "docker":
-        from toolkit.launch import config_paths, run_in_container
-
-        reads, writes, network = config_paths(cfg)
-        command = ["toolkit", "train", str(Path(args.config).absolute()), "--runtime", "local",
-                   *extra]
-        code = run_in_container(_runtime(), _image(args), command,
-                                [Path(args.config), *reads], writes, network, args.gpus)
-        if code != 0:
-            return _container_failed(code)
-        what = "adapter" if cfg.uses_lora else "model"
-        print(f"{what} and tokenizer: {cfg.output_dir}\nmanifest: {cfg.output_dir}/run.json\n"
-              f"log: {cfg.output_dir}/train.log")
-        return 0
+        code = _in_container("train", args, extra, loaded)
+        if code == 0:
+            what = "adapter" if cfg.uses_lora else "model"
+            print(f"{what} and tokenizer: {cfg.output_dir}\nmanifest: {cfg.output_dir}/run.json"
+                  f"\nlog: {cfg.output_dir}/train.log")
+        return code
     from toolkit.trainer import run
 
     run(loaded)
@@ -172,22 +165,26 @@ def cmd_merge(args, extra) -> int:
     if check_inputs(Path(loaded.config.output_dir)) is None:
         return 0
     if _runtime_of(args) == "docker":
-        from toolkit.launch import config_paths, run_in_container
-
-        reads, writes, network = config_paths(loaded.config)
-        command = ["toolkit", "merge-lora", str(Path(args.config).absolute()),
-                   "--runtime", "local", *extra]
-        code = run_in_container(_runtime(), _image(args), command,
-                                [Path(args.config), *reads], writes, network, args.gpus)
-        if code != 0:
-            return _container_failed(code)
-        out = loaded.config.output_dir
-        print(f"merged model: {out}/merged\nadapter: {out}\nlog: {out}/train.log")
-        return 0
+        code = _in_container("merge-lora", args, extra, loaded)
+        if code == 0:
+            out = loaded.config.output_dir
+            print(f"merged model: {out}/merged\nadapter: {out}\nlog: {out}/train.log")
+        return code
     from toolkit.merge import merge_lora
 
     merge_lora(loaded)
     return 0
+
+
+def _in_container(command: str, args, extra, loaded) -> int:
+    """Run this same command in the image, with the config's paths mounted."""
+    from toolkit.launch import config_paths, run_in_container
+
+    reads, writes, network = config_paths(loaded.config)
+    argv = ["toolkit", command, str(Path(args.config).absolute()), "--runtime", "local", *extra]
+    code = run_in_container(_runtime(), _image(args), argv, [Path(args.config), *reads],
+                            writes, network, args.gpus)
+    return _container_failed(code) if code else 0
 
 
 def cmd_tiny(args, extra) -> int:

@@ -96,7 +96,9 @@ NOT_USED = "not used by toolkit (it cannot change what is trained); ignored"
 IGNORED_KEYS = {
     **dict.fromkeys(("strict", "debug", "local_rank", "dataset_prepared_path",
                      "evals_per_epoch", "eval_steps", "eval_max_new_tokens", "eval_table_size",
-                     "use_tensorboard", "hub_model_id", "remove_unused_columns"), NOT_USED),
+                     "use_tensorboard", "hub_model_id", "remove_unused_columns",
+                     "dataset_processes", "dataloader_num_workers", "dataloader_pin_memory",
+                     "dataloader_prefetch_factor", "save_safetensors"), NOT_USED),
     "model_type": "ignored: the recipe picks the model class (causal LM, or a classification "
                   "head for reward_model / process_reward_model)",
     "tokenizer_type": "ignored: the tokenizer is loaded with AutoTokenizer",

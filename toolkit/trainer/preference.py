@@ -10,7 +10,6 @@ no second copy of the model is held in memory.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from toolkit.config import Config, LoadedConfig
@@ -18,8 +17,6 @@ from toolkit.errors import UsageError
 from toolkit.trainer.args import common_args
 from toolkit.trainer.chat import resolve_template
 from toolkit.trainer.data import split_validation
-from toolkit.trainer.files import make_readable
-from toolkit.trainer.manifest import write_manifest
 from toolkit.trainer.model import (
     load_base,
     load_tokenizer,
@@ -27,24 +24,18 @@ from toolkit.trainer.model import (
     match_trainable_dtype,
     resolve,
 )
-from toolkit.trainer.progress import ProgressLog, RunLog, quiet_libraries
 from toolkit.trainer.rows import read_all
+from toolkit.trainer.steps import start_run, train_and_save
 
 # Defaults where axolotl's configs usually leave them out (TRL's own defaults).
 DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1}
 
 
 def train(loaded: LoadedConfig) -> Path:
-    import transformers
     from datasets import Dataset
-    from transformers.trainer_callback import PrinterCallback
 
-    quiet_libraries()
     cfg = loaded.config
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out / "train.log")
-    transformers.set_seed(cfg.seed)
+    log, progress = start_run(cfg)
 
     resolved = resolve(cfg)
     log(f"resolved: rl={cfg.rl} device={resolved.device} dtype={resolved.dtype} "
@@ -59,39 +50,21 @@ def train(loaded: LoadedConfig) -> Path:
 
     model = load_base(cfg, resolved)
     trainer_cls, args = method(cfg, common_args(cfg, resolved, len(train_rows), bool(val_rows)))
-    progress = ProgressLog(log)
     trainer = trainer_cls(
         model=model, args=args, processing_class=tokenizer,
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
         peft_config=lora_config(cfg, resolved), callbacks=[progress])
-    trainer.remove_callback(PrinterCallback)
     match_trainable_dtype(cfg, resolved, trainer.model)
     dropped = len(train_rows) - len(trainer.train_dataset)
     if dropped:
         log(f"data: the {cfg.rl} trainer dropped {dropped} rows whose prompt alone fills "
             f"sequence_len={cfg.sequence_len}; raise sequence_len to keep them")
 
-    started = time.monotonic()
-    result = trainer.train()
-    elapsed = time.monotonic() - started
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
-    make_readable(out)
-    manifest = write_manifest(
-        out, loaded, recipe="preference", method=cfg.rl, beta=beta_of(cfg),
-        resolved=resolved.as_dict(),
-        data={"rows": len(rows), "train_rows": len(train_rows), "val_rows": len(val_rows),
-              "dropped_by_trainer": dropped},
-        steps=trainer.state.global_step, epochs=trainer.state.epoch,
-        final_loss=progress.losses[-1][1] if progress.losses else None,
-        mean_loss=result.training_loss, loss_history=progress.losses,
-        metrics_history=progress.metrics, eval_history=progress.evals,
-        tokens_per_second=progress.tokens_seen / elapsed if elapsed else None,
-        train_seconds=elapsed)
-    log(f"saved {'adapter' if cfg.uses_lora else 'model'} and tokenizer to {out}; "
-        f"manifest {manifest}")
-    return out
+    return train_and_save(trainer, tokenizer, loaded, progress, "preference",
+                          method=cfg.rl, beta=beta_of(cfg), resolved=resolved.as_dict(),
+                          data={"rows": len(rows), "train_rows": len(train_rows),
+                                "val_rows": len(val_rows), "dropped_by_trainer": dropped})
 
 
 def beta_of(cfg: Config) -> float:

@@ -13,7 +13,6 @@ at `sequence_len`; both are counted.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +21,9 @@ from toolkit.errors import DataError
 from toolkit.trainer.args import common_args
 from toolkit.trainer.chat import IGNORE_INDEX
 from toolkit.trainer.data import Collator, split_validation
-from toolkit.trainer.files import make_readable
-from toolkit.trainer.manifest import write_manifest
 from toolkit.trainer.model import load_model, load_tokenizer, resolve
-from toolkit.trainer.progress import ProgressLog, RunLog, quiet_libraries
 from toolkit.trainer.rows import read_all
+from toolkit.trainer.steps import start_run, train_and_save
 
 HEAD = "token_classification"
 
@@ -79,16 +76,10 @@ def step_accuracy(eval_pred) -> dict:
 
 
 def train(loaded: LoadedConfig) -> Path:
-    import transformers
     from transformers import Trainer, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback
 
-    quiet_libraries()
     cfg = loaded.config
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out / "train.log")
-    transformers.set_seed(cfg.seed)
+    log, progress = start_run(cfg)
 
     resolved = resolve(cfg)
     log(f"resolved: process reward model, device={resolved.device} dtype={resolved.dtype} "
@@ -118,30 +109,13 @@ def train(loaded: LoadedConfig) -> Path:
     model = load_model(cfg, resolved, HEAD, num_labels=2)
     model.config.pad_token_id = tokenizer.pad_token_id
     args = TrainingArguments(**common_args(cfg, resolved, len(train_rows), bool(val_rows)))
-    progress = ProgressLog(log)
     trainer = Trainer(model=model, args=args, train_dataset=train_rows,
                       eval_dataset=val_rows or None, data_collator=Collator(
                           tokenizer.pad_token_id),
                       compute_metrics=step_accuracy, callbacks=[progress])
-    trainer.remove_callback(PrinterCallback)
 
-    started = time.monotonic()
-    result = trainer.train()
-    elapsed = time.monotonic() - started
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
-    make_readable(out)
-    manifest = write_manifest(
-        out, loaded, recipe="prm", head=HEAD, num_labels=2, resolved=resolved.as_dict(),
-        data={"rows": counts.rows, "truncated": counts.truncated,
-              "dropped_no_label": counts.dropped_no_label,
-              "train_rows": len(train_rows), "val_rows": len(val_rows)},
-        steps=trainer.state.global_step, epochs=trainer.state.epoch,
-        final_loss=progress.losses[-1][1] if progress.losses else None,
-        mean_loss=result.training_loss, loss_history=progress.losses,
-        metrics_history=progress.metrics, eval_history=progress.evals,
-        tokens_per_second=progress.tokens_seen / elapsed if elapsed else None,
-        train_seconds=elapsed)
-    log(f"saved {'adapter' if cfg.uses_lora else 'model'} and tokenizer to {out}; "
-        f"manifest {manifest}")
-    return out
+    return train_and_save(trainer, tokenizer, loaded, progress, "prm",
+                          head=HEAD, num_labels=2, resolved=resolved.as_dict(),
+                          data={"rows": counts.rows, "truncated": counts.truncated,
+                                "dropped_no_label": counts.dropped_no_label,
+                                "train_rows": len(train_rows), "val_rows": len(val_rows)})

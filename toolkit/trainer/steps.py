@@ -1,0 +1,54 @@
+"""The first and the last steps every recipe shares: open the run, and train, save
+and describe it. The recipes stay readable top to bottom between the two."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from toolkit.config import Config, LoadedConfig
+from toolkit.trainer.files import make_readable
+from toolkit.trainer.manifest import write_manifest
+from toolkit.trainer.progress import ProgressLog, RunLog, quiet_libraries
+
+
+def start_run(cfg: Config) -> tuple[RunLog, ProgressLog]:
+    """Create output_dir, its train.log and the progress callback; seed everything."""
+    import transformers
+
+    quiet_libraries()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out / "train.log")
+    transformers.set_seed(cfg.seed)
+    return log, ProgressLog(log)
+
+
+def train_and_save(trainer, tokenizer, loaded: LoadedConfig, progress: ProgressLog,
+                   recipe: str, **facts) -> Path:
+    """Train; save the adapter (or model) with the tokenizer; write run.json."""
+    from transformers.trainer_callback import PrinterCallback
+
+    cfg = loaded.config
+    out = Path(cfg.output_dir)
+    trainer.remove_callback(PrinterCallback)  # ProgressLog prints one line per log step
+    started = time.monotonic()
+    result = trainer.train()
+    elapsed = time.monotonic() - started
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    make_readable(out)
+    manifest = write_manifest(
+        out, loaded, recipe=recipe, **facts,
+        steps=trainer.state.global_step, epochs=trainer.state.epoch,
+        final_loss=progress.losses[-1][1] if progress.losses else None,
+        mean_loss=result.training_loss,
+        eval_loss=progress.eval_losses[-1][1] if progress.eval_losses else None,
+        loss_history=progress.losses, metrics_history=progress.metrics,
+        eval_history=progress.evals,
+        tokens_per_second=progress.tokens_seen / elapsed if elapsed and progress.tokens_seen
+        else None,
+        train_seconds=elapsed)
+    progress.log(f"saved {'adapter' if cfg.uses_lora else 'model'} and tokenizer to {out}; "
+                 f"manifest {manifest}; log {out / 'train.log'}")
+    return out
