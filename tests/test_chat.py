@@ -135,3 +135,36 @@ def test_bad_rows_name_the_field(row, message):
     with pytest.raises(RowError) as info:
         normalize_messages(row, DatasetConfig(path="x.jsonl"))
     assert str(info.value).startswith(message)
+
+
+THINKING = [
+    {"role": "user", "content": "What is 2 plus 2?"},
+    {"role": "assistant", "content": "4", "reasoning_content": "Two and two."},
+    {"role": "user", "content": "And 3 plus 3?"},
+    {"role": "assistant", "content": "<think>\nThree and three.\n</think>\n\n6"},
+]
+
+
+def test_qwen3_multi_turn_thinking_masks(tiny_tokenizer):
+    """Qwen3 drops the reasoning of turns before the last user query, and renders the last
+    reply's reasoning (given inline here) inside its think block: both are trained as
+    rendered, and no reasoning leaks into a masked span or out of a trained one."""
+    assert encode(tiny_tokenizer, THINKING) == expected(tiny_tokenizer, [
+        ("<|im_start|>user\nWhat is 2 plus 2?<|im_end|>\n<|im_start|>assistant\n", False),
+        ("4<|im_end|>", True),
+        ("\n<|im_start|>user\nAnd 3 plus 3?<|im_end|>\n<|im_start|>assistant\n", False),
+        ("<think>\nThree and three.\n</think>\n\n6<|im_end|>", True),
+        ("\n", False),
+    ])
+
+
+def test_enable_thinking_false_puts_the_empty_think_block_in_the_prompt(tiny_tokenizer):
+    encoder = ChatEncoder(tiny_tokenizer, template_text("qwen3"), ["<|im_end|>"],
+                          {"enable_thinking": False})
+    got = encoder.encode(TWO_TURNS[:2], TurnRule(frozenset({"assistant"}), "turn", False))
+    assert got == expected(tiny_tokenizer, [
+        ("<|im_start|>user\nSpell green backwards.<|im_end|>\n<|im_start|>assistant\n"
+         "<think>\n\n</think>\n\n", False),
+        ("neerg<|im_end|>", True),
+        ("\n", False),
+    ])

@@ -171,3 +171,58 @@ def test_cli_unknown_flag_for_command_without_overrides(capsys):
         main(["images", "list", "--bogus"])
     assert info.value.code == 2
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+# --- deprecated spellings, derived values, explain ----------------------------------------
+
+def test_deprecated_spellings_are_mapped_with_a_warning(write_config, tmp_path):
+    path = write_config({"flash_attention": True})
+    data = yaml.safe_load(path.read_text())
+    data["datasets"][0].update({"message_field_role": "from", "message_field_content": "value"})
+    path.write_text(yaml.safe_dump(data))
+    loaded = load_config(path)
+    assert loaded.config.attn_implementation == "flash_attention_2"
+    assert loaded.sources["attn_implementation"] == "mapped from flash_attention (file)"
+    mapping = loaded.config.datasets[0].message_property_mappings
+    assert (mapping.role, mapping.content) == ("from", "value")
+    assert loaded.warnings == [
+        "flash_attention: deprecated; read as attn_implementation: 'flash_attention_2'",
+        "datasets[0].message_field_role: deprecated; read as message_property_mappings.role: "
+        "'from'",
+        "datasets[0].message_field_content: deprecated; read as "
+        "message_property_mappings.content: 'value'"]
+
+
+def test_batch_size_derives_accumulation(write_config):
+    loaded = load_config(write_config({"batch_size": 16, "micro_batch_size": 4,
+                                       "gradient_accumulation_steps": None}))
+    assert loaded.config.accumulation_steps == 4
+    assert loaded.sources["gradient_accumulation_steps"] == (
+        "derived: batch_size 16 / micro_batch_size 4")
+
+
+def test_two_of_three_batch_keys(write_config):
+    assert problems_of(write_config({"batch_size": 16, "micro_batch_size": 4,
+                                     "gradient_accumulation_steps": 2})) == [
+        "micro_batch_size, gradient_accumulation_steps and batch_size are all set; give two "
+        "of them (batch_size = micro_batch_size × gradient_accumulation_steps)"]
+    assert problems_of(write_config({"batch_size": 10, "micro_batch_size": 4,
+                                     "gradient_accumulation_steps": None})) == [
+        "batch_size 10 is not a multiple of micro_batch_size 4; change one of them"]
+
+
+def test_fsdp_and_deepspeed_exclude_each_other(write_config):
+    problems = problems_of(write_config({"deepspeed": "zero3.json", "fsdp_version": 2}))
+    assert "deepspeed and fsdp are both set; they exclude each other: keep one" in problems
+
+
+def test_validate_explain_names_every_source(write_config, capsys):
+    path = write_config({"flash_attention": True})
+    assert main(["validate", str(path), "--explain", "--seed", "7"]) == 0
+    out = capsys.readouterr().out
+    assert "\nseed: 7  # command line\n" in out
+    assert "\nsequence_len: 256  # file\n" in out
+    assert "\nmax_grad_norm: 1.0  # default\n" in out
+    assert ("\nattn_implementation: flash_attention_2  # mapped from flash_attention (file); "
+            "at train time: flash_attention_2 falls back to sdpa") in out
+    assert "\nbf16: auto  # file; at train time: auto: on where the GPU has bf16" in out

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("validate", cmd_validate, "check a config and print every resolved value",
                 overrides=True)
     p.add_argument("config")
+    p.add_argument("--explain", action="store_true",
+                   help="say where every value comes from: file, command line, default, "
+                        "mapped from a deprecated key, derived, or decided at train time")
 
     p = command("train", cmd_train, "train as the config says", overrides=True)
     p.add_argument("config")
@@ -138,7 +141,7 @@ def cmd_validate(args, extra) -> int:
     from toolkit.config import dump_resolved
 
     loaded = _load(args, extra)
-    sys.stdout.write(dump_resolved(loaded))
+    sys.stdout.write(dump_resolved(loaded, explain=args.explain))
     return 0
 
 

@@ -102,8 +102,6 @@ IGNORED_KEYS = {
     "model_type": "ignored: the recipe picks the model class (causal LM, or a classification "
                   "head for reward_model / process_reward_model)",
     "tokenizer_type": "ignored: the tokenizer is loaded with AutoTokenizer",
-    "flash_attention": "flash-attn is not in the images yet: sdpa computes the same attention "
-                       "(more memory on long sequences)",
     "pad_to_sequence_len": "ignored: rows are padded to the longest in each batch (the loss is "
                            "the same; only memory use differs)",
 }
@@ -171,6 +169,7 @@ class Config(_Strict):
     # null means the tokenizer's own template, as in axolotl.
     chat_template: Literal["tokenizer_default", "qwen3", "chatml", "jinja"] | None = None
     chat_template_jinja: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
     eot_tokens: list[str] | None = None
 
     datasets: Annotated[list[DatasetConfig], Field(min_length=1)]
@@ -212,6 +211,9 @@ class Config(_Strict):
     lora_modules_to_save: list[str] | None = None
 
     micro_batch_size: PositiveInt = 1
+    # The global batch per optimizer step on one device; with micro_batch_size it
+    # fixes gradient_accumulation_steps (give two of the three, as in axolotl).
+    batch_size: PositiveInt | None = None
     eval_batch_size: PositiveInt | None = None
     gradient_accumulation_steps: PositiveInt = 1
     num_epochs: Annotated[float, Field(gt=0)] = 1.0
@@ -224,6 +226,9 @@ class Config(_Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
 
+    # flash_attention_2 needs flash-attn and a GPU of compute capability ≥ 8.0; where it is
+    # missing the trainer uses sdpa (the same attention) and says so.
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     bf16: bool | Literal["auto"] = "auto"
     fp16: bool = False
     tf32: bool = False
@@ -239,6 +244,13 @@ class Config(_Strict):
     @property
     def uses_lora(self) -> bool:
         return self.adapter in ("lora", "qlora")
+
+    @property
+    def accumulation_steps(self) -> int:
+        """gradient_accumulation_steps, or the one batch_size implies."""
+        if self.batch_size is not None:
+            return self.batch_size // self.micro_batch_size
+        return self.gradient_accumulation_steps
 
     @property
     def recipe(self) -> str:
@@ -285,6 +297,7 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     raw = _drop_nulls(raw)
     for key in [k for k, v in sources.items() if k not in raw]:
         del sources[key]
+    raw, mapped = _map_deprecated(raw, sources)
     problems += _unsupported_problems(raw)
     ignored = [k for k in raw if (k in IGNORED_KEYS or k.startswith(IGNORED_PREFIXES))
                and k not in UNSUPPORTED_KEYS]
@@ -301,8 +314,9 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         raise ConfigError(f"{path}: {len(problems)} {noun}", problems)
     for name in Config.model_fields:
         sources.setdefault(name, "default")
-    warnings = [f"{key}: {IGNORED_KEYS.get(key, NOT_USED)}"
-                for key in ignored if raw[key] not in OFF_VALUES]
+    warnings = mapped + [f"{key}: {IGNORED_KEYS.get(key, NOT_USED)}"
+                         for key in ignored if raw[key] not in OFF_VALUES]
+    derive(config, sources)
     return LoadedConfig(config=config, path=path, sources=sources, warnings=warnings)
 
 
@@ -359,6 +373,52 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         out[name.replace("-", "_")] = value
         i += 1
     return out
+
+
+def _map_deprecated(raw: dict, sources: dict[str, str]) -> tuple[dict, list[str]]:
+    """axolotl's older spellings, mapped to the current keys, each with a warning. This
+    runs before validation and is the only place a config's keys are rewritten."""
+    raw, notes = dict(raw), []
+
+    def move(old: str, new: str, value, why: str = "") -> None:
+        raw.pop(old, None)
+        if new in raw and raw[new] != value:
+            notes.append(f"{old}: deprecated and overridden by {new}: {raw[new]!r}")
+            return
+        raw[new] = value
+        sources[new] = f"mapped from {old} ({sources.pop(old, 'file')})"
+        notes.append(f"{old}: deprecated; read as {new}: {value!r}{why}")
+
+    if raw.get("flash_attention") is True:
+        move("flash_attention", "attn_implementation", "flash_attention_2")
+    elif raw.get("flash_attention") is False:
+        raw.pop("flash_attention")
+    if raw.get("sdp_attention") is True:
+        move("sdp_attention", "attn_implementation", "sdpa")
+    elif raw.get("sdp_attention") is False:
+        raw.pop("sdp_attention")
+    if raw.get("eager_attention") is True:
+        move("eager_attention", "attn_implementation", "eager")
+    datasets = raw.get("datasets")
+    for i, ds in enumerate(datasets if isinstance(datasets, list) else []):
+        if not isinstance(ds, dict):
+            continue
+        for old, part in (("message_field_role", "role"), ("message_field_content", "content")):
+            if old in ds:
+                mapping = dict(ds.get("message_property_mappings") or {})
+                mapping.setdefault(part, ds.pop(old))
+                ds["message_property_mappings"] = mapping
+                notes.append(f"datasets[{i}].{old}: deprecated; read as "
+                             f"message_property_mappings.{part}: {mapping[part]!r}")
+    return raw, notes
+
+
+def derive(config: Config | None, sources: dict[str, str]) -> None:
+    """Record values derived from others (the explicit resolve step, not a validator)."""
+    if config is not None and config.batch_size is not None:
+        sources["gradient_accumulation_steps"] = (
+            f"derived: batch_size {config.batch_size} / micro_batch_size "
+            f"{config.micro_batch_size}")
 
 
 def _drop_nulls(raw: dict) -> dict:
@@ -537,6 +597,20 @@ def _cross_field_problems(raw: dict) -> list[str]:
                    "a 4-bit base can only be trained through an adapter")
     if raw.get("load_in_4bit") is True and raw.get("load_in_8bit") is True:
         out.append("load_in_4bit and load_in_8bit are both true; keep one")
+    given = [k for k in ("micro_batch_size", "gradient_accumulation_steps", "batch_size")
+             if k in raw]
+    if len(given) == 3:
+        out.append("micro_batch_size, gradient_accumulation_steps and batch_size are all set; "
+                   "give two of them (batch_size = micro_batch_size × "
+                   "gradient_accumulation_steps)")
+    elif "batch_size" in raw and isinstance(raw["batch_size"], int) and isinstance(
+            raw.get("micro_batch_size", 1), int) and raw.get("micro_batch_size", 1) > 0 and \
+            raw["batch_size"] % raw.get("micro_batch_size", 1):
+        out.append(f"batch_size {raw['batch_size']} is not a multiple of micro_batch_size "
+                   f"{raw.get('micro_batch_size', 1)}; change one of them")
+    if raw.get("deepspeed") not in OFF_VALUES and any(
+            raw.get(k) not in OFF_VALUES for k in ("fsdp", "fsdp_config", "fsdp_version")):
+        out.append("deepspeed and fsdp are both set; they exclude each other: keep one")
     if raw.get("warmup_steps") is not None and raw.get("warmup_ratio") is not None:
         out.append(f"warmup_steps ({_show(raw['warmup_steps'])}) and warmup_ratio "
                    f"({_show(raw['warmup_ratio'])}) are both set; keep one")
@@ -594,14 +668,33 @@ def _path_problems(raw: dict) -> list[str]:
     return out
 
 
-def dump_resolved(loaded: LoadedConfig) -> str:
-    """The validated config as YAML, each top-level key annotated with its source."""
+# Values the trainer decides on the device, at the start of a run (its resolve step).
+DECIDED_AT_TRAIN_TIME = {
+    "bf16": "auto: on where the GPU has bf16 in hardware (compute capability ≥ 8.0), "
+            "else off",
+    "tf32": "on only on an NVIDIA GPU",
+    "attn_implementation": "flash_attention_2 falls back to sdpa without flash-attn or a GPU "
+                           "of compute capability ≥ 8.0",
+    "lora_target_modules": "unset: every attention and MLP projection (all-linear with "
+                           "lora_target_linear)",
+}
+
+
+def dump_resolved(loaded: LoadedConfig, explain: bool = False) -> str:
+    """The validated config as YAML, each top-level key annotated with its source. With
+    `explain`, every value's source (file, command line, default, mapped, derived) and
+    what the trainer will still decide from the hardware."""
     data = loaded.config.model_dump(mode="json")
+    data["gradient_accumulation_steps"] = loaded.config.accumulation_steps
     lines = [f"# {loaded.path} (validated; '# default' marks values not set in the file)"]
     for key, value in data.items():
         block = yaml.safe_dump({key: value}, sort_keys=False, allow_unicode=True).rstrip()
         source = loaded.sources.get(key, "default")
+        note = [] if source == "file" and not explain else [source]
+        if explain and key in DECIDED_AT_TRAIN_TIME and (
+                key != "lora_target_modules" or value is None):
+            note.append("at train time: " + DECIDED_AT_TRAIN_TIME[key])
         first, *rest = block.splitlines()
-        lines.append(first if source == "file" else f"{first}  # {source}")
+        lines.append(f"{first}  # {'; '.join(note)}" if note else first)
         lines += rest
     return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ from toolkit.trainer.model import Resolved
 def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) -> dict:
     """TrainingArguments keywords every recipe shares (TRL's configs extend them)."""
     steps_per_epoch = max(1, math.ceil(n_rows / cfg.micro_batch_size
-                                       / cfg.gradient_accumulation_steps))
+                                       / cfg.accumulation_steps))
     if cfg.save_steps:
         save = {"save_strategy": "steps", "save_steps": cfg.save_steps}
     elif cfg.saves_per_epoch:
@@ -24,7 +24,7 @@ def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) ->
         output_dir=cfg.output_dir,
         per_device_train_batch_size=cfg.micro_batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size or cfg.micro_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        gradient_accumulation_steps=cfg.accumulation_steps,
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps or -1,
         learning_rate=cfg.learning_rate,

@@ -111,15 +111,19 @@ def normalize_turns(turns, ds: DatasetConfig, field: str) -> list[dict]:
 class ChatEncoder:
     """Renders conversations with one template and labels the trained spans."""
 
-    def __init__(self, tokenizer, template: str, eot_tokens: list[str]):
+    def __init__(self, tokenizer, template: str, eot_tokens: list[str],
+                 template_kwargs: dict | None = None):
         self.tokenizer = tokenizer
         self.template = template
         self.eot_tokens = eot_tokens
+        # e.g. {enable_thinking: false}: Qwen3 then puts an empty think block in the
+        # generation prompt, so it is part of the prompt, not of the trained reply.
+        self.template_kwargs = template_kwargs or {}
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         return self.tokenizer.apply_chat_template(
             messages, chat_template=self.template, tokenize=False,
-            add_generation_prompt=add_generation_prompt)
+            add_generation_prompt=add_generation_prompt, **self.template_kwargs)
 
     def encode(self, messages: list[dict], rule: TurnRule) -> tuple[list[int], list[int]]:
         """Token ids and labels (IGNORE_INDEX where no loss) for one conversation."""

@@ -26,6 +26,8 @@ class Resolved:
     tf32: bool
     dtype: str
     lora_target_modules: list[str] | str | None
+    attn_implementation: str = "sdpa"
+    notes: tuple[str, ...] = ()        # what the resolve step decided against the config
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -57,8 +59,21 @@ def resolve(cfg: Config) -> Resolved:
                                               else QWEN3_LINEAR)
     else:
         targets = None
+    attn, notes = cfg.attn_implementation, []
+    if attn == "flash_attention_2":
+        import importlib.util
+
+        missing = ("no CUDA GPU" if not cuda or hip else
+                   "compute capability below 8.0" if not capable else
+                   "flash-attn is not installed" if importlib.util.find_spec("flash_attn") is None
+                   else None)
+        if missing:
+            attn = "sdpa"
+            notes.append(f"attn_implementation: flash_attention_2 unavailable ({missing}); "
+                         "using sdpa, the same attention with more memory on long sequences")
     return Resolved(device="cuda" if cuda else "cpu", device_name=name, bf16=bf16,
-                    fp16=cfg.fp16, tf32=tf32, dtype=dtype, lora_target_modules=targets)
+                    fp16=cfg.fp16, tf32=tf32, dtype=dtype, lora_target_modules=targets,
+                    attn_implementation=attn, notes=tuple(notes))
 
 
 def load_tokenizer(cfg: Config):
@@ -86,7 +101,7 @@ def load_base(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labe
     import transformers
 
     dtype = getattr(torch, resolved.dtype)
-    kwargs: dict = {"dtype": dtype}
+    kwargs: dict = {"dtype": dtype, "attn_implementation": resolved.attn_implementation}
     if num_labels:
         kwargs["num_labels"] = num_labels
     if cfg.adapter == "qlora":

@@ -22,7 +22,6 @@ from toolkit.trainer.model import (
     load_tokenizer,
     lora_config,
     match_trainable_dtype,
-    resolve,
 )
 from toolkit.trainer.rows import read_all
 from toolkit.trainer.steps import start_run, train_and_save
@@ -35,11 +34,7 @@ def train(loaded: LoadedConfig) -> Path:
     from datasets import Dataset
 
     cfg = loaded.config
-    log, progress = start_run(cfg)
-
-    resolved = resolve(cfg)
-    log(f"resolved: rl={cfg.rl} device={resolved.device} dtype={resolved.dtype} "
-        f"beta={beta_of(cfg)} lora_targets={resolved.lora_target_modules}")
+    log, progress, resolved = start_run(cfg)
 
     tokenizer = load_tokenizer(cfg)
     tokenizer.chat_template = resolve_template(cfg, tokenizer)

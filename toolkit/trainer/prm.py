@@ -21,7 +21,7 @@ from toolkit.errors import DataError
 from toolkit.trainer.args import common_args
 from toolkit.trainer.chat import IGNORE_INDEX
 from toolkit.trainer.data import Collator, split_validation
-from toolkit.trainer.model import load_model, load_tokenizer, resolve
+from toolkit.trainer.model import load_model, load_tokenizer
 from toolkit.trainer.rows import read_all
 from toolkit.trainer.steps import start_run, train_and_save
 
@@ -79,11 +79,8 @@ def train(loaded: LoadedConfig) -> Path:
     from transformers import Trainer, TrainingArguments
 
     cfg = loaded.config
-    log, progress = start_run(cfg)
+    log, progress, resolved = start_run(cfg)
 
-    resolved = resolve(cfg)
-    log(f"resolved: process reward model, device={resolved.device} dtype={resolved.dtype} "
-        f"separator={cfg.step_separator!r} last_step_only={cfg.train_on_last_step_only}")
     tokenizer = load_tokenizer(cfg)
 
     counts = StepCounts()

@@ -21,7 +21,6 @@ from toolkit.trainer.model import (
     load_tokenizer,
     lora_config,
     match_trainable_dtype,
-    resolve,
 )
 from toolkit.trainer.rows import read_all
 from toolkit.trainer.steps import start_run, train_and_save
@@ -34,11 +33,8 @@ def train(loaded: LoadedConfig) -> Path:
     from trl import RewardConfig, RewardTrainer
 
     cfg = loaded.config
-    log, progress = start_run(cfg)
+    log, progress, resolved = start_run(cfg)
 
-    resolved = resolve(cfg)
-    log(f"resolved: reward model, device={resolved.device} dtype={resolved.dtype} "
-        f"lora_targets={resolved.lora_target_modules}")
     tokenizer = load_tokenizer(cfg)
     tokenizer.chat_template = resolve_template(cfg, tokenizer)
 

@@ -14,7 +14,7 @@ from toolkit.config import LoadedConfig
 from toolkit.trainer.args import common_args
 from toolkit.trainer.chat import ChatEncoder, resolve_eot_tokens, resolve_template
 from toolkit.trainer.data import Collator, build_examples, split_validation
-from toolkit.trainer.model import load_model, load_tokenizer, resolve
+from toolkit.trainer.model import load_model, load_tokenizer
 from toolkit.trainer.steps import start_run, train_and_save
 
 
@@ -23,16 +23,13 @@ def train(loaded: LoadedConfig) -> Path:
     from transformers import Trainer, TrainingArguments
 
     cfg = loaded.config
-    log, progress = start_run(cfg)
-
-    resolved = resolve(cfg)
-    log(f"resolved: device={resolved.device} ({resolved.device_name}) dtype={resolved.dtype} "
-        f"bf16={resolved.bf16} tf32={resolved.tf32} lora_targets={resolved.lora_target_modules}")
+    log, progress, resolved = start_run(cfg)
 
     tokenizer = load_tokenizer(cfg)
     template = resolve_template(cfg, tokenizer)
     tokenizer.chat_template = template
-    encoder = ChatEncoder(tokenizer, template, resolve_eot_tokens(cfg, tokenizer))
+    encoder = ChatEncoder(tokenizer, template, resolve_eot_tokens(cfg, tokenizer),
+                          cfg.chat_template_kwargs)
 
     examples, report = build_examples(cfg, encoder)
     for line in report.lines(cfg):

@@ -9,11 +9,13 @@ from pathlib import Path
 from toolkit.config import Config, LoadedConfig
 from toolkit.trainer.files import make_readable
 from toolkit.trainer.manifest import write_manifest
+from toolkit.trainer.model import Resolved, resolve
 from toolkit.trainer.progress import ProgressLog, RunLog, quiet_libraries
 
 
-def start_run(cfg: Config) -> tuple[RunLog, ProgressLog]:
-    """Create output_dir, its train.log and the progress callback; seed everything."""
+def start_run(cfg: Config) -> tuple[RunLog, ProgressLog, Resolved]:
+    """Create output_dir, its train.log and the progress callback; seed everything;
+    resolve what depends on the hardware, and log it."""
     import transformers
 
     quiet_libraries()
@@ -21,7 +23,14 @@ def start_run(cfg: Config) -> tuple[RunLog, ProgressLog]:
     out.mkdir(parents=True, exist_ok=True)
     log = RunLog(out / "train.log")
     transformers.set_seed(cfg.seed)
-    return log, ProgressLog(log)
+    resolved = resolve(cfg)
+    log(f"resolved: recipe={cfg.recipe}{f' ({cfg.rl})' if cfg.rl else ''} "
+        f"device={resolved.device} ({resolved.device_name}) dtype={resolved.dtype} "
+        f"attention={resolved.attn_implementation} tf32={resolved.tf32} "
+        f"lora_targets={resolved.lora_target_modules}")
+    for note in resolved.notes:
+        log(f"note: {note}")
+    return log, ProgressLog(log), resolved
 
 
 def train_and_save(trainer, tokenizer, loaded: LoadedConfig, progress: ProgressLog,
