@@ -146,6 +146,9 @@ class DatasetConfig(_Strict):
     ds_type: Literal["json", "parquet", "arrow", "csv"] | None = None
     data_files: str | list[str] | None = None
     split: str = "train"
+    # Use the shards_idx-th of `shards` contiguous pieces of the rows (axolotl's keys).
+    shards: PositiveInt | None = None
+    shards_idx: NonNegInt = 0
     field_messages: str = "messages"
     message_property_mappings: MessageMapping = MessageMapping()
     # Source role names mapped onto the canonical roles: {user: [human], assistant: [gpt]}.

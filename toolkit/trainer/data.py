@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -64,23 +65,87 @@ class Example:
 
 
 def read_rows(ds: DatasetConfig, index: int) -> list[dict]:
-    """All rows of one dataset entry, as dicts."""
+    """All rows of one dataset entry, as dicts: its split expression and shard applied."""
     where = f"datasets[{index}] ({ds.path})"
     if not is_local_ref(ds.path):
-        return _read_hub(ds, where)
-    path = Path(ds.path).expanduser()
-    files = _data_files(path, ds, where)
-    rows: list[dict] = []
-    for file in files:
-        kind = ds.ds_type or DATA_SUFFIXES.get(file.suffix)
-        if kind == "json":
-            rows += _read_json(file, where)
+        rows = _read_hub(ds, where)
+    else:
+        path = Path(ds.path).expanduser()
+        name, _ = parse_split(ds.split, where)
+        if path.is_dir() and _is_saved_dataset(path):
+            rows = _read_saved(path, name, where)
         else:
-            rows += _read_with_datasets(kind, [file], where)
-    if ds.split not in ("train", None):
-        raise DataError(f"{where}: split {ds.split!r} is not supported for local files yet; "
-                        "use split: train")
+            if name != "train":
+                raise DataError(f"{where}: split {ds.split!r}: local files hold one split, "
+                                "'train'; use train, or a slice of it like train[:20%]")
+            rows = []
+            for file in _data_files(path, ds, where):
+                kind = ds.ds_type or DATA_SUFFIXES.get(file.suffix)
+                rows += (_read_json(file, where) if kind == "json"
+                         else _read_with_datasets(kind, [file], where))
+        rows = apply_split(rows, ds.split, where)
+    if ds.shards:
+        rows = shard(rows, ds.shards, ds.shards_idx, where)
     return rows
+
+
+_SPLIT = re.compile(r"^(?P<name>[\w.-]+)(?:\[(?P<start>-?\d*%?):(?P<end>-?\d*%?)\])?$")
+
+
+def parse_split(split: str, where: str = "split") -> tuple[str, tuple[str, str] | None]:
+    """`train[:20%]` → ("train", ("", "20%")); `train` → ("train", None)."""
+    match = _SPLIT.match(split.replace(" ", ""))
+    if not match:
+        raise DataError(f"{where}: split {split!r} is not a split expression; write e.g. "
+                        "train, train[:20%], train[100:200] or test[10%:]")
+    bounds = (match["start"], match["end"]) if match["start"] is not None else None
+    return match["name"], bounds
+
+
+def apply_split(rows: list, split: str, where: str = "split") -> list:
+    """Slice rows as the split expression says (percentages round to the nearest row)."""
+    _, bounds = parse_split(split, where)
+    if bounds is None:
+        return rows
+
+    def index(text: str) -> int | None:
+        if text == "":
+            return None
+        if text.endswith("%"):
+            return round(len(rows) * int(text[:-1]) / 100)
+        return int(text)
+
+    return rows[index(bounds[0]):index(bounds[1])]
+
+
+def shard(rows: list, shards: int, index: int, where: str = "shards") -> list:
+    """The index-th of `shards` contiguous pieces (axolotl's shards / shards_idx)."""
+    if not 0 <= index < shards:
+        raise DataError(f"{where}: shards_idx {index} is outside 0…{shards - 1}; lower it")
+    size, extra = divmod(len(rows), shards)
+    start = index * size + min(index, extra)
+    return rows[start:start + size + (1 if index < extra else 0)]
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    """A folder written by datasets' save_to_disk (a Dataset or a DatasetDict)."""
+    return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+
+
+def _read_saved(path: Path, name: str, where: str) -> list[dict]:
+    import datasets
+
+    try:
+        saved = datasets.load_from_disk(str(path))
+    except Exception as exc:  # datasets raises many types; the message is what matters
+        raise DataError(f"{where}: could not load the saved dataset: "
+                        f"{str(exc).splitlines()[0]}") from None
+    if isinstance(saved, datasets.DatasetDict):
+        if name not in saved:
+            raise DataError(f"{where}: the saved dataset has splits {sorted(saved)}, not "
+                            f"{name!r}; set split to one of them")
+        saved = saved[name]
+    return list(saved)
 
 
 def _data_files(path: Path, ds: DatasetConfig, where: str) -> list[Path]:
