@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     runtime_options(p)
 
+    p = command("preprocess", cmd_preprocess,
+                "tokenize SFT data into dataset_prepared_path (train reuses it)", overrides=True)
+    p.add_argument("config")
+    runtime_options(p)
+
     p = command("merge-lora", cmd_merge, "merge the trained LoRA adapter into the base model",
                 overrides=True)
     p.add_argument("config")
@@ -158,6 +163,16 @@ def cmd_train(args, extra) -> int:
     from toolkit.trainer import run
 
     run(loaded)
+    return 0
+
+
+def cmd_preprocess(args, extra) -> int:
+    loaded = _load(args, extra)
+    if _runtime_of(args) == "docker":
+        return _in_container("preprocess", args, extra, loaded)
+    from toolkit.trainer.prepared import preprocess
+
+    print(f"prepared data: {preprocess(loaded)}")
     return 0
 
 

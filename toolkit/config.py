@@ -94,7 +94,7 @@ OFF_VALUES = (None, False, "", [], {})
 IGNORED_PREFIXES = ("wandb_", "mlflow_", "comet_")
 NOT_USED = "not used by toolkit (it cannot change what is trained); ignored"
 IGNORED_KEYS = {
-    **dict.fromkeys(("strict", "debug", "local_rank", "dataset_prepared_path",
+    **dict.fromkeys(("strict", "debug", "local_rank",
                      "evals_per_epoch", "eval_steps", "eval_max_new_tokens", "eval_table_size",
                      "use_tensorboard", "hub_model_id", "remove_unused_columns",
                      "dataset_processes", "dataloader_num_workers", "dataloader_pin_memory",
@@ -176,6 +176,8 @@ class Config(_Strict):
     eot_tokens: list[str] | None = None
 
     datasets: Annotated[list[DatasetConfig], Field(min_length=1)]
+    # Where tokenized SFT data is cached, keyed by everything that decides the tokens.
+    dataset_prepared_path: str | None = None
     val_set_size: Annotated[float, Field(ge=0)] = 0.0
     output_dir: str = "./outputs/model-out"
     sequence_len: PositiveInt = 2048

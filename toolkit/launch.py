@@ -39,7 +39,10 @@ def config_paths(cfg: Config) -> tuple[list[Path], list[Path], bool]:
             reads.append(Path(ref).expanduser())
         else:
             remote = True
-    return reads, [Path(cfg.output_dir).expanduser()], remote
+    writes = [Path(cfg.output_dir).expanduser()]
+    if cfg.dataset_prepared_path:
+        writes.append(Path(cfg.dataset_prepared_path).expanduser())
+    return reads, writes, remote
 
 
 def plan_mounts(reads: list[Path], writes: list[Path]) -> list[Mount]:

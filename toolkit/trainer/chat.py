@@ -200,3 +200,15 @@ def _visible_content(msg: dict) -> str:
     if msg["role"] == "assistant" and "</think>" in content:
         content = content.split("</think>")[-1].lstrip("\n")
     return content
+
+
+def build_encoder(cfg: Config):
+    """The tokenizer (with the config's chat template set on it) and its ChatEncoder."""
+    from toolkit.trainer.model import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg)
+    template = resolve_template(cfg, tokenizer)
+    tokenizer.chat_template = template
+    encoder = ChatEncoder(tokenizer, template, resolve_eot_tokens(cfg, tokenizer),
+                          cfg.chat_template_kwargs)
+    return tokenizer, encoder

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from toolkit.config import LoadedConfig
 from toolkit.trainer.args import common_args
-from toolkit.trainer.chat import ChatEncoder, resolve_eot_tokens, resolve_template
-from toolkit.trainer.data import Collator, build_examples, split_validation
-from toolkit.trainer.model import load_model, load_tokenizer
+from toolkit.trainer.chat import build_encoder
+from toolkit.trainer.data import Collator, split_validation
+from toolkit.trainer.model import load_model
+from toolkit.trainer.prepared import load_or_build
 from toolkit.trainer.steps import start_run, train_and_save
 
 
@@ -25,13 +26,8 @@ def train(loaded: LoadedConfig) -> Path:
     cfg = loaded.config
     log, progress, resolved = start_run(cfg)
 
-    tokenizer = load_tokenizer(cfg)
-    template = resolve_template(cfg, tokenizer)
-    tokenizer.chat_template = template
-    encoder = ChatEncoder(tokenizer, template, resolve_eot_tokens(cfg, tokenizer),
-                          cfg.chat_template_kwargs)
-
-    examples, report = build_examples(cfg, encoder)
+    tokenizer, encoder = build_encoder(cfg)
+    examples, report = load_or_build(cfg, encoder, log)
     for line in report.lines(cfg):
         log(line)
     train_rows, val_rows = split_validation(examples, cfg.val_set_size, cfg.seed)

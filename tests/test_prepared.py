@@ -1,0 +1,43 @@
+"""The tokenized-data cache: keyed by everything that decides the tokens."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import DEMO_DATA
+
+from toolkit.cli import main
+
+
+def test_preprocess_then_train_reuses_and_changes_invalidate(tiny_model_dir, write_config,
+                                                             tmp_path, capsys):
+    prepared = tmp_path / "prepared"
+    data = tmp_path / "chat.jsonl"
+    data.write_text(DEMO_DATA.read_text())
+    path = write_config({"base_model": str(tiny_model_dir), "max_steps": 2, "save_steps": 2,
+                         "dataset_prepared_path": str(prepared)})
+    args = ["--runtime", "local", "--datasets.0.path", str(data)]
+
+    assert main(["preprocess", str(path), *args]) == 0
+    [first] = list(prepared.iterdir())
+    assert "data: prepared data written to" in capsys.readouterr().out
+    rows = (first / "examples.jsonl").read_text().count("\n")
+    assert rows == 96 and json.loads((first / "report.json").read_text())["kept"] == 96
+
+    assert main(["preprocess", str(path), *args]) == 0
+    assert f"data: reusing prepared data from {first}" in capsys.readouterr().out
+    assert main(["train", str(path), *args]) == 0
+    assert f"data: reusing prepared data from {first}" in capsys.readouterr().out
+
+    assert main(["preprocess", str(path), *args, "--sequence-len", "64"]) == 0
+    assert len(list(prepared.iterdir())) == 2, "a setting that changes tokens made a new key"
+    data.write_text(DEMO_DATA.read_text().replace("capital", "Capital"))
+    assert main(["preprocess", str(path), *args]) == 0
+    assert len(list(prepared.iterdir())) == 3, "new data bytes made a new key"
+    assert not [p for p in prepared.iterdir() if p.name.startswith(".")], "temporary left"
+
+
+def test_preprocess_needs_a_folder_and_sft(write_config, tiny_model_dir, capsys):
+    path = write_config({"base_model": str(tiny_model_dir)})
+    assert main(["preprocess", str(path), "--runtime", "local"]) == 2
+    assert "dataset_prepared_path is not set; set it" in capsys.readouterr().err

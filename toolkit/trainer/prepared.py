@@ -1,0 +1,116 @@
+"""Tokenized SFT data cached in `dataset_prepared_path`, keyed by everything that
+decides the tokens: the data's bytes, the tokenizer's files, the chat template,
+every dataset setting and every tokenization key of the config, and toolkit's
+version. A change to any of them makes a new key (a new folder); an unchanged
+rerun reuses the folder.
+
+    toolkit preprocess CONFIG       (train also fills and reuses the cache)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from toolkit import __version__
+from toolkit.config import Config, is_local_ref
+from toolkit.trainer.data import DataReport, Example, build_examples
+from toolkit.trainer.files import make_readable
+
+# Config keys that change the tokens of an SFT example.
+TOKENIZATION_KEYS = ("datasets", "sequence_len", "excess_length_strategy", "train_on_inputs",
+                     "chat_template", "chat_template_jinja", "chat_template_kwargs",
+                     "eot_tokens", "base_model", "tokenizer_config")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                   "special_tokens_map.json", "vocab.json", "merges.txt")
+
+
+def cache_key(cfg: Config, template: str) -> str:
+    h = hashlib.sha256()
+    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k in TOKENIZATION_KEYS}
+    h.update(json.dumps({"toolkit": __version__, "settings": settings,
+                         "template": template}, sort_keys=True).encode())
+    for ds in cfg.datasets:
+        if is_local_ref(ds.path):
+            _hash_tree(h, Path(ds.path).expanduser())
+    tokenizer_dir = Path(cfg.tokenizer_config or cfg.base_model).expanduser()
+    if tokenizer_dir.is_dir():
+        for name in TOKENIZER_FILES:
+            if (tokenizer_dir / name).exists():
+                h.update(name.encode() + (tokenizer_dir / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _hash_tree(h, path: Path) -> None:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        h.update(str(file.name).encode())
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+
+
+def load_or_build(cfg: Config, encoder, log) -> tuple[list[Example], DataReport]:
+    """The examples from the cache when it holds this key, else tokenized (and cached
+    when dataset_prepared_path is set)."""
+    if not cfg.dataset_prepared_path:
+        return build_examples(cfg, encoder)
+    folder = Path(cfg.dataset_prepared_path).expanduser() / cache_key(cfg, encoder.template)
+    if (folder / "report.json").exists():
+        log(f"data: reusing prepared data from {folder}")
+        return _read(folder)
+    examples, report = build_examples(cfg, encoder)
+    _write(folder, examples, report)
+    log(f"data: prepared data written to {folder}")
+    return examples, report
+
+
+def _read(folder: Path) -> tuple[list[Example], DataReport]:
+    with (folder / "examples.jsonl").open(encoding="utf-8") as f:
+        examples = [Example(**json.loads(line)) for line in f]
+    report = DataReport(**json.loads((folder / "report.json").read_text()))
+    return examples, report
+
+
+def _write(folder: Path, examples: list[Example], report: DataReport) -> None:
+    """Into a temporary folder, then a rename: a half-written cache is never read."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        with (tmp / "examples.jsonl").open("w", encoding="utf-8") as f:
+            for e in examples:
+                f.write(json.dumps({"input_ids": e.input_ids, "labels": e.labels}) + "\n")
+        (tmp / "report.json").write_text(json.dumps(report.as_dict()))
+        make_readable(tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another run wrote the same key meanwhile: theirs is as good
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def preprocess(loaded) -> Path:
+    """`toolkit preprocess`: tokenize into dataset_prepared_path (or find it done)."""
+    from toolkit.errors import UsageError
+    from toolkit.trainer.chat import build_encoder
+    from toolkit.trainer.progress import quiet_libraries
+
+    cfg = loaded.config
+    if cfg.recipe != "sft":
+        raise UsageError(f"preprocess caches SFT data; this config trains {cfg.recipe}, whose "
+                         "trainer tokenizes its rows itself. Run `toolkit train` directly")
+    if not cfg.dataset_prepared_path:
+        raise UsageError("dataset_prepared_path is not set; set it to the folder that holds "
+                         "prepared data (e.g. dataset_prepared_path: ./prepared)")
+    quiet_libraries()
+    _, encoder = build_encoder(cfg)
+    examples, report = load_or_build(cfg, encoder, print)
+    for line in report.lines(cfg):
+        print(line)
+    return Path(cfg.dataset_prepared_path) / cache_key(cfg, encoder.template)
