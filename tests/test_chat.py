@@ -168,3 +168,13 @@ def test_enable_thinking_false_puts_the_empty_think_block_in_the_prompt(tiny_tok
         ("neerg<|im_end|>", True),
         ("\n", False),
     ])
+
+
+def test_split_thinking_moves_the_think_block_into_reasoning_content():
+    ds = DatasetConfig(path="x.jsonl", split_thinking=True)
+    row = {"messages": [{"role": "user", "content": "2+2?"},
+                        {"role": "assistant", "content": "<think>\nTwo and two.\n</think>\n\n4"}]}
+    assert normalize_messages(row, ds)[1] == {"role": "assistant", "content": "4",
+                                              "reasoning_content": "Two and two."}
+    plain = normalize_messages(row, DatasetConfig(path="x.jsonl"))[1]
+    assert plain == {"role": "assistant", "content": "<think>\nTwo and two.\n</think>\n\n4"}

@@ -186,3 +186,11 @@ def test_example_configs_validate(path, monkeypatch):
     loaded = load_config(path, overrides)
     assert loaded.warnings == []
     assert loaded.config.recipe in ("sft", "preference", "reward", "prm")
+
+
+def test_evals_per_epoch(tiny_model_dir, write_config):
+    loaded = load_config(write_config({"base_model": str(tiny_model_dir), "max_steps": 22,
+                                       "save_steps": 22, "logging_steps": 11,
+                                       "val_set_size": 0.1, "evals_per_epoch": 2}))
+    run = json.loads((train(loaded) / "run.json").read_text())
+    assert [e["step"] for e in run["eval_history"]] == [11, 22]   # 86 rows / 4 = 22 steps

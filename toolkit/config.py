@@ -95,7 +95,7 @@ IGNORED_PREFIXES = ("wandb_", "mlflow_", "comet_")
 NOT_USED = "not used by toolkit (it cannot change what is trained); ignored"
 IGNORED_KEYS = {
     **dict.fromkeys(("strict", "debug", "local_rank",
-                     "evals_per_epoch", "eval_steps", "eval_max_new_tokens", "eval_table_size",
+                     "eval_max_new_tokens", "eval_table_size",
                      "use_tensorboard", "hub_model_id", "remove_unused_columns",
                      "dataset_processes", "dataloader_num_workers", "dataloader_pin_memory",
                      "dataloader_prefetch_factor", "save_safetensors"), NOT_USED),
@@ -159,6 +159,8 @@ class DatasetConfig(_Strict):
     step_separator: str | None = None
     train_on_last_step_only: bool | None = None
     max_completion_length: PositiveInt | None = None
+    # Move `<think>…</think>` at the start of an assistant message into reasoning_content.
+    split_thinking: bool = False
     roles_to_train: list[Literal["system", "user", "assistant", "tool"]] = ["assistant"]
     # Which end-of-turn tokens carry loss: each trained turn's, every turn's, the last one's, none.
     train_on_eos: Literal["turn", "all", "last", "none"] = "turn"
@@ -241,6 +243,10 @@ class Config(_Strict):
     gradient_checkpointing_kwargs: dict[str, bool] | None = None
 
     logging_steps: PositiveInt = 1
+    # Evaluation on the held-out rows (val_set_size): every eval_steps, or so many times an
+    # epoch; neither: once an epoch.
+    eval_steps: PositiveInt | None = None
+    evals_per_epoch: PositiveInt | None = None
     save_steps: PositiveInt | None = None
     saves_per_epoch: PositiveInt | None = None
     save_total_limit: PositiveInt | None = None
@@ -619,6 +625,8 @@ def _cross_field_problems(raw: dict) -> list[str]:
     if raw.get("warmup_steps") is not None and raw.get("warmup_ratio") is not None:
         out.append(f"warmup_steps ({_show(raw['warmup_steps'])}) and warmup_ratio "
                    f"({_show(raw['warmup_ratio'])}) are both set; keep one")
+    if raw.get("eval_steps") is not None and raw.get("evals_per_epoch") is not None:
+        out.append("eval_steps and evals_per_epoch are both set; keep one")
     if raw.get("save_steps") is not None and raw.get("saves_per_epoch") is not None:
         out.append("save_steps and saves_per_epoch are both set; keep one")
     if raw.get("bf16") is True and raw.get("fp16") is True:

@@ -19,6 +19,13 @@ def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) ->
                 "save_steps": max(1, steps_per_epoch // cfg.saves_per_epoch)}
     else:
         save = {"save_strategy": "epoch"}
+    if not has_eval:
+        evaluation = {"eval_strategy": "no"}
+    elif cfg.eval_steps or cfg.evals_per_epoch:
+        evaluation = {"eval_strategy": "steps", "eval_steps": cfg.eval_steps or max(
+            1, steps_per_epoch // cfg.evals_per_epoch)}
+    else:
+        evaluation = {"eval_strategy": "epoch"}
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else (cfg.warmup_ratio or 0)
     return dict(
         output_dir=cfg.output_dir,
@@ -40,7 +47,6 @@ def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) ->
         activation_checkpointing_kwargs=cfg.gradient_checkpointing_kwargs,
         logging_steps=cfg.logging_steps,
         save_total_limit=cfg.save_total_limit,
-        eval_strategy="epoch" if has_eval else "no",
         seed=cfg.seed,
         data_seed=cfg.seed,
         use_cpu=resolved.device == "cpu",
@@ -50,4 +56,5 @@ def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) ->
         include_num_input_tokens_seen="non_padding",
         dataloader_pin_memory=resolved.device == "cuda",
         **save,
+        **evaluation,
     )

@@ -104,6 +104,10 @@ def normalize_turns(turns, ds: DatasetConfig, field: str) -> list[dict]:
         message = {"role": role, "content": content}
         if isinstance(turn.get("reasoning_content"), str):
             message["reasoning_content"] = turn["reasoning_content"]
+        elif ds.split_thinking and role == "assistant" and "</think>" in content:
+            thought, _, answer = content.partition("</think>")
+            message = {"role": role, "content": answer.lstrip("\n"),
+                       "reasoning_content": thought.replace("<think>", "", 1).strip("\n")}
         out.append(message)
     return out
 
