@@ -120,7 +120,7 @@ def load_matrix(images_dir: Path = IMAGES_DIR) -> dict[str, Variant]:
             min_driver=row.get("min_driver"), size_gb=float(row["size_gb"]),
             lock=images_dir / row["lock"], gpu_version=row.get("cuda") or row.get("rocm"),
             unverified=tuple(row.get("check") or ()),
-            prune=tuple(row.get("prune") or ()),
+            prune=tuple(row.get("prune_always") or ()) + tuple(row.get("prune") or ()),
         )
     return out
 
