@@ -178,3 +178,49 @@ def test_dpo_runs_in_the_container_as_sft_does(image, shared, monkeypatch, capfd
     run = json.loads((shared / "out" / "run.json").read_text())
     assert run["method"] == "dpo" and run["environment"]["in_container"] is True
     assert (shared / "out" / "merged" / "model.safetensors").stat().st_uid == uid
+
+
+def test_docker_stop_then_train_again_resumes(image, shared):
+    """A preempted VM: `docker stop` mid-run, then the same command again."""
+    import sys
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    config = demo_config(shared, max_steps=1500, save_steps=10000, logging_steps=25,
+                         val_set_size=0.0, learning_rate=0.001)
+    log = shared / "out" / "train.log"
+    toolkit = str(Path(sys.executable).parent / "toolkit")
+    proc = subprocess.Popen([toolkit, "train", str(config), "--runtime", "docker"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if log.exists() and "step 50/1500" in log.read_text():
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("training never reached step 50")
+    ids = subprocess.run(["docker", "ps", "-q", "--filter", f"ancestor={image}"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert len(ids) == 1
+    subprocess.run(["docker", "stop", "-t", "60", ids[0]], check=True, capture_output=True)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 75, output[-2000:]
+    assert "it was preempted (SIGTERM) and saved a checkpoint" in output
+    [checkpoint] = list((shared / "out").glob("checkpoint-*"))
+    assert (checkpoint / "toolkit-complete.json").exists()
+
+    resumed = subprocess.run([toolkit, "train", str(config), "--runtime", "docker"],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert f"resume: continuing from {checkpoint.name}" in resumed.stdout
+
+    from toolkit.trainer.sft import train
+
+    reference = train(load_config(config, {"output_dir": str(shared / "reference")}))
+    want = load_file(str(reference / "adapter_model.safetensors"))
+    got = load_file(str(shared / "out" / "adapter_model.safetensors"))
+    for name, tensor in want.items():
+        assert torch.allclose(got[name], tensor, atol=1e-5), name

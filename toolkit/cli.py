@@ -340,7 +340,10 @@ def _image(args) -> str:
 
 
 def _container_failed(code: int) -> int:
-    hint = {137: "it was killed (out of memory, or `docker stop`)",
+    hint = {75: "it was preempted (SIGTERM) and saved a checkpoint; run the same command "
+                "again to resume",
+            137: "it was killed (out of memory, or a `docker stop` whose grace period ran out "
+                 "before the checkpoint was saved: give it more with `docker stop -t`)",
             125: "docker could not start it (see the message above)"}.get(code, "see its log above")
     print(f"error: the container exited with code {code}: {hint}", file=sys.stderr)
     return code

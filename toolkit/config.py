@@ -75,7 +75,6 @@ UNSUPPORTED_KEYS = {
     "xformers_attention": "xformers is not supported; set it false (sdpa is used)",
     "sdp_attention": "sdpa is already the attention used; remove the key",
     "torch_compile": "torch.compile is not wired in yet; set it false",
-    "resume_from_checkpoint": "resuming is not implemented yet; remove the key to start fresh",
     "special_tokens": "adding special tokens is not implemented yet; Qwen3's tokenizer has "
                       "its own, remove the key",
     "plugins": "plugins (Liger, Cut Cross Entropy) are not wired in yet; remove the key",
@@ -250,6 +249,9 @@ class Config(_Strict):
     save_steps: PositiveInt | None = None
     saves_per_epoch: PositiveInt | None = None
     save_total_limit: PositiveInt | None = None
+    # auto: continue from the newest complete checkpoint in output_dir written by this
+    # same training setup; a path: from that checkpoint; false: start fresh.
+    resume_from_checkpoint: Literal["auto"] | bool | str = "auto"
     seed: int = 42
 
     @property
@@ -272,6 +274,16 @@ class Config(_Strict):
         """A stable hash of every validated value (what run.json calls the config hash)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
+
+    def training_digest(self) -> str:
+        """A hash of what decides the weights up to any step: a checkpoint written under
+        another one is not resumed automatically. Lengths, saving, logging and
+        evaluation cadence may change between a run and its resumption."""
+        free = {"max_steps", "num_epochs", "logging_steps", "save_steps", "saves_per_epoch",
+                "save_total_limit", "eval_steps", "evals_per_epoch", "resume_from_checkpoint",
+                "output_dir", "dataset_prepared_path"}
+        data = {k: v for k, v in self.model_dump(mode="json").items() if k not in free}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -36,3 +36,12 @@ class RuntimeFailure(ToolkitError):
     """Docker, a subprocess or the environment failed; the message says what to do."""
 
     exit_code = 1
+
+
+class Preempted(ToolkitError):
+    """SIGTERM arrived; a checkpoint was saved. Rerunning the same command resumes.
+
+    75 is sysexits' EX_TEMPFAIL: a schedulers' and people's cue to try again.
+    """
+
+    exit_code = 75

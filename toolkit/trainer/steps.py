@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 from toolkit.config import Config, LoadedConfig
+from toolkit.errors import Preempted
+from toolkit.trainer.checkpoints import CheckpointMarker, Preemption, find_resume
 from toolkit.trainer.files import make_readable
 from toolkit.trainer.manifest import write_manifest
 from toolkit.trainer.model import Resolved, resolve
@@ -41,9 +43,19 @@ def train_and_save(trainer, tokenizer, loaded: LoadedConfig, progress: ProgressL
     cfg = loaded.config
     out = Path(cfg.output_dir)
     trainer.remove_callback(PrinterCallback)  # ProgressLog prints one line per log step
+    resume = find_resume(cfg, progress.log)
+    trainer.add_callback(CheckpointMarker(cfg.training_digest()))
+    preemption = Preemption()
+    trainer.add_callback(preemption)
     started = time.monotonic()
-    result = trainer.train()
+    with preemption.installed():
+        result = trainer.train(resume_from_checkpoint=resume)
     elapsed = time.monotonic() - started
+    if preemption.requested:
+        step = trainer.state.global_step
+        progress.log(f"preempted: SIGTERM at step {step}; checkpoint saved")
+        raise Preempted(f"stopped by SIGTERM at step {step}; checkpoint {out}/checkpoint-{step} "
+                        "was saved. Run the same command again to resume from it")
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
     make_readable(out)

@@ -1,0 +1,84 @@
+"""SIGTERM saves a checkpoint and exits 75; the same command then resumes and ends
+with the weights an uninterrupted run ends with."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from toolkit.cli import main
+from toolkit.config import load_config
+from toolkit.errors import Preempted
+from toolkit.trainer import run
+from toolkit.trainer.progress import ProgressLog
+
+STEPS = {"max_steps": 20, "save_steps": 100, "logging_steps": 5, "val_set_size": 0.0}
+
+
+def adapter(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "adapter_model.safetensors"))
+
+
+def sigterm_at(monkeypatch, step: int):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(ProgressLog, "on_step_end", on_step_end, raising=False)
+
+
+def test_preempted_run_resumes_to_the_same_weights(tiny_model_dir, write_config, tmp_path,
+                                                  monkeypatch, capsys):
+    import torch
+
+    base = {"base_model": str(tiny_model_dir), **STEPS}
+    full = run(load_config(write_config({**base, "output_dir": str(tmp_path / "full")})))
+
+    path = write_config({**base, "output_dir": str(tmp_path / "pre")}, name="pre.yaml")
+    sigterm_at(monkeypatch, 8)
+    with pytest.raises(Preempted) as info:
+        run(load_config(path))
+    assert info.value.exit_code == 75
+    assert "Run the same command again to resume" in str(info.value)
+    assert (tmp_path / "pre" / "checkpoint-8" / "toolkit-complete.json").exists()
+    assert not (tmp_path / "pre" / "run.json").exists(), "no final outputs after preemption"
+
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["train", str(path), "--runtime", "local"]) == 0
+    assert "resume: continuing from checkpoint-8 (step 8)" in capsys.readouterr().out
+    resumed = adapter(tmp_path / "pre")
+    for name, tensor in adapter(full).items():
+        assert torch.allclose(resumed[name], tensor, atol=1e-6), name
+    assert json.loads((tmp_path / "pre" / "run.json").read_text())["steps"] == 20
+
+
+def test_auto_skips_half_written_and_foreign_checkpoints(tiny_model_dir, write_config,
+                                                         tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    path = write_config({"base_model": str(tiny_model_dir), **STEPS, "max_steps": 6,
+                         "save_steps": 3, "output_dir": str(out)})
+    run(load_config(path))
+    (out / "checkpoint-9").mkdir()          # a save cut short: no completion marker
+    capsys.readouterr()
+    run(load_config(path, {"max_steps": 8}))
+    printed = capsys.readouterr().out
+    assert "resume: skipping checkpoint-9, which was still being written" in printed
+    assert "resume: continuing from checkpoint-6 (step 6)" in printed
+
+    run(load_config(path, {"learning_rate": 0.001, "max_steps": 2}))
+    assert "not resuming checkpoint-8: another training setup wrote it; starting fresh" in (
+        capsys.readouterr().out)
+
+
+def test_resume_false_starts_fresh(tiny_model_dir, write_config, tmp_path, capsys):
+    path = write_config({"base_model": str(tiny_model_dir), **STEPS, "max_steps": 3,
+                         "save_steps": 3, "resume_from_checkpoint": False})
+    run(load_config(path))
+    capsys.readouterr()
+    run(load_config(path))
+    assert "resume:" not in capsys.readouterr().out

@@ -1,0 +1,98 @@
+"""Surviving preemption: a SIGTERM saves a checkpoint and stops; the next run of the
+same command resumes from the newest complete checkpoint.
+
+A checkpoint counts as complete once transformers has finished writing it: then
+(and only then) `toolkit-complete.json` is written into it, with the hash of the
+training setup. `resume_from_checkpoint: auto` (the default) skips folders without
+it (a save cut short) and never resumes a checkpoint of another training setup.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from toolkit.config import Config
+from toolkit.errors import UsageError
+from toolkit.trainer.files import write_json_atomic
+
+MARKER = "toolkit-complete.json"
+
+
+class CheckpointMarker(TrainerCallback):
+    """Marks each checkpoint complete after the Trainer has written all of it."""
+
+    def __init__(self, training_digest: str):
+        self.training_digest = training_digest
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            write_json_atomic(folder / MARKER, {"step": state.global_step,
+                                                "training_digest": self.training_digest})
+
+
+class Preemption(TrainerCallback):
+    """On SIGTERM: finish the current step, save a checkpoint, stop training."""
+
+    def __init__(self):
+        self.requested = False
+
+    @contextmanager
+    def installed(self):
+        previous = signal.signal(signal.SIGTERM, self._on_signal)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _on_signal(self, signum, frame):
+        self.requested = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def _step(folder: Path) -> int:
+    match = re.fullmatch(r"checkpoint-(\d+)", folder.name)
+    return int(match.group(1)) if match else -1
+
+
+def find_resume(cfg: Config, log) -> str | None:
+    """The checkpoint to resume from, as resume_from_checkpoint says; logs the choice."""
+    setting = cfg.resume_from_checkpoint
+    if setting is False:
+        return None
+    if isinstance(setting, str) and setting != "auto":
+        folder = Path(setting).expanduser()
+        if not (folder / "trainer_state.json").exists():
+            raise UsageError(f"resume_from_checkpoint: {setting!r} is not a complete checkpoint "
+                             "(no trainer_state.json); point it at a checkpoint-N folder or use "
+                             "auto")
+        log(f"resume: from {folder} (resume_from_checkpoint)")
+        return str(folder)
+    if setting is True:
+        setting = "auto"
+    out = Path(cfg.output_dir)
+    folders = sorted((p for p in out.glob("checkpoint-*") if _step(p) >= 0), key=_step,
+                     reverse=True)
+    for folder in folders:
+        marker = folder / MARKER
+        if not marker.exists():
+            log(f"resume: skipping {folder.name}, which was still being written when a run "
+                "stopped")
+            continue
+        if json.loads(marker.read_text()).get("training_digest") != cfg.training_digest():
+            log(f"resume: not resuming {folder.name}: another training setup wrote it; "
+                f"starting fresh (set resume_from_checkpoint: {folder} to force it)")
+            return None
+        log(f"resume: continuing from {folder.name} (step {_step(folder)})")
+        return str(folder)
+    return None
