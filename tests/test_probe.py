@@ -165,3 +165,24 @@ def test_doctor_no_engine_and_cpu_only():
     assert docker.status == Status.FAIL and "--runtime local" in docker.fix
     text = render(findings)
     assert "FAIL     docker" in text and "fix: install Docker" in text
+
+
+def test_cli_select_and_doctor_on_a_described_host(monkeypatch, capsys):
+    import json
+
+    from toolkit import cli
+
+    fake = FakeRuntime(script=[
+        (("nvidia-smi", f"--query-gpu={NVIDIA_QUERY}"),
+         Result(0, "0, NVIDIA GeForce RTX 5090, 12.0, 550.54.15, 32607 MiB, [N/A]\n")),
+        (("nvidia-smi",), Result(0, "CUDA Version: 12.4")),
+        *docker_ok('{"nvidia":{},"runc":{}}')], programs={"nvidia-smi", "docker"})
+    monkeypatch.setattr(cli, "_runtime", lambda: fake)
+    monkeypatch.delenv("TOOLKIT_IN_CONTAINER", raising=False)
+    assert cli.main(["images", "select", "--json"]) == 1   # Blackwell on driver 550: nothing fits
+    out = json.loads(capsys.readouterr().out)
+    assert out["variant"] is None and out["status"] == "FAIL"
+    assert any("R570+" in line for line in out["explanation"])
+    assert cli.main(["doctor", "--json"]) == 1
+    checks = {f["check"]: f["status"] for f in json.loads(capsys.readouterr().out)}
+    assert checks["image"] == "FAIL" and checks["nvidia container toolkit"] == "OK"

@@ -194,3 +194,11 @@ def test_evals_per_epoch(tiny_model_dir, write_config):
                                        "val_set_size": 0.1, "evals_per_epoch": 2}))
     run = json.loads((train(loaded) / "run.json").read_text())
     assert [e["step"] for e in run["eval_history"]] == [11, 22]   # 86 rows / 4 = 22 steps
+
+
+def test_bundled_demo_data_is_what_the_generator_writes(tmp_path):
+    from conftest import DEMO_DATA
+
+    from toolkit.tiny import write_demo_dataset
+
+    assert write_demo_dataset(tmp_path / "demo.jsonl").read_text() == DEMO_DATA.read_text()

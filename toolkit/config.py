@@ -5,8 +5,11 @@ validates everything at once: field types and ranges (pydantic), cross-field
 rules (`_cross_field_problems`, the only place they live) and the files the
 config points at (`_path_problems`). Every problem names its key path, the
 value, what is accepted and the fix; they are raised together as one
-ConfigError. Validation never changes a value: deriving values from hardware
-(`bf16: auto`) is the trainer's explicit resolve step.
+ConfigError. Validation never changes a value. Before it, one explicit step reads
+axolotl's empty values as unset and its deprecated spellings as the current keys
+(`_map_deprecated`, each with a warning); after it, `derive` records values
+derived from others. Values that depend on the hardware (`bf16: auto`) are the
+trainer's resolve step.
 
 This module must stay importable without torch.
 """
@@ -37,8 +40,6 @@ DATA_SUFFIXES = {
     ".arrow": "arrow",
     ".csv": "csv",
 }
-
-CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 # Optimizers the trainer can build on every backend we ship (names as transformers spells them).
 OPTIMIZERS = (

@@ -148,7 +148,8 @@ def list_rows() -> list[dict]:
     return [{"variant": v.name, "accelerator": v.accelerator,
              "gpu": v.gpu_version or "-", "torch": v.torch, "min_driver": v.min_driver or "-",
              "arch_list": " ".join(v.arch_list) or "-", "lock": "complete" if v.lock_complete
-             else "top-level", "tag": v.tag, "base": v.base_ref}
+             else "top-level", "tag": v.tag, "base": v.base_ref,
+             "unverified": list(v.unverified)}
             for v in load_matrix().values()]
 
 
