@@ -224,3 +224,42 @@ def test_docker_stop_then_train_again_resumes(image, shared):
     got = load_file(str(shared / "out" / "adapter_model.safetensors"))
     for name, tensor in want.items():
         assert torch.allclose(got[name], tensor, atol=1e-5), name
+
+
+def test_secrets_pass_by_name_and_are_never_written(image, shared, monkeypatch, capfd):
+    """A fake HF_TOKEN reaches the container by name only, and appears in no log, output,
+    resolved config, image layer or label."""
+    secret = "hf_fake_0123456789abcdefSECRET"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.setenv("WANDB_API_KEY", secret + "_wandb")
+    config = demo_config(shared, max_steps=2, save_steps=2, wandb_project="p")
+    assert main(["validate", str(config), "--explain"]) == 0
+    assert main(["train", str(config), "--runtime", "docker"]) == 0
+    captured = capfd.readouterr()
+    assert secret not in captured.out + captured.err
+    for path in (shared / "out").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    history = subprocess.run(["docker", "history", "--no-trunc", image], capture_output=True,
+                             text=True, check=True).stdout
+    inspect = subprocess.run(["docker", "image", "inspect", image], capture_output=True,
+                             text=True, check=True).stdout
+    assert secret not in history + inspect
+    saved = subprocess.run(["docker", "save", image], capture_output=True, check=True).stdout
+    assert secret.encode() not in saved
+
+
+def test_the_container_sees_the_secret_by_name(image, monkeypatch):
+    import hashlib
+
+    from toolkit.launch import container_spec
+    from toolkit.runtime import run_argv
+
+    monkeypatch.setenv("HF_TOKEN", "hf_visible_inside")
+    spec = container_spec(image, "", ["sh", "-c", 'printf %s "$HF_TOKEN" | sha256sum'],
+                          [], [], network=False)
+    argv = run_argv(spec)
+    assert "hf_visible_inside" not in " ".join(argv)
+    assert argv[argv.index("HF_TOKEN") - 1] == "--env"
+    seen = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()[0]
+    assert seen == hashlib.sha256(b"hf_visible_inside").hexdigest()
