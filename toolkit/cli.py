@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -55,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--gpus", default=None,
                        help="GPUs for the container: all (default) or indexes like 0,1")
 
+    def distributed_options(p):
+        p.add_argument("--nproc-per-node", type=int, default=1,
+                       help="processes on this machine (torchrun); DDP across them")
+        p.add_argument("--nnodes", type=int, default=1, help="machines in the run")
+        p.add_argument("--node-rank", type=int, default=0, help="this machine's rank")
+        p.add_argument("--master-addr", default="127.0.0.1", help="rank 0's address")
+        p.add_argument("--master-port", type=int, default=29500, help="rank 0's port")
+
     p = command("validate", cmd_validate, "check a config and print every resolved value",
                 overrides=True)
     p.add_argument("config")
@@ -65,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", cmd_train, "train as the config says", overrides=True)
     p.add_argument("config")
     runtime_options(p)
+    distributed_options(p)
 
     p = command("preprocess", cmd_preprocess,
                 "tokenize SFT data into dataset_prepared_path (train reuses it)", overrides=True)
@@ -153,17 +163,34 @@ def cmd_validate(args, extra) -> int:
 def cmd_train(args, extra) -> int:
     loaded = _load(args, extra)
     cfg = loaded.config
+    distributed = _distributed_args(args)
     if _runtime_of(args) == "docker":
-        code = _in_container("train", args, extra, loaded)
+        code = _in_container("train", args, [*distributed, *extra], loaded,
+                             host_network=args.nnodes > 1)
         if code == 0:
             what = "adapter" if cfg.uses_lora else "model"
             print(f"{what} and tokenizer: {cfg.output_dir}\nmanifest: {cfg.output_dir}/run.json"
                   f"\nlog: {cfg.output_dir}/train.log")
         return code
+    if distributed and "LOCAL_RANK" not in os.environ:
+        from toolkit.launch import torchrun
+
+        return torchrun(_runtime(), args, distributed, extra)
     from toolkit.trainer import run
 
     run(loaded)
     return 0
+
+
+def _distributed_args(args) -> list[str]:
+    """The launch flags to pass on, or [] for one process on one machine."""
+    if args.nproc_per_node < 1 or args.nnodes < 1:
+        raise UsageError("--nproc-per-node and --nnodes must be at least 1")
+    if args.nproc_per_node == 1 and args.nnodes == 1:
+        return []
+    return ["--nproc-per-node", str(args.nproc_per_node), "--nnodes", str(args.nnodes),
+            "--node-rank", str(args.node_rank), "--master-addr", args.master_addr,
+            "--master-port", str(args.master_port)]
 
 
 def cmd_preprocess(args, extra) -> int:
@@ -194,14 +221,14 @@ def cmd_merge(args, extra) -> int:
     return 0
 
 
-def _in_container(command: str, args, extra, loaded) -> int:
+def _in_container(command: str, args, extra, loaded, host_network: bool = False) -> int:
     """Run this same command in the image, with the config's paths mounted."""
     from toolkit.launch import config_paths, run_in_container
 
     reads, writes, network = config_paths(loaded.config)
     argv = ["toolkit", command, str(Path(args.config).absolute()), "--runtime", "local", *extra]
     code = run_in_container(_runtime(), _image(args), argv, [Path(args.config), *reads],
-                            writes, network, args.gpus)
+                            writes, "host" if host_network else network, args.gpus)
     return _container_failed(code) if code else 0
 
 

@@ -97,8 +97,10 @@ def amd_group_ids() -> tuple[int, ...]:
 
 
 def container_spec(image: str, image_id: str, command: list[str], reads: list[Path],
-                   writes: list[Path], network: bool, devices: list[str] | None = None
+                   writes: list[Path], network: bool | str, devices: list[str] | None = None
                    ) -> RunSpec:
+    """`network`: True for the default bridge, False for none, "host" for multi-node runs
+    (the ranks must reach each other's ports)."""
     env: dict[str, str | None] = {"TOOLKIT_IMAGE": image, "TOOLKIT_IMAGE_ID": image_id}
     env.update({name: None for name in SECRET_ENV if name in os.environ})
     return RunSpec(
@@ -108,13 +110,14 @@ def container_spec(image: str, image_id: str, command: list[str], reads: list[Pa
         user=host_user(),
         workdir=os.getcwd(),
         env=env,
-        network=None if network else "none",
+        network="host" if network == "host" else None if network else "none",
         extra=devices if devices is not None else device_flags("cpu"),
     )
 
 
 def run_in_container(runtime: Runtime, image: str, command: list[str], reads: list[Path],
-                     writes: list[Path], network: bool = False, gpus: str | None = None) -> int:
+                     writes: list[Path], network: bool | str = False,
+                     gpus: str | None = None) -> int:
     """Run `command` in `image` with the given paths mounted; stream logs; return its exit code."""
     docker = Docker(runtime)
     info = docker.inspect_image(image) or {}
@@ -125,7 +128,9 @@ def run_in_container(runtime: Runtime, image: str, command: list[str], reads: li
         path.mkdir(parents=True, exist_ok=True)
     spec = container_spec(image, info.get("Id", ""), command, reads, writes, network,
                           device_flags(accelerator, gpus, gids))
-    note = "with network access (a model or dataset is remote)" if network else "without network"
+    note = ("on the host's network (multi-node)" if network == "host" else
+            "with network access (a model or dataset is remote)" if network else
+            "without network")
     print(f"toolkit: running in {image} as {spec.user}, {note}", file=sys.stderr, flush=True)
     return docker.run(spec)
 
@@ -171,3 +176,13 @@ def choose_image(runtime: Runtime, image: str | None, variant: str | None) -> st
     if host_variant not in matrix:
         raise UsageError(f"unknown image variant {host_variant!r}; see `toolkit images list`")
     return images.ensure_image(matrix[host_variant], runtime)
+
+
+def torchrun(runtime: Runtime, args, distributed: list[str], extra: list[str]) -> int:
+    """Launch `toolkit train` once per process with torchrun (DDP; gloo on CPU, NCCL on GPU).
+    Each process sees LOCAL_RANK and runs the recipe; rank 0 writes the outputs."""
+    argv = [sys.executable, "-m", "torch.distributed.run", *distributed,
+            "-m", "toolkit", "train", str(Path(args.config).absolute()), "--runtime", "local",
+            *extra]
+    print(f"toolkit: torchrun {' '.join(distributed)}", file=sys.stderr, flush=True)
+    return runtime.run(argv, capture=False).returncode

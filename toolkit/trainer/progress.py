@@ -3,6 +3,7 @@ terminal and to output_dir/train.log, and the loss history that run.json keeps."
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from pathlib import Path
@@ -21,14 +22,23 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or a single process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 class RunLog:
-    """Prints a line and appends it to the run's log file."""
+    """Prints a line and appends it to the run's log file (rank 0 only under torchrun)."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.path.write_text("")
+        self.main = is_main_process()
+        if self.main:
+            self.path.write_text("")
 
     def __call__(self, line: str) -> None:
+        if not self.main:
+            return
         print(line, flush=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(line + "\n")

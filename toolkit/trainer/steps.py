@@ -56,7 +56,9 @@ def train_and_save(trainer, tokenizer, loaded: LoadedConfig, progress: ProgressL
         progress.log(f"preempted: SIGTERM at step {step}; checkpoint saved")
         raise Preempted(f"stopped by SIGTERM at step {step}; checkpoint {out}/checkpoint-{step} "
                         "was saved. Run the same command again to resume from it")
-    trainer.save_model(str(out))
+    trainer.save_model(str(out))  # every rank joins; rank 0 writes
+    if not trainer.is_world_process_zero():
+        return out
     tokenizer.save_pretrained(str(out))
     make_readable(out)
     manifest = write_manifest(
@@ -69,7 +71,7 @@ def train_and_save(trainer, tokenizer, loaded: LoadedConfig, progress: ProgressL
         eval_history=progress.evals,
         tokens_per_second=progress.tokens_seen / elapsed if elapsed and progress.tokens_seen
         else None,
-        train_seconds=elapsed)
+        train_seconds=elapsed, world_size=trainer.args.world_size)
     progress.log(f"saved {'adapter' if cfg.uses_lora else 'model'} and tokenizer to {out}; "
                  f"manifest {manifest}; log {out / 'train.log'}")
     return out
