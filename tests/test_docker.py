@@ -188,7 +188,7 @@ def test_docker_stop_then_train_again_resumes(image, shared):
     import torch
     from safetensors.torch import load_file
 
-    config = demo_config(shared, max_steps=1500, save_steps=10000, logging_steps=25,
+    config = demo_config(shared, max_steps=600, save_steps=10000, logging_steps=25,
                          val_set_size=0.0, learning_rate=0.001)
     log = shared / "out" / "train.log"
     toolkit = str(Path(sys.executable).parent / "toolkit")
@@ -196,7 +196,7 @@ def test_docker_stop_then_train_again_resumes(image, shared):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        if log.exists() and "step 50/1500" in log.read_text():
+        if log.exists() and "step 50/600" in log.read_text():
             break
         time.sleep(0.2)
     else:
@@ -263,3 +263,11 @@ def test_the_container_sees_the_secret_by_name(image, monkeypatch):
     assert argv[argv.index("HF_TOKEN") - 1] == "--env"
     seen = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()[0]
     assert seen == hashlib.sha256(b"hf_visible_inside").hexdigest()
+
+
+def test_two_process_ddp_in_the_container(image, shared):
+    config = demo_config(shared, max_steps=4, save_steps=4, logging_steps=2, val_set_size=0.0)
+    assert main(["train", str(config), "--runtime", "docker", "--nproc-per-node", "2"]) == 0
+    run = json.loads((shared / "out" / "run.json").read_text())
+    assert run["world_size"] == 2 and run["environment"]["in_container"] is True
+    assert run["steps"] == 4
