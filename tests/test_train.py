@@ -142,7 +142,7 @@ def test_unknown_role_stops_with_row_and_exit_2(tiny_model_dir, write_config, tm
 @pytest.mark.parametrize("content, message", [
     (b'{"messages": [}\n', "line 1 is not valid JSON"),
     (b'{"messages": []}\n\xff\xfe\n', "line 2 is not UTF-8"),
-    (b'[1, 2]', "row 1 is a int; each row must be a JSON object"),
+    (b"[1, 2]", "row 1 is a number; each row must be a JSON object"),
 ])
 def test_unreadable_data_files_exit_2(tiny_model_dir, write_config, tmp_path, capsys,
                                       content, message):

@@ -189,9 +189,15 @@ def _read_json(file: Path, where: str) -> list[dict]:
                                 "each line must be one JSON object") from None
     for n, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
-            raise DataError(f"{where}: {file.name} row {n} is a {type(row).__name__}; each row "
+            raise DataError(f"{where}: {file.name} row {n} is {_json_kind(row)}; each row "
                             "must be a JSON object")
     return rows
+
+
+def _json_kind(value) -> str:
+    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+             str: "a string", list: "an array"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _read_with_datasets(kind: str | None, files: list[Path], where: str) -> list[dict]:

@@ -1,0 +1,220 @@
+"""A corpus of malformed configs and dataset files: each gives one screen naming what is
+wrong, exit 2, no traceback and no outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import DEMO_CONFIG
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from toolkit.cli import main
+from toolkit.config import Config, load_config
+from toolkit.errors import ConfigError
+
+DEMO = yaml.safe_load(DEMO_CONFIG.read_text())
+
+
+def demo(**changes):
+    data = {**DEMO, **changes}
+    return {k: v for k, v in data.items() if v != "<drop>"}
+
+
+def ds(**changes):
+    entry = {**DEMO["datasets"][0], **changes}
+    return demo(datasets=[{k: v for k, v in entry.items() if v != "<drop>"}])
+
+
+BAD_CONFIGS = [
+    ("not yaml", "base_model: [unclosed\n"),
+    ("tab indentation", "base_model: x\n\tdatasets: []\n"),
+    ("a list", "- base_model\n"),
+    ("a scalar", "just words\n"),
+    ("empty", ""),
+    ("only comments", "# nothing\n"),
+    ("misspelled key", demo(micro_batchsize=2)),
+    ("unknown key", demo(frobnicate=True)),
+    ("missing base_model", demo(base_model="<drop>")),
+    ("missing datasets", demo(datasets="<drop>")),
+    ("datasets empty", demo(datasets=[])),
+    ("datasets a string", demo(datasets="data.jsonl")),
+    ("datasets entry a string", demo(datasets=["data.jsonl"])),
+    ("dataset without path", ds(path="<drop>")),
+    ("dataset path missing file", ds(path="nope/missing.jsonl")),
+    ("dataset unknown type", ds(type="alpaca")),
+    ("dataset type for rl on sft", ds(type="chat_template.default")),
+    ("dataset unknown field", ds(fieldmessages="x")),
+    ("roles_to_train unknown role", ds(roles_to_train=["bot"])),
+    ("train_on_eos bad", ds(train_on_eos="sometimes")),
+    ("ds_type bad", ds(ds_type="xml")),
+    ("split bad type", ds(split=3)),
+    ("shards zero", ds(shards=0)),
+    ("message mappings not a map", ds(message_property_mappings="role")),
+    ("micro_batch_size zero", demo(micro_batch_size=0)),
+    ("micro_batch_size negative", demo(micro_batch_size=-1)),
+    ("micro_batch_size text", demo(micro_batch_size="four")),
+    ("micro_batch_size float", demo(micro_batch_size=1.5)),
+    ("gradient_accumulation zero", demo(gradient_accumulation_steps=0)),
+    ("learning_rate zero", demo(learning_rate=0)),
+    ("learning_rate text", demo(learning_rate="fast")),
+    ("num_epochs negative", demo(num_epochs=-1)),
+    ("max_steps zero", demo(max_steps=0)),
+    ("sequence_len zero", demo(sequence_len=0)),
+    ("sequence_len list", demo(sequence_len=[512])),
+    ("lora_r zero", demo(lora_r=0)),
+    ("lora_dropout one", demo(lora_dropout=1.0)),
+    ("adapter unknown", demo(adapter="dora")),
+    ("qlora without 4bit", demo(adapter="qlora")),
+    ("4bit without qlora", demo(load_in_4bit=True)),
+    ("4bit and 8bit", demo(adapter="qlora", load_in_4bit=True, load_in_8bit=True)),
+    ("optimizer unknown", demo(optimizer="adam")),
+    ("scheduler unknown", demo(lr_scheduler="triangle")),
+    ("warmup both", demo(warmup_steps=2, warmup_ratio=0.1)),
+    ("warmup ratio one", demo(warmup_steps="<drop>", warmup_ratio=1.5)),
+    ("save both", demo(save_steps=5, saves_per_epoch=2)),
+    ("bf16 and fp16", demo(bf16=True, fp16=True)),
+    ("bf16 text", demo(bf16="maybe")),
+    ("chat_template unknown", demo(chat_template="llama3")),
+    ("jinja without text", demo(chat_template="jinja")),
+    ("jinja text without jinja", demo(chat_template_jinja="{{ x }}")),
+    ("val_set_size negative", demo(val_set_size=-0.1)),
+    ("val_set_size fractional count", demo(val_set_size=2.5)),
+    ("output_dir is a file", demo(output_dir="README.md")),
+    ("rl unknown", demo(rl="ppo")),
+    ("rl and reward model", demo(rl="dpo", reward_model=True)),
+    ("packing with rl", demo(rl="dpo", sample_packing=True)),
+    ("deepspeed set", demo(deepspeed="zero3.json")),
+    ("three batch keys", demo(batch_size=8)),
+    ("reward model with labels", demo(reward_model=True, num_labels=3)),
+    ("seed text", demo(seed="forty-two")),
+]
+
+
+@pytest.mark.parametrize("name, content", BAD_CONFIGS, ids=[n for n, _ in BAD_CONFIGS])
+def test_bad_config(name, content, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(__import__("conftest").REPO)
+    path = tmp_path / "config.yaml"
+    path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+    assert main(["validate", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert len(err.splitlines()) <= 25, err
+
+
+def test_corpus_is_big_enough():
+    assert len(BAD_CONFIGS) >= 50 and len(BAD_ROWS) + len(BAD_FILES) >= 30
+
+
+MSG = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+BAD_ROWS = [
+    ("unknown role", {"messages": [{"role": "bot", "content": "x"}]}),
+    ("empty conversation", {"messages": []}),
+    ("messages a string", {"messages": "hi"}),
+    ("messages a mapping", {"messages": {"role": "user"}}),
+    ("messages missing", {"conversation": MSG}),
+    ("message a string", {"messages": ["hi"]}),
+    ("message without role", {"messages": [{"content": "x"}]}),
+    ("message without content", {"messages": [{"role": "user"}]}),
+    ("content a number", {"messages": [{"role": "user", "content": 3}]}),
+    ("content null", {"messages": [{"role": "user", "content": None}]}),
+    ("content a list", {"messages": [{"role": "user", "content": ["a"]}]}),
+    ("role null", {"messages": [{"role": None, "content": "x"}]}),
+    ("row a list", [1, 2]),
+    ("row a number", 7),
+    ("row a string", "hello"),
+    ("row null", None),
+]
+BAD_FILES = [
+    ("truncated json line", b'{"messages": [{"role": "user", "content": "hi"}\n', "not valid JSON"),
+    ("non-utf8 bytes", b'{"messages": []}\n\xff\xfe\xfd\n', "not UTF-8"),
+    ("truncated json array", b'[{"messages": []}', "not valid JSON"),
+    ("json array of numbers", b"[1, 2, 3]", "must be a JSON object"),
+    ("bare text", b"hello world\n", "not valid JSON"),
+    ("empty file", b"", "no usable rows"),
+    ("only blank lines", b"\n\n\n", "no usable rows"),
+    ("nul bytes", b"\x00\x00\x00", "not valid JSON"),
+    ("utf-16 bom", '{"messages": []}'.encode("utf-16"), "not UTF-8"),
+    ("a giant row", (json.dumps({"messages": [{"role": "user", "content": "x" * 200000},
+                                             {"role": "assistant", "content": "y"}]}) + "\n"
+                     ).encode(), "no usable rows"),
+    ("every row too long", "".join(json.dumps({"messages": [
+        {"role": "user", "content": "word " * 400}, {"role": "assistant", "content": "ok"}]})
+        + "\n" for _ in range(3)).encode(), "no usable rows"),
+    ("only user turns", (json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n"
+                         ).encode(), "no usable rows"),
+    ("parquet suffix, text inside", b"not parquet", "could not read as parquet"),
+    ("csv suffix without messages", b"a,b\n1,2\n", "has no 'messages' field"),
+]
+
+
+def write_row(path, row):
+    path.write_text(json.dumps(row) + "\n")
+
+
+@pytest.mark.parametrize("name, row", BAD_ROWS, ids=[n for n, _ in BAD_ROWS])
+def test_bad_row(name, row, tiny_model_dir, write_config, tmp_path, capsys):
+    data = tmp_path / "bad.jsonl"
+    write_row(data, row)
+    path = write_config({"base_model": str(tiny_model_dir), "max_steps": 1})
+    assert main(["train", str(path), "--runtime", "local", "--datasets.0.path", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert "row 1" in err or "row 1:" in err
+    assert not (tmp_path / "out" / "run.json").exists()
+
+
+@pytest.mark.parametrize("name, content, message", BAD_FILES, ids=[n for n, *_ in BAD_FILES])
+def test_bad_file(name, content, message, tiny_model_dir, write_config, tmp_path, capsys):
+    suffix = ".parquet" if "parquet" in name else ".csv" if "csv" in name else ".jsonl"
+    data = tmp_path / f"bad{suffix}"
+    data.write_bytes(content)
+    path = write_config({"base_model": str(tiny_model_dir), "max_steps": 1,
+                         "sequence_len": 64})
+    assert main(["train", str(path), "--runtime", "local", "--datasets.0.path", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert message in err, err
+    assert not (tmp_path / "out" / "run.json").exists()
+
+
+def test_a_directory_where_a_file_is_expected(write_config, tmp_path, capsys):
+    assert main(["validate", str(tmp_path)]) == 2
+    assert "is a directory; pass the YAML config file" in capsys.readouterr().err
+
+
+# --- property-based: whatever the YAML holds, the loader answers with a config or a
+# ConfigError, never another exception ------------------------------------------------
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
+                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20))
+VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+    max_leaves=12)
+KEYS = st.sampled_from([*Config.model_fields, "datasets", "flash_attention", "sample_packing",
+                        "wandb_project", "batch_size", "not_a_key"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(KEYS, VALUES, max_size=8))
+def test_loader_never_raises_anything_but_config_error(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("fuzz") / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        assert exc.render().startswith("error: ")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_loader_survives_arbitrary_text(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("fuzz") / "config.yaml"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        load_config(path)
+    except ConfigError:
+        pass
