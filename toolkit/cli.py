@@ -126,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let pip reach the package index inside the build")
     p.add_argument("--ca-bundle", type=Path, help="CA bundle for pip inside the build")
     p.set_defaults(func=cmd_images_build, takes_overrides=False)
+    p = command("compare", cmd_compare,
+                "do two runs' loss curves agree? (exit 0 if so, 1 if not)")
+    p.add_argument("run_a", help="an output_dir, or its run.json")
+    p.add_argument("run_b")
+    p.add_argument("--rtol", type=float, default=0.01, help="relative tolerance (0.01)")
+    p.add_argument("--atol", type=float, default=1e-3, help="absolute tolerance (0.001)")
+
     p = command("doctor", cmd_doctor, "will training work here? each check with its fix "
                 "(inside the image: what torch sees)")
     p.add_argument("--json", action="store_true")
@@ -318,6 +325,14 @@ def cmd_images_verify(args, extra) -> int:
     from toolkit.images import verify_image
 
     return _report(verify_image(args.tag, _runtime()), args.json)
+
+
+def cmd_compare(args, extra) -> int:
+    from toolkit.compare import report
+
+    text, same = report(args.run_a, args.run_b, args.rtol, args.atol)
+    print(text)
+    return 0 if same else 1
 
 
 def cmd_doctor(args, extra) -> int:

@@ -1,0 +1,84 @@
+"""`toolkit compare RUN_A RUN_B`: do two runs' loss curves agree? The portability check
+(one config on AMD and on NVIDIA, or on the host and in the image).
+
+Reads each run's run.json (given its output_dir or the file), compares the losses at the
+steps both logged, and prints a verdict: the same within tolerance, or where they part.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.errors import UsageError
+
+
+@dataclass
+class Comparison:
+    steps: list[int]
+    max_abs: float
+    max_rel: float
+    worst_step: int | None
+    same: bool
+    notes: list[str]
+
+
+def read_run(ref: str | Path) -> dict:
+    path = Path(ref)
+    path = path / "run.json" if path.is_dir() else path
+    if not path.exists():
+        raise UsageError(f"{ref}: no run.json there; give a training output_dir or its run.json")
+    try:
+        run = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc.msg}); was it written by "
+                         "toolkit?") from None
+    if not run.get("loss_history"):
+        raise UsageError(f"{path}: no loss_history; the run logged no training loss")
+    return run
+
+
+def compare(a: dict, b: dict, rtol: float, atol: float) -> Comparison:
+    la, lb = dict(map(tuple, a["loss_history"])), dict(map(tuple, b["loss_history"]))
+    steps = sorted(set(la) & set(lb))
+    notes = []
+    if a.get("config_sha256") != b.get("config_sha256"):
+        notes.append("the two configs differ (config_sha256); curves may differ for that alone")
+    if set(la) != set(lb):
+        notes.append(f"compared the {len(steps)} steps both logged "
+                     f"({len(la)} and {len(lb)} logged)")
+    if not steps:
+        return Comparison([], float("inf"), float("inf"), None, False,
+                          notes + ["no step was logged by both runs"])
+    worst, max_abs, max_rel, same = None, 0.0, 0.0, True
+    for step in steps:
+        diff = abs(la[step] - lb[step])
+        rel = diff / abs(lb[step]) if lb[step] else float("inf") if diff else 0.0
+        if diff > max_abs:
+            worst, max_abs = step, diff
+        max_rel = max(max_rel, rel)
+        same = same and diff <= atol + rtol * abs(lb[step])
+    return Comparison(steps, max_abs, max_rel, worst, same, notes)
+
+
+def describe(run: dict) -> str:
+    env = run.get("environment", {})
+    resolved = run.get("resolved", {})
+    libs = env.get("libraries", {})
+    where = env.get("image") or "host"
+    return (f"{resolved.get('device_name', '?')} ({resolved.get('dtype', '?')}), {where}, "
+            f"torch {libs.get('torch', '?')}, final loss {run.get('final_loss')}")
+
+
+def report(ref_a: str, ref_b: str, rtol: float, atol: float) -> tuple[str, bool]:
+    a, b = read_run(ref_a), read_run(ref_b)
+    result = compare(a, b, rtol, atol)
+    lines = [f"A: {ref_a}: {describe(a)}", f"B: {ref_b}: {describe(b)}"]
+    lines += [f"note: {n}" for n in result.notes]
+    if result.steps:
+        lines.append(f"{len(result.steps)} steps compared; largest difference {result.max_abs:.3g} "
+                     f"at step {result.worst_step} (relative {result.max_rel:.3g})")
+    verdict = "SAME" if result.same else "DIFFERENT"
+    lines.append(f"{verdict} within rtol={rtol:g}, atol={atol:g}")
+    return "\n".join(lines), result.same
