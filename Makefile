@@ -9,6 +9,8 @@ DEMO_CONFIG := configs/tiny-cpu-demo.yaml
 TINY_MODEL := .cache/tiny-qwen3
 ARGS ?=
 PYTEST_ARGS ?=
+# gpu-marked tests need a GPU: `make test-gpu` runs them on one.
+MARK ?= not gpu
 
 ifeq ($(TOOLKIT_IN_CONTAINER),1)
 TOOLKIT := toolkit
@@ -19,7 +21,7 @@ HOST_ENV := $(VENV)/.host
 endif
 DEV_ENV := $(VENV)/.dev
 
-.PHONY: train merge image tiny-model test lint clean
+.PHONY: train merge image tiny-model test test-gpu lint clean
 
 # The host needs only the light CLI (pydantic, PyYAML); training runs in the image.
 $(VENV)/.host: pyproject.toml
@@ -51,7 +53,10 @@ image: $(HOST_ENV)
 	$(TOOLKIT) images build cpu
 
 test: $(DEV_ENV)
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "$(MARK)" $(PYTEST_ARGS)
+
+test-gpu: $(DEV_ENV)
+	$(VENV)/bin/python -m pytest -m gpu $(PYTEST_ARGS)
 
 lint: $(DEV_ENV)
 	$(VENV)/bin/ruff check toolkit tests
