@@ -15,15 +15,12 @@ from pathlib import Path
 from toolkit.config import Config, LoadedConfig
 from toolkit.errors import UsageError
 from toolkit.trainer.args import common_args
-from toolkit.trainer.chat import resolve_template
-from toolkit.trainer.data import split_validation
 from toolkit.trainer.model import (
     load_base,
-    load_tokenizer,
     lora_config,
     match_trainable_dtype,
 )
-from toolkit.trainer.rows import read_all
+from toolkit.trainer.rows import tokenizer_and_rows
 from toolkit.trainer.steps import start_run, train_and_save
 
 # Defaults where axolotl's configs usually leave them out (TRL's own defaults).
@@ -36,12 +33,7 @@ def train(loaded: LoadedConfig) -> Path:
     cfg = loaded.config
     log, progress, resolved = start_run(cfg)
 
-    tokenizer = load_tokenizer(cfg)
-    tokenizer.chat_template = resolve_template(cfg, tokenizer)
-
-    rows = read_all(cfg)
-    train_rows, val_rows = split_validation(rows, cfg.val_set_size, cfg.seed)
-    log(f"data: {len(rows)} rows, {len(train_rows)} training, {len(val_rows)} held out")
+    tokenizer, rows, train_rows, val_rows = tokenizer_and_rows(cfg, log, "rows")
 
     model = load_base(cfg, resolved)
     trainer_cls, args = method(cfg, common_args(cfg, resolved, len(train_rows), bool(val_rows)))

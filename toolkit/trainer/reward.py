@@ -14,15 +14,12 @@ from pathlib import Path
 
 from toolkit.config import LoadedConfig
 from toolkit.trainer.args import common_args
-from toolkit.trainer.chat import resolve_template
-from toolkit.trainer.data import split_validation
 from toolkit.trainer.model import (
     load_base,
-    load_tokenizer,
     lora_config,
     match_trainable_dtype,
 )
-from toolkit.trainer.rows import read_all
+from toolkit.trainer.rows import tokenizer_and_rows
 from toolkit.trainer.steps import start_run, train_and_save
 
 HEAD = "sequence_classification"
@@ -35,12 +32,7 @@ def train(loaded: LoadedConfig) -> Path:
     cfg = loaded.config
     log, progress, resolved = start_run(cfg)
 
-    tokenizer = load_tokenizer(cfg)
-    tokenizer.chat_template = resolve_template(cfg, tokenizer)
-
-    rows = read_all(cfg)
-    train_rows, val_rows = split_validation(rows, cfg.val_set_size, cfg.seed)
-    log(f"data: {len(rows)} pairs, {len(train_rows)} training, {len(val_rows)} held out")
+    tokenizer, rows, train_rows, val_rows = tokenizer_and_rows(cfg, log, "pairs")
 
     model = load_base(cfg, resolved, HEAD, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -141,3 +141,18 @@ def read_all(cfg: Config) -> list[dict]:
     if not out:
         raise DataError("the datasets hold no rows")
     return out
+
+
+def tokenizer_and_rows(cfg: Config, log, noun: str = "rows"):
+    """The tokenizer with the config's chat template set, and the rows split into
+    training and held-out sets (for the recipes whose TRL trainer tokenizes)."""
+    from toolkit.trainer.chat import resolve_template
+    from toolkit.trainer.data import split_validation
+    from toolkit.trainer.model import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg)
+    tokenizer.chat_template = resolve_template(cfg, tokenizer)
+    rows = read_all(cfg)
+    train_rows, val_rows = split_validation(rows, cfg.val_set_size, cfg.seed)
+    log(f"data: {len(rows)} {noun}, {len(train_rows)} training, {len(val_rows)} held out")
+    return tokenizer, rows, train_rows, val_rows
