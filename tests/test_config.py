@@ -76,12 +76,12 @@ def test_exclusive_pairs_name_both_keys(write_config):
 
 
 def test_unsupported_axolotl_key_is_refused_by_name(write_config):
-    [problem] = problems_of(write_config({"sample_packing": True}))
-    assert problem.startswith("sample_packing: got True; not supported by toolkit (")
+    [problem] = problems_of(write_config({"xformers_attention": True}))
+    assert problem.startswith("xformers_attention: got True; not supported by toolkit (")
 
 
 def test_unsupported_keys_holding_off_values_are_accepted(write_config):
-    loaded = load_config(write_config({"sample_packing": False, "deepspeed": None,
+    loaded = load_config(write_config({"xformers_attention": False, "deepspeed": None,
                                        "special_tokens": {}, "flash_attention": False}))
     assert loaded.warnings == []
 

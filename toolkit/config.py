@@ -66,9 +66,6 @@ LR_SCHEDULERS = (
 # false, empty) they ask for nothing and are accepted; any other value is refused
 # by name with what to do instead.
 UNSUPPORTED_KEYS = {
-    "sample_packing": "sample packing is not implemented yet; set it false (rows are "
-                      "padded per batch)",
-    "eval_sample_packing": "sample packing is not implemented yet; set it false",
     "deepspeed": "DeepSpeed is not supported yet; remove the key to train on one device",
     "fsdp": "FSDP is not supported yet; remove the key to train on one device",
     "fsdp_config": "FSDP is not supported yet; remove the key to train on one device",
@@ -102,8 +99,6 @@ IGNORED_KEYS = {
     "model_type": "ignored: the recipe picks the model class (causal LM, or a classification "
                   "head for reward_model / process_reward_model)",
     "tokenizer_type": "ignored: the tokenizer is loaded with AutoTokenizer",
-    "pad_to_sequence_len": "ignored: rows are padded to the longest in each batch (the loss is "
-                           "the same; only memory use differs)",
 }
 
 
@@ -185,6 +180,13 @@ class Config(_Strict):
     sequence_len: PositiveInt = 2048
     # What happens to a row longer than sequence_len; both are counted and reported.
     excess_length_strategy: Literal["drop", "truncate"] = "drop"
+    # Pack several rows into each sequence_len row, each seeing only itself (SFT only).
+    sample_packing: bool = False
+    # Pack the held-out rows too; unset follows sample_packing.
+    eval_sample_packing: bool | None = None
+    # Pad every batch to sequence_len (fixed shapes, e.g. for torch_compile) instead of
+    # to its longest row.
+    pad_to_sequence_len: bool = False
     train_on_inputs: bool = False
 
     # Preference training (TRL): the method and its knobs.
@@ -607,6 +609,9 @@ def _cross_field_problems(raw: dict) -> list[str]:
     if raw.get("rl") and raw.get("sample_packing"):
         out.append(f"sample_packing with rl: {raw['rl']}: packing would mix the chosen and "
                    "rejected sequences; remove sample_packing")
+    if raw.get("sample_packing") is True and recipe in ("reward", "prm"):
+        out.append(f"sample_packing with {recipe} training: its heads score whole sequences; "
+                   "remove sample_packing")
     if raw.get("dpo_loss_type") and raw.get("rl") not in ("dpo", "ipo"):
         out.append(f"dpo_loss_type is set but rl is {_show(raw.get('rl'))}; it needs rl: dpo")
     if raw.get("reward_model") and raw.get("num_labels") not in (None, 1):

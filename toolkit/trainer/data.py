@@ -286,15 +286,16 @@ def split_validation(examples: list[Example], size: float, seed: int
 
 
 class Collator:
-    """Right-pads a batch to its longest row; padding carries no loss and no attention."""
+    """Right-pads a batch to its longest row (or to `pad_to` tokens); padding carries no
+    loss and no attention."""
 
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
+    def __init__(self, pad_token_id: int, pad_to: int | None = None):
+        self.pad_token_id, self.pad_to = pad_token_id, pad_to
 
     def __call__(self, batch: list[dict]) -> dict:
         import torch
 
-        width = max(len(b["input_ids"]) for b in batch)
+        width = max([len(b["input_ids"]) for b in batch] + [self.pad_to or 0])
         ids, labels, mask = [], [], []
         for b in batch:
             pad = width - len(b["input_ids"])

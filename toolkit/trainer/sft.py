@@ -15,6 +15,7 @@ from toolkit.trainer.args import common_args
 from toolkit.trainer.chat import build_encoder
 from toolkit.trainer.data import Collator, split_validation
 from toolkit.trainer.model import load_model
+from toolkit.trainer.packing import PackedCollator, pack
 from toolkit.trainer.prepared import load_or_build
 from toolkit.trainer.steps import start_run, train_and_save
 
@@ -32,6 +33,20 @@ def train(loaded: LoadedConfig) -> Path:
         log(line)
     train_rows, val_rows = split_validation(examples, cfg.val_set_size, cfg.seed)
     log(f"data: {len(train_rows)} training rows, {len(val_rows)} held out")
+    packing = {}
+    train_set = [{"input_ids": e.input_ids, "labels": e.labels} for e in train_rows]
+    val_set = [{"input_ids": e.input_ids, "labels": e.labels} for e in val_rows]
+    if cfg.sample_packing:
+        packed, fill = pack(train_rows, cfg.sequence_len)
+        train_set = [p.as_row() for p in packed]
+        packing["train"] = {"rows": len(train_rows), "packed_rows": len(packed), "fill": fill}
+        log(f"packing: {len(train_rows)} rows into {len(packed)} rows of {cfg.sequence_len} "
+            f"tokens, {100 * fill:.1f}% real tokens")
+    if val_rows and (cfg.sample_packing if cfg.eval_sample_packing is None
+                     else cfg.eval_sample_packing):
+        packed, fill = pack(val_rows, cfg.sequence_len)
+        val_set = [p.as_row() for p in packed]
+        packing["eval"] = {"rows": len(val_rows), "packed_rows": len(packed), "fill": fill}
 
     model = load_model(cfg, resolved)
     if cfg.uses_lora:
@@ -39,14 +54,16 @@ def train(loaded: LoadedConfig) -> Path:
         total = sum(p.numel() for p in model.parameters())
         log(f"model: {cfg.adapter} adapter, {trainable:,} of {total:,} parameters trainable")
 
-    args = TrainingArguments(**common_args(cfg, resolved, len(train_rows), bool(val_rows)))
+    args = TrainingArguments(**common_args(cfg, resolved, len(train_set), bool(val_set)))
+    pad_to = cfg.sequence_len if cfg.pad_to_sequence_len else None
+    collator = PackedCollator(tokenizer.pad_token_id, Collator(tokenizer.pad_token_id, pad_to),
+                              flatten=resolved.attn_implementation == "flash_attention_2",
+                              pad_to=pad_to)
     trainer = Trainer(
-        model=model, args=args,
-        train_dataset=[{"input_ids": e.input_ids, "labels": e.labels} for e in train_rows],
-        eval_dataset=[{"input_ids": e.input_ids, "labels": e.labels} for e in val_rows] or None,
-        data_collator=Collator(tokenizer.pad_token_id),
-        callbacks=[progress],
+        model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
+        data_collator=collator, callbacks=[progress],
     )
     return train_and_save(trainer, tokenizer, loaded, progress, "sft",
                           resolved=resolved.as_dict(), data=report.as_dict(),
-                          train_rows=len(train_rows), val_rows=len(val_rows))
+                          train_rows=len(train_rows), val_rows=len(val_rows),
+                          packing=packing or None)
