@@ -41,3 +41,29 @@ def test_in_image_checks_see_the_gpu(monkeypatch):
     findings = {f.check: f for f in container_checks()}
     assert findings["gpu 0 arch"].status == Status.OK, findings["gpu 0 arch"].message
     assert "device" not in findings or findings["device"].status != Status.FAIL
+
+
+def _first_losses(write_config, tiny_model_dir, tmp_path, name, **changes):
+    from toolkit.trainer import run
+
+    loaded = load_config(write_config({
+        "base_model": str(tiny_model_dir), "max_steps": 4, "logging_steps": 1, "bf16": False,
+        "output_dir": str(tmp_path / name), **changes}, name=f"{name}.yaml"))
+    data = json.loads((run(loaded) / "run.json").read_text())
+    return data["resolved"]["optimizations"], [loss for _, loss in data["loss_history"]]
+
+
+@pytest.mark.parametrize("option", [
+    {"liger_rope": True, "liger_rms_norm": True, "liger_glu_activation": True,
+     "liger_fused_linear_cross_entropy": True},
+    {"cut_cross_entropy": True},
+    {"lora_mlp_kernel": True, "lora_qkv_kernel": True, "lora_o_kernel": True},
+    {"activation_offloading": True, "gradient_checkpointing": True},
+    {"torch_compile": True},
+])
+def test_each_gpu_option_takes_effect_and_keeps_the_loss(option, write_config, tiny_model_dir,
+                                                          tmp_path):
+    _, plain = _first_losses(write_config, tiny_model_dir, tmp_path, "plain")
+    decisions, losses = _first_losses(write_config, tiny_model_dir, tmp_path, "opt", **option)
+    assert all(decisions[key].startswith("on") for key in option), decisions
+    assert losses == pytest.approx(plain, rel=2e-3)

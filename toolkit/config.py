@@ -45,6 +45,7 @@ DATA_SUFFIXES = {
 OPTIMIZERS = (
     "adamw_torch",
     "adamw_torch_fused",
+    "adamw_torch_4bit",
     "adamw_bnb_8bit",
     "paged_adamw_8bit",
     "adamw_8bit",
@@ -72,19 +73,20 @@ UNSUPPORTED_KEYS = {
     "fsdp_version": "FSDP is not supported yet; remove the key to train on one device",
     "xformers_attention": "xformers is not supported; set it false (sdpa is used)",
     "sdp_attention": "sdpa is already the attention used; remove the key",
-    "torch_compile": "torch.compile is not wired in yet; set it false",
-    "special_tokens": "adding special tokens is not implemented yet; Qwen3's tokenizer has "
-                      "its own, remove the key",
-    "plugins": "plugins (Liger, Cut Cross Entropy) are not wired in yet; remove the key",
-    "early_stopping_patience": "early stopping is not implemented yet; remove the key",
     "trust_remote_code": "remote code is never run; Qwen3 needs none. Set it false",
     "group_by_length": "batches are drawn in random order; set it false",
     "lora_model_dir": "starting from a trained adapter is not implemented yet; remove the key",
-    "lora_mlp_kernel": "fused LoRA kernels are not implemented yet; set it false",
-    "lora_qkv_kernel": "fused LoRA kernels are not implemented yet; set it false",
-    "lora_o_kernel": "fused LoRA kernels are not implemented yet; set it false",
 }
 OFF_VALUES = (None, False, "", [], {})
+
+# axolotl's plugins, by the class path its configs list, and the keys each one reads.
+# Here those keys work without the plugin; listing it is accepted and checked.
+PLUGINS = {
+    "axolotl.integrations.liger.LigerPlugin": (
+        "liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm",
+        "liger_fused_linear_cross_entropy", "liger_cross_entropy"),
+    "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin": ("cut_cross_entropy",),
+}
 
 # Keys that cannot change what is trained (experiment trackers, run names, axolotl's
 # own switches, memory-only settings): accepted, with a warning saying why.
@@ -218,6 +220,9 @@ class Config(_Strict):
     lora_target_modules: list[str] | str | None = None
     lora_target_linear: bool = False
     lora_modules_to_save: list[str] | None = None
+    # nn.Parameters (not Linear layers) that get an adapter: Qwen3-MoE's fused experts,
+    # e.g. [mlp.experts.gate_up_proj, mlp.experts.down_proj].
+    lora_target_parameters: list[str] | None = None
 
     micro_batch_size: PositiveInt = 1
     # The global batch per optimizer step on one device; with micro_batch_size it
@@ -243,6 +248,32 @@ class Config(_Strict):
     tf32: bool = False
     gradient_checkpointing: bool = False
     gradient_checkpointing_kwargs: dict[str, bool] | None = None
+    # Keep saved activations in host memory between forward and backward (GPU only).
+    activation_offloading: bool = False
+    # auto: on where a GPU is present.
+    torch_compile: bool | Literal["auto"] = False
+    torch_compile_backend: str | None = None
+    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune",
+                                "max-autotune-no-cudagraphs"] | None = None
+    # Triton kernels from liger-kernel for Qwen3 and Qwen3-MoE (GPU only).
+    plugins: list[Literal[tuple(PLUGINS)]] | None = None  # type: ignore[valid-type]
+    liger_rope: bool = False
+    liger_rms_norm: bool = False
+    liger_glu_activation: bool = False
+    liger_layer_norm: bool = False
+    liger_fused_linear_cross_entropy: bool = False
+    liger_cross_entropy: bool = False
+    # Apple's Cut Cross-Entropy: the loss without materializing the logits (CUDA only).
+    cut_cross_entropy: bool = False
+    # One autograd node per LoRA projection (base + adapter), for these projections.
+    lora_mlp_kernel: bool = False
+    lora_qkv_kernel: bool = False
+    lora_o_kernel: bool = False
+    # Stop when the eval loss has not improved for this many evaluations.
+    early_stopping_patience: PositiveInt | None = None
+    # Tokens the tokenizer must use for these roles; each must already be in its vocabulary.
+    special_tokens: dict[Literal["pad_token", "eos_token", "bos_token", "unk_token"],
+                         str] | None = None
 
     logging_steps: PositiveInt = 1
     # Evaluation on the held-out rows (val_set_size): every eval_steps, or so many times an
@@ -425,6 +456,13 @@ def _map_deprecated(raw: dict, sources: dict[str, str]) -> tuple[dict, list[str]
         raw.pop("sdp_attention")
     if raw.get("eager_attention") is True:
         move("eager_attention", "attn_implementation", "eager")
+    if raw.get("gradient_checkpointing") == "offload":
+        raw["gradient_checkpointing"] = True
+        if raw.get("activation_offloading") in (None, False):
+            raw["activation_offloading"] = True
+            sources["activation_offloading"] = "mapped from gradient_checkpointing: offload"
+        notes.append("gradient_checkpointing: 'offload' is deprecated; read as "
+                     "gradient_checkpointing: true with activation_offloading: true")
     datasets = raw.get("datasets")
     for i, ds in enumerate(datasets if isinstance(datasets, list) else []):
         if not isinstance(ds, dict):
@@ -612,6 +650,21 @@ def _cross_field_problems(raw: dict) -> list[str]:
     if raw.get("sample_packing") is True and recipe in ("reward", "prm"):
         out.append(f"sample_packing with {recipe} training: its heads score whole sequences; "
                    "remove sample_packing")
+    losses = [k for k in ("cut_cross_entropy", "liger_fused_linear_cross_entropy",
+                          "liger_cross_entropy") if raw.get(k) is True]
+    if len(losses) > 1:
+        out.append(f"{' and '.join(losses)} are all set; each replaces the cross-entropy "
+                   "loss, so keep one")
+    kernels = [k for k in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")
+               if raw.get(k) is True]
+    if kernels and raw.get("adapter") not in ("lora", "qlora"):
+        out.append(f"{', '.join(kernels)} need adapter: lora or qlora (got adapter: "
+                   f"{_show(raw.get('adapter'))}); set them false for a full fine-tune")
+    elif kernels and raw.get("lora_dropout") not in (None, 0, 0.0):
+        out.append(f"{', '.join(kernels)} need lora_dropout: 0 (got "
+                   f"{_show(raw.get('lora_dropout'))}); the fused path has no dropout")
+    if raw.get("early_stopping_patience") and not raw.get("val_set_size"):
+        out.append("early_stopping_patience needs held-out rows to watch; set val_set_size")
     if raw.get("dpo_loss_type") and raw.get("rl") not in ("dpo", "ipo"):
         out.append(f"dpo_loss_type is set but rl is {_show(raw.get('rl'))}; it needs rl: dpo")
     if raw.get("reward_model") and raw.get("num_labels") not in (None, 1):

@@ -6,6 +6,7 @@ import math
 
 from toolkit.config import Config
 from toolkit.trainer.model import Resolved
+from toolkit.trainer.optimize import compile_args
 
 
 def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) -> dict:
@@ -26,6 +27,11 @@ def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) ->
             1, steps_per_epoch // cfg.evals_per_epoch)}
     else:
         evaluation = {"eval_strategy": "epoch"}
+    if cfg.early_stopping_patience and has_eval:
+        # transformers' early stopping keeps the best checkpoint, so saving follows evaluation.
+        save = {"save_strategy": evaluation["eval_strategy"],
+                "save_steps": evaluation.get("eval_steps"), "load_best_model_at_end": True,
+                "metric_for_best_model": "eval_loss", "greater_is_better": False}
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else (cfg.warmup_ratio or 0)
     return dict(
         output_dir=cfg.output_dir,
@@ -57,4 +63,5 @@ def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) ->
         dataloader_pin_memory=resolved.device == "cuda",
         **save,
         **evaluation,
+        **compile_args(cfg, resolved.optimizations),
     )

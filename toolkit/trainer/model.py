@@ -6,10 +6,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from toolkit.config import Config
 from toolkit.errors import UsageError
+from toolkit.trainer.optimize import (
+    Machine,
+    apply_activation_offloading,
+    apply_cut_cross_entropy,
+    apply_liger,
+    decide,
+)
 
 # Linear layers a LoRA targets by default: Qwen3's attention and MLP projections.
 # In Qwen3-MoE (transformers 5) the experts are fused 3-D parameters, not Linear
@@ -28,6 +35,8 @@ class Resolved:
     lora_target_modules: list[str] | str | None
     attn_implementation: str = "sdpa"
     notes: tuple[str, ...] = ()        # what the resolve step decided against the config
+    # Each speed or memory option the config asks for: "on…" or "off: why" (optimize.decide).
+    optimizations: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -71,9 +80,10 @@ def resolve(cfg: Config) -> Resolved:
             attn = "sdpa"
             notes.append(f"attn_implementation: flash_attention_2 unavailable ({missing}); "
                          "using sdpa, the same attention with more memory on long sequences")
+    decisions = decide(cfg, Machine.here(cuda, bool(hip)))
     return Resolved(device="cuda" if cuda else "cpu", device_name=name, bf16=bf16,
                     fp16=cfg.fp16, tf32=tf32, dtype=dtype, lora_target_modules=targets,
-                    attn_implementation=attn, notes=tuple(notes))
+                    attn_implementation=attn, notes=tuple(notes), optimizations=decisions)
 
 
 def load_tokenizer(cfg: Config):
@@ -81,6 +91,13 @@ def load_tokenizer(cfg: Config):
 
     source = cfg.tokenizer_config or cfg.base_model
     tokenizer = AutoTokenizer.from_pretrained(source)
+    vocab = tokenizer.get_vocab()
+    for role, token in (cfg.special_tokens or {}).items():
+        if token not in vocab:
+            raise UsageError(f"special_tokens.{role}: {token!r} is not in the tokenizer's "
+                             "vocabulary; adding tokens is not supported. Use one it has "
+                             "(Qwen3: <|endoftext|>, <|im_end|>) or remove the key")
+        setattr(tokenizer, role, token)
     if tokenizer.pad_token is None:
         # Qwen3 ships <|endoftext|> as its pad token; fall back to EOS elsewhere.
         tokenizer.pad_token = tokenizer.eos_token
@@ -111,6 +128,9 @@ def load_base(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labe
     elif cfg.load_in_8bit:
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(load_in_8bit=True)
     auto = getattr(transformers, HEADS[head][0])
+    if head == "causal_lm":
+        apply_liger(transformers.AutoConfig.from_pretrained(cfg.base_model).model_type,
+                    resolved.optimizations)
     model = auto.from_pretrained(cfg.base_model, **kwargs)
     if resolved.device == "cuda" and "quantization_config" not in kwargs:
         model = model.to("cuda")
@@ -130,23 +150,37 @@ def lora_config(cfg: Config, resolved: Resolved, head: str = "causal_lm"):
     exclude = ["score"] if head != "causal_lm" else None
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=resolved.lora_target_modules, exclude_modules=exclude,
-                      modules_to_save=cfg.lora_modules_to_save, task_type=HEADS[head][1])
+                      modules_to_save=cfg.lora_modules_to_save, task_type=HEADS[head][1],
+                      target_parameters=cfg.lora_target_parameters)
 
 
 def load_model(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labels: int = 0):
     """The base with the adapter attached (for recipes that drive transformers' Trainer)."""
     model = load_base(cfg, resolved, head, num_labels)
+    if head == "causal_lm":
+        model = apply_cut_cross_entropy(model, resolved.optimizations)
     lora = lora_config(cfg, resolved, head)
-    if lora is None:
-        return model
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    if lora is not None:
+        from peft import get_peft_model, prepare_model_for_kbit_training
 
-    if cfg.adapter == "qlora" or cfg.load_in_8bit:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    elif cfg.gradient_checkpointing:
-        model.enable_input_require_grads()
-    return get_peft_model(model, lora)
+        if cfg.adapter == "qlora" or cfg.load_in_8bit:
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        elif cfg.gradient_checkpointing:
+            model.enable_input_require_grads()
+        model = get_peft_model(model, lora)
+    apply_optimizations(model, resolved)
+    return model
+
+
+def apply_optimizations(model, resolved: Resolved) -> None:
+    """The options that act on the finished (adapter-wrapped) model: fused LoRA
+    projections and activation offloading. TRL's trainers wrap the adapter themselves,
+    so their recipes call this on `trainer.model`."""
+    from toolkit.trainer.lora_kernels import fuse_lora_projections
+
+    fuse_lora_projections(model, resolved.optimizations)
+    apply_activation_offloading(model, resolved.optimizations)
 
 
 def match_trainable_dtype(cfg: Config, resolved: Resolved, model) -> None:

@@ -16,6 +16,7 @@ from toolkit.config import Config, LoadedConfig
 from toolkit.errors import UsageError
 from toolkit.trainer.args import common_args
 from toolkit.trainer.model import (
+    apply_optimizations,
     load_base,
     lora_config,
     match_trainable_dtype,
@@ -43,6 +44,7 @@ def train(loaded: LoadedConfig) -> Path:
         eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
         peft_config=lora_config(cfg, resolved), callbacks=[progress])
     match_trainable_dtype(cfg, resolved, trainer.model)
+    apply_optimizations(trainer.model, resolved)
     dropped = len(train_rows) - len(trainer.train_dataset)
     if dropped:
         log(f"data: the {cfg.rl} trainer dropped {dropped} rows whose prompt alone fills "

@@ -24,7 +24,7 @@ from toolkit.trainer.files import make_readable
 # Config keys that change the tokens of an SFT example.
 TOKENIZATION_KEYS = ("datasets", "sequence_len", "excess_length_strategy", "train_on_inputs",
                      "chat_template", "chat_template_jinja", "chat_template_kwargs",
-                     "eot_tokens", "base_model", "tokenizer_config")
+                     "eot_tokens", "special_tokens", "base_model", "tokenizer_config")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
                    "special_tokens_map.json", "vocab.json", "merges.txt")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from toolkit.config import LoadedConfig
 from toolkit.trainer.args import common_args
 from toolkit.trainer.model import (
+    apply_optimizations,
     load_base,
     lora_config,
     match_trainable_dtype,
@@ -45,6 +46,7 @@ def train(loaded: LoadedConfig) -> Path:
         eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
         peft_config=lora_config(cfg, resolved, HEAD), callbacks=[progress])
     match_trainable_dtype(cfg, resolved, trainer.model)
+    apply_optimizations(trainer.model, resolved)
     dropped = len(train_rows) - len(trainer.train_dataset)
     if dropped:
         log(f"data: the reward trainer dropped {dropped} pairs longer than "

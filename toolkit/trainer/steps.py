@@ -30,6 +30,8 @@ def start_run(cfg: Config) -> tuple[RunLog, ProgressLog, Resolved]:
         f"device={resolved.device} ({resolved.device_name}) dtype={resolved.dtype} "
         f"attention={resolved.attn_implementation} tf32={resolved.tf32} "
         f"lora_targets={resolved.lora_target_modules}")
+    if resolved.optimizations:
+        log("optimizations: " + "; ".join(f"{k} {v}" for k, v in resolved.optimizations.items()))
     for note in resolved.notes:
         log(f"note: {note}")
     return log, ProgressLog(log), resolved
@@ -45,6 +47,10 @@ def train_and_save(trainer, tokenizer, loaded: LoadedConfig, progress: ProgressL
     trainer.remove_callback(PrinterCallback)  # ProgressLog prints one line per log step
     resume = find_resume(cfg, progress.log)
     trainer.add_callback(CheckpointMarker(cfg.training_digest()))
+    if cfg.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        trainer.add_callback(EarlyStoppingCallback(cfg.early_stopping_patience))
     preemption = Preemption()
     trainer.add_callback(preemption)
     started = time.monotonic()

@@ -1,0 +1,222 @@
+"""Speed and memory options: the decisions (pure, table-tested), the fused LoRA
+projections against peft's, and the options that change a run on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from toolkit.config import load_config
+from toolkit.errors import ConfigError, UsageError
+from toolkit.trainer.optimize import Machine, decide
+
+CPU = Machine(compiler=True, installed=frozenset({"torchao"}))
+BARE_CPU = Machine()
+H100 = Machine(cuda=True, installed=frozenset({"liger_kernel", "cut_cross_entropy",
+                                               "torchao", "flash_attn"}))
+MI300 = Machine(cuda=True, hip=True, installed=frozenset({"liger_kernel"}))
+GPU_NO_LIGER = Machine(cuda=True)
+
+
+def cfg_of(write_config, **changes):
+    return load_config(write_config(changes)).config
+
+
+@pytest.mark.parametrize("changes, machine, expected", [
+    ({"liger_rms_norm": True}, CPU, {"liger_rms_norm": "off: no GPU"}),
+    ({"liger_rms_norm": True}, H100, {"liger_rms_norm": "on"}),
+    ({"liger_glu_activation": True}, GPU_NO_LIGER, {
+        "liger_glu_activation": "off: liger-kernel is not installed (the cu* and rocm images "
+                                "have it)"}),
+    ({"liger_layer_norm": True}, H100, {
+        "liger_layer_norm": "off: Qwen3 has no LayerNorm (its norms are RMSNorm)"}),
+    ({"cut_cross_entropy": True}, H100, {"cut_cross_entropy": "on"}),
+    ({"cut_cross_entropy": True}, MI300, {
+        "cut_cross_entropy": "off: no CUDA GPU (its Triton kernels are CUDA only)"}),
+    ({"torch_compile": True}, H100, {"torch_compile": "on (mode default)"}),
+    ({"torch_compile": True, "torch_compile_mode": "max-autotune"}, H100, {
+        "torch_compile": "on (mode max-autotune)"}),
+    ({"torch_compile": "auto"}, CPU, {"torch_compile": "off: auto compiles on a GPU only"}),
+    ({"torch_compile": True}, CPU, {"torch_compile": "on (CPU)"}),
+    ({"torch_compile": True}, BARE_CPU, {
+        "torch_compile": "off: no C compiler for torch.compile's CPU code (install gcc, or "
+                         "set torch_compile: false)"}),
+    ({"activation_offloading": True}, CPU, {
+        "activation_offloading": "off: no GPU (activations already live in host memory)"}),
+    ({"activation_offloading": True}, H100, {"activation_offloading": "on"}),
+    ({"lora_mlp_kernel": True, "lora_o_kernel": True}, CPU, {
+        "lora_mlp_kernel": "on (gate_proj, up_proj, down_proj)", "lora_o_kernel": "on (o_proj)"}),
+    ({"optimizer": "adamw_torch_4bit"}, CPU, {"optimizer": "adamw_torch_4bit (torchao)"}),
+    ({"rl": "dpo", "liger_fused_linear_cross_entropy": True,
+      "datasets": [{"path": "x", "type": "chat_template.default"}]}, H100, {
+        "liger_fused_linear_cross_entropy": "off: the preference recipe computes its own loss "
+                                            "from the logits; only SFT's cross-entropy is "
+                                            "replaced"}),
+])
+def test_decisions(write_config, tiny_model_dir, changes, machine, expected):
+    if "datasets" in changes:
+        from toolkit.config import Config
+        cfg = Config.model_validate({"base_model": "m", **changes})
+    else:
+        cfg = cfg_of(write_config, **changes)
+    assert decide(cfg, machine) == expected
+
+
+@pytest.mark.parametrize("machine, message", [
+    (Machine(compiler=True), "optimizer: adamw_torch_4bit needs torchao, which is not installed"),
+    (Machine(installed=frozenset({"torchao"})), "needs a C compiler (none found)"),
+])
+def test_a_4bit_optimizer_that_cannot_run_is_refused_not_dropped(write_config, machine, message):
+    cfg = cfg_of(write_config, optimizer="adamw_torch_4bit")
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        decide(cfg, machine)
+
+
+def test_cross_entropy_replacements_and_kernel_rules_name_the_fields(write_config):
+    with pytest.raises(ConfigError) as err:
+        load_config(write_config({"cut_cross_entropy": True,
+                                  "liger_fused_linear_cross_entropy": True,
+                                  "lora_dropout": 0.05, "lora_qkv_kernel": True,
+                                  "plugins": ["axolotl.integrations.unknown.Plugin"]}))
+    problems = err.value.problems
+    assert "cut_cross_entropy and liger_fused_linear_cross_entropy are all set; each replaces " \
+           "the cross-entropy loss, so keep one" in problems
+    assert "lora_qkv_kernel need lora_dropout: 0 (got 0.05); the fused path has no dropout" \
+        in problems
+    assert any(p.startswith("plugins[0]: got 'axolotl.integrations.unknown.Plugin'; accepted: ")
+               for p in problems), problems
+
+
+def test_offload_spelling_maps_to_checkpointing_plus_offloading(write_config):
+    loaded = load_config(write_config({"gradient_checkpointing": "offload"}))
+    assert loaded.config.gradient_checkpointing is True
+    assert loaded.config.activation_offloading is True
+    assert "gradient_checkpointing: 'offload' is deprecated; read as gradient_checkpointing: " \
+           "true with activation_offloading: true" in loaded.warnings
+
+
+def _loss_and_grads(model_dir, adapter: str, fused: bool):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from toolkit.trainer.lora_kernels import fuse_lora_projections
+
+    torch.manual_seed(0)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                               bnb_4bit_compute_dtype=torch.float32) if adapter == "qlora" else None
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                quantization_config=quant)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                            init_lora_weights=False))
+    model.enable_input_require_grads()
+    if fused:
+        on = {"lora_mlp_kernel": "on", "lora_qkv_kernel": "on", "lora_o_kernel": "on"}
+        assert fuse_lora_projections(model, on) == 14  # 7 projections × 2 layers
+    ids = torch.randint(5, 400, (2, 24), generator=torch.Generator().manual_seed(1))
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.item(), grads
+
+
+@pytest.mark.parametrize("adapter", ["lora", "qlora"])
+def test_fused_lora_projections_match_peft_gradients(tiny_model_dir, adapter):
+    import torch
+
+    loss, grads = _loss_and_grads(tiny_model_dir, adapter, fused=False)
+    fused_loss, fused_grads = _loss_and_grads(tiny_model_dir, adapter, fused=True)
+    assert fused_loss == pytest.approx(loss, rel=1e-6)
+    assert grads.keys() == fused_grads.keys() and len(grads) == 28
+    for name in grads:
+        torch.testing.assert_close(fused_grads[name], grads[name], atol=1e-6, rtol=1e-4)
+
+
+def test_options_that_apply_on_cpu_train_and_are_recorded(tiny_model_dir, write_config):
+    from toolkit.trainer.sft import train
+
+    loaded = load_config(write_config({
+        "base_model": str(tiny_model_dir), "max_steps": 4, "logging_steps": 1,
+        "lora_mlp_kernel": True, "lora_qkv_kernel": True, "lora_o_kernel": True,
+        "liger_rms_norm": True,
+        "plugins": ["axolotl.integrations.liger.LigerPlugin"],
+        "special_tokens": {"pad_token": "<|endoftext|>"}}))
+    out = train(loaded)
+    run = json.loads((out / "run.json").read_text())
+    assert run["resolved"]["optimizations"] == {
+        "liger_rms_norm": "off: no GPU", "lora_mlp_kernel": "on (gate_proj, up_proj, down_proj)",
+        "lora_qkv_kernel": "on (q_proj, k_proj, v_proj)", "lora_o_kernel": "on (o_proj)"}
+    log = (out / "train.log").read_text()
+    assert "optimizations: liger_rms_norm off: no GPU; lora_mlp_kernel on" in log
+    losses = [loss for _, loss in run["loss_history"]]
+    assert losses[-1] < losses[0]
+
+
+def test_special_tokens_outside_the_vocabulary_are_refused(tiny_model_dir, write_config):
+    from toolkit.trainer.sft import train
+
+    loaded = load_config(write_config({"base_model": str(tiny_model_dir), "max_steps": 1,
+                                       "special_tokens": {"pad_token": "<|pad|>"}}))
+    with pytest.raises(UsageError, match=r"special_tokens.pad_token: '<\|pad\|>' is not in the "
+                                         "tokenizer's vocabulary"):
+        train(loaded)
+
+
+def test_moe_expert_lora_trains_the_fused_expert_weights(tmp_path, write_config):
+    from safetensors.torch import load_file
+
+    from toolkit.tiny import write_tiny_model
+    from toolkit.trainer.sft import train
+
+    moe = write_tiny_model(tmp_path / "tiny-moe", moe=True)
+    loaded = load_config(write_config({
+        "base_model": str(moe), "max_steps": 3, "lora_target_modules": ["q_proj"],
+        "lora_target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]}))
+    out = train(loaded)
+    names = load_file(out / "adapter_model.safetensors").keys()
+    assert any("experts" in n for n in names), sorted(names)
+    run = json.loads((out / "run.json").read_text())
+    assert run["resolved"]["optimizations"]["lora_target_parameters"].startswith("on (mlp.")
+
+
+def test_early_stopping_stops_when_eval_loss_stalls(tiny_model_dir, write_config):
+    from toolkit.trainer.sft import train
+
+    # A learning rate of ~0 never improves the eval loss: patience 2 stops after 3 evals.
+    loaded = load_config(write_config({
+        "base_model": str(tiny_model_dir), "max_steps": 40, "val_set_size": 8,
+        "eval_steps": 2, "early_stopping_patience": 2, "learning_rate": 1e-12,
+        "lr_scheduler": "constant"}))
+    out = train(loaded)
+    run = json.loads((out / "run.json").read_text())
+    assert run["steps"] == 6, run["steps"]
+
+
+def test_torch_compile_compiles_the_model_on_cpu(tiny_model_dir, write_config):
+    import shutil
+
+    import torch._dynamo
+
+    from toolkit.trainer.sft import train
+
+    if shutil.which("cc") is None:
+        pytest.fail("this test needs a C compiler (gcc) for torch.compile on CPU")
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    loaded = load_config(write_config({"base_model": str(tiny_model_dir), "max_steps": 2,
+                                       "torch_compile": True}))
+    out = train(loaded)
+    run = json.loads((out / "run.json").read_text())
+    assert run["resolved"]["optimizations"] == {"torch_compile": "on (CPU)"}
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+
+
+def test_the_4bit_optimizer_trains(tiny_model_dir, write_config):
+    from toolkit.trainer.sft import train
+
+    loaded = load_config(write_config({"base_model": str(tiny_model_dir), "max_steps": 3,
+                                       "logging_steps": 1, "optimizer": "adamw_torch_4bit"}))
+    run = json.loads((train(loaded) / "run.json").read_text())
+    assert run["resolved"]["optimizations"] == {"optimizer": "adamw_torch_4bit (torchao)"}
+    assert len(run["loss_history"]) == 3

@@ -1,0 +1,168 @@
+"""Speed and memory options: which ones take effect on this machine, and applying them.
+
+`decide` is a pure function from the config and the machine's facts to one line per
+option the config asks for: "on", or "off: <why>". The run logs those lines and
+run.json records them, so what was actually used is never a guess. An option that
+would change the result (the optimizer) is refused instead of dropped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+
+from toolkit.config import Config
+from toolkit.errors import UsageError
+
+LIGER = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm",
+         "liger_fused_linear_cross_entropy", "liger_cross_entropy")
+LORA_KERNELS = {"lora_mlp_kernel": ("gate_proj", "up_proj", "down_proj"),
+                "lora_qkv_kernel": ("q_proj", "k_proj", "v_proj"),
+                "lora_o_kernel": ("o_proj",)}
+
+
+@dataclass(frozen=True)
+class Machine:
+    cuda: bool = False          # a CUDA or ROCm device torch can use
+    hip: bool = False
+    compiler: bool = False      # a C compiler for torch.compile's CPU code
+    installed: frozenset[str] = frozenset()
+
+    @classmethod
+    def here(cls, cuda: bool, hip: bool) -> Machine:
+        names = ("liger_kernel", "cut_cross_entropy", "torchao", "flash_attn")
+        return cls(cuda=cuda, hip=hip,
+                   compiler=shutil.which(os.environ.get("CC", "cc")) is not None,
+                   installed=frozenset(n for n in names if importlib.util.find_spec(n)))
+
+
+def decide(cfg: Config, machine: Machine) -> dict[str, str]:
+    """One entry per option the config asks for: "on…" or "off: why"."""
+    out: dict[str, str] = {}
+    gpu = "on" if machine.cuda else "off: no GPU"
+
+    liger = [k for k in LIGER if getattr(cfg, k)]
+    for key in liger:
+        out[key] = (gpu if not machine.cuda else
+                    "on" if "liger_kernel" in machine.installed else
+                    "off: liger-kernel is not installed (the cu* and rocm images have it)")
+    if cfg.liger_layer_norm:
+        out["liger_layer_norm"] = "off: Qwen3 has no LayerNorm (its norms are RMSNorm)"
+    losses = [k for k in ("cut_cross_entropy", "liger_fused_linear_cross_entropy",
+                          "liger_cross_entropy") if getattr(cfg, k)]
+    if cfg.recipe != "sft" and losses:
+        for key in losses:
+            out[key] = (f"off: the {cfg.recipe} recipe computes its own loss from the "
+                        "logits; only SFT's cross-entropy is replaced")
+    elif cfg.cut_cross_entropy:
+        out["cut_cross_entropy"] = (
+            "off: no CUDA GPU (its Triton kernels are CUDA only)" if not machine.cuda or
+            machine.hip else "on" if "cut_cross_entropy" in machine.installed else
+            "off: cut-cross-entropy is not installed (the cu* images have it)")
+    if cfg.torch_compile:
+        if machine.cuda:
+            out["torch_compile"] = f"on (mode {cfg.torch_compile_mode or 'default'})"
+        elif cfg.torch_compile == "auto":
+            out["torch_compile"] = "off: auto compiles on a GPU only"
+        else:
+            out["torch_compile"] = ("on (CPU)" if machine.compiler else
+                                    "off: no C compiler for torch.compile's CPU code "
+                                    "(install gcc, or set torch_compile: false)")
+    if cfg.activation_offloading:
+        out["activation_offloading"] = (
+            "on" if machine.cuda else "off: no GPU (activations already live in host memory)")
+    if cfg.gradient_checkpointing:
+        reentrant = (cfg.gradient_checkpointing_kwargs or {}).get("use_reentrant")
+        out["gradient_checkpointing"] = f"on (use_reentrant={reentrant})"
+    for key, modules in LORA_KERNELS.items():
+        if getattr(cfg, key):
+            out[key] = f"on ({', '.join(modules)})"
+    if cfg.lora_target_parameters:
+        out["lora_target_parameters"] = f"on ({', '.join(cfg.lora_target_parameters)})"
+    if cfg.adapter == "qlora":
+        out["qlora"] = "on (bitsandbytes 4-bit nf4, double quantization)"
+    if cfg.optimizer == "adamw_torch_4bit":
+        if "torchao" not in machine.installed:
+            raise UsageError("optimizer: adamw_torch_4bit needs torchao, which is not "
+                             "installed; install toolkit[train] or pick adamw_bnb_8bit")
+        if not machine.cuda and not machine.compiler:
+            raise UsageError("optimizer: adamw_torch_4bit compiles its update with "
+                             "torch.compile, which on CPU needs a C compiler (none found); "
+                             "install gcc or pick adamw_torch")
+        out["optimizer"] = "adamw_torch_4bit (torchao)"
+    return out
+
+
+def apply_liger(model_type: str, decisions: dict[str, str]) -> None:
+    """Patch transformers' Qwen3 / Qwen3-MoE classes with liger's kernels, before loading."""
+    chosen = {k for k in LIGER if decisions.get(k) == "on"}
+    if not chosen:
+        return
+    from liger_kernel.transformers import (
+        apply_liger_kernel_to_qwen3,
+        apply_liger_kernel_to_qwen3_moe,
+    )
+
+    patch = {"qwen3": apply_liger_kernel_to_qwen3,
+             "qwen3_moe": apply_liger_kernel_to_qwen3_moe}.get(model_type)
+    if patch is None:
+        raise UsageError(f"liger kernels are wired for qwen3 and qwen3_moe, not {model_type!r}; "
+                         "set the liger_* keys false")
+    patch(rope="liger_rope" in chosen, rms_norm="liger_rms_norm" in chosen,
+          swiglu="liger_glu_activation" in chosen,
+          cross_entropy="liger_cross_entropy" in chosen,
+          fused_linear_cross_entropy="liger_fused_linear_cross_entropy" in chosen)
+
+
+def apply_cut_cross_entropy(model, decisions: dict[str, str]):
+    """Make a causal LM compute its training loss with Cut Cross-Entropy: from the last
+    hidden states and the output embedding, without materializing the logits."""
+    if decisions.get("cut_cross_entropy") != "on":
+        return model
+    from cut_cross_entropy import linear_cross_entropy
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    plain = model.forward
+
+    def forward(input_ids=None, labels=None, num_items_in_batch=None, **kwargs):
+        if labels is None:
+            return plain(input_ids=input_ids, **kwargs)
+        hidden = model.model(input_ids=input_ids, **kwargs).last_hidden_state
+        weight = model.lm_head.weight
+        # Summed then divided by the batch's label count when the Trainer gives it, so
+        # gradient accumulation weighs every token alike (as transformers' own loss does).
+        loss = linear_cross_entropy(hidden.to(weight.dtype), weight, labels, shift=True,
+                                    reduction="sum" if num_items_in_batch else "mean")
+        if num_items_in_batch:
+            loss = loss / num_items_in_batch
+        return CausalLMOutputWithPast(loss=loss)
+
+    model.forward = forward
+    return model
+
+
+def apply_activation_offloading(model, decisions: dict[str, str]) -> None:
+    """Move every tensor autograd saves during the forward to pinned host memory; the
+    backward brings each back when it needs it."""
+    if decisions.get("activation_offloading") != "on":
+        return
+    import torch
+
+    forward = model.forward
+
+    def offloaded(*args, **kwargs):
+        with torch.autograd.graph.save_on_cpu(pin_memory=True):
+            return forward(*args, **kwargs)
+
+    model.forward = offloaded
+
+
+def compile_args(cfg: Config, decisions: dict[str, str]) -> dict:
+    """TrainingArguments keywords for torch.compile, if it is on."""
+    if not decisions.get("torch_compile", "off").startswith("on"):
+        return {}
+    return {"torch_compile": True,
+            "torch_compile_backend": cfg.torch_compile_backend or "inductor",
+            "torch_compile_mode": cfg.torch_compile_mode}
