@@ -86,6 +86,8 @@ BAD_CONFIGS = [
     ("rl unknown", demo(rl="ppo")),
     ("rl and reward model", demo(rl="dpo", reward_model=True)),
     ("packing with rl", demo(rl="dpo", sample_packing=True)),
+    ("NUL byte in a path", demo(base_model="models\x00tiny")),
+    ("two cross-entropy replacements", demo(cut_cross_entropy=True, liger_cross_entropy=True)),
     ("deepspeed set", demo(deepspeed="zero3.json")),
     ("three batch keys", demo(batch_size=8)),
     ("reward model with labels", demo(reward_model=True, num_labels=3)),

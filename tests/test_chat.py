@@ -178,3 +178,37 @@ def test_split_thinking_moves_the_think_block_into_reasoning_content():
                                               "reasoning_content": "Two and two."}
     plain = normalize_messages(row, DatasetConfig(path="x.jsonl"))[1]
     assert plain == {"role": "assistant", "content": "<think>\nTwo and two.\n</think>\n\n4"}
+
+
+@pytest.mark.parametrize("name", ["qwen3", "chatml"])
+@pytest.mark.parametrize("kwargs", [{}, {"enable_thinking": False}])
+def test_bundled_templates_render_as_transformers_renders_them(tiny_tokenizer, name, kwargs):
+    import random
+
+    from toolkit.templates import plain_renderer
+
+    template = template_text(name)
+    render = plain_renderer(template)
+    rng = random.Random(3)
+    for _ in range(40):
+        messages = [{"role": "system", "content": "Be brief."}] if rng.random() < 0.4 else []
+        for turn in range(rng.randint(1, 4)):
+            messages.append({"role": "user", "content": f"question {turn} <b>&</b>"})
+            reply = {"role": "assistant", "content": f"answer {turn}"}
+            if rng.random() < 0.5:
+                reply["reasoning_content"] = f"because {turn}"
+            messages.append(reply)
+        for prompt in (False, True):
+            cut = messages[:-1] if prompt else messages
+            want = tiny_tokenizer.apply_chat_template(
+                cut, chat_template=template, tokenize=False, add_generation_prompt=prompt,
+                **kwargs)
+            got = render(messages=cut, add_generation_prompt=prompt,
+                         **{**tiny_tokenizer.special_tokens_map, **kwargs})
+            assert got == want
+
+
+def test_templates_from_elsewhere_stay_in_the_sandbox():
+    from toolkit.templates import plain_renderer
+
+    assert plain_renderer("{{ messages[0].content }}") is None

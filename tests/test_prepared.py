@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from conftest import DEMO_DATA
 
 from toolkit.cli import main
+from toolkit.config import load_config
 
 
 def test_preprocess_then_train_reuses_and_changes_invalidate(tiny_model_dir, write_config,
@@ -21,8 +20,10 @@ def test_preprocess_then_train_reuses_and_changes_invalidate(tiny_model_dir, wri
     assert main(["preprocess", str(path), *args]) == 0
     [first] = list(prepared.iterdir())
     assert "data: prepared data written to" in capsys.readouterr().out
-    rows = (first / "examples.jsonl").read_text().count("\n")
-    assert rows == 96 and json.loads((first / "report.json").read_text())["kept"] == 96
+    from toolkit.trainer.prepared import _read
+
+    examples, report = _read(first)
+    assert len(examples) == 96 and report.kept == 96
 
     assert main(["preprocess", str(path), *args]) == 0
     assert f"data: reusing prepared data from {first}" in capsys.readouterr().out
@@ -41,3 +42,21 @@ def test_preprocess_needs_a_folder_and_sft(write_config, tiny_model_dir, capsys)
     path = write_config({"base_model": str(tiny_model_dir)})
     assert main(["preprocess", str(path), "--runtime", "local"]) == 2
     assert "dataset_prepared_path is not set; set it" in capsys.readouterr().err
+
+
+def test_worker_processes_encode_exactly_as_one_process(tiny_model_dir, write_config,
+                                                        tmp_path):
+    from toolkit.tiny import demo_conversations
+    from toolkit.trainer.chat import TurnRule, build_encoder
+    from toolkit.trainer.data import encode_rows
+
+    rows = demo_conversations(600, seed=5)
+    rows[17] = {"messages": [{"role": "robot", "content": "x"}]}
+    cfg = load_config(write_config({"base_model": str(tiny_model_dir)})).config
+    _, encoder = build_encoder(cfg)
+    ds = cfg.datasets[0]
+    rule = TurnRule.from_config(cfg, ds)
+    alone = encode_rows(encoder, ds, rule, rows, 1)
+    shared = encode_rows(encoder, ds, rule, rows, 2)
+    assert alone == shared and len(shared) == 600
+    assert shared[17].startswith("messages[0].role is 'robot'")

@@ -254,3 +254,11 @@ def _fix_for(host: HostFacts, evaluations: list[Evaluation]) -> str:
             return (f"upgrade the NVIDIA driver to ≥ {lowest[0]} (for {lowest[1]}), or to the "
                     "floor of the variant whose arch list covers your GPU")
     return "no variant covers this GPU; see the reasons above"
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """Dense bf16 peak of a GPU by its torch device name; None when not in the table."""
+    for row in table()["peak_tflops"]["rows"]:
+        if row["match"] in device_name:
+            return float(row["bf16"])
+    return None

@@ -96,7 +96,7 @@ IGNORED_KEYS = {
     **dict.fromkeys(("strict", "debug", "local_rank",
                      "eval_max_new_tokens", "eval_table_size",
                      "use_tensorboard", "hub_model_id", "remove_unused_columns",
-                     "dataset_processes", "dataloader_num_workers", "dataloader_pin_memory",
+                     "dataloader_num_workers", "dataloader_pin_memory",
                      "dataloader_prefetch_factor", "save_safetensors"), NOT_USED),
     "model_type": "ignored: the recipe picks the model class (causal LM, or a classification "
                   "head for reward_model / process_reward_model)",
@@ -177,6 +177,8 @@ class Config(_Strict):
     datasets: Annotated[list[DatasetConfig], Field(min_length=1)]
     # Where tokenized SFT data is cached, keyed by everything that decides the tokens.
     dataset_prepared_path: str | None = None
+    # Processes that tokenize SFT data; unset: one per CPU (shared among local ranks).
+    dataset_processes: PositiveInt | None = None
     val_set_size: Annotated[float, Field(ge=0)] = 0.0
     output_dir: str = "./outputs/model-out"
     sequence_len: PositiveInt = 2048
@@ -315,7 +317,7 @@ class Config(_Strict):
         evaluation cadence may change between a run and its resumption."""
         free = {"max_steps", "num_epochs", "logging_steps", "save_steps", "saves_per_epoch",
                 "save_total_limit", "eval_steps", "evals_per_epoch", "resume_from_checkpoint",
-                "output_dir", "dataset_prepared_path"}
+                "output_dir", "dataset_prepared_path", "dataset_processes"}
         data = {k: v for k, v in self.model_dump(mode="json").items() if k not in free}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -725,6 +727,15 @@ def is_local_ref(ref: str) -> bool:
 def _path_problems(raw: dict) -> list[str]:
     """Files the config points at. Reads raw values so it runs even when other keys are wrong."""
     out = []
+    for key, ref in [(k, raw.get(k)) for k in ("base_model", "tokenizer_config", "output_dir")] + [
+            (f"datasets[{i}].path", d.get("path")) for i, d in enumerate(
+                raw.get("datasets") if isinstance(raw.get("datasets"), list) else [])
+            if isinstance(d, dict)]:
+        if isinstance(ref, str) and "\x00" in ref:
+            out.append(f"{key}: {ref!r} contains a NUL byte, which no path can hold; "
+                       "remove it")
+    if out:
+        return out
     for key in ("base_model", "tokenizer_config"):
         ref = raw.get(key)
         if isinstance(ref, str) and is_local_ref(ref) and not Path(ref).expanduser().exists():

@@ -68,8 +68,8 @@ def merge_lora(loaded: LoadedConfig) -> Path:
     from peft import PeftModel
     from transformers import AutoTokenizer
 
+    from toolkit.trainer import quiet_libraries
     from toolkit.trainer.files import make_readable, write_json_atomic
-    from toolkit.trainer.progress import quiet_libraries
 
     quiet_libraries()
 

@@ -149,8 +149,8 @@ def build_model(tokenizer, moe: bool = False, seed: int = 0, hidden: int = 64, l
 
 def write_tiny_model(out_dir: str | Path, moe: bool = False, seed: int = 0) -> Path:
     """Build and save the tiny model and tokenizer into `out_dir` (created if missing)."""
+    from toolkit.trainer import quiet_libraries
     from toolkit.trainer.files import make_readable
-    from toolkit.trainer.progress import quiet_libraries
 
     quiet_libraries()
     out_dir = Path(out_dir)

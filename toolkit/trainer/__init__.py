@@ -12,6 +12,23 @@ from importlib import import_module
 for _name in ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
+def quiet_libraries() -> None:
+    """Keep our logs readable: no per-file progress bars, no deprecation chatter
+    from inside the libraries (their real warnings still show)."""
+    import os
+    import sys
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    # datasets reads this when it is imported (only some paths need it: not JSON Lines).
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+
+
 RECIPES = {"sft": "sft", "preference": "preference", "reward": "reward", "prm": "prm"}
 
 

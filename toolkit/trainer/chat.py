@@ -18,12 +18,15 @@ tokenization, merges included.
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from toolkit.config import Config, DatasetConfig
 from toolkit.errors import DataError
-from toolkit.templates import template_text
+from toolkit.templates import plain_renderer, template_text
 
 IGNORE_INDEX = -100
 
@@ -123,25 +126,56 @@ class ChatEncoder:
         # e.g. {enable_thinking: false}: Qwen3 then puts an empty think block in the
         # generation prompt, so it is part of the prompt, not of the trained reply.
         self.template_kwargs = template_kwargs or {}
+        self._plain = plain_renderer(template)
+        self._variables = {**tokenizer.special_tokens_map, **self.template_kwargs}
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        if self._plain is not None:
+            return self._plain(messages=messages, add_generation_prompt=add_generation_prompt,
+                               **self._variables)
         return self.tokenizer.apply_chat_template(
             messages, chat_template=self.template, tokenize=False,
             add_generation_prompt=add_generation_prompt, **self.template_kwargs)
 
     def encode(self, messages: list[dict], rule: TurnRule) -> tuple[list[int], list[int]]:
         """Token ids and labels (IGNORE_INDEX where no loss) for one conversation."""
-        text = self.render(messages)
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(enc["input_ids"])
-        if rule.train_on_inputs:
-            return ids, list(ids)
-        spans = self._trained_spans(messages, text, rule)
-        labels = [IGNORE_INDEX] * len(ids)
-        for t, (start, _end) in enumerate(enc["offset_mapping"]):
-            if any(a <= start < b for a, b in spans):
-                labels[t] = ids[t]
+        [(ids, labels)] = self.encode_many([messages], rule)
         return ids, labels
+
+    def encode_many(self, conversations: list[list[dict]], rule: TurnRule
+                    ) -> list[tuple[list[int], list[int]]]:
+        """`encode` for many conversations: their texts are tokenized in one batch."""
+        texts = [self.render(messages) for messages in conversations]
+        out = []
+        for messages, text, (ids, first_at) in zip(conversations, texts, self._tokenize(texts),
+                                                   strict=True):
+            if rule.train_on_inputs:
+                out.append((ids, list(ids)))
+                continue
+            labels = [IGNORE_INDEX] * len(ids)
+            # A span trains the tokens that start inside it: one slice of the ids.
+            for a, b in self._trained_spans(messages, text, rule):
+                lo, hi = first_at(a), first_at(b)
+                labels[lo:hi] = ids[lo:hi]
+            out.append((ids, labels))
+        return out
+
+    def _tokenize(self, texts: list[str]) -> list[tuple[list[int], Callable[[int], int]]]:
+        """Each text's ids and a function giving the index of its first token that starts
+        at or after a character position. A fast tokenizer answers from its Rust
+        encoding (one batch call, no per-token offsets in Python); a slow one from its
+        offsets."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            out = []
+            for text in texts:
+                enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+                starts = [a for a, _ in enc["offset_mapping"]]
+                out.append((list(enc["input_ids"]), partial(bisect.bisect_left, starts)))
+            return out
+        return [(enc.ids, partial(_first_token_at, enc, len(text)))
+                for enc, text in zip(backend.encode_batch(texts, add_special_tokens=False),
+                                     texts, strict=True)]
 
     def _trained_spans(self, messages: list[dict], text: str, rule: TurnRule
                        ) -> list[tuple[int, int]]:
@@ -196,6 +230,17 @@ class ChatEncoder:
         if mode == "last":
             return [(a, b) for a, b, _ in eots[-1:]]
         return []
+
+
+def _first_token_at(enc, length: int, pos: int) -> int:
+    """The index of the first token of a tokenizers Encoding that starts at or after
+    character `pos` (token starts never decrease)."""
+    if pos >= length:
+        return len(enc.ids)
+    token = enc.char_to_token(pos)
+    if token is None:  # a character no token covers (a normalizer dropped it): search
+        return bisect.bisect_left([a for a, _ in enc.offsets], pos)
+    return token if enc.token_to_chars(token)[0] >= pos else token + 1
 
 
 def _visible_content(msg: dict) -> str:

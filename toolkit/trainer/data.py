@@ -8,9 +8,13 @@ are counted in the report, as are rows left with no trained token.
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import random
 import re
+from array import array
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,8 +64,11 @@ class DataReport:
 
 @dataclass
 class Example:
-    input_ids: list[int]
-    labels: list[int]
+    """One tokenized row: int arrays (array('i')) from tokenization and the cache, which
+    the training sets turn into lists; any int sequence works."""
+
+    input_ids: Sequence[int]
+    labels: Sequence[int]
 
 
 def read_rows(ds: DatasetConfig, index: int) -> list[dict]:
@@ -228,36 +235,110 @@ def build_examples(cfg: Config, encoder: ChatEncoder) -> tuple[list[Example], Da
     examples: list[Example] = []
     for index, ds in enumerate(cfg.datasets):
         rows = read_rows(ds, index)
-        rule = TurnRule.from_config(cfg, ds)
         bad: list[str] = []
         before = len(examples)
-        for n, row in enumerate(rows, start=1):
+        encoded = encode_rows(encoder, ds, TurnRule.from_config(cfg, ds), rows,
+                              processes_for(cfg, len(rows)))
+        for n, result in enumerate(encoded, start=1):
             report.rows += 1
-            try:
-                ids, labels = encoder.encode(normalize_messages(row, ds), rule)
-            except RowError as exc:
-                bad.append(f"row {n}: {exc}")
+            if isinstance(result, str):
+                bad.append(f"row {n}: {result}")
                 continue
+            ids, labels = result
             if len(ids) > cfg.sequence_len:
                 if cfg.excess_length_strategy == "drop":
                     report.dropped_too_long += 1
                     continue
                 ids, labels = ids[:cfg.sequence_len], labels[:cfg.sequence_len]
                 report.truncated += 1
-            if all(label == IGNORE_INDEX for label in labels):
+            trained = len(labels) - labels.count(IGNORE_INDEX)
+            if not trained:
                 report.dropped_no_trained_tokens += 1
                 continue
+            report.tokens += len(ids)
+            report.trained_tokens += trained
             examples.append(Example(ids, labels))
         if bad:
             raise bad_rows_error(index, ds, bad, len(rows))
         report.per_dataset.append({"path": ds.path, "rows": len(rows),
                                    "kept": len(examples) - before})
     report.kept = len(examples)
-    report.tokens = sum(len(e.input_ids) for e in examples)
-    report.trained_tokens = sum(sum(1 for x in e.labels if x != IGNORE_INDEX) for e in examples)
     if not examples:
         raise DataError("no usable rows after tokenization; " + " ".join(report.lines(cfg)))
     return examples, report
+
+
+# Rows per task a worker process takes; below PARALLEL_FROM rows one process does all.
+CHUNK = 256
+PARALLEL_FROM = 2048
+
+
+def processes_for(cfg: Config, rows: int) -> int:
+    """dataset_processes, else this process's share of the CPUs (torchrun starts one
+    tokenizing process per local rank)."""
+    if rows < PARALLEL_FROM:
+        return 1
+    if cfg.dataset_processes:
+        return cfg.dataset_processes
+    share = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, share)
+
+
+# What the worker processes tokenize with: set before they fork, so never pickled.
+_JOB: tuple | None = None
+
+
+def encode_rows(encoder: ChatEncoder, ds: DatasetConfig, rule: TurnRule, rows: list[dict],
+                processes: int) -> list[tuple[array, array] | str]:
+    """Each row's (ids, labels) as int arrays, or the reason it cannot be used — in row
+    order, over `processes` forked workers when more than one."""
+    global _JOB
+    chunks = [rows[i:i + CHUNK] for i in range(0, len(rows), CHUNK)]
+    _JOB = (encoder, ds, rule)
+    # Encoding makes millions of small objects and frees few: the collector's full
+    # passes over them would take a fifth of the time, and find nothing to free.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        if processes == 1:
+            done = [_encode_chunk(chunk) for chunk in chunks]
+        else:
+            import multiprocessing
+
+            # Each worker is single-threaded; the Rust tokenizer's own threads would
+            # only contend with the other workers.
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            with multiprocessing.get_context("fork").Pool(processes) as pool:
+                done = pool.map(_encode_chunk, chunks)
+    finally:
+        _JOB = None
+        if collecting:
+            gc.enable()
+    return [result for chunk in done for result in chunk]
+
+
+def _encode_chunk(rows: list[dict]) -> list[tuple[array, array] | str]:
+    encoder, ds, rule = _JOB
+    out: list = [None] * len(rows)
+    good: list[tuple[int, list[dict]]] = []
+    for i, row in enumerate(rows):
+        try:
+            good.append((i, normalize_messages(row, ds)))
+        except RowError as exc:
+            out[i] = str(exc)
+    try:
+        encoded = encoder.encode_many([m for _, m in good], rule)
+    except RowError:  # one row's turns cannot be found: encode alone to name it
+        encoded = []
+        for _, messages in good:
+            try:
+                encoded.append(encoder.encode(messages, rule))
+            except RowError as exc:
+                encoded.append(str(exc))
+    for (i, _), result in zip(good, encoded, strict=True):
+        out[i] = result if isinstance(result, str) else (array("i", result[0]),
+                                                         array("i", result[1]))
+    return out
 
 
 def bad_rows_error(index: int, ds: DatasetConfig, bad: list[str], total: int) -> DataError:

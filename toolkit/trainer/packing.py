@@ -61,7 +61,8 @@ def pack(examples: list, capacity: int) -> tuple[list[Packed], float]:
         for i in group:
             e = examples[i]
             ids += e.input_ids
-            labels += [IGNORE_INDEX] + e.labels[1:]
+            labels.append(IGNORE_INDEX)
+            labels += e.labels[1:]
             positions += range(len(e.input_ids))
         rows.append(Packed(ids, labels, positions))
     real = sum(len(e.input_ids) for e in examples)

@@ -5,21 +5,11 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from pathlib import Path
 
 from transformers import TrainerCallback
-from transformers.utils import logging as hf_logging
 
-
-def quiet_libraries() -> None:
-    """Keep our logs readable: no per-file progress bars, no deprecation chatter
-    from inside the libraries (their real warnings still show)."""
-    hf_logging.disable_progress_bar()
-    import datasets
-
-    datasets.disable_progress_bars()
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+from toolkit.trainer.throughput import peak_memory_gib
 
 
 def is_main_process() -> bool:
@@ -52,7 +42,24 @@ class ProgressLog(TrainerCallback):
         self.metrics: list[dict] = []   # every logged training value, by step
         self.evals: list[dict] = []     # every evaluation, by step
         self.tokens_seen = 0
+        self.rates: list[tuple[int, float]] = []
         self._last = (time.monotonic(), 0)
+        self.flops_per_token: float | None = None
+        self.peak_flops: float | None = None
+        self.device = "cpu"
+        self.board = None
+
+    def measure(self, flops_per_token: float | None, peak_flops: float | None, device: str,
+                board) -> None:
+        """What MFU and memory are computed from, and where scalars go (TensorBoard)."""
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self.device, self.board = device, board
+
+    def mfu(self, tokens_per_second: float, world_size: int) -> float | None:
+        """Tokens/s (all processes) as a fraction of the devices' peak."""
+        if not (self.flops_per_token and self.peak_flops and tokens_per_second):
+            return None
+        return tokens_per_second * self.flops_per_token / (self.peak_flops * world_size)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last = (time.monotonic(), 0)
@@ -69,19 +76,34 @@ class ProgressLog(TrainerCallback):
                                 if "eval_" + k in logs)
                 self.log(f"eval: step {state.global_step} eval_loss {logs['eval_loss']:.4f}"
                          f"{shown}")
+                if self.board:
+                    self.board.scalars(state.global_step, {"eval/loss": logs["eval_loss"]})
             return
         now, tokens = time.monotonic(), int(state.num_input_tokens_seen or 0)
         then, before = self._last
         rate = (tokens - before) / (now - then) if now > then else 0.0
         self._last = (now, tokens)
         self.tokens_seen = tokens
-        self.losses.append((state.global_step, float(logs["loss"])))
-        self.metrics.append({"step": state.global_step, **_numbers(logs)})
+        step = state.global_step
+        mfu = self.mfu(rate, args.world_size)
+        memory, _ = peak_memory_gib(self.device)
+        self.losses.append((step, float(logs["loss"])))
+        self.metrics.append({"step": step, **_numbers(logs), "tokens_per_second": rate,
+                             "mfu": mfu, "peak_memory_gib": memory})
+        if tokens:
+            self.rates.append((step, rate))
         shown = "".join(f" {k} {logs[k]:.3f}" for k in SHOWN if k in logs)
-        self.log(f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
+        self.log(f"step {step}/{state.max_steps} loss {logs['loss']:.4f} "
                  f"lr {logs.get('learning_rate', 0):.2e} grad_norm "
                  f"{float(logs.get('grad_norm', 0)):.3f}{shown}"
-                 + (f" tokens/s {rate:,.0f}" if tokens else ""))
+                 + (f" tokens/s {rate:,.0f}" if tokens else "")
+                 + (f" mfu {100 * mfu:.1f}%" if mfu else "") + f" mem {memory:.2f} GiB")
+        if self.board:
+            self.board.scalars(step, {"train/loss": logs["loss"],
+                                      "train/learning_rate": logs.get("learning_rate"),
+                                      "train/grad_norm": logs.get("grad_norm"),
+                                      "train/tokens_per_second": rate if tokens else None,
+                                      "train/mfu": mfu, "train/peak_memory_gib": memory})
 
 
 # What preference and reward trainers log that tells whether training works.

@@ -34,8 +34,8 @@ def train(loaded: LoadedConfig) -> Path:
     train_rows, val_rows = split_validation(examples, cfg.val_set_size, cfg.seed)
     log(f"data: {len(train_rows)} training rows, {len(val_rows)} held out")
     packing = {}
-    train_set = [{"input_ids": e.input_ids, "labels": e.labels} for e in train_rows]
-    val_set = [{"input_ids": e.input_ids, "labels": e.labels} for e in val_rows]
+    train_set = [{"input_ids": list(e.input_ids), "labels": list(e.labels)} for e in train_rows]
+    val_set = [{"input_ids": list(e.input_ids), "labels": list(e.labels)} for e in val_rows]
     if cfg.sample_packing:
         packed, fill = pack(train_rows, cfg.sequence_len)
         train_set = [p.as_row() for p in packed]

@@ -8,11 +8,19 @@ from pathlib import Path
 
 from toolkit.config import Config, LoadedConfig
 from toolkit.errors import Preempted
+from toolkit.trainer import quiet_libraries
 from toolkit.trainer.checkpoints import CheckpointMarker, Preemption, find_resume
 from toolkit.trainer.files import make_readable
 from toolkit.trainer.manifest import write_manifest
 from toolkit.trainer.model import Resolved, resolve
-from toolkit.trainer.progress import ProgressLog, RunLog, quiet_libraries
+from toolkit.trainer.progress import ProgressLog, RunLog
+from toolkit.trainer.throughput import (
+    TensorBoard,
+    flops_per_token,
+    peak_flops,
+    peak_memory_gib,
+    write_chart,
+)
 
 
 def start_run(cfg: Config) -> tuple[RunLog, ProgressLog, Resolved]:
@@ -53,9 +61,18 @@ def train_and_save(trainer, tokenizer, loaded: LoadedConfig, progress: ProgressL
         trainer.add_callback(EarlyStoppingCallback(cfg.early_stopping_patience))
     preemption = Preemption()
     trainer.add_callback(preemption)
+    resolved = facts["resolved"]
+    board = TensorBoard(out / "tensorboard") if trainer.is_world_process_zero() else None
+    progress.measure(_flops_per_token(cfg, trainer.model, facts.get("data")),
+                     peak_flops(resolved["device"], resolved["device_name"], resolved["dtype"]),
+                     resolved["device"], board)
     started = time.monotonic()
-    with preemption.installed():
-        result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        with preemption.installed():
+            result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if board:
+            board.close()
     elapsed = time.monotonic() - started
     if preemption.requested:
         step = trainer.state.global_step
@@ -67,6 +84,10 @@ def train_and_save(trainer, tokenizer, loaded: LoadedConfig, progress: ProgressL
         return out
     tokenizer.save_pretrained(str(out))
     make_readable(out)
+    rate = progress.tokens_seen / elapsed if elapsed and progress.tokens_seen else None
+    memory, memory_kind = peak_memory_gib(resolved["device"])
+    charted = write_chart(out / "loss.png", progress.losses, progress.eval_losses,
+                          progress.rates)
     manifest = write_manifest(
         out, loaded, recipe=recipe, **facts,
         steps=trainer.state.global_step, epochs=trainer.state.epoch,
@@ -75,9 +96,20 @@ def train_and_save(trainer, tokenizer, loaded: LoadedConfig, progress: ProgressL
         eval_loss=progress.eval_losses[-1][1] if progress.eval_losses else None,
         loss_history=progress.losses, metrics_history=progress.metrics,
         eval_history=progress.evals,
-        tokens_per_second=progress.tokens_seen / elapsed if elapsed and progress.tokens_seen
-        else None,
-        train_seconds=elapsed, world_size=trainer.args.world_size)
+        tokens_per_second=rate, mfu=progress.mfu(rate, trainer.args.world_size),
+        flops_per_token=progress.flops_per_token,
+        peak_memory_gib=memory, peak_memory_of=memory_kind,
+        train_seconds=elapsed, world_size=trainer.args.world_size,
+        chart="loss.png" if charted else None,
+        tensorboard="tensorboard" if board and board.writer else None)
     progress.log(f"saved {'adapter' if cfg.uses_lora else 'model'} and tokenizer to {out}; "
                  f"manifest {manifest}; log {out / 'train.log'}")
     return out
+
+
+def _flops_per_token(cfg: Config, model, data: dict | None) -> float | None:
+    """For causal-LM SFT, where the mean sequence length is known from the data report;
+    the other recipes' sequences are pairs or steps, and MFU is not reported for them."""
+    if cfg.recipe != "sft" or not data or not data.get("kept"):
+        return None
+    return flops_per_token(model.config, not cfg.uses_lora, data["tokens"] / data["kept"])
