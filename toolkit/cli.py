@@ -167,8 +167,23 @@ def cmd_validate(args, extra) -> int:
     return 0
 
 
-def cmd_train(args, extra) -> int:
+def _with_local_data(args, extra) -> tuple:
+    """The config, with remote datasets (s3://, gs://, az://) fetched to the host's cache
+    and the config pointed at the copies; and the overrides to pass on, those included."""
     loaded = _load(args, extra)
+    raw = [{"path": d.path, "data_files": d.data_files} for d in loaded.config.datasets]
+    if not any("://" in d["path"] for d in raw):
+        return loaded, extra
+    from toolkit.config import load_config, parse_overrides
+    from toolkit.remote import fetch_remote_datasets
+
+    fetched = [f"--{key}={value}" for key, value in fetch_remote_datasets(raw).items()]
+    extra = [*extra, *fetched]
+    return load_config(args.config, parse_overrides(extra)), extra
+
+
+def cmd_train(args, extra) -> int:
+    loaded, extra = _with_local_data(args, extra)
     cfg = loaded.config
     distributed = _distributed_args(args)
     if _runtime_of(args) == "docker":
@@ -201,7 +216,7 @@ def _distributed_args(args) -> list[str]:
 
 
 def cmd_preprocess(args, extra) -> int:
-    loaded = _load(args, extra)
+    loaded, extra = _with_local_data(args, extra)
     if _runtime_of(args) == "docker":
         return _in_container("preprocess", args, extra, loaded)
     from toolkit.trainer.prepared import preprocess

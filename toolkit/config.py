@@ -718,7 +718,10 @@ def _cross_field_problems(raw: dict) -> list[str]:
 
 
 def is_local_ref(ref: str) -> bool:
-    """Whether a model or dataset reference names a local path rather than a hub id."""
+    """Whether a model or dataset reference names a local path rather than a hub id or
+    a URL (s3://, gs://, …)."""
+    if "://" in ref:
+        return False
     if ref.startswith(("/", "./", "../", "~")) or os.path.exists(os.path.expanduser(ref)):
         return True
     return Path(ref).suffix in DATA_SUFFIXES or ref.count("/") != 1
