@@ -220,3 +220,65 @@ def test_the_4bit_optimizer_trains(tiny_model_dir, write_config):
     run = json.loads((train(loaded) / "run.json").read_text())
     assert run["resolved"]["optimizations"] == {"optimizer": "adamw_torch_4bit (torchao)"}
     assert len(run["loss_history"]) == 3
+
+
+TWO_GPUS = Machine(cuda=True, world_size=2, installed=frozenset({"liger_kernel"}))
+
+
+@pytest.mark.parametrize("changes, machine, expected", [
+    ({"fsdp_version": 2}, TWO_GPUS, "on (FSDP2, 2 processes)"),
+    ({"fsdp_version": 2}, H100, "off: one process (FSDP shards across the processes of a "
+                                "launch with --nproc-per-node N)"),
+    ({"fsdp_version": 2}, Machine(world_size=2),
+     "off: accelerate shards with FSDP on GPUs only; this CPU launch runs DDP"),
+])
+def test_fsdp_decisions(write_config, changes, machine, expected):
+    assert decide(cfg_of(write_config, **changes), machine)["fsdp"] == expected
+
+
+def test_deepspeed_needs_its_package_on_gpus_and_falls_back_to_ddp_on_cpus(write_config):
+    cfg = cfg_of(write_config, deepspeed="zero3")
+    assert decide(cfg, Machine(world_size=2))["deepspeed"] == (
+        "off: DeepSpeed needs GPUs; this CPU launch runs DDP")
+    with pytest.raises(UsageError, match="use fsdp_version: 2, which shards as ZeRO-3 does"):
+        decide(cfg, TWO_GPUS)
+    on = Machine(cuda=True, world_size=4, installed=frozenset({"deepspeed"}))
+    assert decide(cfg, on)["deepspeed"] == "on (zero3, 4 processes)"
+
+
+def test_axolotl_fsdp_spellings_map_onto_fsdp_config(write_config):
+    loaded = load_config(write_config({
+        "fsdp": ["full_shard", "auto_wrap", "offload"],
+        "fsdp_config": {"fsdp_transformer_layer_cls_to_wrap": "Qwen3DecoderLayer",
+                        "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+                        "fsdp_use_orig_params": False, "fsdp_sync_module_states": True}}))
+    cfg = loaded.config
+    assert cfg.fsdp_version == 1
+    assert cfg.fsdp_config.offload_params is True
+    assert cfg.fsdp_config.transformer_layer_cls_to_wrap == "Qwen3DecoderLayer"
+    assert cfg.fsdp_config.state_dict_type == "SHARDED_STATE_DICT"
+    assert any(w.startswith("fsdp: ['full_shard', 'auto_wrap', 'offload'] is deprecated; read "
+                            "as fsdp_version: 1") for w in loaded.warnings)
+    assert "fsdp_config.use_orig_params: False is not used (transformers and accelerate " \
+           "choose it for FSDP); ignored" in loaded.warnings
+    fsdp2 = load_config(write_config({"fsdp_config": {"reshard_after_forward": False}})).config
+    assert fsdp2.fsdp_version == 2
+
+
+def test_fsdp_and_deepspeed_settings_are_what_transformers_accepts(write_config):
+    from transformers import TrainingArguments
+
+    from toolkit.trainer.optimize import deepspeed_args, fsdp_args
+
+    cfg = cfg_of(write_config, fsdp_version=2, fsdp_config={
+        "transformer_layer_cls_to_wrap": "Qwen3MoeDecoderLayer", "offload_params": True,
+        "reshard_after_forward": False})
+    args = TrainingArguments(output_dir="unused", use_cpu=True,
+                             **fsdp_args(cfg, {"fsdp": "on"}))
+    assert args.fsdp_plugin_args == {
+        "fsdp_version": 2, "cpu_offload": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "transformer_cls_names_to_wrap": "Qwen3MoeDecoderLayer",
+        "cpu_ram_efficient_loading": False, "state_dict_type": "FULL_STATE_DICT",
+        "activation_checkpointing": False, "reshard_after_forward": False}
+    bundled = deepspeed_args(cfg_of(write_config, deepspeed="zero2"), {"deepspeed": "on"})
+    assert json.loads(open(bundled["deepspeed"]).read())["zero_optimization"]["stage"] == 2

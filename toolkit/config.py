@@ -67,10 +67,6 @@ LR_SCHEDULERS = (
 # false, empty) they ask for nothing and are accepted; any other value is refused
 # by name with what to do instead.
 UNSUPPORTED_KEYS = {
-    "deepspeed": "DeepSpeed is not supported yet; remove the key to train on one device",
-    "fsdp": "FSDP is not supported yet; remove the key to train on one device",
-    "fsdp_config": "FSDP is not supported yet; remove the key to train on one device",
-    "fsdp_version": "FSDP is not supported yet; remove the key to train on one device",
     "xformers_attention": "xformers is not supported; set it false (sdpa is used)",
     "sdp_attention": "sdpa is already the attention used; remove the key",
     "trust_remote_code": "remote code is never run; Qwen3 needs none. Set it false",
@@ -78,6 +74,9 @@ UNSUPPORTED_KEYS = {
     "lora_model_dir": "starting from a trained adapter is not implemented yet; remove the key",
 }
 OFF_VALUES = (None, False, "", [], {})
+
+# DeepSpeed configs shipped in toolkit/deepspeed/, by the name `deepspeed:` takes.
+DEEPSPEED_BUNDLED = ("zero1", "zero2", "zero3")
 
 # axolotl's plugins, by the class path its configs list, and the keys each one reads.
 # Here those keys work without the plugin; listing it is accepted and checked.
@@ -111,6 +110,22 @@ class _Strict(BaseModel):
 class MessageMapping(_Strict):
     role: str = "role"
     content: str = "content"
+
+
+class FSDPConfig(_Strict):
+    """`fsdp_config` (axolotl's keys without their old `fsdp_` prefix; transformers'
+    meaning). Layers are wrapped per decoder layer (Qwen3DecoderLayer,
+    Qwen3MoeDecoderLayer) unless transformer_layer_cls_to_wrap says otherwise."""
+
+    reshard_after_forward: bool = True
+    offload_params: bool = False
+    cpu_ram_efficient_loading: bool = False
+    activation_checkpointing: bool = False
+    auto_wrap_policy: Literal["TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP",
+                              "NO_WRAP"] = "TRANSFORMER_BASED_WRAP"
+    transformer_layer_cls_to_wrap: str | list[str] | None = None
+    min_num_params: NonNegInt = 0
+    state_dict_type: Literal["FULL_STATE_DICT", "SHARDED_STATE_DICT"] = "FULL_STATE_DICT"
 
 
 # Dataset types by the recipe that reads them (axolotl's names where axolotl has one).
@@ -225,6 +240,13 @@ class Config(_Strict):
     # nn.Parameters (not Linear layers) that get an adapter: Qwen3-MoE's fused experts,
     # e.g. [mlp.experts.gate_up_proj, mlp.experts.down_proj].
     lora_target_parameters: list[str] | None = None
+
+    # Fully sharded data parallel over the processes of a distributed launch; with
+    # fsdp_config alone, version 2.
+    fsdp_version: Literal[1, 2] | None = None
+    fsdp_config: FSDPConfig | None = None
+    # A DeepSpeed JSON file, or toolkit's bundled zero1 / zero2 / zero3.
+    deepspeed: str | None = None
 
     micro_batch_size: PositiveInt = 1
     # The global batch per optimizer step on one device; with micro_batch_size it
@@ -458,6 +480,47 @@ def _map_deprecated(raw: dict, sources: dict[str, str]) -> tuple[dict, list[str]
         raw.pop("sdp_attention")
     if raw.get("eager_attention") is True:
         move("eager_attention", "attn_implementation", "eager")
+    fsdp_list = raw.pop("fsdp", None)
+    if isinstance(fsdp_list, str):
+        fsdp_list = fsdp_list.split()
+    if isinstance(fsdp_list, list) and fsdp_list:
+        fsdp_cfg = dict(raw.get("fsdp_config") or {})
+        if "shard_grad_op" in fsdp_list:
+            fsdp_cfg.setdefault("reshard_after_forward", False)
+        if "offload" in fsdp_list:
+            fsdp_cfg.setdefault("offload_params", True)
+        raw["fsdp_config"] = fsdp_cfg
+        if raw.get("fsdp_version") is None:
+            raw["fsdp_version"] = 1
+            sources["fsdp_version"] = "mapped from fsdp (a list means FSDP1)"
+        notes.append(f"fsdp: {fsdp_list} is deprecated; read as fsdp_version: "
+                     f"{raw['fsdp_version']} with fsdp_config (FSDP2 is fsdp_version: 2)")
+    elif fsdp_list not in OFF_VALUES:
+        raw["fsdp"] = fsdp_list  # not a list: left for validation to name
+    if isinstance(raw.get("fsdp_config"), dict):
+        renamed = {k: k.removeprefix("fsdp_") for k in raw["fsdp_config"] if
+                   k.startswith("fsdp_")}
+        if renamed:
+            raw["fsdp_config"] = {renamed.get(k, k): v for k, v in raw["fsdp_config"].items()}
+            notes.append("fsdp_config: the fsdp_ prefix is deprecated; read "
+                         + ", ".join(f"{old} as {new}" for old, new in renamed.items()))
+        if "sharding_strategy" in raw["fsdp_config"]:
+            strategy = raw["fsdp_config"].pop("sharding_strategy")
+            if strategy in ("FULL_SHARD", "SHARD_GRAD_OP"):
+                raw["fsdp_config"]["reshard_after_forward"] = strategy == "FULL_SHARD"
+                notes.append(f"fsdp_config.sharding_strategy: {strategy} is FSDP1's; read as "
+                             f"reshard_after_forward: {strategy == 'FULL_SHARD'}")
+            else:
+                raw["fsdp_config"]["sharding_strategy"] = strategy  # refused by name
+        for gone in ("use_orig_params", "sync_module_states", "limit_all_gathers",
+                     "forward_prefetch", "backward_prefetch"):
+            if gone in raw["fsdp_config"]:
+                value = raw["fsdp_config"].pop(gone)
+                notes.append(f"fsdp_config.{gone}: {value!r} is not used (transformers and "
+                             "accelerate choose it for FSDP); ignored")
+    if raw.get("fsdp_config") and raw.get("fsdp_version") is None:
+        raw["fsdp_version"] = 2
+        sources["fsdp_version"] = "derived: fsdp_config without fsdp_version"
     if raw.get("gradient_checkpointing") == "offload":
         raw["gradient_checkpointing"] = True
         if raw.get("activation_offloading") in (None, False):
@@ -564,7 +627,7 @@ def _clean_loc(loc: tuple) -> tuple:
 
 def _is_branch(part: str) -> bool:
     return part.startswith(("literal[", "list[", "dict[", "function-")) or part in (
-        "str", "int", "bool", "float", "none", "MessageMapping", "DatasetConfig")
+        "str", "int", "bool", "float", "none", "MessageMapping", "DatasetConfig", "FSDPConfig")
 
 
 def _expected(err: dict) -> str:
@@ -693,7 +756,7 @@ def _cross_field_problems(raw: dict) -> list[str]:
         out.append(f"batch_size {raw['batch_size']} is not a multiple of micro_batch_size "
                    f"{raw.get('micro_batch_size', 1)}; change one of them")
     if raw.get("deepspeed") not in OFF_VALUES and any(
-            raw.get(k) not in OFF_VALUES for k in ("fsdp", "fsdp_config", "fsdp_version")):
+            raw.get(k) not in OFF_VALUES for k in ("fsdp_config", "fsdp_version")):
         out.append("deepspeed and fsdp are both set; they exclude each other: keep one")
     if raw.get("warmup_steps") is not None and raw.get("warmup_ratio") is not None:
         out.append(f"warmup_steps ({_show(raw['warmup_steps'])}) and warmup_ratio "
@@ -760,6 +823,11 @@ def _path_problems(raw: dict) -> list[str]:
         elif where.is_file() and ds.get("ds_type") is None and where.suffix not in DATA_SUFFIXES:
             out.append(f"datasets[{i}].path: cannot tell the format of {ref!r}; "
                        f"set ds_type to one of {sorted(set(DATA_SUFFIXES.values()))}")
+    ds_file = raw.get("deepspeed")
+    if isinstance(ds_file, str) and ds_file not in DEEPSPEED_BUNDLED and not Path(
+            ds_file).expanduser().is_file():
+        out.append(f"deepspeed: {ds_file!r} is not a file; give a DeepSpeed JSON config or "
+                   f"one of toolkit's: {', '.join(DEEPSPEED_BUNDLED)}")
     out_dir = raw.get("output_dir")
     if isinstance(out_dir, str) and Path(out_dir).expanduser().is_file():
         out.append(f"output_dir: {out_dir!r} is a file; choose a directory path")

@@ -6,7 +6,7 @@ import math
 
 from toolkit.config import Config
 from toolkit.trainer.model import Resolved
-from toolkit.trainer.optimize import compile_args
+from toolkit.trainer.optimize import compile_args, deepspeed_args, fsdp_args
 
 
 def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) -> dict:
@@ -64,4 +64,6 @@ def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) ->
         **save,
         **evaluation,
         **compile_args(cfg, resolved.optimizations),
+        **fsdp_args(cfg, resolved.optimizations),
+        **deepspeed_args(cfg, resolved.optimizations),
     )

@@ -29,13 +29,15 @@ class Machine:
     hip: bool = False
     compiler: bool = False      # a C compiler for torch.compile's CPU code
     installed: frozenset[str] = frozenset()
+    world_size: int = 1         # processes in this (torchrun) launch
 
     @classmethod
     def here(cls, cuda: bool, hip: bool) -> Machine:
-        names = ("liger_kernel", "cut_cross_entropy", "torchao", "flash_attn")
+        names = ("liger_kernel", "cut_cross_entropy", "torchao", "flash_attn", "deepspeed")
         return cls(cuda=cuda, hip=hip,
                    compiler=shutil.which(os.environ.get("CC", "cc")) is not None,
-                   installed=frozenset(n for n in names if importlib.util.find_spec(n)))
+                   installed=frozenset(n for n in names if importlib.util.find_spec(n)),
+                   world_size=int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def decide(cfg: Config, machine: Machine) -> dict[str, str]:
@@ -81,6 +83,27 @@ def decide(cfg: Config, machine: Machine) -> dict[str, str]:
             out[key] = f"on ({', '.join(modules)})"
     if cfg.lora_target_parameters:
         out["lora_target_parameters"] = f"on ({', '.join(cfg.lora_target_parameters)})"
+    if cfg.fsdp_version:
+        # accelerate builds its FSDP plugin for multi-GPU launches only; on CPUs the
+        # same launch is DDP (the same training, every process holding the whole model).
+        out["fsdp"] = ("off: one process (FSDP shards across the processes of a launch with "
+                       "--nproc-per-node N)" if machine.world_size == 1 else
+                       "off: accelerate shards with FSDP on GPUs only; this CPU launch runs "
+                       "DDP" if not machine.cuda else
+                       f"on (FSDP{cfg.fsdp_version}, {machine.world_size} processes)")
+    if cfg.deepspeed:
+        if machine.world_size == 1:
+            out["deepspeed"] = ("off: one process (ZeRO shards across the processes of a "
+                                "launch with --nproc-per-node N)")
+        elif not machine.cuda:
+            out["deepspeed"] = "off: DeepSpeed needs GPUs; this CPU launch runs DDP"
+        elif "deepspeed" not in machine.installed:
+            raise UsageError("deepspeed: the deepspeed package is not installed in this "
+                             "environment (toolkit's images leave it out: it compiles its "
+                             "ops with a CUDA toolkit they do not carry); use fsdp_version: 2, "
+                             "which shards as ZeRO-3 does")
+        else:
+            out["deepspeed"] = f"on ({cfg.deepspeed}, {machine.world_size} processes)"
     if cfg.adapter == "qlora":
         out["qlora"] = "on (bitsandbytes 4-bit nf4, double quantization)"
     if cfg.optimizer == "adamw_torch_4bit":
@@ -166,3 +189,36 @@ def compile_args(cfg: Config, decisions: dict[str, str]) -> dict:
     return {"torch_compile": True,
             "torch_compile_backend": cfg.torch_compile_backend or "inductor",
             "torch_compile_mode": cfg.torch_compile_mode}
+
+
+def fsdp_args(cfg: Config, decisions: dict[str, str]) -> dict:
+    """TrainingArguments keywords for FSDP (transformers' names), if it is on."""
+    if not decisions.get("fsdp", "off").startswith("on"):
+        return {}
+    from toolkit.config import FSDPConfig
+
+    c = cfg.fsdp_config or FSDPConfig()
+    options = {"version": cfg.fsdp_version, "reshard_after_forward": c.reshard_after_forward,
+               "cpu_ram_efficient_loading": c.cpu_ram_efficient_loading,
+               "activation_checkpointing": c.activation_checkpointing,
+               "auto_wrap_policy": c.auto_wrap_policy, "min_num_params": c.min_num_params,
+               "state_dict_type": c.state_dict_type}
+    if c.transformer_layer_cls_to_wrap:
+        layers = c.transformer_layer_cls_to_wrap
+        options["transformer_layer_cls_to_wrap"] = [layers] if isinstance(layers, str) else layers
+    options["cpu_offload"] = c.offload_params
+    return {"fsdp": True, "fsdp_config": options}
+
+
+def deepspeed_args(cfg: Config, decisions: dict[str, str]) -> dict:
+    """TrainingArguments' `deepspeed` (a bundled name resolved to its file), if it is on."""
+    if not decisions.get("deepspeed", "off").startswith("on"):
+        return {}
+    from importlib import resources
+
+    from toolkit.config import DEEPSPEED_BUNDLED
+
+    if cfg.deepspeed in DEEPSPEED_BUNDLED:
+        return {"deepspeed": str(resources.files("toolkit").joinpath(
+            f"deepspeed/{cfg.deepspeed}.json"))}
+    return {"deepspeed": cfg.deepspeed}
