@@ -57,3 +57,12 @@ def docker_engine():
             pytest.fail(message + " (CI=true: docker tests must run)")
         pytest.skip(message)
     return version
+
+
+@pytest.fixture(scope="session")
+def image(docker_engine) -> str:
+    """The cpu image, built if missing (minutes the first time; layers are reused)."""
+    from toolkit.images import ensure_image, get_variant
+    from toolkit.runtime import Runtime
+
+    return ensure_image(get_variant("cpu"), Runtime())

@@ -20,16 +20,11 @@ from conftest import DEMO_CONFIG, DEMO_DATA, REPO
 from toolkit import launch
 from toolkit.cli import main
 from toolkit.config import load_config
-from toolkit.images import ensure_image, get_variant
+from toolkit.images import get_variant
 from toolkit.runtime import Docker, Runtime
 
 pytestmark = pytest.mark.docker
 USER = (1000, 1000)  # not root, not us: outputs must still belong to the caller
-
-
-@pytest.fixture(scope="session")
-def image(docker_engine) -> str:
-    return ensure_image(get_variant("cpu"), Runtime())
 
 
 @pytest.fixture

@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let pip reach the package index inside the build")
     p.add_argument("--ca-bundle", type=Path, help="CA bundle for pip inside the build")
     p.set_defaults(func=cmd_images_build, takes_overrides=False)
+    p = isub.add_parser("push", help="push a variant to a registry and record its digest",
+                        allow_abbrev=False)
+    p.add_argument("variant")
+    p.add_argument("--registry", required=True, help="HOST[:PORT][/NAMESPACE]")
+    p.set_defaults(func=cmd_images_push, takes_overrides=False)
     p = command("compare", cmd_compare,
                 "do two runs' loss curves agree? (exit 0 if so, 1 if not)")
     p.add_argument("run_a", help="an output_dir, or its run.json")
@@ -298,6 +303,14 @@ def cmd_images_build(args, extra) -> int:
     opts = BuildOptions(base=args.base, local_base=args.local_base, wheelhouse=args.wheelhouse,
                         online=args.online, ca_bundle=args.ca_bundle)
     print(build_image(get_variant(args.variant), _runtime(), opts))
+    return 0
+
+
+def cmd_images_push(args, extra) -> int:
+    from toolkit.images import get_variant, push_image, pushed_file
+
+    record = push_image(get_variant(args.variant), _runtime(), args.registry)
+    print(f"{record['image']}\nrecorded in {pushed_file()}")
     return 0
 
 

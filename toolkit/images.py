@@ -515,3 +515,58 @@ def verify_image(tag: str, runtime: Runtime) -> list:
                        f"{len(report['imports'])} trainer modules import",
                        "rebuild the image" if broken else ""))
     return out
+
+
+def pushed_file() -> Path:
+    """Where pushes are recorded: images/pushed.json (commit it: launches read it), or
+    $TOOLKIT_PUSHED."""
+    return Path(os.environ.get("TOOLKIT_PUSHED", IMAGES_DIR / "pushed.json"))
+
+
+def push_image(variant: Variant, runtime: Runtime, registry: str) -> dict:
+    """Build the variant if needed, push it to `registry` (HOST[:PORT][/NAMESPACE]) and
+    record its digest; return the record. Launches refer to the image by that digest."""
+    registry = registry.rstrip("/")
+    if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)*", registry):
+        raise UsageError(f"--registry {registry!r}: expected HOST[:PORT][/NAMESPACE], e.g. "
+                         "ghcr.io/acme or 127.0.0.1:5000")
+    docker = Docker(runtime)
+    docker.require()
+    local = ensure_image(variant, runtime)
+    remote = f"{registry}/{local}"
+    if not docker.tag(local, remote).ok:
+        raise RuntimeFailure(f"docker tag {local} {remote} failed")
+    res = docker.push(remote)
+    if not res.ok:
+        tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-3:])
+        raise RuntimeFailure(f"pushing {remote} failed:\n{tail}\nLog in first "
+                             f"(`docker login {registry.split('/')[0]}`) if the registry needs it")
+    info = docker.inspect_image(remote) or {}
+    repo = remote.rsplit(":", 1)[0]
+    digest = next((d for d in info.get("RepoDigests") or [] if d.startswith(repo + "@")), None)
+    if digest is None:
+        raise RuntimeFailure(f"pushed {remote}, but the engine reports no digest for it")
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    record = {"variant": variant.name, "registry": registry, "tag": remote, "image": digest,
+              "image_id": info.get("Id"), "lock_sha256": variant.lock_sha256,
+              "source_sha256": labels.get("io.toolkit.source-sha256"),
+              "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = pushed_file()
+    records = json.loads(path.read_text()) if path.exists() else {}
+    records[variant.name] = record
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return record
+
+
+def pushed_image(variant_name: str) -> dict:
+    """The record of the variant's last push, or a UsageError saying how to make one."""
+    path = pushed_file()
+    records = json.loads(path.read_text()) if path.exists() else {}
+    if variant_name not in records:
+        raise UsageError(f"no pushed image for {variant_name} in {path}; a VM pulls its image "
+                         f"from a registry: run `toolkit images push {variant_name} --registry "
+                         "HOST[/NAMESPACE]` first")
+    return records[variant_name]

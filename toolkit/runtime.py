@@ -171,6 +171,12 @@ class Docker:
     def pull(self, ref: str, timeout: float = 600) -> Result:
         return self.runtime.run(["docker", "pull", ref], timeout=timeout)
 
+    def tag(self, source: str, target: str) -> Result:
+        return self.runtime.run(["docker", "tag", source, target], timeout=60)
+
+    def push(self, ref: str, timeout: float = 3600) -> Result:
+        return self.runtime.run(["docker", "push", ref], timeout=timeout)
+
     def import_rootfs(self, tarball: str, tag: str, changes: list[str]) -> Result:
         argv = ["docker", "import"]
         for change in changes:
