@@ -9,8 +9,11 @@ import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
+import yaml
+from conftest import REPO
 
 from toolkit.cli import main
 from toolkit.runtime import Docker, Runtime
@@ -68,3 +71,105 @@ def test_push_records_the_digest_and_a_vm_pulls_by_it(image, registry, tmp_path,
 def test_push_refuses_a_malformed_registry(capsys):
     assert main(["images", "push", "cpu", "--registry", "https://ghcr.io/acme"]) == 2
     assert "expected HOST[:PORT][/NAMESPACE]" in capsys.readouterr().err
+
+
+SKY_PYTHON = REPO / ".venv-sky" / "bin" / "python"
+FAKE_SECRET = "hf_fake_secret_value_0123456789"
+
+
+@pytest.fixture
+def pushed(tmp_path, monkeypatch):
+    """A push record as `toolkit images push` writes it (the digest is made up)."""
+    digest = "registry.example.com/team/toolkit@sha256:" + "ab" * 32
+    records = {name: {"variant": name, "image": digest} for name in ("cpu", "cu130", "rocm7.2")}
+    (tmp_path / "pushed.json").write_text(json.dumps(records))
+    monkeypatch.setenv("TOOLKIT_PUSHED", str(tmp_path / "pushed.json"))
+    monkeypatch.setenv("HF_TOKEN", FAKE_SECRET)
+    return digest
+
+
+def _validator(argv0: Path, what: str):
+    if not argv0.exists():
+        message = f"{what} is not installed ({argv0}); .ci/run installs it"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def test_skypilot_task_passes_skypilots_own_validation(pushed, tiny_model_dir, write_config,
+                                                       tmp_path, capsys):
+    _validator(SKY_PYTHON, "SkyPilot")
+    config = write_config({"base_model": str(tiny_model_dir)})
+    out = tmp_path / "task.yaml"
+    assert main(["launch", "skypilot", str(config), "--variant", "cu130", "--outputs",
+                 "s3://bucket/runs/demo", "--accelerators", "H100:8", "--nodes", "2",
+                 "-o", str(out)]) == 0
+    task = yaml.safe_load(out.read_text())
+    assert task["resources"] == {"image_id": f"docker:{pushed}", "accelerators": "H100:8"}
+    assert task["num_nodes"] == 2 and task["setup"] == "toolkit doctor\n"
+    assert task["file_mounts"]["/toolkit/model"] == str(tiny_model_dir.resolve())
+    assert task["file_mounts"]["/toolkit/outputs"] == {"source": "s3://bucket/runs/demo",
+                                                       "mode": "MOUNT"}
+    assert '--node-rank "$SKYPILOT_NODE_RANK"' in task["run"]
+    vm = yaml.safe_load((tmp_path / "config.vm.yaml").read_text())
+    assert vm["base_model"] == "/toolkit/model" and vm["output_dir"] == "/toolkit/outputs"
+    assert vm["datasets"][0]["path"] == "/toolkit/data/0/demo-chat.jsonl"
+    for path in (out, tmp_path / "config.vm.yaml"):
+        assert FAKE_SECRET not in path.read_text()
+    check = subprocess.run([str(SKY_PYTHON), "-c", (
+        "import sys, yaml, sky\n"
+        "from sky.utils import common_utils, schemas\n"
+        "data = yaml.safe_load(open(sys.argv[1]))\n"
+        "common_utils.validate_schema(data, schemas.get_task_schema(), 'invalid task: ')\n"
+        "task = sky.Task.from_yaml(sys.argv[1])\n"
+        "print(task.num_nodes, sorted(task.file_mounts or {}))\n"),
+        str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert check.returncode == 0, check.stderr[-2000:]
+    assert check.stdout.startswith("2 ['/toolkit/config.yaml', '/toolkit/data/0/demo-chat.jsonl'")
+    # Null-valued secrets are SkyPilot's references filled at launch (sky launch --secret).
+    assert task["secrets"]["HF_TOKEN"] is None
+
+
+@pytest.mark.parametrize("variant, expect", [
+    ("cu130", "nvidia-ctk runtime configure --runtime=docker"),
+    ("rocm7.2", "--device /dev/kfd --device /dev/dri"),
+])
+def test_cloud_init_passes_cloud_inits_schema_and_bash(pushed, write_config, tmp_path, variant,
+                                                      expect):
+    _validator(Path("/usr/bin/cloud-init"), "cloud-init")
+    config = write_config({"base_model": "Qwen/Qwen3-8B",
+                           "datasets": [{"path": "s3://bucket/chat.jsonl",
+                                         "type": "chat_template"}]})
+    out = tmp_path / "user-data.yaml"
+    assert main(["launch", "cloud-init", str(config), "--variant", variant, "--outputs",
+                 "s3://bucket/runs/demo", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("#cloud-config\n") and FAKE_SECRET not in text
+    check = subprocess.run(["cloud-init", "schema", "--config-file", str(out)],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    script = next(f["content"] for f in yaml.safe_load(text)["write_files"]
+                  if f["path"] == "/opt/toolkit/run.sh")
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    assert f"docker pull {pushed}" in script and expect in script
+    assert "fs_copy get s3://bucket/chat.jsonl /opt/toolkit/data/0/chat.jsonl" in script
+    [train] = [line for line in script.splitlines() if "toolkit train" in line]
+    assert "--network none" not in train  # the hub model needs the network
+    assert "--env HF_TOKEN " in train  # by name: the value comes from secrets.env on the VM
+
+
+def test_cloud_init_refuses_local_files_and_launch_needs_a_push(write_config, tiny_model_dir,
+                                                                tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TOOLKIT_PUSHED", str(tmp_path / "none.json"))
+    config = write_config({"base_model": str(tiny_model_dir)})
+    assert main(["launch", "cloud-init", str(config), "--variant", "cpu", "--outputs",
+                 "s3://b/o"]) == 2
+    assert "run `toolkit images push cpu --registry HOST[/NAMESPACE]` first" in \
+        capsys.readouterr().err
+    (tmp_path / "none.json").write_text(json.dumps({"cpu": {"image": "r/toolkit@sha256:0"}}))
+    assert main(["launch", "cloud-init", str(config), "--variant", "cpu", "--outputs",
+                 "s3://b/o"]) == 2
+    assert "a VM cannot read this machine's files" in capsys.readouterr().err
+    assert main(["launch", "cloud-init", str(config), "--variant", "cpu", "--outputs",
+                 "/tmp/out"]) == 2
+    assert "a VM's disk goes away with it" in capsys.readouterr().err

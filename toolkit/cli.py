@@ -131,6 +131,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("variant")
     p.add_argument("--registry", required=True, help="HOST[:PORT][/NAMESPACE]")
     p.set_defaults(func=cmd_images_push, takes_overrides=False)
+    launch = sub.add_parser("launch", help="files that run a config on cloud VMs",
+                            allow_abbrev=False)
+    lsub = launch.add_subparsers(dest="launch_command", required=True, metavar="TARGET")
+    for name, func, text in (
+            ("skypilot", cmd_launch_skypilot, "a SkyPilot task (sky launch FILE)"),
+            ("cloud-init", cmd_launch_cloud_init, "user-data for one plain VM")):
+        p = lsub.add_parser(name, help=text, description=text, allow_abbrev=False)
+        p.add_argument("config")
+        p.add_argument("--variant", required=True,
+                       help="the pushed image variant (toolkit images push VARIANT)")
+        p.add_argument("--outputs", required=True,
+                       help="where output_dir goes: an s3://, gs:// or az:// URL")
+        p.add_argument("-o", "--output", type=Path, help="the file to write")
+        if name == "skypilot":
+            p.add_argument("--accelerators", help="SkyPilot's accelerators, e.g. H100:8")
+            p.add_argument("--nodes", type=int, default=1)
+        p.set_defaults(func=func, takes_overrides=True)
     p = command("compare", cmd_compare,
                 "do two runs' loss curves agree? (exit 0 if so, 1 if not)")
     p.add_argument("run_a", help="an output_dir, or its run.json")
@@ -353,6 +370,48 @@ def cmd_images_verify(args, extra) -> int:
     from toolkit.images import verify_image
 
     return _report(verify_image(args.tag, _runtime()), args.json)
+
+
+def _launch_inputs(args, extra):
+    from toolkit.images import get_variant, pushed_image
+    from toolkit.remote import is_remote
+
+    if not is_remote(args.outputs):
+        raise UsageError(f"--outputs {args.outputs!r}: a VM's disk goes away with it; give an "
+                         "object-store URL (s3://bucket/prefix, gs://…, az://…)")
+    loaded = _load(args, extra)
+    variant = get_variant(args.variant)
+    return loaded, variant, pushed_image(variant.name)["image"]
+
+
+def cmd_launch_skypilot(args, extra) -> int:
+    import yaml
+
+    from toolkit.cloud import skypilot_task, vm_config
+
+    loaded, variant, image = _launch_inputs(args, extra)
+    if variant.accelerator != "cpu" and not args.accelerators:
+        raise UsageError(f"--accelerators: the {variant.name} image needs GPUs; say which, "
+                         "e.g. --accelerators H100:8")
+    out = args.output or Path(f"{Path(args.config).stem}.sky.yaml")
+    config_file = out.with_name(f"{Path(args.config).stem}.vm.yaml")
+    config_file.write_text(yaml.safe_dump(vm_config(loaded)[0], sort_keys=False))
+    task = skypilot_task(loaded, image, config_file, args.accelerators, args.nodes, args.outputs)
+    out.write_text(yaml.safe_dump(task, sort_keys=False, width=1000))
+    print(f"wrote {out} (and {config_file}); run it with `sky launch {out}`, adding "
+          "--secret NAME for each secret the run needs (e.g. --secret HF_TOKEN)")
+    return 0
+
+
+def cmd_launch_cloud_init(args, extra) -> int:
+    from toolkit.cloud import cloud_init
+
+    loaded, variant, image = _launch_inputs(args, extra)
+    out = args.output or Path(f"{Path(args.config).stem}.cloud-init.yaml")
+    out.write_text(cloud_init(loaded, image, variant.accelerator, args.outputs))
+    print(f"wrote {out}; pass it as the VM's user-data (secrets go in /etc/toolkit/secrets.env "
+          "on the VM, never in this file)")
+    return 0
 
 
 def cmd_compare(args, extra) -> int:

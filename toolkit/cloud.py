@@ -1,0 +1,171 @@
+"""Launch files for cloud VMs: a SkyPilot task, or cloud-init user-data for a plain VM.
+
+Both run the image a `toolkit images push` recorded, by digest, and the config as
+toolkit validated it, rewritten to the VM's paths:
+
+    /toolkit/config.yaml   the config          /toolkit/model     a local base model
+    /toolkit/data/N/...    dataset N           /toolkit/outputs   output_dir
+
+Secrets travel by name only: the SkyPilot task lists them under `secrets:` with no
+value (`sky launch --secret HF_TOKEN` fills them from your environment); the
+cloud-init script reads them on the VM from /etc/toolkit/secrets.env, which you
+provision (e.g. from your cloud's secret manager). Neither file ever holds a value.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import yaml
+
+from toolkit.config import LoadedConfig, is_local_ref
+from toolkit.errors import UsageError
+from toolkit.launch import SECRET_ENV, device_flags
+from toolkit.runtime import Mount, RunSpec, run_argv
+
+VM = Path("/toolkit")
+
+
+def vm_config(loaded: LoadedConfig) -> tuple[dict, dict[str, str]]:
+    """The validated config with the VM's paths, and {VM path: source} for what must be
+    copied in (a local path on this machine, or a URL)."""
+    cfg = loaded.config
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    copies: dict[str, str] = {}
+    if is_local_ref(cfg.base_model):
+        copies[str(VM / "model")] = str(Path(cfg.base_model).expanduser().resolve())
+        data["base_model"] = str(VM / "model")
+    if cfg.tokenizer_config and is_local_ref(cfg.tokenizer_config):
+        copies[str(VM / "tokenizer")] = str(Path(cfg.tokenizer_config).expanduser().resolve())
+        data["tokenizer_config"] = str(VM / "tokenizer")
+    for i, ds in enumerate(cfg.datasets):
+        local = is_local_ref(ds.path)
+        source = str(Path(ds.path).expanduser().resolve()) if local else ds.path
+        if not local and "://" not in ds.path:
+            continue  # a hub dataset: read over the network in the container
+        name = Path(ds.path.rstrip("/")).name
+        target = VM / "data" / str(i) / name
+        copies[str(target)] = source
+        data["datasets"][i]["path"] = str(target)
+    data["output_dir"] = str(VM / "outputs")
+    if cfg.dataset_prepared_path:
+        data["dataset_prepared_path"] = str(VM / "prepared")
+    return data, copies
+
+
+def needs_network(loaded: LoadedConfig) -> bool:
+    """Whether the container must reach the network (a hub model or hub dataset)."""
+    cfg = loaded.config
+    refs = [cfg.base_model, cfg.tokenizer_config, *(d.path for d in cfg.datasets)]
+    return any(r and not is_local_ref(r) and "://" not in r for r in refs)
+
+
+def skypilot_task(loaded: LoadedConfig, image: str, config_file: Path, accelerators: str | None,
+                  nodes: int, outputs: str) -> dict:
+    """A SkyPilot task: the image by digest, file mounts in, outputs to a bucket, the
+    doctor as setup, torchrun over SkyPilot's nodes as run."""
+    data, copies = vm_config(loaded)
+    mounts: dict = {str(VM / "config.yaml"): str(config_file.resolve()), **copies}
+    mounts[str(VM / "outputs")] = {"source": outputs, "mode": "MOUNT"}
+    resources: dict = {"image_id": f"docker:{image}"}
+    if accelerators:
+        resources["accelerators"] = accelerators
+    launch = ('toolkit train /toolkit/config.yaml --runtime local '
+              '--nproc-per-node "${SKYPILOT_NUM_GPUS_PER_NODE:-1}" '
+              '--nnodes "$SKYPILOT_NUM_NODES" --node-rank "$SKYPILOT_NODE_RANK" '
+              '--master-addr "$(echo "$SKYPILOT_NODE_IPS" | head -n1)" --master-port 29500')
+    return {
+        "name": f"toolkit-{Path(loaded.path).stem}",
+        "resources": resources,
+        "num_nodes": nodes,
+        "secrets": {name: None for name in SECRET_ENV},
+        "file_mounts": mounts,
+        "setup": "toolkit doctor\n",
+        "run": f"set -euo pipefail\n{launch}\n",
+    }
+
+
+def cloud_init(loaded: LoadedConfig, image: str, accelerator: str, outputs: str) -> str:
+    """#cloud-config user-data for one plain Debian/Ubuntu VM: install the engine (and
+    the NVIDIA Container Toolkit), pull by digest, preflight, train, copy outputs out."""
+    data, copies = vm_config(loaded)
+    local = {target: src for target, src in copies.items() if "://" not in src}
+    if local:
+        names = ", ".join(sorted(local.values()))
+        raise UsageError(f"a VM cannot read this machine's files ({names}); upload them to "
+                         "object storage and point the config at s3://, gs:// or az:// URLs "
+                         "(or use `toolkit launch skypilot`, which copies local files)")
+    host = Path("/opt/toolkit")
+    mounts = [Mount(str(host / "config.yaml"), str(VM / "config.yaml"), read_only=True),
+              Mount(str(host / "data"), str(VM / "data"), read_only=True),
+              Mount(str(host / "outputs"), str(VM / "outputs"), read_only=False)]
+    spec = RunSpec(image=image, command=["toolkit", "train", str(VM / "config.yaml"),
+                                         "--runtime", "local"],
+                   mounts=mounts, user="0:0", workdir="/", env={n: None for n in SECRET_ENV},
+                   network=None if needs_network(loaded) else "none",
+                   extra=device_flags(accelerator, None, ("video", "render")))
+    doctor = RunSpec(image=image, command=["toolkit", "doctor"], mounts=[], user="0:0",
+                     workdir="/", env={}, network="none",
+                     extra=device_flags(accelerator, None, ("video", "render")))
+    fetches = []
+    for target, src in copies.items():
+        dest = host / Path(target).relative_to(VM)
+        fetches += [f"mkdir -p {shlex.quote(str(dest.parent))}",
+                    f"fs_copy get {shlex.quote(src)} {shlex.quote(str(dest))}"]
+    script = "\n".join([
+        "#!/bin/bash",
+        "# Written by `toolkit launch cloud-init`; runs once, as root, on first boot.",
+        "set -euo pipefail",
+        "exec > >(tee -a /var/log/toolkit.log) 2>&1",
+        "export DEBIAN_FRONTEND=noninteractive",
+        "apt-get update -q",
+        "apt-get install -y -q docker.io python3-venv curl gnupg",
+        *(_nvidia_toolkit() if accelerator == "cuda" else []),
+        "systemctl enable --now docker",
+        "# Object-store copies in and out with fsspec, in a venv of its own.",
+        "python3 -m venv /opt/toolkit/fsspec",
+        "/opt/toolkit/fsspec/bin/pip install -q fsspec s3fs gcsfs adlfs",
+        "fs_copy() {",
+        "  /opt/toolkit/fsspec/bin/python -c 'import fsspec, sys; op, a, b = sys.argv[1:]; "
+        "fs, _ = fsspec.core.url_to_fs(a if op == \"get\" else b); "
+        "getattr(fs, op)(a, b, recursive=True)' \"$@\"",
+        "}",
+        "# Secrets by name: provision them in this file; it is never part of the user-data.",
+        "if [ -f /etc/toolkit/secrets.env ]; then set -a; . /etc/toolkit/secrets.env; set +a; fi",
+        f"docker pull {shlex.quote(image)}",
+        "# Preflight: the image must see its GPUs before anything heavy runs.",
+        shlex.join(run_argv(doctor)),
+        "mkdir -p /opt/toolkit/data /opt/toolkit/outputs",
+        *fetches,
+        "status=0",
+        shlex.join(run_argv(spec)) + " || status=$?",
+        f"fs_copy put /opt/toolkit/outputs {shlex.quote(outputs)}",
+        "exit $status",
+        "",
+    ])
+    document = {
+        "package_update": True,
+        "write_files": [
+            {"path": "/opt/toolkit/config.yaml", "permissions": "0644",
+             "content": yaml.safe_dump(data, sort_keys=False)},
+            {"path": "/opt/toolkit/run.sh", "permissions": "0755", "content": script},
+        ],
+        "runcmd": [["/opt/toolkit/run.sh"]],
+    }
+    return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False, width=1000)
+
+
+def _nvidia_toolkit() -> list[str]:
+    """The NVIDIA Container Toolkit from NVIDIA's apt repository, wired into Docker."""
+    key = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
+    repo = "https://nvidia.github.io/libnvidia-container"
+    return [
+        f"curl -fsSL {repo}/gpgkey | gpg --dearmor -o {key}",
+        f"curl -fsSL {repo}/stable/deb/nvidia-container-toolkit.list | sed 's#deb https://#deb "
+        f"[signed-by={key}] https://#g' > /etc/apt/sources.list.d/nvidia-container-toolkit.list",
+        "apt-get update -q",
+        "apt-get install -y -q nvidia-container-toolkit",
+        "nvidia-ctk runtime configure --runtime=docker",
+        "systemctl restart docker",
+    ]
