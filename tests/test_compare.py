@@ -38,3 +38,20 @@ def test_different_names_the_step(tmp_path, capsys):
 def test_not_a_run(tmp_path, capsys):
     assert main(["compare", str(tmp_path), str(tmp_path)]) == 2
     assert "no run.json there; give a training output_dir" in capsys.readouterr().err
+
+
+def test_reproduce_reruns_a_local_run_and_finds_the_same_curve(tiny_model_dir, write_config,
+                                                               tmp_path, capsys):
+    path = write_config({"base_model": str(tiny_model_dir), "max_steps": 6, "logging_steps": 2,
+                         "batch_size": 4, "micro_batch_size": 2, "save_steps": 100,
+                         "gradient_accumulation_steps": None})
+    assert main(["train", str(path), "--runtime", "local"]) == 0
+    capsys.readouterr()
+    assert main(["reproduce", str(tmp_path / "out" / "run.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"reproduce: config: the recorded values of {path}" in out
+    first = json.loads((tmp_path / "out" / "run.json").read_text())
+    again = json.loads((tmp_path / "out-reproduced" / "run.json").read_text())
+    assert again["loss_history"] == first["loss_history"]
+    assert again["config"]["gradient_accumulation_steps"] == 1 and again["steps"] == 6
+    assert main(["reproduce", str(tmp_path / "out")]) == 2  # the rerun's folder is taken

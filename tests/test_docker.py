@@ -266,3 +266,21 @@ def test_two_process_ddp_in_the_container(image, shared):
     run = json.loads((shared / "out" / "run.json").read_text())
     assert run["world_size"] == 2 and run["environment"]["in_container"] is True
     assert run["steps"] == 4
+
+
+def test_reproduce_reselects_the_image_and_matches(image, shared, monkeypatch, capfd):
+    as_user(monkeypatch, shared)
+    config = demo_config(shared, max_steps=4)
+    assert main(["train", str(config), "--runtime", "docker"]) == 0
+    capfd.readouterr()
+    if os.geteuid() == 0:  # the rerun's folder, owned by the container's user as `out` is
+        (shared / "out-reproduced").mkdir()
+        os.chown(shared / "out-reproduced", *USER)
+    assert main(["reproduce", str(shared / "out")]) == 0
+    out = capfd.readouterr().out
+    image_id = Docker(Runtime()).inspect_image(image)["Id"]
+    assert f"reproduce: image: {image}, the same image ({image_id[:19]})" in out
+    first = json.loads((shared / "out" / "run.json").read_text())
+    again = json.loads((shared / "out-reproduced" / "run.json").read_text())
+    assert again["environment"]["image_id"] == first["environment"]["image_id"]
+    assert again["loss_history"] == first["loss_history"]

@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("variant")
     p.add_argument("--registry", required=True, help="HOST[:PORT][/NAMESPACE]")
     p.set_defaults(func=cmd_images_push, takes_overrides=False)
+    p = command("reproduce", cmd_reproduce,
+                "run a finished training again from its run.json, and compare the two")
+    p.add_argument("run", help="an output_dir, or its run.json")
+    p.add_argument("--output-dir", help="where the rerun writes (default: OUTPUT_DIR-reproduced)")
+    p.add_argument("--rtol", type=float, default=0.01, help="relative tolerance (0.01)")
+    p.add_argument("--atol", type=float, default=1e-3, help="absolute tolerance (0.001)")
     launch = sub.add_parser("launch", help="files that run a config on cloud VMs",
                             allow_abbrev=False)
     lsub = launch.add_subparsers(dest="launch_command", required=True, metavar="TARGET")
@@ -412,6 +418,21 @@ def cmd_launch_cloud_init(args, extra) -> int:
     print(f"wrote {out}; pass it as the VM's user-data (secrets go in /etc/toolkit/secrets.env "
           "on the VM, never in this file)")
     return 0
+
+
+def cmd_reproduce(args, extra) -> int:
+    from toolkit.compare import report
+    from toolkit.reproduce import plan
+
+    rerun = plan(args.run, args.output_dir)
+    for note in rerun.notes:
+        print(f"reproduce: {note}")
+    code = main(rerun.train_argv)
+    if code:
+        return code
+    text, same = report(args.run, str(rerun.output_dir), args.rtol, args.atol)
+    print(text)
+    return 0 if same else 1
 
 
 def cmd_compare(args, extra) -> int:
