@@ -284,3 +284,26 @@ def test_reproduce_reselects_the_image_and_matches(image, shared, monkeypatch, c
     again = json.loads((shared / "out-reproduced" / "run.json").read_text())
     assert again["environment"]["image_id"] == first["environment"]["image_id"]
     assert again["loss_history"] == first["loss_history"]
+
+
+def test_two_builds_from_one_lock_freeze_and_label_alike(image):
+    """The cpu variant built again with no layer cache: the same packages, the same labels."""
+    from toolkit.images import BuildOptions, build_image
+
+    again = "toolkit-test:cpu-rebuilt"
+    runtime = Runtime()
+    try:
+        assert build_image(get_variant("cpu"), runtime,
+                           BuildOptions(no_cache=True, tag=again)) == again
+
+        def freeze(tag):
+            return subprocess.run(["docker", "run", "--rm", tag, "pip", "freeze", "--all"],
+                                  capture_output=True, text=True, check=True).stdout
+
+        def labels(tag):
+            return Docker(runtime).inspect_image(tag)["Config"]["Labels"]
+
+        assert freeze(again) == freeze(image)
+        assert labels(again) == labels(image)
+    finally:
+        runtime.run(["docker", "rmi", "-f", again], timeout=120)

@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--online", action="store_true",
                    help="let pip reach the package index inside the build")
     p.add_argument("--ca-bundle", type=Path, help="CA bundle for pip inside the build")
+    p.add_argument("--no-cache", action="store_true", help="rebuild every layer")
+    p.add_argument("--tag", help="tag the image so instead of with the variant's tag")
     p.set_defaults(func=cmd_images_build, takes_overrides=False)
     p = isub.add_parser("push", help="push a variant to a registry and record its digest",
                         allow_abbrev=False)
@@ -324,7 +326,8 @@ def cmd_images_build(args, extra) -> int:
         if path is not None and not path.exists():
             raise UsageError(f"--{flag.replace('_', '-')} {path}: does not exist")
     opts = BuildOptions(base=args.base, local_base=args.local_base, wheelhouse=args.wheelhouse,
-                        online=args.online, ca_bundle=args.ca_bundle)
+                        online=args.online, ca_bundle=args.ca_bundle, no_cache=args.no_cache,
+                        tag=args.tag)
     print(build_image(get_variant(args.variant), _runtime(), opts))
     return 0
 

@@ -197,6 +197,8 @@ class BuildOptions:
     wheelhouse: Path | None = None   # wheels to install from, offline
     online: bool = False             # let pip reach the index inside the build
     ca_bundle: Path | None = None    # CA bundle for pip inside the build (TLS proxies)
+    no_cache: bool = False           # rebuild every layer (e.g. to check a build repeats)
+    tag: str | None = None           # tag the result so, not with the variant's tag
 
 
 def say(message: str) -> None:
@@ -240,13 +242,14 @@ def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
             "REVISION": _git(runtime, "rev-parse", "HEAD") or "unknown",
             "CREATED": _created(runtime),
         }
-        say(f"building {variant.tag} from {base}")
-        res = docker.build(str(context), variant.tag, args, env)
+        tag = opts.tag or variant.tag
+        say(f"building {tag} from {base}")
+        res = docker.build(str(context), tag, args, env, no_cache=opts.no_cache)
     if not res.ok:
-        raise RuntimeFailure(f"building {variant.tag} failed (exit {res.returncode}); the "
+        raise RuntimeFailure(f"building {tag} failed (exit {res.returncode}); the "
                              "build log above shows the failing step")
-    say(f"built {variant.tag} in {time.monotonic() - started:.0f} s")
-    return variant.tag
+    say(f"built {tag} in {time.monotonic() - started:.0f} s")
+    return tag
 
 
 def _stage_context(variant: Variant, context: Path, opts: BuildOptions,

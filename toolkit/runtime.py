@@ -162,8 +162,8 @@ class Docker:
                 "(DOCKER_BUILDKIT=0). Install docker-buildx for BuildKit builds.")
 
     def build(self, context: str, tag: str, build_args: dict[str, str],
-              env: dict[str, str]) -> Result:
-        argv = ["docker", "build", "--tag", tag]
+              env: dict[str, str], no_cache: bool = False) -> Result:
+        argv = ["docker", "build", "--tag", tag, *(["--no-cache"] if no_cache else [])]
         for key, value in build_args.items():
             argv += ["--build-arg", f"{key}={value}"]
         return self.runtime.run([*argv, context], env=env, capture=False)
