@@ -212,3 +212,20 @@ def test_templates_from_elsewhere_stay_in_the_sandbox():
     from toolkit.templates import plain_renderer
 
     assert plain_renderer("{{ messages[0].content }}") is None
+
+
+def test_alpaca_rows_train_on_the_output_and_eos(tiny_tokenizer):
+    from toolkit.trainer.chat import IGNORE_INDEX, encode_alpaca
+
+    ids, labels = encode_alpaca(tiny_tokenizer, {"instruction": "Add 2 and 3.", "input": "",
+                                                 "output": "5"}, train_on_inputs=False)
+    prompt = tiny_tokenizer("Below is an instruction that describes a task. Write a response "
+                            "that appropriately completes the request.\n\n### Instruction:\n"
+                            "Add 2 and 3.\n\n### Response:\n",
+                            add_special_tokens=False)["input_ids"]
+    answer = tiny_tokenizer("5", add_special_tokens=False)["input_ids"]
+    assert ids == prompt + answer + [tiny_tokenizer.eos_token_id]
+    assert labels == [IGNORE_INDEX] * len(prompt) + answer + [tiny_tokenizer.eos_token_id]
+    with pytest.raises(RowError, match="output is missing; alpaca rows need instruction and "
+                                       "output text"):
+        encode_alpaca(tiny_tokenizer, {"instruction": "x"}, False)

@@ -72,6 +72,9 @@ UNSUPPORTED_KEYS = {
     "trust_remote_code": "remote code is never run; Qwen3 needs none. Set it false",
     "group_by_length": "batches are drawn in random order; set it false",
     "lora_model_dir": "starting from a trained adapter is not implemented yet; remove the key",
+    "fused_attn_kernel": "axolotl's fused attention kernel is not implemented; remove it "
+                         "(attention runs through flash-attention or sdpa, see "
+                         "attn_implementation)",
 }
 OFF_VALUES = (None, False, "", [], {})
 
@@ -129,7 +132,7 @@ class FSDPConfig(_Strict):
 
 
 # Dataset types by the recipe that reads them (axolotl's names where axolotl has one).
-SFT_TYPES = ("chat_template",)
+SFT_TYPES = ("chat_template", "alpaca")
 PAIR_TYPES = ("chat_template.default", "chat_template.argilla_chat", "chat_template.argilla",
               "preference")
 KTO_TYPES = ("kto",)
@@ -143,6 +146,8 @@ class DatasetConfig(_Strict):
     """One entry of `datasets:`. `type` says how rows are read:
 
     chat_template                SFT: `field_messages` conversations
+    alpaca                       SFT: instruction, input (optional), output in the Alpaca
+                                 prompt (no chat template); loss on the output and EOS
     chat_template.default        pairs: `field_messages` prompt, `field_chosen`/`field_rejected`
                                  (a string, a message, or a list whose last message counts)
     chat_template.argilla_chat   pairs: chosen and rejected are whole conversations
@@ -521,6 +526,12 @@ def _map_deprecated(raw: dict, sources: dict[str, str]) -> tuple[dict, list[str]
     if raw.get("fsdp_config") and raw.get("fsdp_version") is None:
         raw["fsdp_version"] = 2
         sources["fsdp_version"] = "derived: fsdp_config without fsdp_version"
+    plugins = raw.get("plugins")
+    if (isinstance(plugins, list) and "cut_cross_entropy" not in raw
+            and "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin" in plugins):
+        # axolotl's plugin turns its key on by default.
+        raw["cut_cross_entropy"] = True
+        sources["cut_cross_entropy"] = "derived: the CutCrossEntropyPlugin is listed"
     if raw.get("gradient_checkpointing") == "offload":
         raw["gradient_checkpointing"] = True
         if raw.get("activation_offloading") in (None, False):

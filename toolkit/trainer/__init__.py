@@ -22,10 +22,13 @@ def quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    # datasets reads this when it is imported (only some paths need it: not JSON Lines).
+    # datasets reads these when it is imported (only some paths need it: not JSON Lines).
+    # Its own error log lines repeat what the DataError we raise says, as a traceback.
     os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["DATASETS_VERBOSITY"] = "critical"
     if "datasets" in sys.modules:
         sys.modules["datasets"].disable_progress_bars()
+        sys.modules["datasets"].utils.logging.set_verbosity(50)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
 
 

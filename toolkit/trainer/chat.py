@@ -70,6 +70,10 @@ class TurnRule:
         return cls(frozenset(ds.roles_to_train), ds.train_on_eos, cfg.train_on_inputs)
 
 
+# ShareGPT's role names, read as axolotl reads them when a dataset sets no `roles:`.
+DEFAULT_ROLE_ALIASES = {"human": "user", "gpt": "assistant"}
+
+
 def normalize_messages(row: dict, ds: DatasetConfig) -> list[dict]:
     """Map a dataset row to [{'role', 'content', ...}] with canonical roles, or raise RowError."""
     field = ds.field_messages
@@ -86,7 +90,8 @@ def normalize_turns(turns, ds: DatasetConfig, field: str) -> list[dict]:
                        "expected a non-empty list of messages")
     role_key = ds.message_property_mappings.role
     content_key = ds.message_property_mappings.content
-    aliases = {alias: role for role, names in (ds.roles or {}).items() for alias in names}
+    aliases = ({alias: role for role, names in ds.roles.items() for alias in names}
+               if ds.roles is not None else DEFAULT_ROLE_ALIASES)
     out = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
@@ -230,6 +235,33 @@ class ChatEncoder:
         if mode == "last":
             return [(a, b) for a, b, _ in eots[-1:]]
         return []
+
+
+# The Alpaca prompt, as axolotl's `type: alpaca` writes it.
+ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that "
+                     "provides further context. Write a response that appropriately completes "
+                     "the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}"
+                     "\n\n### Response:\n")
+ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately "
+          "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+
+
+def encode_alpaca(tokenizer, row: dict, train_on_inputs: bool) -> tuple[list[int], list[int]]:
+    """Ids and labels of an Alpaca row: the prompt, then the output and EOS (trained)."""
+    for key in ("instruction", "output"):
+        if not isinstance(row.get(key), str):
+            raise RowError(f"{key} is {'missing' if key not in row else type(row[key]).__name__}"
+                           "; alpaca rows need instruction and output text (input optional)")
+    extra = row.get("input") or ""
+    if not isinstance(extra, str):
+        raise RowError(f"input is {type(extra).__name__}; expected text")
+    prompt = (ALPACA_WITH_INPUT if extra else ALPACA).format(instruction=row["instruction"],
+                                                            input=extra)
+    head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    tail = tokenizer(row["output"], add_special_tokens=False)["input_ids"] + [
+        tokenizer.eos_token_id]
+    labels = (list(head) if train_on_inputs else [IGNORE_INDEX] * len(head)) + tail
+    return head + tail, labels
 
 
 def _first_token_at(enc, length: int, pos: int) -> int:

@@ -25,6 +25,7 @@ from toolkit.trainer.chat import (
     ChatEncoder,
     RowError,
     TurnRule,
+    encode_alpaca,
     normalize_messages,
 )
 
@@ -320,6 +321,14 @@ def encode_rows(encoder: ChatEncoder, ds: DatasetConfig, rule: TurnRule, rows: l
 def _encode_chunk(rows: list[dict]) -> list[tuple[array, array] | str]:
     encoder, ds, rule = _JOB
     out: list = [None] * len(rows)
+    if ds.type == "alpaca":
+        for i, row in enumerate(rows):
+            try:
+                ids, labels = encode_alpaca(encoder.tokenizer, row, rule.train_on_inputs)
+                out[i] = (array("i", ids), array("i", labels))
+            except RowError as exc:
+                out[i] = str(exc)
+        return out
     good: list[tuple[int, list[dict]]] = []
     for i, row in enumerate(rows):
         try:

@@ -1,0 +1,72 @@
+"""axolotl's published Qwen3 SFT examples (tests/data/axolotl/qwen3-*.yaml, copied as
+they are) with only base_model and the dataset path changed on the command line:
+each trains on CPU or is refused key by key with what to change."""
+
+from __future__ import annotations
+
+import json
+
+from toolkit.cli import main
+from toolkit.tiny import demo_conversations
+
+AXOLOTL = __import__("pathlib").Path(__file__).parent / "data" / "axolotl"
+
+
+def jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def run(name, data, tiny_model_dir, tmp_path, monkeypatch, *more):
+    monkeypatch.chdir(tmp_path)  # output_dir and dataset_prepared_path are relative
+    return main(["train", str(AXOLOTL / name), "--runtime", "local",
+                 "--base-model", str(tiny_model_dir), "--datasets.0.path", str(data), *more])
+
+
+def test_qwen3_32b_qlora_trains(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    # FineTome's shape: ShareGPT turns under `conversations`, roles human / gpt.
+    sharegpt = {"user": "human", "assistant": "gpt", "system": "system"}
+    rows = [{"conversations": [{"from": sharegpt[m["role"]], "value": m["content"]}
+                               for m in r["messages"]]} for r in demo_conversations(96)]
+    data = jsonl(tmp_path / "finetome.jsonl", rows)
+    assert run("qwen3-32b-qlora.yaml", data, tiny_model_dir, tmp_path, monkeypatch) == 0
+    captured = capsys.readouterr()
+    assert "warning: gradient_checkpointing: 'offload' is deprecated" in captured.err
+    run_json = json.loads((tmp_path / "outputs" / "out" / "run.json").read_text())
+    assert run_json["data"]["rows"] == 19  # split: train[:20%] of 96
+    assert run_json["packing"]["train"]["rows"] == 19
+    assert run_json["resolved"]["optimizations"] == {
+        "cut_cross_entropy": "off: no CUDA GPU (its Triton kernels are CUDA only)",
+        "activation_offloading": "off: no GPU (activations already live in host memory)",
+        "gradient_checkpointing": "on (use_reentrant=False)",
+        "lora_mlp_kernel": "on (gate_proj, up_proj, down_proj)",
+        "lora_qkv_kernel": "on (q_proj, k_proj, v_proj)", "lora_o_kernel": "on (o_proj)",
+        "qlora": "on (bitsandbytes 4-bit nf4, double quantization)",
+        "optimizer": "adamw_torch_4bit (torchao)"}
+    assert any((tmp_path / "last_run_prepared").iterdir())
+
+
+def test_qwen3_qlora_fsdp_trains_alpaca(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    rows = [{"instruction": r["messages"][0]["content"], "input": "",
+             "output": r["messages"][1]["content"]} for r in demo_conversations(96)]
+    data = jsonl(tmp_path / "alpaca.jsonl", rows)
+    assert run("qwen3-qlora-fsdp.yaml", data, tiny_model_dir, tmp_path, monkeypatch,
+               "--max-steps", "3") == 0
+    captured = capsys.readouterr()
+    assert "warning: fsdp: ['full_shard', 'auto_wrap'] is deprecated; read as fsdp_version: 1" \
+        in captured.err
+    run_json = json.loads((tmp_path / "outputs" / "out" / "run.json").read_text())
+    assert run_json["config"]["fsdp_config"]["offload_params"] is True
+    assert run_json["resolved"]["optimizations"]["fsdp"].startswith("off: one process")
+    assert run_json["data"]["kept"] == 96 and run_json["steps"] == 3
+
+
+def test_fused_attn_compile_example_is_refused_by_key(tiny_model_dir, tmp_path, monkeypatch,
+                                                      capsys):
+    data = jsonl(tmp_path / "alpaca.jsonl", [{"instruction": "a", "output": "b"}])
+    assert run("qwen3-8b-lora-fused-attn-compile.yaml", data, tiny_model_dir, tmp_path,
+               monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "fused_attn_kernel: got True; not supported by toolkit (axolotl's fused attention " \
+           "kernel is not implemented; remove it" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 2
