@@ -288,10 +288,11 @@ def test_reproduce_reselects_the_image_and_matches(image, shared, monkeypatch, c
 
 def test_two_builds_from_one_lock_freeze_and_label_alike(image):
     """The cpu variant built again with no layer cache: the same packages, the same labels."""
-    from toolkit.images import BuildOptions, build_image
+    from toolkit.images import BuildOptions, build_image, ensure_image
 
     again = "toolkit-test:cpu-rebuilt"
     runtime = Runtime()
+    image = ensure_image(get_variant("cpu"), runtime)  # of today's source, as the rebuild is
     try:
         assert build_image(get_variant("cpu"), runtime,
                            BuildOptions(no_cache=True, tag=again)) == again
