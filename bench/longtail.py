@@ -50,3 +50,19 @@ def write(path: Path, n: int, seed: int = 0) -> Path:
         for row in conversations(n, seed):
             f.write(json.dumps(row) + "\n")
     return path
+
+
+def workspace(tmp: Path, rows: int, sequence_len: int, **settings) -> tuple[Path, Path, Path]:
+    """The generated set, the tiny model and an SFT config over them, in `tmp`:
+    (config, model, data)."""
+    import yaml
+
+    from toolkit.tiny import write_tiny_model
+
+    data = write(tmp / "chat.jsonl", rows)
+    model = write_tiny_model(tmp / "tiny")
+    config = tmp / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "base_model": str(model), "chat_template": "qwen3", "sequence_len": sequence_len,
+        "datasets": [{"path": str(data), "type": "chat_template"}], **settings}))
+    return config, model, data

@@ -18,8 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import longtail  # noqa: E402
 
@@ -27,19 +25,12 @@ import longtail  # noqa: E402
 def main() -> None:
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
     from toolkit.config import load_config
-    from toolkit.tiny import write_tiny_model
     from toolkit.trainer.chat import build_encoder
     from toolkit.trainer.data import build_examples
     from toolkit.trainer.packing import pack
 
     with tempfile.TemporaryDirectory(prefix="toolkit-bench-") as tmp:
-        tmp = Path(tmp)
-        data = longtail.write(tmp / "chat.jsonl", rows)
-        model = write_tiny_model(tmp / "tiny")
-        config = tmp / "config.yaml"
-        config.write_text(yaml.safe_dump({
-            "base_model": str(model), "chat_template": "qwen3", "sequence_len": 1_000_000,
-            "datasets": [{"path": str(data), "type": "chat_template"}]}))
+        config, _, _ = longtail.workspace(Path(tmp), rows, 1_000_000)
         cfg = load_config(config).config
         _, encoder = build_encoder(cfg)
         examples, _ = build_examples(cfg, encoder)

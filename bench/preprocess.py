@@ -24,8 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import longtail  # noqa: E402
 
@@ -64,17 +62,11 @@ def toolkit_preprocess(config: Path) -> tuple[float, str]:
 def main() -> None:
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
     seq = int(sys.argv[2]) if len(sys.argv) > 2 else 2048
-    from toolkit.tiny import write_tiny_model
-
     with tempfile.TemporaryDirectory(prefix="toolkit-bench-") as tmp:
         tmp = Path(tmp)
-        data = longtail.write(tmp / "chat.jsonl", rows)
-        model = write_tiny_model(tmp / "tiny")
-        config = tmp / "config.yaml"
-        config.write_text(yaml.safe_dump({
-            "base_model": str(model), "chat_template": "qwen3", "sequence_len": seq,
-            "datasets": [{"path": str(data), "type": "chat_template"}],
-            "dataset_prepared_path": str(tmp / "prepared"), "output_dir": str(tmp / "out")}))
+        config, model, data = longtail.workspace(
+            tmp, rows, seq, dataset_prepared_path=str(tmp / "prepared"),
+            output_dir=str(tmp / "out"))
         print(f"data: {rows} generated conversations, sequence_len {seq}")
 
         took, total, kept = baseline(data, model, seq)
