@@ -61,7 +61,9 @@ def train(loaded: LoadedConfig) -> Path:
                               pad_to=pad_to)
     trainer = Trainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
-        data_collator=collator, callbacks=[progress],
+        # The tokenizer lets transformers count real tokens in packed batches, which carry
+        # no attention mask (it counts the non-pad ones).
+        data_collator=collator, processing_class=tokenizer, callbacks=[progress],
     )
     return train_and_save(trainer, tokenizer, loaded, progress, "sft",
                           resolved=resolved.as_dict(), data=report.as_dict(),
