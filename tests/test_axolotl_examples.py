@@ -70,3 +70,28 @@ def test_fused_attn_compile_example_is_refused_by_key(tiny_model_dir, tmp_path, 
     assert "fused_attn_kernel: got True; not supported by toolkit (axolotl's fused attention " \
            "kernel is not implemented; remove it" in err
     assert "Traceback" not in err and len(err.splitlines()) == 2
+
+
+def test_moe_nvfp4_example_is_refused_key_by_key_then_trains_without_them(
+        tmp_path, monkeypatch, capsys):
+    from toolkit.tiny import write_tiny_model
+
+    moe = write_tiny_model(tmp_path / "tiny-moe", moe=True)
+    sharegpt = {"user": "human", "assistant": "gpt", "system": "system"}
+    rows = [{"conversations": [{"from": sharegpt[m["role"]], "value": m["content"]}
+                               for m in r["messages"]]} for r in demo_conversations(200)]
+    data = jsonl(tmp_path / "finetome.jsonl", rows)
+    name = "qwen3-30b-a3b-nvfp4-lora.yaml"
+    assert run(name, data, moe, tmp_path, monkeypatch) == 2
+    problems = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  - ")]
+    assert [p.split(":")[0] for p in problems] == ["  - use_sonicmoe", "  - nvfp4_merge_aware",
+                                                   "  - plugins[0]"]
+    assert "SonicMoE kernels are not implemented; remove it" in problems[0]
+    # Turning the three off is all it takes.
+    assert run(name, data, moe, tmp_path, monkeypatch, "--use-sonicmoe", "false",
+               "--nvfp4-merge-aware", "false", "--plugins", "[]") == 0
+    run_json = json.loads(
+        (tmp_path / "outputs" / "qwen3-30b-a3b-nvfp4-lora" / "run.json").read_text())
+    assert run_json["data"]["rows"] == 4  # train[:2%] of 200
+    assert run_json["resolved"]["optimizations"]["lora_target_parameters"] == (
+        "on (experts.gate_up_proj, experts.down_proj)")

@@ -72,6 +72,10 @@ UNSUPPORTED_KEYS = {
     "trust_remote_code": "remote code is never run; Qwen3 needs none. Set it false",
     "group_by_length": "batches are drawn in random order; set it false",
     "lora_model_dir": "starting from a trained adapter is not implemented yet; remove the key",
+    "use_sonicmoe": "SonicMoE kernels are not implemented; remove it (Qwen3-MoE experts run "
+                    "through transformers' fused expert weights)",
+    "nvfp4_merge_aware": "NVFP4 checkpoints are not supported; remove it and train on a bf16 "
+                         "base (QLoRA for 4-bit)",
     "fused_attn_kernel": "axolotl's fused attention kernel is not implemented; remove it "
                          "(attention runs through flash-attention or sdpa, see "
                          "attn_implementation)",
