@@ -95,3 +95,19 @@ def test_moe_nvfp4_example_is_refused_key_by_key_then_trains_without_them(
     assert run_json["data"]["rows"] == 4  # train[:2%] of 200
     assert run_json["resolved"]["optimizations"]["lora_target_parameters"] == (
         "on (experts.gate_up_proj, experts.down_proj)")
+
+
+def test_qwen3_fsdp2_liger_example_trains(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    rows = [{"instruction": r["messages"][0]["content"], "input": "",
+             "output": r["messages"][1]["content"]} for r in demo_conversations(96)]
+    data = jsonl(tmp_path / "alpaca.jsonl", rows)
+    # max_steps: 2000 in the example; 3 here keep the test short.
+    assert run("qwen3-8b-qat-fsdp2.yaml", data, tiny_model_dir, tmp_path, monkeypatch,
+               "--max-steps", "3") == 0
+    run_json = json.loads((tmp_path / "outputs" / "qat_out" / "run.json").read_text())
+    assert run_json["config"]["fsdp_version"] == 2
+    assert run_json["config"]["fsdp_config"]["activation_checkpointing"] is True
+    decided = run_json["resolved"]["optimizations"]
+    assert decided["liger_rope"] == "off: no GPU"
+    assert decided["liger_layer_norm"] == "off: Qwen3 has no LayerNorm (its norms are RMSNorm)"
+    assert run_json["resolved"]["bf16"] is True  # bf16: true is honoured on CPU too

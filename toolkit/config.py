@@ -513,6 +513,12 @@ def _map_deprecated(raw: dict, sources: dict[str, str]) -> tuple[dict, list[str]
             raw["fsdp_config"] = {renamed.get(k, k): v for k, v in raw["fsdp_config"].items()}
             notes.append("fsdp_config: the fsdp_ prefix is deprecated; read "
                          + ", ".join(f"{old} as {new}" for old, new in renamed.items()))
+        if "version" in raw["fsdp_config"]:  # axolotl's fsdp_config.fsdp_version
+            version = raw["fsdp_config"].pop("version")
+            if raw.get("fsdp_version") is None:
+                raw["fsdp_version"] = version
+                sources["fsdp_version"] = "mapped from fsdp_config.fsdp_version"
+            notes.append(f"fsdp_config.fsdp_version: read as fsdp_version: {version!r}")
         if "sharding_strategy" in raw["fsdp_config"]:
             strategy = raw["fsdp_config"].pop("sharding_strategy")
             if strategy in ("FULL_SHARD", "SHARD_GRAD_OP"):
