@@ -124,6 +124,20 @@ def test_long_rows_are_truncated_when_asked(tiny_model_dir, write_config):
     assert data["kept"] + data["dropped_no_trained_tokens"] == 96
 
 
+def test_long_rows_are_split_into_pieces_that_all_train(tiny_model_dir, write_config):
+    loaded = load_config(write_config({**FAST, "base_model": str(tiny_model_dir),
+                                       "sequence_len": 40, "excess_length_strategy": "split"}))
+    out = train(loaded)
+    data = json.loads((out / "run.json").read_text())["data"]
+    assert data["split"] > 0 and data["pieces"] >= 2 * data["split"]
+    assert data["dropped_too_long"] == 0 and data["truncated"] == 0
+    whole = 96 - data["split"]
+    assert data["kept"] + data["dropped_no_trained_tokens"] == whole + data["pieces"]
+    assert data["tokens"] > 3000  # little cut away: the demo has 3880 tokens in all
+    assert f"split {data['split']} rows longer than sequence_len=40 into {data['pieces']} " \
+        "pieces" in (out / "train.log").read_text()
+
+
 def test_unknown_role_stops_with_row_and_exit_2(tiny_model_dir, write_config, tmp_path, capsys):
     data = tmp_path / "bad.jsonl"
     good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}

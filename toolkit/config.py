@@ -206,8 +206,9 @@ class Config(_Strict):
     val_set_size: Annotated[float, Field(ge=0)] = 0.0
     output_dir: str = "./outputs/model-out"
     sequence_len: PositiveInt = 2048
-    # What happens to a row longer than sequence_len; both are counted and reported.
-    excess_length_strategy: Literal["drop", "truncate"] = "drop"
+    # What happens to a row longer than sequence_len: dropped, cut at sequence_len, or cut
+    # into pieces of sequence_len that each train; all are counted and reported.
+    excess_length_strategy: Literal["drop", "truncate", "split"] = "drop"
     # Pack several rows into each sequence_len row, each seeing only itself (SFT only).
     sample_packing: bool = False
     # Pack the held-out rows too; unset follows sample_packing.

@@ -37,6 +37,8 @@ class DataReport:
     rows: int = 0
     kept: int = 0
     truncated: int = 0
+    split: int = 0                  # rows cut into pieces (excess_length_strategy: split)
+    pieces: int = 0                 # the pieces those rows became
     dropped_too_long: int = 0
     dropped_no_trained_tokens: int = 0
     tokens: int = 0
@@ -50,13 +52,17 @@ class DataReport:
             out.append(f"data: dropped {self.dropped_too_long} rows longer than sequence_len="
                        f"{cfg.sequence_len} ({100 * self.dropped_too_long / self.rows:.1f}%; "
                        "excess_length_strategy: drop). Set excess_length_strategy: truncate "
-                       "or raise sequence_len to keep them.")
+                       "or split, or raise sequence_len, to keep them.")
         if self.truncated:
             out.append(f"data: truncated {self.truncated} rows to sequence_len="
                        f"{cfg.sequence_len} (excess_length_strategy: truncate)")
+        if self.split:
+            out.append(f"data: split {self.split} rows longer than sequence_len="
+                       f"{cfg.sequence_len} into {self.pieces} pieces (excess_length_strategy: "
+                       "split; each piece is an example)")
         if self.dropped_no_trained_tokens:
-            out.append(f"data: dropped {self.dropped_no_trained_tokens} rows with no token to "
-                       "train on (no turn of roles_to_train within sequence_len)")
+            out.append(f"data: dropped {self.dropped_no_trained_tokens} rows (or pieces) with "
+                       "no token to train on (no turn of roles_to_train within sequence_len)")
         return out
 
     def as_dict(self) -> dict:
@@ -246,19 +252,28 @@ def build_examples(cfg: Config, encoder: ChatEncoder) -> tuple[list[Example], Da
                 bad.append(f"row {n}: {result}")
                 continue
             ids, labels = result
+            pieces = [(ids, labels)]
             if len(ids) > cfg.sequence_len:
                 if cfg.excess_length_strategy == "drop":
                     report.dropped_too_long += 1
                     continue
-                ids, labels = ids[:cfg.sequence_len], labels[:cfg.sequence_len]
-                report.truncated += 1
-            trained = len(labels) - labels.count(IGNORE_INDEX)
-            if not trained:
-                report.dropped_no_trained_tokens += 1
-                continue
-            report.tokens += len(ids)
-            report.trained_tokens += trained
-            examples.append(Example(ids, labels))
+                step = cfg.sequence_len
+                if cfg.excess_length_strategy == "truncate":
+                    pieces = [(ids[:step], labels[:step])]
+                    report.truncated += 1
+                else:
+                    pieces = [(ids[i:i + step], labels[i:i + step])
+                              for i in range(0, len(ids), step)]
+                    report.split += 1
+                    report.pieces += len(pieces)
+            for ids, labels in pieces:
+                trained = len(labels) - labels.count(IGNORE_INDEX)
+                if not trained:
+                    report.dropped_no_trained_tokens += 1
+                    continue
+                report.tokens += len(ids)
+                report.trained_tokens += trained
+                examples.append(Example(ids, labels))
         if bad:
             raise bad_rows_error(index, ds, bad, len(rows))
         report.per_dataset.append({"path": ds.path, "rows": len(rows),
