@@ -64,8 +64,11 @@ def test_push_records_the_digest_and_a_vm_pulls_by_it(image, registry, tmp_path,
     assert record["image_id"] == local_id
     # As a VM would: nothing but the digest. The pulled image is the one built here.
     assert runtime.run(["docker", "rmi", record["tag"]], timeout=60).ok
-    assert docker.pull(record["image"]).ok
-    assert docker.inspect_image(record["image"])["Id"] == local_id
+    try:
+        assert docker.pull(record["image"]).ok
+        assert docker.inspect_image(record["image"])["Id"] == local_id
+    finally:
+        runtime.run(["docker", "rmi", record["image"]], timeout=60)
 
 
 def test_push_refuses_a_malformed_registry(capsys):
