@@ -17,6 +17,18 @@ def jsonl(path, rows):
     return path
 
 
+def sharegpt(n):
+    """FineTome's shape: ShareGPT turns under `conversations`, roles human / gpt."""
+    names = {"user": "human", "assistant": "gpt", "system": "system"}
+    return [{"conversations": [{"from": names[m["role"]], "value": m["content"]}
+                               for m in r["messages"]]} for r in demo_conversations(n)]
+
+
+def alpaca(n):
+    return [{"instruction": r["messages"][0]["content"], "input": "",
+             "output": r["messages"][1]["content"]} for r in demo_conversations(n)]
+
+
 def run(name, data, tiny_model_dir, tmp_path, monkeypatch, *more):
     monkeypatch.chdir(tmp_path)  # output_dir and dataset_prepared_path are relative
     return main(["train", str(AXOLOTL / name), "--runtime", "local",
@@ -24,11 +36,7 @@ def run(name, data, tiny_model_dir, tmp_path, monkeypatch, *more):
 
 
 def test_qwen3_32b_qlora_trains(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    # FineTome's shape: ShareGPT turns under `conversations`, roles human / gpt.
-    sharegpt = {"user": "human", "assistant": "gpt", "system": "system"}
-    rows = [{"conversations": [{"from": sharegpt[m["role"]], "value": m["content"]}
-                               for m in r["messages"]]} for r in demo_conversations(96)]
-    data = jsonl(tmp_path / "finetome.jsonl", rows)
+    data = jsonl(tmp_path / "finetome.jsonl", sharegpt(96))
     assert run("qwen3-32b-qlora.yaml", data, tiny_model_dir, tmp_path, monkeypatch) == 0
     captured = capsys.readouterr()
     assert "warning: gradient_checkpointing: 'offload' is deprecated" in captured.err
@@ -47,9 +55,7 @@ def test_qwen3_32b_qlora_trains(tiny_model_dir, tmp_path, monkeypatch, capsys):
 
 
 def test_qwen3_qlora_fsdp_trains_alpaca(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    rows = [{"instruction": r["messages"][0]["content"], "input": "",
-             "output": r["messages"][1]["content"]} for r in demo_conversations(96)]
-    data = jsonl(tmp_path / "alpaca.jsonl", rows)
+    data = jsonl(tmp_path / "alpaca.jsonl", alpaca(96))
     assert run("qwen3-qlora-fsdp.yaml", data, tiny_model_dir, tmp_path, monkeypatch,
                "--max-steps", "3") == 0
     captured = capsys.readouterr()
@@ -77,10 +83,7 @@ def test_moe_nvfp4_example_is_refused_key_by_key_then_trains_without_them(
     from toolkit.tiny import write_tiny_model
 
     moe = write_tiny_model(tmp_path / "tiny-moe", moe=True)
-    sharegpt = {"user": "human", "assistant": "gpt", "system": "system"}
-    rows = [{"conversations": [{"from": sharegpt[m["role"]], "value": m["content"]}
-                               for m in r["messages"]]} for r in demo_conversations(200)]
-    data = jsonl(tmp_path / "finetome.jsonl", rows)
+    data = jsonl(tmp_path / "finetome.jsonl", sharegpt(200))
     name = "qwen3-30b-a3b-nvfp4-lora.yaml"
     assert run(name, data, moe, tmp_path, monkeypatch) == 2
     problems = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  - ")]
@@ -98,9 +101,7 @@ def test_moe_nvfp4_example_is_refused_key_by_key_then_trains_without_them(
 
 
 def test_qwen3_fsdp2_liger_example_trains(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    rows = [{"instruction": r["messages"][0]["content"], "input": "",
-             "output": r["messages"][1]["content"]} for r in demo_conversations(96)]
-    data = jsonl(tmp_path / "alpaca.jsonl", rows)
+    data = jsonl(tmp_path / "alpaca.jsonl", alpaca(96))
     # max_steps: 2000 in the example; 3 here keep the test short.
     assert run("qwen3-8b-qat-fsdp2.yaml", data, tiny_model_dir, tmp_path, monkeypatch,
                "--max-steps", "3") == 0
