@@ -54,7 +54,7 @@ def cfg_of(write_config, **changes):
                                             "from the logits; only SFT's cross-entropy is "
                                             "replaced"}),
 ])
-def test_decisions(write_config, tiny_model_dir, changes, machine, expected):
+def test_decisions(write_config, changes, machine, expected):
     if "datasets" in changes:
         from toolkit.config import Config
         cfg = Config.model_validate({"base_model": "m", **changes})
@@ -282,3 +282,11 @@ def test_fsdp_and_deepspeed_settings_are_what_transformers_accepts(write_config)
         "activation_checkpointing": False, "reshard_after_forward": False}
     bundled = deepspeed_args(cfg_of(write_config, deepspeed="zero2"), {"deepspeed": "on"})
     assert json.loads(open(bundled["deepspeed"]).read())["zero_optimization"]["stage"] == 2
+
+
+def test_fsdp_in_a_form_axolotl_never_wrote_is_refused_with_the_spelling_to_use(write_config):
+    with pytest.raises(ConfigError) as err:
+        load_config(write_config({"fsdp": True}))
+    assert err.value.problems == [
+        "fsdp: got True; not supported by toolkit (give FSDP as fsdp_version: 2 with "
+        "fsdp_config (axolotl's list form, e.g. fsdp: [full_shard, auto_wrap], is read too))"]

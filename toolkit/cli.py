@@ -200,12 +200,13 @@ def cmd_validate(args, extra) -> int:
 def _with_local_data(args, extra) -> tuple:
     """The config, with remote datasets (s3://, gs://, az://) fetched to the host's cache
     and the config pointed at the copies; and the overrides to pass on, those included."""
+    from toolkit.remote import fetch_remote_datasets, is_remote
+
     loaded = _load(args, extra)
     raw = [{"path": d.path, "data_files": d.data_files} for d in loaded.config.datasets]
-    if not any("://" in d["path"] for d in raw):
+    if not any(is_remote(d["path"]) for d in raw):
         return loaded, extra
     from toolkit.config import load_config, parse_overrides
-    from toolkit.remote import fetch_remote_datasets
 
     fetched = [f"--{key}={value}" for key, value in fetch_remote_datasets(raw).items()]
     extra = [*extra, *fetched]

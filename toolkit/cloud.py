@@ -22,6 +22,7 @@ import yaml
 from toolkit.config import LoadedConfig, is_local_ref
 from toolkit.errors import UsageError
 from toolkit.launch import SECRET_ENV, device_flags
+from toolkit.remote import is_remote
 from toolkit.runtime import Mount, RunSpec, run_argv
 
 VM = Path("/toolkit")
@@ -41,9 +42,9 @@ def vm_config(loaded: LoadedConfig) -> tuple[dict, dict[str, str]]:
         data["tokenizer_config"] = str(VM / "tokenizer")
     for i, ds in enumerate(cfg.datasets):
         local = is_local_ref(ds.path)
-        source = str(Path(ds.path).expanduser().resolve()) if local else ds.path
-        if not local and "://" not in ds.path:
+        if not local and not is_remote(ds.path):
             continue  # a hub dataset: read over the network in the container
+        source = str(Path(ds.path).expanduser().resolve()) if local else ds.path
         name = Path(ds.path.rstrip("/")).name
         target = VM / "data" / str(i) / name
         copies[str(target)] = source
@@ -58,7 +59,7 @@ def needs_network(loaded: LoadedConfig) -> bool:
     """Whether the container must reach the network (a hub model or hub dataset)."""
     cfg = loaded.config
     refs = [cfg.base_model, cfg.tokenizer_config, *(d.path for d in cfg.datasets)]
-    return any(r and not is_local_ref(r) and "://" not in r for r in refs)
+    return any(r and not is_local_ref(r) and not is_remote(r) for r in refs)
 
 
 def skypilot_task(loaded: LoadedConfig, image: str, config_file: Path, accelerators: str | None,
@@ -90,7 +91,7 @@ def cloud_init(loaded: LoadedConfig, image: str, accelerator: str, outputs: str)
     """#cloud-config user-data for one plain Debian/Ubuntu VM: install the engine (and
     the NVIDIA Container Toolkit), pull by digest, preflight, train, copy outputs out."""
     data, copies = vm_config(loaded)
-    local = {target: src for target, src in copies.items() if "://" not in src}
+    local = {target: src for target, src in copies.items() if not is_remote(src)}
     if local:
         names = ", ".join(sorted(local.values()))
         raise UsageError(f"a VM cannot read this machine's files ({names}); upload them to "

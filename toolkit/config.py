@@ -72,6 +72,8 @@ UNSUPPORTED_KEYS = {
     "trust_remote_code": "remote code is never run; Qwen3 needs none. Set it false",
     "group_by_length": "batches are drawn in random order; set it false",
     "lora_model_dir": "starting from a trained adapter is not implemented yet; remove the key",
+    "fsdp": "give FSDP as fsdp_version: 2 with fsdp_config (axolotl's list form, e.g. "
+            "fsdp: [full_shard, auto_wrap], is read too)",
     "use_sonicmoe": "SonicMoE kernels are not implemented; remove it (Qwen3-MoE experts run "
                     "through transformers' fused expert weights)",
     "nvfp4_merge_aware": "NVFP4 checkpoints are not supported; remove it and train on a bf16 "
@@ -506,7 +508,7 @@ def _map_deprecated(raw: dict, sources: dict[str, str]) -> tuple[dict, list[str]
         notes.append(f"fsdp: {fsdp_list} is deprecated; read as fsdp_version: "
                      f"{raw['fsdp_version']} with fsdp_config (FSDP2 is fsdp_version: 2)")
     elif fsdp_list not in OFF_VALUES:
-        raw["fsdp"] = fsdp_list  # not a list: left for validation to name
+        raw["fsdp"] = fsdp_list  # neither a list nor a string: refused by name
     if isinstance(raw.get("fsdp_config"), dict):
         renamed = {k: k.removeprefix("fsdp_") for k in raw["fsdp_config"] if
                    k.startswith("fsdp_")}

@@ -65,7 +65,8 @@ def fetch(url: str, data_files=None, where: str = "", log=print) -> Path:
                         "credentials in the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS,"
                         " AZURE_STORAGE_*)") from None
     except OSError as exc:
-        raise DataError(f"{where}: could not list {url}: {exc}") from None
+        raise DataError(f"{where}: could not list {url}: {exc}; check the URL, the network "
+                        "and the store's endpoint settings (e.g. AWS_ENDPOINT_URL)") from None
     key = hashlib.sha256(json.dumps(
         [url, [_fingerprint(info) for info in infos]], sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_root() / key

@@ -129,8 +129,7 @@ def load_base(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labe
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(load_in_8bit=True)
     auto = getattr(transformers, HEADS[head][0])
     if head == "causal_lm":
-        apply_liger(transformers.AutoConfig.from_pretrained(cfg.base_model).model_type,
-                    resolved.optimizations)
+        apply_liger(cfg.base_model, resolved.optimizations)
     model = auto.from_pretrained(cfg.base_model, **kwargs)
     if resolved.device == "cuda" and "quantization_config" not in kwargs:
         model = model.to("cuda")
@@ -169,16 +168,17 @@ def load_model(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_lab
         elif cfg.gradient_checkpointing:
             model.enable_input_require_grads()
         model = get_peft_model(model, lora)
-    apply_optimizations(model, resolved)
+    finish_model(cfg, resolved, model)
     return model
 
 
-def apply_optimizations(model, resolved: Resolved) -> None:
-    """The options that act on the finished (adapter-wrapped) model: fused LoRA
-    projections and activation offloading. TRL's trainers wrap the adapter themselves,
-    so their recipes call this on `trainer.model`."""
+def finish_model(cfg: Config, resolved: Resolved, model) -> None:
+    """What acts on the finished (adapter-wrapped) model: trainable weights in the compute
+    dtype, fused LoRA projections, activation offloading. TRL's trainers wrap the adapter
+    themselves, so their recipes call this on `trainer.model`."""
     from toolkit.trainer.lora_kernels import fuse_lora_projections
 
+    match_trainable_dtype(cfg, resolved, model)
     fuse_lora_projections(model, resolved.optimizations)
     apply_activation_offloading(model, resolved.optimizations)
 

@@ -118,7 +118,7 @@ def decide(cfg: Config, machine: Machine) -> dict[str, str]:
     return out
 
 
-def apply_liger(model_type: str, decisions: dict[str, str]) -> None:
+def apply_liger(base_model: str, decisions: dict[str, str]) -> None:
     """Patch transformers' Qwen3 / Qwen3-MoE classes with liger's kernels, before loading."""
     chosen = {k for k in LIGER if decisions.get(k) == "on"}
     if not chosen:
@@ -127,7 +127,9 @@ def apply_liger(model_type: str, decisions: dict[str, str]) -> None:
         apply_liger_kernel_to_qwen3,
         apply_liger_kernel_to_qwen3_moe,
     )
+    from transformers import AutoConfig
 
+    model_type = AutoConfig.from_pretrained(base_model).model_type
     patch = {"qwen3": apply_liger_kernel_to_qwen3,
              "qwen3_moe": apply_liger_kernel_to_qwen3_moe}.get(model_type)
     if patch is None:

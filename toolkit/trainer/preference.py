@@ -16,10 +16,9 @@ from toolkit.config import Config, LoadedConfig
 from toolkit.errors import UsageError
 from toolkit.trainer.args import common_args
 from toolkit.trainer.model import (
-    apply_optimizations,
+    finish_model,
     load_base,
     lora_config,
-    match_trainable_dtype,
 )
 from toolkit.trainer.rows import tokenizer_and_rows
 from toolkit.trainer.steps import start_run, train_and_save
@@ -43,8 +42,7 @@ def train(loaded: LoadedConfig) -> Path:
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
         peft_config=lora_config(cfg, resolved), callbacks=[progress])
-    match_trainable_dtype(cfg, resolved, trainer.model)
-    apply_optimizations(trainer.model, resolved)
+    finish_model(cfg, resolved, trainer.model)
     dropped = len(train_rows) - len(trainer.train_dataset)
     if dropped:
         log(f"data: the {cfg.rl} trainer dropped {dropped} rows whose prompt alone fills "
