@@ -167,6 +167,16 @@ def test_doctor_no_engine_and_cpu_only():
     assert "FAIL     docker" in text and "fix: install Docker" in text
 
 
+def test_disk_is_judged_against_the_image_this_host_would_run():
+    from dataclasses import replace
+
+    host = replace(fake_host(docker_ok(), programs={"docker"}), disk_free_gb=5.0)
+    # No GPU: the cpu image (2 GB in the matrix), not the largest variant (rocm, 12 GB).
+    assert finding(host_checks(host, MATRIX), "disk").status == Status.MARGINAL
+    disk = finding(host_checks(host, MATRIX, wanted="rocm7.2"), "disk")
+    assert disk.status == Status.FAIL and "the image needs about 12 GB" in disk.message
+
+
 def test_cli_select_and_doctor_on_a_described_host(monkeypatch, capsys):
     import json
 

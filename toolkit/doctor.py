@@ -112,7 +112,10 @@ def _docker_findings(host: Host, variants: list, wanted: str | None) -> list[Fin
                                "sudo usermod -aG video,render $USER, then log in again"))
         else:
             out.append(Finding("amd devices", Status.OK, "/dev/kfd and /dev/dri present"))
-    size = max((v.size_gb for v in variants if v.name == wanted), default=None) or max(
+    # The image this host would run: the one asked for, else the one select picks (cpu on a
+    # host without GPUs); the largest of the matrix only when nothing fits.
+    target = wanted or select(host.facts, [v.facts() for v in variants]).variant
+    size = next((v.size_gb for v in variants if v.name == target), None) or max(
         (v.size_gb for v in variants), default=6.0)
     if host.disk_free_gb is None:
         out.append(Finding("disk", Status.UNKNOWN, "cannot read free space of Docker's root"))
