@@ -37,4 +37,18 @@ RECIPES = {"sft": "sft", "preference": "preference", "reward": "reward", "prm": 
 
 def run(loaded):
     """Train with the recipe the config calls for; return the output directory."""
-    return import_module(f"toolkit.trainer.{RECIPES[loaded.config.recipe]}").train(loaded)
+    out = import_module(f"toolkit.trainer.{RECIPES[loaded.config.recipe]}").train(loaded)
+    _close_process_group()
+    return out
+
+
+def _close_process_group() -> None:
+    """Under torchrun: wait until rank 0 has written the outputs, then close the process
+    group. A rank that exits with it open can abort in gloo's teardown ("terminate called
+    without an active exception") while rank 0 still writes, and torchrun then stops rank
+    0 too."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
