@@ -66,3 +66,18 @@ def image(docker_engine) -> str:
     from toolkit.runtime import Runtime
 
     return ensure_image(get_variant("cpu"), Runtime())
+
+
+@pytest.fixture
+def no_leftover_containers(docker_engine):
+    """After the test, no container of toolkit's is left on the engine (running or not)."""
+    import subprocess
+
+    from toolkit.engine import LABEL
+
+    yield
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={LABEL}"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    if left:
+        subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+    assert left == [], f"containers left behind: {left}"

@@ -20,6 +20,7 @@ def problems_of(path, overrides=None) -> list[str]:
 
 def test_demo_config_is_valid(monkeypatch, tmp_path):
     (tmp_path / ".cache" / "tiny-qwen3").mkdir(parents=True)
+    (tmp_path / ".cache" / "tiny-qwen3" / "config.json").write_text("{}")
     (tmp_path / "configs" / "data").mkdir(parents=True)
     (tmp_path / "configs" / "data" / "demo-chat.jsonl").write_text("{}\n")
     monkeypatch.chdir(tmp_path)

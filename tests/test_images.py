@@ -71,4 +71,4 @@ def test_complete_locks_install_without_resolution():
                        "--env", "HIP_VISIBLE_DEVICES=1"]),
 ])
 def test_device_flags(accelerator, gpus, gids, flags):
-    assert device_flags(accelerator, gpus, gids) == flags
+    assert device_flags(accelerator, gpus, gids).flags() == flags

@@ -62,10 +62,14 @@ def test_training_reads_an_s3_dataset_and_refetches_only_when_it_changes(
 
     rows = DEMO_DATA.read_text().splitlines()[:40]
     s3.put_object(Bucket="chats", Key="sft/demo.jsonl", Body="\n".join(rows).encode())
-    assert main(["train", str(path), "--runtime", "local", "--resume-from-checkpoint",
-                 "false"]) == 0
+    # Other data is another run: refused in the finished run's folder, trained in a new one.
+    assert main(["train", str(path), "--runtime", "local"]) == 2
+    assert "holds a finished run of another config (written" in capsys.readouterr().err
+    assert main(["train", str(path), "--runtime", "local", "--output-dir",
+                 str(path.parent / "again")]) == 0
     out = capsys.readouterr().out
-    assert "data: fetching 1 file(s)" in out and "data: 40 rows read" in out
+    assert "data: fetching 1 file(s)" not in out, "fetched once, by the refused command"
+    assert "data: 40 rows read" in out
 
 
 def test_an_s3_folder_fetches_the_files_data_files_selects(s3, tmp_path):

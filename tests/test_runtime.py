@@ -10,14 +10,23 @@ import pytest
 from toolkit import images
 from toolkit.images import BuildOptions, build_image, ensure_image, get_variant, resolve_base
 from toolkit.launch import config_paths, container_spec, plan_mounts
-from toolkit.runtime import Docker, FakeRuntime, Mount, Result, RunSpec, run_argv
+from toolkit.runtime import (
+    Devices,
+    Docker,
+    FakeRuntime,
+    Mount,
+    Result,
+    RunSpec,
+    mount_option,
+    run_argv,
+)
 
 
 def test_run_argv_is_exact():
     spec = RunSpec(image="toolkit:cpu-abc", command=["toolkit", "train", "/c.yaml"],
                    mounts=[Mount("/data", "/data"), Mount("/out", "/out", read_only=False)],
                    user="1000:1000", workdir="/work", env={"A": "1", "HF_TOKEN": None},
-                   network="none", extra=["--shm-size", "1g"])
+                   network="none", devices=Devices(shm_size="1g"))
     assert run_argv(spec) == [
         "docker", "run", "--rm", "--init", "--user", "1000:1000", "--network", "none",
         "--mount", "type=bind,source=/data,target=/data,readonly",
@@ -27,11 +36,35 @@ def test_run_argv_is_exact():
         "toolkit:cpu-abc", "toolkit", "train", "/c.yaml"]
 
 
-def test_mounts_fold_nested_paths(tmp_path):
+def test_mounts_fold_nested_paths_but_never_into_a_write(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
-    mounts = plan_mounts(reads=[data, data / "a.jsonl", out / "model"], writes=[out])
-    assert mounts == [Mount(str(out), str(out), read_only=False),
-                      Mount(str(data), str(data), read_only=True)]
+    mounts = plan_mounts(reads=[data, data / "a.jsonl", out / "model"],
+                         writes=[out, out / "sub"])
+    assert mounts == [Mount(str(data), str(data), read_only=True),
+                      Mount(str(out), str(out), read_only=False),
+                      Mount(str(out / "model"), str(out / "model"), read_only=True)]
+
+
+def test_a_read_equal_to_a_write_stays_read_only(tmp_path):
+    assert plan_mounts(reads=[tmp_path / "m"], writes=[tmp_path / "m"]) == [
+        Mount(str(tmp_path / "m"), str(tmp_path / "m"), read_only=True)]
+    # A read inside a read, with a write between them, keeps its own read-only mount.
+    outer, out = tmp_path / "d", tmp_path / "d" / "out"
+    mounts = plan_mounts(reads=[outer, out / "x.jsonl"], writes=[out])
+    assert Mount(str(out / "x.jsonl"), str(out / "x.jsonl"), read_only=True) in mounts
+
+
+@pytest.mark.parametrize("path", ["/data/lr=1e-4,bs=8", '/q/"x",readonly=false',
+                                  "/n/a\nb", "/s/ lead", "/c/a,source=/etc"])
+def test_mount_option_text_is_one_field_per_value(path):
+    """The --mount text the VM scripts use: the docker CLI reads it as one CSV record, so a
+    path's commas and quotes stay in their field."""
+    import csv
+    import io
+
+    text = mount_option(Mount(path, path, read_only=True))
+    fields = next(csv.reader(io.StringIO(text)))
+    assert fields == ["type=bind", f"source={path}", f"target={path}", "readonly"]
 
 
 def test_secrets_pass_by_name_only(monkeypatch, tmp_path):
@@ -49,6 +82,7 @@ def test_config_paths_split_local_and_remote(tmp_path, write_config):
 
     model = tmp_path / "m"
     model.mkdir()
+    (model / "config.json").write_text("{}")
     cfg = load_config(write_config({"base_model": str(model)})).config
     reads, writes, remote = config_paths(cfg)
     assert reads[0] == model and writes == [Path(cfg.output_dir)] and remote is False
@@ -156,11 +190,19 @@ def test_current_image_is_reused(monkeypatch):
     assert ensure_image(variant, fake) == variant.tag
 
 
-def test_missing_engine_says_what_to_do():
+def test_missing_engine_says_what_to_do(monkeypatch):
     from toolkit.errors import RuntimeFailure
 
     fake = FakeRuntime(script=[(("docker", "version"), Result(1, "", "Cannot connect"))])
-    with pytest.raises(RuntimeFailure, match="the Docker engine does not answer; start it"):
+    with pytest.raises(RuntimeFailure, match="the Docker engine does not answer at the "
+                                             "default socket /var/run/docker.sock; start it"):
+        Docker(fake).require()
+    denied = FakeRuntime(script=[(("docker", "version"), Result(
+        1, "", "permission denied while trying to connect to the Docker daemon socket"))])
+    with pytest.raises(RuntimeFailure, match="permission denied .* docker group"):
+        Docker(denied).require()
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.1.2.3:2375")
+    with pytest.raises(RuntimeFailure, match="DOCKER_HOST=tcp://10.1.2.3:2375; check"):
         Docker(fake).require()
     with pytest.raises(RuntimeFailure, match="the docker CLI is not installed"):
         Docker(FakeRuntime(programs=set())).require()

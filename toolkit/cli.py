@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from toolkit import __version__
@@ -26,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     except ToolkitError as exc:
         print(exc.render(), file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:
+        error = _environment_error(exc)
+        if error is None:
+            raise
+        print(error.render(), file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -84,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("merge-lora", cmd_merge, "merge the trained LoRA adapter into the base model",
                 overrides=True)
     p.add_argument("config")
+    p.add_argument("--allow-config-mismatch", action="store_true",
+                   help="merge even though run.json says the adapter was trained with a "
+                        "config that differs from this one")
     runtime_options(p)
 
     p = command("tiny-model", cmd_tiny,
@@ -214,25 +224,51 @@ def _with_local_data(args, extra) -> tuple:
 
 
 def cmd_train(args, extra) -> int:
+    from toolkit import outputs
+
     loaded, extra = _with_local_data(args, extra)
     cfg = loaded.config
     distributed = _distributed_args(args)
-    if _runtime_of(args) == "docker":
-        code = _in_container("train", args, [*distributed, *extra], loaded,
-                             host_network=args.nnodes > 1)
-        if code == 0:
-            what = "adapter" if cfg.uses_lora else "model"
-            print(f"{what} and tokenizer: {cfg.output_dir}\nmanifest: {cfg.output_dir}/run.json"
-                  f"\nlog: {cfg.output_dir}/train.log")
-        return code
-    if distributed and "LOCAL_RANK" not in os.environ:
-        from toolkit.launch import torchrun
+    runtime = _runtime_of(args)
+    if outputs.check_previous(cfg.output_dir, cfg.model_dump(mode="json"),
+                              cfg.training_digest()):
+        return 0
+    with _output_lock(cfg.output_dir, "train") as lock:
+        if runtime == "docker":
+            code = _in_container("train", args, [*distributed, *extra], loaded,
+                                 host_network=args.nnodes > 1, keep_fds=lock.fds)
+            if code == 0:
+                what = "adapter" if cfg.uses_lora else "model"
+                print(f"{what} and tokenizer: {cfg.output_dir}\nmanifest: "
+                      f"{cfg.output_dir}/run.json\nlog: {cfg.output_dir}/train.log")
+            return code
+        if distributed:
+            from toolkit.launch import torchrun
 
-        return torchrun(_runtime(), args, distributed, extra)
-    from toolkit.trainer import run
+            return torchrun(_runtime(), args, distributed, extra)
+        from toolkit.trainer import run
 
-    run(loaded)
-    return 0
+        try:
+            run(loaded)
+        except Exception as exc:
+            error = _environment_error(exc, cfg.output_dir)
+            if error is None:
+                raise
+            raise error from None
+        return 0
+
+
+@contextmanager
+def _output_lock(output_dir: str, command: str):
+    """Hold output_dir's lock for this command and what it launches."""
+    from toolkit import outputs
+
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    lock = outputs.hold(output_dir, command)
+    try:
+        yield lock
+    finally:
+        outputs.release(lock)
 
 
 def _distributed_args(args) -> list[str]:
@@ -260,28 +296,33 @@ def cmd_merge(args, extra) -> int:
     from toolkit.merge import check_inputs
 
     loaded = _load(args, extra)
-    if check_inputs(Path(loaded.config.output_dir)) is None:
+    out = loaded.config.output_dir
+    if check_inputs(loaded, args.allow_config_mismatch) is None:
         return 0
-    if _runtime_of(args) == "docker":
-        code = _in_container("merge-lora", args, extra, loaded)
-        if code == 0:
-            out = loaded.config.output_dir
-            print(f"merged model: {out}/merged\nadapter: {out}\nlog: {out}/train.log")
-        return code
-    from toolkit.merge import merge_lora
+    with _output_lock(out, "merge-lora") as lock:
+        if _runtime_of(args) == "docker":
+            code = _in_container("merge-lora", args,
+                                 [*extra, *(["--allow-config-mismatch"]
+                                            if args.allow_config_mismatch else [])],
+                                 loaded, keep_fds=lock.fds)
+            if code == 0:
+                print(f"merged model: {out}/merged\nadapter: {out}\nlog: {out}/train.log")
+            return code
+        from toolkit.merge import merge_lora
 
-    merge_lora(loaded)
-    return 0
+        merge_lora(loaded, args.allow_config_mismatch)
+        return 0
 
 
-def _in_container(command: str, args, extra, loaded, host_network: bool = False) -> int:
+def _in_container(command: str, args, extra, loaded, host_network: bool = False,
+                  keep_fds: tuple[int, ...] = ()) -> int:
     """Run this same command in the image, with the config's paths mounted."""
     from toolkit.launch import config_paths, run_in_container
 
     reads, writes, network = config_paths(loaded.config)
     argv = ["toolkit", command, str(Path(args.config).absolute()), "--runtime", "local", *extra]
-    code = run_in_container(_runtime(), _image(args), argv, [Path(args.config), *reads],
-                            writes, "host" if host_network else network, args.gpus)
+    code = run_in_container(_image(args), argv, [Path(args.config), *reads], writes,
+                            "host" if host_network else network, args.gpus, keep_fds)
     return _container_failed(code) if code else 0
 
 
@@ -295,7 +336,7 @@ def cmd_tiny(args, extra) -> int:
 
         command = ["toolkit", "tiny-model", str(out.absolute()), "--runtime", "local",
                    "--seed", str(args.seed), *(["--moe"] if args.moe else [])]
-        code = run_in_container(_runtime(), _image(args), command, [], [out], gpus=args.gpus)
+        code = run_in_container(_image(args), command, [], [out], gpus=args.gpus)
         return _container_failed(code) if code else 0
     from toolkit.tiny import write_tiny_model
 
@@ -491,6 +532,45 @@ def _image(args) -> str:
     from toolkit.launch import choose_image
 
     return choose_image(_runtime(), args.image, args.variant)
+
+
+def _environment_error(exc: BaseException, where: str | None = None) -> ToolkitError | None:
+    """An operating-system error (or a library's error that wraps one, such as
+    safetensors' "No space left on device (os error 28)") as one line naming the path and
+    the fix, exit 1; None for any other exception."""
+    import errno
+    import re
+
+    from toolkit.errors import RuntimeFailure
+
+    if isinstance(exc, ToolkitError):
+        return None
+    seen, cause, code = exc, None, None
+    while seen is not None and cause is None:
+        if isinstance(seen, OSError) and seen.errno:
+            cause, code = seen, seen.errno
+        seen = seen.__cause__ or seen.__context__
+    if cause is None:
+        match = re.search(r"\(os error (\d+)\)", str(exc))
+        if not match:
+            return None
+        code = int(match.group(1))
+    where = (cause.filename if cause is not None and cause.filename else None) or where or \
+        "a file toolkit writes"
+    strerror = (cause.strerror if cause is not None else None) or os.strerror(code)
+    fixes = {
+        errno.ENOSPC: f"no space left on the device holding {where}; free some space "
+                      "(save_total_limit keeps fewer checkpoints) or choose an output_dir on "
+                      "a larger disk, then run the same command again to resume",
+        errno.EDQUOT: f"disk quota exceeded writing {where}; free some space or choose an "
+                      "output_dir elsewhere",
+        errno.EROFS: f"{where} is on a read-only filesystem; choose an output_dir you can "
+                     "write",
+        errno.EACCES: f"permission denied: {where}; make it writable for you "
+                      f"(uid {os.getuid()}) or choose another output_dir",
+        errno.EPERM: f"operation not permitted on {where}; check its owner and permissions",
+    }
+    return RuntimeFailure(fixes.get(code, f"{strerror}: {where}"))
 
 
 def _container_failed(code: int) -> int:

@@ -105,10 +105,10 @@ def cloud_init(loaded: LoadedConfig, image: str, accelerator: str, outputs: str)
                                          "--runtime", "local"],
                    mounts=mounts, user="0:0", workdir="/", env={n: None for n in SECRET_ENV},
                    network=None if needs_network(loaded) else "none",
-                   extra=device_flags(accelerator, None, ("video", "render")))
+                   devices=device_flags(accelerator, None, ("video", "render")))
     doctor = RunSpec(image=image, command=["toolkit", "doctor"], mounts=[], user="0:0",
                      workdir="/", env={}, network="none",
-                     extra=device_flags(accelerator, None, ("video", "render")))
+                     devices=device_flags(accelerator, None, ("video", "render")))
     fetches = []
     for target, src in copies.items():
         dest = host / Path(target).relative_to(VM)

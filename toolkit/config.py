@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,11 @@ UNSUPPORTED_KEYS = {
 }
 OFF_VALUES = (None, False, "", [], {})
 
+# Keys that only mean something for a LoRA adapter.
+LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear",
+             "lora_modules_to_save", "lora_target_parameters", "lora_mlp_kernel",
+             "lora_qkv_kernel", "lora_o_kernel")
+
 # DeepSpeed configs shipped in toolkit/deepspeed/, by the name `deepspeed:` takes.
 DEEPSPEED_BUNDLED = ("zero1", "zero2", "zero3")
 
@@ -113,7 +119,8 @@ IGNORED_KEYS = {
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity in any number: `learning_rate: .inf` is a typo, not a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class MessageMapping(_Strict):
@@ -207,6 +214,9 @@ class Config(_Strict):
     dataset_processes: PositiveInt | None = None
     val_set_size: Annotated[float, Field(ge=0)] = 0.0
     output_dir: str = "./outputs/model-out"
+    # Write into a folder that already holds files other than a toolkit run (or into the
+    # home folder); toolkit never changes those files.
+    allow_existing_output_dir: bool = False
     sequence_len: PositiveInt = 2048
     # What happens to a row longer than sequence_len: dropped, cut at sequence_len, or cut
     # into pieces of sequence_len that each train; all are counted and reported.
@@ -409,6 +419,11 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         sources.setdefault(name, "default")
     warnings = mapped + [f"{key}: {IGNORED_KEYS.get(key, NOT_USED)}"
                          for key in ignored if raw[key] not in OFF_VALUES]
+    if not config.uses_lora:
+        warnings += [f"{key}: set to {_show(raw[key])} but adapter is {_show(raw.get('adapter'))}"
+                     ", so there is no LoRA and it has no effect; set adapter: lora (or qlora) "
+                     "to train an adapter, or remove the key" for key in LORA_KEYS
+                     if key in raw and raw[key] not in OFF_VALUES]
     derive(config, sources)
     return LoadedConfig(config=config, path=path, sources=sources, warnings=warnings)
 
@@ -419,13 +434,17 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"{path} does not exist; pass the path of a YAML config "
                           "(examples are in configs/)")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is {size:,} bytes; a config is at most "
+                          f"{MAX_CONFIG_BYTES:,}: is it the right file?")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); "
                           "save it as UTF-8") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = _bounded_yaml(text, path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -437,6 +456,55 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a YAML mapping of keys to values, "
                           f"got a {type(raw).__name__}; start from an example in configs/")
+    return raw
+
+
+# Limits on what a config may make the parser build: real configs are a few kilobytes, a
+# few levels deep, with a handful of anchors. Beyond them YAML aliases can expand
+# exponentially ("billion laughs") and deep nesting exhausts the stack.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_NODES = 100_000
+
+
+def _bounded_yaml(text: str, path: Path) -> Any:
+    """safe_load with limits: nesting depth checked on the event stream (which builds
+    nothing), then the loaded document's size counted as if every alias were expanded
+    (each shared node counted once per use, without expanding it)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                raise ConfigError(f"{path}: nested more than {MAX_DEPTH} levels deep (line "
+                                  f"{mark.line + 1}); a config is a few levels deep: "
+                                  "flatten it")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+    raw = yaml.safe_load(text)
+    sizes: dict[int, int] = {}
+
+    def expanded(node: Any, open_: frozenset[int]) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key in open_:
+            raise ConfigError(f"{path}: an alias refers to itself (a recursive anchor); "
+                              "write the value out")
+        if key not in sizes:
+            children = node.values() if isinstance(node, dict) else node
+            total = 1
+            for child in children:
+                total += expanded(child, open_ | {key})
+                if total > MAX_NODES:
+                    break
+            sizes[key] = total
+        return sizes[key]
+
+    if expanded(raw, frozenset()) > MAX_NODES:
+        raise ConfigError(f"{path}: its aliases expand to more than {MAX_NODES:,} values "
+                          "(a YAML alias bomb?); write the config without nested aliases")
     return raw
 
 
@@ -799,7 +867,8 @@ def _cross_field_problems(raw: dict) -> list[str]:
         out.append(f"chat_template_jinja is set but chat_template is {_show(template)}; "
                    "set chat_template: jinja to use it")
     val = raw.get("val_set_size")
-    if isinstance(val, (int, float)) and val >= 1 and float(val) != int(val):
+    if isinstance(val, (int, float)) and math.isfinite(val) and val >= 1 and \
+            float(val) != int(val):
         out.append(f"val_set_size: got {val}; use a fraction below 1 or a whole number of rows")
     return out
 
@@ -834,6 +903,8 @@ def _path_problems(raw: dict) -> list[str]:
                     "; give an existing model folder or a hub id like Qwen/Qwen3-8B")
             out.append(f"{key}: {ref!r} does not exist (looked in "
                        f"{Path(ref).expanduser().resolve()}){hint}")
+        elif isinstance(ref, str) and is_local_ref(ref):
+            out += _model_folder_problems(key, ref)
     datasets = raw.get("datasets")
     for i, ds in enumerate(datasets if isinstance(datasets, list) else []):
         ref = ds.get("path") if isinstance(ds, dict) else None
@@ -847,6 +918,8 @@ def _path_problems(raw: dict) -> list[str]:
         elif where.is_file() and ds.get("ds_type") is None and where.suffix not in DATA_SUFFIXES:
             out.append(f"datasets[{i}].path: cannot tell the format of {ref!r}; "
                        f"set ds_type to one of {sorted(set(DATA_SUFFIXES.values()))}")
+        elif where.is_file():
+            out += _data_file_problems(f"datasets[{i}].path", ref, where)
     ds_file = raw.get("deepspeed")
     if isinstance(ds_file, str) and ds_file not in DEEPSPEED_BUNDLED and not Path(
             ds_file).expanduser().is_file():
@@ -855,7 +928,67 @@ def _path_problems(raw: dict) -> list[str]:
     out_dir = raw.get("output_dir")
     if isinstance(out_dir, str) and Path(out_dir).expanduser().is_file():
         out.append(f"output_dir: {out_dir!r} is a file; choose a directory path")
+    else:
+        from toolkit.outputs import output_problems
+
+        out += output_problems(raw, local_inputs(raw))
     return out
+
+
+def local_inputs(raw: dict) -> list[tuple[str, Path]]:
+    """(key, absolute path) of every local file or folder a config reads."""
+    refs = [(k, raw.get(k)) for k in ("base_model", "tokenizer_config")]
+    datasets = raw.get("datasets")
+    refs += [(f"datasets[{i}].path", d.get("path")) for i, d in enumerate(
+        datasets if isinstance(datasets, list) else []) if isinstance(d, dict)]
+    if raw.get("deepspeed") not in DEEPSPEED_BUNDLED:
+        refs.append(("deepspeed", raw.get("deepspeed")))
+    return [(key, Path(os.path.abspath(Path(ref).expanduser()))) for key, ref in refs
+            if isinstance(ref, str) and ref and is_local_ref(ref)]
+
+
+def _model_folder_problems(key: str, ref: str) -> list[str]:
+    """A local model folder must hold a model: config.json (an adapter folder is not one)."""
+    where = Path(ref).expanduser()
+    if not where.is_dir():
+        return [f"{key}: {ref!r} is a file; give the folder that holds the model "
+                "(config.json, the weights, the tokenizer)"]
+    adapter = where / "adapter_config.json"
+    if adapter.is_file() and not (where / "config.json").is_file():
+        try:
+            base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError):
+            base = None
+        return [f"{key}: {ref!r} is a LoRA adapter, not a model; set {key} to the model it "
+                f"was trained on ({base!r} says its adapter_config.json) and merge the "
+                "adapter first (`toolkit merge-lora`) if you want to train on top of it"]
+    if key == "base_model" and not (where / "config.json").is_file():
+        return [f"{key}: {ref!r} holds no model (no config.json); give the folder a model was "
+                "saved to (save_pretrained) or a hub id like Qwen/Qwen3-8B"]
+    if key == "tokenizer_config" and not any(
+            (where / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
+        return [f"{key}: {ref!r} holds no tokenizer (no tokenizer.json or "
+                "tokenizer_config.json); give the folder a tokenizer was saved to"]
+    return []
+
+
+def _data_file_problems(key: str, ref: str, where: Path) -> list[str]:
+    """A data file that cannot be what its name says: empty, or compressed."""
+    try:
+        with where.open("rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        return [f"{key}: {ref!r} cannot be read ({exc.strerror}); check its permissions"]
+    if not head:
+        return [f"{key}: {ref!r} is empty (0 bytes); point it at the file with your rows"]
+    compressed = {b"\x1f\x8b": ("gzip", "gunzip -c"), b"PK\x03\x04": ("zip", "unzip -p"),
+                  b"\x28\xb5\x2f\xfd": ("zstd", "zstd -dc"), b"BZh": ("bzip2", "bunzip2 -c")}
+    for magic, (kind, tool) in compressed.items():
+        if head.startswith(magic) and where.suffix != ".parquet":
+            return [f"{key}: {ref!r} is {kind}-compressed but named {where.suffix}; "
+                    f"decompress it first (`{tool} {where.name} > rows{where.suffix}`) and "
+                    "point the path at that file"]
+    return []
 
 
 # Values the trainer decides on the device, at the start of a run (its resolve step).

@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 from toolkit.config import Config, is_local_ref
-from toolkit.runtime import Docker, Mount, RunSpec, Runtime
+from toolkit.errors import UsageError
+from toolkit.outputs import RUN_LOCK_ENV
+from toolkit.runtime import Devices, Docker, Mount, RunSpec, Runtime
 
 # Credentials a run may need; passed by name only, never by value.
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "AWS_ACCESS_KEY_ID",
@@ -46,18 +48,29 @@ def config_paths(cfg: Config) -> tuple[list[Path], list[Path], bool]:
 
 
 def plan_mounts(reads: list[Path], writes: list[Path]) -> list[Mount]:
-    """Bind mounts at the paths' own absolute locations; nested duplicates folded."""
-    writes = [w.absolute() for w in writes]
-    reads = [r.absolute() for r in reads]
+    """Bind mounts at the paths' own absolute locations (pure).
+
+    A write inside another write is covered by it. A read inside another read is covered
+    by it unless a write lies between them. A read never folds into a write: one nested
+    in an output folder gets a read-only mount of its own, on top of the writable one
+    (the engine mounts parents first), and a read equal to a write stays read-only.
+    """
+    writes = sorted({w.absolute() for w in writes})
+    reads = sorted({r.absolute() for r in reads})
+
+    def inside(path: Path, folder: Path) -> bool:
+        return folder in path.parents
+
     mounts: list[Mount] = []
-    for path in sorted(set(writes)):
-        if not any(path != w and w in path.parents for w in writes):
+    for path in writes:
+        if path not in reads and not any(inside(path, w) for w in writes):
             mounts.append(Mount(str(path.resolve()), str(path), read_only=False))
-    for path in sorted(set(reads)):
-        covered = path in writes or any(p in path.parents for p in [*reads, *writes])
+    for path in reads:
+        covered = any(inside(path, r) and not any(
+            inside(w, r) and (w == path or inside(path, w)) for w in writes) for r in reads)
         if not covered:
             mounts.append(Mount(str(path.resolve()), str(path), read_only=True))
-    return mounts
+    return sorted(mounts, key=lambda m: (m.container.count("/"), m.container))
 
 
 def host_user() -> str:
@@ -66,8 +79,8 @@ def host_user() -> str:
 
 
 def device_flags(accelerator: str, gpus: str | None = None,
-                 amd_gids: tuple[int, ...] = ()) -> list[str]:
-    """docker run flags that give a container its GPUs, per vendor (pure).
+                 amd_gids: tuple[int, ...] = ()) -> Devices:
+    """What a container needs to reach its GPUs, per vendor (pure).
 
     `gpus` is "all" (or None) or a comma list of indexes; NVIDIA maps it to a
     device request, AMD to HIP_VISIBLE_DEVICES. AMD's device nodes belong to the
@@ -76,18 +89,14 @@ def device_flags(accelerator: str, gpus: str | None = None,
     """
     some = gpus not in (None, "all")
     if accelerator == "cuda":
-        request = f'"device={gpus}"' if some else "all"
-        return ["--gpus", request, "--ipc=host", "--ulimit", "memlock=-1",
-                "--ulimit", "stack=67108864"]
+        return Devices(gpus=gpus if some else "all", ipc_host=True,
+                       ulimits=(("memlock", -1), ("stack", 67108864)))
     if accelerator == "rocm":
-        flags = ["--device", "/dev/kfd", "--device", "/dev/dri"]
-        for gid in amd_gids or ("video",):
-            flags += ["--group-add", str(gid)]
-        flags += ["--security-opt", "seccomp=unconfined", "--ipc=host"]
-        if some:
-            flags += ["--env", f"HIP_VISIBLE_DEVICES={gpus}"]
-        return flags
-    return ["--shm-size", "1g"]
+        return Devices(devices=("/dev/kfd", "/dev/dri"),
+                       group_add=tuple(str(g) for g in amd_gids or ("video",)),
+                       security_opt=("seccomp=unconfined",), ipc_host=True,
+                       env=(("HIP_VISIBLE_DEVICES", gpus),) if some else ())
+    return Devices(shm_size="1g")
 
 
 def amd_group_ids() -> tuple[int, ...]:
@@ -97,12 +106,14 @@ def amd_group_ids() -> tuple[int, ...]:
 
 
 def container_spec(image: str, image_id: str, command: list[str], reads: list[Path],
-                   writes: list[Path], network: bool | str, devices: list[str] | None = None
+                   writes: list[Path], network: bool | str, devices: Devices | None = None
                    ) -> RunSpec:
     """`network`: True for the default bridge, False for none, "host" for multi-node runs
     (the ranks must reach each other's ports)."""
     env: dict[str, str | None] = {"TOOLKIT_IMAGE": image, "TOOLKIT_IMAGE_ID": image_id}
     env.update({name: None for name in SECRET_ENV if name in os.environ})
+    if os.environ.get(RUN_LOCK_ENV):
+        env[RUN_LOCK_ENV] = os.environ[RUN_LOCK_ENV]
     return RunSpec(
         image=image,
         command=command,
@@ -111,28 +122,31 @@ def container_spec(image: str, image_id: str, command: list[str], reads: list[Pa
         workdir=os.getcwd(),
         env=env,
         network="host" if network == "host" else None if network else "none",
-        extra=devices if devices is not None else device_flags("cpu"),
+        devices=devices if devices is not None else device_flags("cpu"),
     )
 
 
-def run_in_container(runtime: Runtime, image: str, command: list[str], reads: list[Path],
-                     writes: list[Path], network: bool | str = False,
-                     gpus: str | None = None) -> int:
+def run_in_container(image: str, command: list[str], reads: list[Path], writes: list[Path],
+                     network: bool | str = False, gpus: str | None = None,
+                     keep_fds: tuple[int, ...] = ()) -> int:
     """Run `command` in `image` with the given paths mounted; stream logs; return its exit code."""
-    docker = Docker(runtime)
-    info = docker.inspect_image(image) or {}
-    labels = (info.get("Config") or {}).get("Labels") or {}
-    accelerator = labels.get("io.toolkit.accelerator", "cpu")
+    from toolkit import engine
+
+    info = engine.image_info(image)
+    if info is None:
+        raise UsageError(f"image {image}: not on this engine; build it with "
+                         "`toolkit images build VARIANT` or pull it")
+    accelerator = info.labels.get("io.toolkit.accelerator", "cpu")
     gids = amd_group_ids() if accelerator == "rocm" else ()
     for path in writes:
         path.mkdir(parents=True, exist_ok=True)
-    spec = container_spec(image, info.get("Id", ""), command, reads, writes, network,
+    spec = container_spec(image, info.id, command, reads, writes, network,
                           device_flags(accelerator, gpus, gids))
     note = ("on the host's network (multi-node)" if network == "host" else
             "with network access (a model or dataset is remote)" if network else
             "without network")
     print(f"toolkit: running in {image} as {spec.user}, {note}", file=sys.stderr, flush=True)
-    return docker.run(spec)
+    return engine.run(spec, keep_fds)
 
 
 def choose_image(runtime: Runtime, image: str | None, variant: str | None) -> str:
@@ -144,7 +158,7 @@ def choose_image(runtime: Runtime, image: str | None, variant: str | None) -> st
     """
     from toolkit import doctor, images, probe
     from toolkit.compat import Status
-    from toolkit.errors import RuntimeFailure, UsageError
+    from toolkit.errors import RuntimeFailure
 
     docker = Docker(runtime)
     docker.require()

@@ -31,14 +31,25 @@ def adapter_sha256(out: Path) -> str:
     return h.hexdigest()
 
 
-def check_inputs(out: Path) -> dict | None:
+def check_inputs(loaded: LoadedConfig, allow_mismatch: bool = False) -> dict | None:
     """Validate output_dir before loading anything heavy; return run.json, or None
-    when the run was a full fine-tune and there is nothing to merge."""
-    manifest = out / "run.json"
-    if not manifest.exists():
-        raise UsageError(f"{manifest} not found: nothing has been trained into output_dir "
-                         f"{out}; run `toolkit train CONFIG` first")
-    run = json.loads(manifest.read_text())
+    when the run was a full fine-tune and there is nothing to merge. The adapter must
+    have been trained with this config (run.json says so), unless `allow_mismatch`."""
+    from toolkit.outputs import config_differences, read_manifest
+
+    out = Path(loaded.config.output_dir)
+    run = read_manifest(out)
+    if run is None:
+        raise UsageError(f"{out / 'run.json'} not found: nothing has been trained into "
+                         f"output_dir {out}; run `toolkit train CONFIG` first")
+    differences = config_differences(run.get("config") or {},
+                                     loaded.config.model_dump(mode="json"))
+    if differences and not allow_mismatch:
+        shown = "; ".join(differences[:6]) + (
+            f" and {len(differences) - 6} more" if len(differences) > 6 else "")
+        raise UsageError(f"the run in {out} was trained with another config (differs in: "
+                         f"{shown}); merge with the config it was trained with, train this "
+                         "one first, or pass --allow-config-mismatch to merge it anyway")
     if not run.get("adapter"):
         print(f"nothing to merge: the run in {out} is a full fine-tune, and its model in "
               "output_dir is already complete")
@@ -50,10 +61,10 @@ def check_inputs(out: Path) -> dict | None:
     return run
 
 
-def merge_lora(loaded: LoadedConfig) -> Path:
+def merge_lora(loaded: LoadedConfig, allow_mismatch: bool = False) -> Path:
     """Merge and return the merged folder (or return it untouched if already merged)."""
     out = Path(loaded.config.output_dir)
-    run = check_inputs(out)
+    run = check_inputs(loaded, allow_mismatch)
     if run is None:
         return out
     merged = out / "merged"

@@ -82,8 +82,44 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class Devices:
+    """What a container needs to reach its accelerators, as data. The engine seam turns it
+    into API fields (toolkit.engine); `flags()` into `docker run` options for the shell
+    scripts toolkit writes for VMs."""
+
+    gpus: str | None = None                     # NVIDIA device request: "all" or "0,1"
+    devices: tuple[str, ...] = ()               # host device nodes (AMD: /dev/kfd, /dev/dri)
+    group_add: tuple[str, ...] = ()
+    security_opt: tuple[str, ...] = ()
+    ipc_host: bool = False
+    ulimits: tuple[tuple[str, int], ...] = ()
+    shm_size: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+
+    def flags(self) -> list[str]:
+        out: list[str] = []
+        if self.gpus:
+            out += ["--gpus", "all" if self.gpus == "all" else f'"device={self.gpus}"']
+        for node in self.devices:
+            out += ["--device", node]
+        for group in self.group_add:
+            out += ["--group-add", group]
+        for option in self.security_opt:
+            out += ["--security-opt", option]
+        if self.ipc_host:
+            out.append("--ipc=host")
+        for name, limit in self.ulimits:
+            out += ["--ulimit", f"{name}={limit}"]
+        if self.shm_size:
+            out += ["--shm-size", self.shm_size]
+        for name, value in self.env:
+            out += ["--env", f"{name}={value}"]
+        return out
+
+
+@dataclass(frozen=True)
 class RunSpec:
-    """One `docker run`, described as data so it can be checked without an engine."""
+    """One container run, described as data so it can be checked without an engine."""
 
     image: str
     command: list[str]
@@ -94,24 +130,40 @@ class RunSpec:
     # never appear on a command line or in a log.
     env: dict[str, str | None] = field(default_factory=dict)
     network: str | None = None
-    extra: list[str] = field(default_factory=list)
+    devices: Devices = Devices()
+
+
+def mount_option(m: Mount) -> str:
+    """`--mount` text for one bind mount. The docker CLI reads it as one CSV record, so each
+    field is CSV-quoted: a comma, quote or newline in a path stays inside its field and
+    can never add an option (`readonly=false`, another source)."""
+    fields = ["type=bind", f"source={m.host}", f"target={m.container}"]
+    if m.read_only:
+        fields.append("readonly")
+    return ",".join(_csv_field(f) for f in fields)
+
+
+def _csv_field(text: str) -> str:
+    if any(c in text for c in ',"\n\r') or text != text.strip():
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def run_argv(spec: RunSpec) -> list[str]:
-    """The `docker run` argument list for a spec (pure)."""
+    """The `docker run` argument list for a spec (pure); used in the scripts toolkit writes
+    for VMs. Containers on this machine run through the API (toolkit.engine)."""
     argv = ["docker", "run", "--rm", "--init"]
     if spec.user:
         argv += ["--user", spec.user]
     if spec.network:
         argv += ["--network", spec.network]
     for m in spec.mounts:
-        option = f"type=bind,source={m.host},target={m.container}"
-        argv += ["--mount", option + (",readonly" if m.read_only else "")]
+        argv += ["--mount", mount_option(m)]
     for name, value in spec.env.items():
         argv += ["--env", name if value is None else f"{name}={value}"]
     if spec.workdir:
         argv += ["--workdir", spec.workdir]
-    argv += spec.extra
+    argv += spec.devices.flags()
     return argv + [spec.image, *spec.command]
 
 
@@ -125,21 +177,34 @@ class Docker:
         """The engine's version, or None when no engine answers."""
         if self.runtime.which("docker") is None:
             return None
-        res = self.runtime.run(["docker", "version", "--format", "{{.Server.Version}}"],
-                               timeout=20)
+        res = self._version()
         return res.stdout.strip() if res.ok and res.stdout.strip() else None
+
+    def _version(self) -> Result:
+        return self.runtime.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                                timeout=20)
 
     def require(self) -> str:
         if self.runtime.which("docker") is None:
             raise RuntimeFailure("the docker CLI is not installed; install Docker "
                                  "(https://docs.docker.com/engine/install/) or pass "
                                  "--runtime local to train in this Python environment")
-        version = self.server_version()
-        if version is None:
-            raise RuntimeFailure("the Docker engine does not answer; start it "
-                                 "(`sudo systemctl start docker`, or `dockerd &`) and check "
-                                 "`docker info`, or pass --runtime local")
-        return version
+        res = self._version()
+        if res.ok and res.stdout.strip():
+            return res.stdout.strip()
+        host = os.environ.get("DOCKER_HOST")
+        where = f"DOCKER_HOST={host}" if host else "the default socket /var/run/docker.sock"
+        if "permission denied" in res.stderr.lower():
+            raise RuntimeFailure(f"permission denied on the Docker engine at {where}; add your "
+                                 "user to the docker group (`sudo usermod -aG docker $USER`, "
+                                 "then log in again) or run as a user that may use it")
+        if host:
+            raise RuntimeFailure(f"no Docker engine answers at DOCKER_HOST={host}; check the "
+                                 "address, or unset DOCKER_HOST to use the default socket, or "
+                                 "pass --runtime local")
+        raise RuntimeFailure(f"the Docker engine does not answer at {where}; start it "
+                             "(`sudo systemctl start docker`, or `dockerd &`) and check "
+                             "`docker info`, or pass --runtime local")
 
     def inspect_image(self, ref: str) -> dict | None:
         res = self.runtime.run(["docker", "image", "inspect", ref], timeout=60)
@@ -183,6 +248,3 @@ class Docker:
             argv += ["--change", change]
         return self.runtime.run([*argv, tarball, tag], timeout=900)
 
-    def run(self, spec: RunSpec) -> int:
-        """Run a container attached to our terminal; its logs stream; returns its exit code."""
-        return self.runtime.run(run_argv(spec), capture=False).returncode

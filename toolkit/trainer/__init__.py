@@ -36,10 +36,28 @@ RECIPES = {"sft": "sft", "preference": "preference", "reward": "reward", "prm": 
 
 
 def run(loaded):
-    """Train with the recipe the config calls for; return the output directory."""
-    out = import_module(f"toolkit.trainer.{RECIPES[loaded.config.recipe]}").train(loaded)
-    _close_process_group()
-    return out
+    """Train with the recipe the config calls for; return the output directory.
+
+    The output folder's lock must be ours (or held for us by the command that launched
+    us); a run that is already complete there is not trained again, and a finished run
+    of another config is refused, before anything is loaded."""
+    from pathlib import Path
+
+    from toolkit import outputs
+
+    cfg = loaded.config
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    lock = outputs.ensure_held(cfg.output_dir, "train")
+    try:
+        if outputs.check_previous(cfg.output_dir, cfg.model_dump(mode="json"),
+                                  cfg.training_digest()):
+            return Path(cfg.output_dir)
+        out = import_module(f"toolkit.trainer.{RECIPES[cfg.recipe]}").train(loaded)
+        _close_process_group()
+        return out
+    finally:
+        if lock:
+            lock.release()
 
 
 def _close_process_group() -> None:

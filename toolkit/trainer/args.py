@@ -52,6 +52,9 @@ def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) ->
         activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs=cfg.gradient_checkpointing_kwargs,
         logging_steps=cfg.logging_steps,
+        # Log a NaN or infinite loss as it is (transformers would hide it behind the mean
+        # of the finite ones), so the run stops on it (progress.Divergence).
+        logging_nan_inf_filter=False,
         save_total_limit=cfg.save_total_limit,
         seed=cfg.seed,
         data_seed=cfg.seed,

@@ -276,6 +276,9 @@ def build_examples(cfg: Config, encoder: ChatEncoder) -> tuple[list[Example], Da
                 examples.append(Example(ids, labels))
         if bad:
             raise bad_rows_error(index, ds, bad, len(rows))
+        if not rows:
+            raise DataError(f"datasets[{index}].path: {ds.path!r} holds no rows (only blank "
+                            "lines, or an empty table); point it at the file with your rows")
         report.per_dataset.append({"path": ds.path, "rows": len(rows),
                                    "kept": len(examples) - before})
     report.kept = len(examples)

@@ -131,10 +131,38 @@ def load_base(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labe
     if head == "causal_lm":
         apply_liger(cfg.base_model, resolved.optimizations)
     model = auto.from_pretrained(cfg.base_model, **kwargs)
+    check_lora_targets(model, resolved.lora_target_modules)
     if resolved.device == "cuda" and "quantization_config" not in kwargs:
         model = model.to("cuda")
     model.config.use_cache = False
     return model
+
+
+def check_lora_targets(model, targets: list[str] | str | None) -> None:
+    """Every lora_target_modules entry must name modules of this model, as peft matches
+    them (the full name, or its last dotted parts); peft itself ignores an entry that
+    matches nothing as long as another one matches, so a typo would train fewer modules."""
+    import re
+
+    if targets is None or targets == "all-linear":
+        return
+    names = [name for name, _ in model.named_modules() if name]
+    if isinstance(targets, str):
+        missing = [] if any(re.fullmatch(targets, n) for n in names) else [targets]
+    else:
+        missing = [t for t in targets
+                   if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                         if type(m).__name__.startswith("Linear") and n})
+        raise UsageError(f"lora_target_modules: {', '.join(map(repr, missing))} "
+                         f"{'matches' if len(missing) == 1 else 'match'} no module of "
+                         f"{cfg_name(model)}; its projections are {', '.join(linear)}. "
+                         "Fix the spelling, or use lora_target_linear: true for all of them")
+
+
+def cfg_name(model) -> str:
+    return getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
 
 
 def lora_config(cfg: Config, resolved: Resolved, head: str = "causal_lm"):

@@ -3,6 +3,7 @@ terminal and to output_dir/train.log, and the loss history that run.json keeps."
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -18,13 +19,17 @@ def is_main_process() -> bool:
 
 
 class RunLog:
-    """Prints a line and appends it to the run's log file (rank 0 only under torchrun)."""
+    """Prints a line and appends it to the run's log file (rank 0 only under torchrun).
+    A run that resumes appends to the log of the part before it, so train.log tells the
+    whole run; each start is marked."""
 
     def __init__(self, path: Path):
         self.path = path
         self.main = is_main_process()
         if self.main:
-            self.path.write_text("")
+            started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(f"=== toolkit run started {started} ===\n")
 
     def __call__(self, line: str) -> None:
         if not self.main:
@@ -112,3 +117,37 @@ SHOWN = ("rewards/accuracies", "rewards/margins", "accuracy", "margin", "step_ac
 
 def _numbers(logs: dict) -> dict:
     return {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+
+
+class Divergence(TrainerCallback):
+    """Stops training at the first logged loss or gradient norm that is not a finite
+    number (the weights are garbage from there on), without saving a checkpoint of them.
+    The recipe then fails the run."""
+
+    def __init__(self):
+        self.step: int | None = None
+        self.what = ""
+        self.last_finite: tuple[int, float] | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        for key in ("loss", "grad_norm"):
+            value = logs.get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                self.step, self.what = state.global_step, f"{key} {value}"
+                control.should_training_stop = True
+                control.should_save = False
+                return
+        if isinstance(logs.get("loss"), (int, float)):
+            self.last_finite = (state.global_step, float(logs["loss"]))
+
+    def message(self, cfg) -> str:
+        last = (f"the last finite loss was {self.last_finite[1]:.4f} at step "
+                f"{self.last_finite[0]}" if self.last_finite else "no finite loss was logged")
+        cause = ("fp16 overflow: use bf16 (or bf16: auto) on a GPU that has it"
+                 if cfg.fp16 else
+                 f"learning_rate {cfg.learning_rate:g} is likely too high: lower it"
+                 if cfg.learning_rate > 1e-2 else
+                 "try a lower learning_rate, warmup_steps, or max_grad_norm: 1.0")
+        return (f"training diverged: {self.what} at step {self.step}; {last}. Likely cause: "
+                f"{cause}. Nothing was saved as the result")

@@ -3,17 +3,20 @@ and describe it. The recipes stay readable top to bottom between the two."""
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from pathlib import Path
 
 from toolkit.config import Config, LoadedConfig
-from toolkit.errors import Preempted
+from toolkit.errors import Preempted, RuntimeFailure
+from toolkit.outputs import read_segments, write_segments
 from toolkit.trainer import quiet_libraries
 from toolkit.trainer.checkpoints import CheckpointMarker, Preemption, find_resume
-from toolkit.trainer.files import make_readable
+from toolkit.trainer.files import make_written_readable, snapshot
 from toolkit.trainer.manifest import write_manifest
 from toolkit.trainer.model import Resolved, resolve
-from toolkit.trainer.progress import ProgressLog, RunLog
+from toolkit.trainer.progress import Divergence, ProgressLog, RunLog
 from toolkit.trainer.throughput import (
     TensorBoard,
     flops_per_token,
@@ -47,22 +50,27 @@ def start_run(cfg: Config) -> tuple[RunLog, ProgressLog, Resolved]:
 
 def train_and_save(trainer, tokenizer, loaded: LoadedConfig, progress: ProgressLog,
                    recipe: str, **facts) -> Path:
-    """Train; save the adapter (or model) with the tokenizer; write run.json."""
+    """Train (resuming where the run stopped); save the adapter (or model) with the
+    tokenizer; write run.json for the whole run, every segment of it."""
     from transformers.trainer_callback import PrinterCallback
 
     cfg = loaded.config
     out = Path(cfg.output_dir)
+    main = trainer.is_world_process_zero()
+    before = snapshot(out)
     trainer.remove_callback(PrinterCallback)  # ProgressLog prints one line per log step
     resume = find_resume(cfg, progress.log)
+    segments = _start_segment(out, resume) if main else []
     trainer.add_callback(CheckpointMarker(cfg.training_digest()))
     if cfg.early_stopping_patience:
         from transformers import EarlyStoppingCallback
 
         trainer.add_callback(EarlyStoppingCallback(cfg.early_stopping_patience))
-    preemption = Preemption()
+    preemption, divergence = Preemption(), Divergence()
     trainer.add_callback(preemption)
+    trainer.add_callback(divergence)
     resolved = facts["resolved"]
-    board = TensorBoard(out / "tensorboard") if trainer.is_world_process_zero() else None
+    board = TensorBoard(out / "tensorboard") if main else None
     progress.measure(_flops_per_token(cfg, trainer.model, facts.get("data")),
                      peak_flops(resolved["device"], resolved["device_name"], resolved["dtype"]),
                      resolved["device"], board)
@@ -74,28 +82,38 @@ def train_and_save(trainer, tokenizer, loaded: LoadedConfig, progress: ProgressL
         if board:
             board.close()
     elapsed = time.monotonic() - started
+    step = trainer.state.global_step
     if preemption.requested:
-        step = trainer.state.global_step
         progress.log(f"preempted: SIGTERM at step {step}; checkpoint saved")
+        _end_segment(out, segments, step, "preempted")
+        make_written_readable(out, before)
         raise Preempted(f"stopped by SIGTERM at step {step}; checkpoint {out}/checkpoint-{step} "
                         "was saved. Run the same command again to resume from it")
+    if divergence.step is None and trainer.args.world_size == 1 and not _finite(trainer.model):
+        divergence.step, divergence.what = step, "a trainable weight that is not finite"
+    if divergence.step is not None:
+        progress.log(f"error: {divergence.message(cfg)}")
+        _end_segment(out, segments, step, "diverged")
+        make_written_readable(out, before)
+        raise RuntimeFailure(divergence.message(cfg))
     trainer.save_model(str(out))  # every rank joins; rank 0 writes
-    if not trainer.is_world_process_zero():
+    if not main:
         return out
     tokenizer.save_pretrained(str(out))
-    make_readable(out)
     rate = progress.tokens_seen / elapsed if elapsed and progress.tokens_seen else None
     memory, memory_kind = peak_memory_gib(resolved["device"])
-    charted = write_chart(out / "loss.png", progress.losses, progress.eval_losses,
-                          progress.rates)
+    losses, evals, metrics, eval_history = _whole_run_history(trainer.state.log_history,
+                                                              progress, resume)
+    charted = write_chart(out / "loss.png", losses, evals, progress.rates)
+    segments = _end_segment(out, segments, step, "complete")
     manifest = write_manifest(
         out, loaded, recipe=recipe, **facts,
-        steps=trainer.state.global_step, epochs=trainer.state.epoch,
-        final_loss=progress.losses[-1][1] if progress.losses else None,
+        status="complete", training_digest=cfg.training_digest(), segments=segments,
+        steps=step, epochs=trainer.state.epoch,
+        final_loss=losses[-1][1] if losses else None,
         mean_loss=result.training_loss,
-        eval_loss=progress.eval_losses[-1][1] if progress.eval_losses else None,
-        loss_history=progress.losses, metrics_history=progress.metrics,
-        eval_history=progress.evals,
+        eval_loss=evals[-1][1] if evals else None,
+        loss_history=losses, metrics_history=metrics, eval_history=eval_history,
         tokens_per_second=rate, mfu=progress.mfu(rate, trainer.args.world_size),
         flops_per_token=progress.flops_per_token,
         peak_memory_gib=memory, peak_memory_of=memory_kind,
@@ -104,7 +122,52 @@ def train_and_save(trainer, tokenizer, loaded: LoadedConfig, progress: ProgressL
         tensorboard="tensorboard" if board and board.writer else None)
     progress.log(f"saved {'adapter' if cfg.uses_lora else 'model'} and tokenizer to {out}; "
                  f"manifest {manifest}; log {out / 'train.log'}")
+    make_written_readable(out, before)
     return out
+
+
+def _start_segment(out: Path, resume: str | None) -> list[dict]:
+    """Record this start of the run (the first, or a resume) in output_dir/.toolkit."""
+    segments = read_segments(out)
+    resumed = int(Path(resume).name.rsplit("-", 1)[-1]) if resume else None
+    segments.append({
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "resumed_from_step": resumed, "host": socket.gethostname(),
+        "image": os.environ.get("TOOLKIT_IMAGE"), "image_id": os.environ.get("TOOLKIT_IMAGE_ID"),
+    })
+    write_segments(out, segments)
+    return segments
+
+
+def _end_segment(out: Path, segments: list[dict], step: int, outcome: str) -> list[dict]:
+    if segments:
+        segments[-1].update(ended_at_step=step, outcome=outcome)
+        write_segments(out, segments)
+    return segments
+
+
+def _whole_run_history(log_history: list[dict], progress: ProgressLog, resume: str | None):
+    """Losses, eval losses and logged values of the whole run: what the checkpoint resumed
+    from recorded (transformers keeps it in trainer_state.json) and what this segment
+    logged."""
+    resumed = int(Path(resume).name.rsplit("-", 1)[-1]) if resume else 0
+    earlier = [e for e in log_history if e.get("step", 0) <= resumed]
+    metrics = [{k: v for k, v in e.items() if isinstance(v, (int, float))}
+               for e in earlier if "loss" in e] + progress.metrics
+    eval_history = [{k: v for k, v in e.items() if isinstance(v, (int, float))}
+                    for e in earlier if "eval_loss" in e] + progress.evals
+    losses = [(m["step"], m["loss"]) for m in metrics]
+    evals = [(m["step"], m["eval_loss"]) for m in eval_history]
+    return losses, evals, metrics, eval_history
+
+
+def _finite(model) -> bool:
+    """Whether every trainable weight is a finite number (a divergence between two logged
+    steps leaves no NaN in the logs)."""
+    import torch
+
+    with torch.no_grad():
+        return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
 
 
 def _flops_per_token(cfg: Config, model, data: dict | None) -> float | None:

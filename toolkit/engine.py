@@ -1,0 +1,253 @@
+"""Containers on this machine, through the Docker Engine API (the `docker` package).
+
+A run is created from a `RunSpec` with structured fields: each bind mount is a
+source, a target and a read-only flag, never option text, so no character in a path
+can add a mount or make one writable. The container is named and labelled as
+toolkit's, its output streams to ours, and it lives and dies with the command that
+started it:
+
+- SIGTERM, SIGINT and SIGHUP to the CLI are forwarded to the container (SIGTERM makes
+  the trainer save a checkpoint and exit 75);
+- a reaper process, in a session of its own, holds the read end of a pipe whose write
+  end only the CLI has. When the CLI ends in any way (SIGKILL included) the pipe closes,
+  and the reaper stops the container (SIGTERM, a grace period to checkpoint, then
+  SIGKILL) and removes it. It also keeps the output folder's lock (an inherited file
+  descriptor) until the container is gone, so no second run starts while this one still
+  writes.
+
+The `docker` package is imported here only, when a container or the engine is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from toolkit.errors import RuntimeFailure, UsageError
+from toolkit.runtime import RunSpec
+
+LABEL = "io.toolkit.run"          # every container toolkit starts carries it
+STOP_GRACE_S = 120                # time a stopped trainer gets to save its checkpoint
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What toolkit reads of an image: its ID, labels and registry digests."""
+
+    id: str
+    labels: dict[str, str]
+    digests: tuple[str, ...] = ()
+
+
+def client():
+    """A client for the engine DOCKER_HOST names (or the default socket), or a
+    RuntimeFailure that says which socket failed and how to fix it."""
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        c = docker.from_env(timeout=600)
+        c.ping()
+        return c
+    except DockerException as exc:
+        raise engine_error(exc) from None
+
+
+def engine_error(exc: BaseException) -> RuntimeFailure:
+    """Our message for an engine that cannot be reached: a socket we may not use is not
+    an engine that is down."""
+    host = os.environ.get("DOCKER_HOST")
+    where = f"DOCKER_HOST={host}" if host else "the default socket /var/run/docker.sock"
+    text = str(exc)
+    if "Permission denied" in text or "PermissionError" in text:
+        return RuntimeFailure(
+            f"permission denied on the Docker engine at {where}; add your user to the "
+            "docker group (`sudo usermod -aG docker $USER`, then log in again) or run as "
+            "a user that may use the socket"
+            + ("; or unset DOCKER_HOST to use the default socket" if host else ""))
+    if host:
+        return RuntimeFailure(f"no Docker engine answers at DOCKER_HOST={host} ({_short(text)});"
+                              " check the address, or unset DOCKER_HOST to use the default "
+                              "socket, or pass --runtime local")
+    return RuntimeFailure(f"no Docker engine answers at {where} ({_short(text)}); start it "
+                          "(`sudo systemctl start docker`, or `dockerd &`) and check "
+                          "`docker info`, or pass --runtime local")
+
+
+def _short(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "no answer"
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def image_info(ref: str) -> ImageInfo | None:
+    """The image `ref` names, or None when the engine has no such image."""
+    from docker.errors import ImageNotFound
+
+    try:
+        image = client().images.get(ref)
+    except ImageNotFound:
+        return None
+    attrs = image.attrs
+    return ImageInfo(id=attrs.get("Id", ""),
+                     labels=dict((attrs.get("Config") or {}).get("Labels") or {}),
+                     digests=tuple(attrs.get("RepoDigests") or ()))
+
+
+def create_kwargs(spec: RunSpec, name: str) -> dict:
+    """The API's fields for a spec (pure, but for reading secret values by name)."""
+    from docker.types import DeviceRequest, Mount, Ulimit
+
+    env = [f"{k}={os.environ[k] if v is None else v}" for k, v in spec.env.items()
+           if v is not None or k in os.environ]
+    env += [f"{k}={v}" for k, v in spec.devices.env]
+    d = spec.devices
+    kwargs: dict = dict(
+        image=spec.image, command=spec.command, name=name, labels={LABEL: "1"},
+        user=spec.user, working_dir=spec.workdir, environment=env, init=True, detach=True,
+        network_mode=spec.network,
+        mounts=[Mount(target=m.container, source=m.host, type="bind", read_only=m.read_only)
+                for m in spec.mounts],
+    )
+    if d.gpus:
+        request = (DeviceRequest(count=-1, capabilities=[["gpu"]]) if d.gpus == "all" else
+                   DeviceRequest(device_ids=d.gpus.split(","), capabilities=[["gpu"]]))
+        kwargs["device_requests"] = [request]
+    if d.devices:
+        kwargs["devices"] = [f"{node}:{node}:rwm" for node in d.devices]
+    if d.group_add:
+        kwargs["group_add"] = list(d.group_add)
+    if d.security_opt:
+        kwargs["security_opt"] = list(d.security_opt)
+    if d.ipc_host:
+        kwargs["ipc_mode"] = "host"
+    if d.ulimits:
+        kwargs["ulimits"] = [Ulimit(name=n, soft=v, hard=v) for n, v in d.ulimits]
+    if d.shm_size:
+        kwargs["shm_size"] = d.shm_size
+    return kwargs
+
+
+def run(spec: RunSpec, keep_fds: tuple[int, ...] = ()) -> int:
+    """Run a container as `spec` says, its output streamed to ours; return its exit code.
+    `keep_fds` (the output folder's lock) stay open in the reaper until the container is
+    removed."""
+    from docker.errors import APIError, ImageNotFound
+
+    engine = client()
+    name = f"toolkit-{uuid.uuid4().hex[:12]}"
+    try:
+        container = engine.containers.create(**create_kwargs(spec, name))
+    except ImageNotFound:
+        raise UsageError(f"image {spec.image}: not on this engine; build it with "
+                         "`toolkit images build VARIANT` or pull it") from None
+    except APIError as exc:
+        raise RuntimeFailure(f"the engine refused to create the container: "
+                             f"{exc.explanation or exc}") from None
+    with _reaper(container.id, keep_fds):
+        try:
+            stream = engine.api.attach(container.id, stdout=True, stderr=True, stream=True,
+                                       logs=True, demux=True)
+            with _forwarding(container):
+                container.start()
+                for out, err in stream:
+                    if out:
+                        sys.stdout.buffer.write(out)
+                        sys.stdout.flush()
+                    if err:
+                        sys.stderr.buffer.write(err)
+                        sys.stderr.flush()
+                code = container.wait()["StatusCode"]
+        except APIError as exc:
+            raise RuntimeFailure(f"the engine could not run {name}: "
+                                 f"{exc.explanation or exc}") from None
+        finally:
+            _remove(container)
+    return code
+
+
+def _remove(container) -> None:
+    from docker.errors import APIError, NotFound
+
+    try:
+        container.remove(force=True)
+    except NotFound:
+        pass
+    except APIError as exc:
+        print(f"toolkit: could not remove container {container.name}: {exc}; remove it with "
+              f"`docker rm -f {container.name}`", file=sys.stderr)
+
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@contextmanager
+def _forwarding(container) -> Iterator[None]:
+    """Signals to us go to the container while it runs (from a thread: the handler must
+    not make an HTTP call while the main thread may be inside one)."""
+
+    def forward(signum, frame):
+        threading.Thread(target=_kill, args=(container, signum), daemon=True).start()
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _kill(container, signum: int) -> None:
+    from docker.errors import APIError
+
+    try:
+        container.kill(signal=signum)
+    except APIError:
+        pass  # it has exited already
+
+
+@contextmanager
+def _reaper(container_id: str, keep_fds: tuple[int, ...]) -> Iterator[None]:
+    """Start the reaper for `container_id`; on leaving, let it go and wait for it."""
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit.engine", "reap", container_id, str(read_end)],
+        pass_fds=(read_end, *keep_fds), start_new_session=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(read_end)
+    try:
+        yield
+    finally:
+        os.close(write_end)
+        proc.wait()
+
+
+def reap(container_id: str, read_end: int) -> None:
+    """Block until the CLI closes the pipe (it finished, or died), then make sure the
+    container is gone."""
+    while os.read(read_end, 1024):
+        pass
+    import docker
+    from docker.errors import DockerException, NotFound
+
+    try:
+        container = docker.from_env(timeout=STOP_GRACE_S + 60).containers.get(container_id)
+    except NotFound:
+        return
+    except DockerException:
+        return
+    try:
+        container.stop(timeout=STOP_GRACE_S)
+        container.remove(force=True)
+    except DockerException:
+        pass
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["reap"]:
+    reap(sys.argv[2], int(sys.argv[3]))
