@@ -92,6 +92,41 @@ BAD_CONFIGS = [
     ("three batch keys", demo(batch_size=8)),
     ("reward model with labels", demo(reward_model=True, num_labels=3)),
     ("seed text", demo(seed="forty-two")),
+    # Numbers that are not numbers: every float key must be finite.
+    *[(f"{key} {word}", demo(**{key: value}, **extra)) for key, extra in [
+        ("learning_rate", {}), ("weight_decay", {}), ("max_grad_norm", {}),
+        ("num_epochs", {}), ("val_set_size", {}), ("lora_dropout", {}),
+        ("warmup_ratio", {"warmup_steps": None}), ("simpo_gamma", {"rl": "simpo"}),
+        ("cpo_alpha", {"rl": "simpo"}), ("rl_beta", {"rl": "dpo"}),
+        ("orpo_alpha", {"rl": "orpo"}), ("kto_desirable_weight", {"rl": "kto"}),
+        ("center_rewards_coefficient", {"reward_model": True})]
+      for word, value in [("infinite", float("inf")), ("nan", float("nan"))]],
+    # Where a run writes: never over an input, never the root, home or a foreign folder.
+    ("output_dir contains the dataset", demo(output_dir="configs")),
+    ("output_dir is the dataset's folder", demo(output_dir="configs/data")),
+    ("output_dir is the dataset file", demo(output_dir="configs/data/demo-chat.jsonl")),
+    ("prepared data contains the dataset", demo(dataset_prepared_path="configs")),
+    ("prepared data inside the model", demo(base_model="tests/data",
+                                            dataset_prepared_path="tests/data/prep")),
+    ("output_dir is the root", demo(output_dir="/")),
+    ("output_dir is the root, dotted", demo(output_dir="/tmp/../")),
+    ("output_dir is home", demo(output_dir="~")),
+    ("output_dir is a foreign folder", demo(output_dir="toolkit")),
+    ("output_dir is the repository", demo(output_dir=".")),
+    ("allow_existing_output_dir not a bool", demo(allow_existing_output_dir="please")),
+    ("base_model a folder without a model", demo(base_model="toolkit")),
+    ("base_model a file", demo(base_model="README.md")),
+    ("tokenizer_config without a tokenizer", demo(tokenizer_config="toolkit")),
+    # Hostile YAML: bounded before anything is built.
+    ("alias bomb", 'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n'
+                   + "".join(f"a{i}: &a{i} [" + ", ".join(["*a" if i == 1 else f"*a{i - 1}"]
+                                                          * 10) + "]\n" for i in range(1, 9))
+                   + "base_model: *a8\n"),
+    ("deep nesting", "base_model: " + "[" * 3000 + "]" * 3000 + "\n"),
+    ("deep mappings", "".join(" " * i + f"k{i}:\n" for i in range(40)) + " " * 40 + "v: 1\n"),
+    ("recursive anchor", "base_model: &x [*x]\n"),
+    ("recursive mapping", "datasets: &d\n  - path: *d\n"),
+    ("huge file", "base_model: x\n" + "# padding\n" * 200000),
 ]
 
 
@@ -108,7 +143,7 @@ def test_bad_config(name, content, tmp_path, monkeypatch, capsys):
 
 
 def test_corpus_is_big_enough():
-    assert len(BAD_CONFIGS) >= 50 and len(BAD_ROWS) + len(BAD_FILES) >= 30
+    assert len(BAD_CONFIGS) >= 100 and len(BAD_ROWS) + len(BAD_FILES) >= 50
 
 
 MSG = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
@@ -125,6 +160,18 @@ BAD_ROWS = [
     ("content null", {"messages": [{"role": "user", "content": None}]}),
     ("content a list", {"messages": [{"role": "user", "content": ["a"]}]}),
     ("role null", {"messages": [{"role": None, "content": "x"}]}),
+    ("messages null", {"messages": None}),
+    ("messages a mapping", {"messages": {"role": "user", "content": "hi"}}),
+    ("messages a number", {"messages": 3}),
+    ("message a list", {"messages": [["user", "hi"]]}),
+    ("message a number", {"messages": [5]}),
+    ("role unknown", {"messages": [{"role": "bot", "content": "x"}, *MSG]}),
+    ("role a number", {"messages": [{"role": 1, "content": "x"}]}),
+    ("role a list", {"messages": [{"role": ["user"], "content": "x"}]}),
+    ("content a mapping", {"messages": [{"role": "user", "content": {"text": "x"}}]}),
+    ("content a bool", {"messages": [{"role": "assistant", "content": True}]}),
+    ("row an empty object", {}),
+    ("row a bool", True),
     ("row a list", [1, 2]),
     ("row a number", 7),
     ("row a string", "hello"),
@@ -154,6 +201,14 @@ BAD_FILES = [
                          ).encode(), "no usable rows"),
     ("parquet suffix, text inside", b"not parquet", "could not read as parquet"),
     ("csv suffix without messages", b"a,b\n1,2\n", "has no 'messages' field"),
+    ("bzip2 named jsonl", b"BZh91AY&SY rest", "is bzip2-compressed but named .jsonl"),
+    ("zip named json", b"PK\x03\x04 rest", "is zip-compressed"),
+    ("a trailing comma", b'{"messages": [],}\n', "not valid JSON"),
+    ("a lone number line", b"42\n", "must be a JSON object"),
+    ("a lone string line", b'"hello"\n', "must be a JSON object"),
+    ("array of arrays", b"[[1], [2]]", "must be a JSON object"),
+    ("nul in the middle", b'{"messages": []}\n\x00\n', "not valid JSON"),
+    ("only whitespace", b"   \t  \n  ", "holds no rows"),
 ]
 
 

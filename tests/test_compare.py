@@ -7,10 +7,11 @@ import json
 from toolkit.cli import main
 
 
-def run_json(path, losses, config="abc", device="cpu"):
+def run_json(path, losses, config="abc", device="cpu", values=None):
     path.mkdir()
     (path / "run.json").write_text(json.dumps({
         "config_sha256": config, "final_loss": losses[-1],
+        "config": {"output_dir": str(path), "learning_rate": 0.01, **(values or {})},
         "loss_history": [[5 * (i + 1), x] for i, x in enumerate(losses)],
         "resolved": {"device_name": device, "dtype": "float32"},
         "environment": {"image": None, "libraries": {"torch": "2.13.0"}}}))
@@ -28,11 +29,22 @@ def test_same_within_tolerance(tmp_path, capsys):
 
 def test_different_names_the_step(tmp_path, capsys):
     a = run_json(tmp_path / "a", [6.0, 5.5, 5.1])
-    b = run_json(tmp_path / "b", [6.0, 5.9, 5.8], config="other")
+    b = run_json(tmp_path / "b", [6.0, 5.9, 5.8], config="other",
+                 values={"learning_rate": 0.02})
     assert main(["compare", str(a), str(b)]) == 1
     out = capsys.readouterr().out
-    assert "note: the two configs differ" in out
+    assert "note: the two configs differ in learning_rate (0.01 → 0.02)" in out
     assert "largest difference 0.7 at step 15" in out and "DIFFERENT" in out
+
+
+def test_identical_runs_in_two_folders(tmp_path, capsys):
+    """Only output_dir differs: no note about configs, and no 'difference 0 at step None'."""
+    a = run_json(tmp_path / "a", [6.0, 5.5], config="x")
+    b = run_json(tmp_path / "b", [6.0, 5.5], config="y")
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "configs differ" not in out and "None" not in out
+    assert "2 steps compared; the losses are identical at every step" in out
 
 
 def test_not_a_run(tmp_path, capsys):

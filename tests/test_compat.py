@@ -79,9 +79,22 @@ def test_override_is_said_never_set():
 
 
 @pytest.mark.parametrize("cc, bf16", [("7.5", False), ("7.0", False), ("8.0", True),
-                                      ("9.0", True), ("12.0", True), (None, None)])
+                                      ("9.0", True), ("12.0", True), (None, None),
+                                      ("6.1", None), ("99.0", None)])
 def test_bf16_by_compute_capability(cc, bf16):
     assert bf16_in_hardware(cc) is bf16
+
+
+def test_bf16_is_read_from_the_table(monkeypatch):
+    """The table's bf16 column decides, not a rule written again in code."""
+    from toolkit import compat
+
+    real = compat.table()
+    rows = {**real["compute_capability"]["rows"], "8.0": {"arch": "x", "bf16": False,
+                                                          "fa2": True}}
+    monkeypatch.setattr(compat, "table", lambda: {**real, "compute_capability": {
+        **real["compute_capability"], "rows": rows}})
+    assert bf16_in_hardware("8.0") is False
 
 
 def nvidia(*ccs: str, driver: str, name: str = "GPU") -> HostFacts:

@@ -227,3 +227,18 @@ def test_validate_explain_names_every_source(write_config, capsys):
     assert ("\nattn_implementation: flash_attention_2  # mapped from flash_attention (file); "
             "at train time: flash_attention_2 falls back to sdpa") in out
     assert "\nbf16: auto  # file; at train time: auto: on where the GPU has bf16" in out
+
+
+def test_validate_output_loads_back_as_the_same_values(write_config, capsys):
+    """Comments never land inside a value (a string on several lines, such as
+    step_separator's newline), with or without --explain."""
+    import yaml
+
+    path = write_config({"step_separator": "\n\n", "chat_template_kwargs": {"a": "x\ny"}})
+    for flags in ([], ["--explain"]):
+        assert main(["validate", str(path), *flags]) == 0
+        shown = yaml.safe_load(capsys.readouterr().out)
+        loaded = load_config(path)
+        expected = loaded.config.model_dump(mode="json")
+        expected["gradient_accumulation_steps"] = loaded.config.accumulation_steps
+        assert shown == expected

@@ -42,9 +42,14 @@ def read_run(ref: str | Path) -> dict:
 def compare(a: dict, b: dict, rtol: float, atol: float) -> Comparison:
     la, lb = dict(map(tuple, a["loss_history"])), dict(map(tuple, b["loss_history"]))
     steps = sorted(set(la) & set(lb))
+    from toolkit.outputs import config_differences
+
     notes = []
-    if a.get("config_sha256") != b.get("config_sha256"):
-        notes.append("the two configs differ (config_sha256); curves may differ for that alone")
+    differences = config_differences(a.get("config") or {}, b.get("config") or {})
+    if differences:
+        shown = "; ".join(differences[:4]) + (
+            f" and {len(differences) - 4} more" if len(differences) > 4 else "")
+        notes.append(f"the two configs differ in {shown}; curves may differ for that alone")
     if set(la) != set(lb):
         notes.append(f"compared the {len(steps)} steps both logged "
                      f"({len(la)} and {len(lb)} logged)")
@@ -76,7 +81,10 @@ def report(ref_a: str, ref_b: str, rtol: float, atol: float) -> tuple[str, bool]
     result = compare(a, b, rtol, atol)
     lines = [f"A: {ref_a}: {describe(a)}", f"B: {ref_b}: {describe(b)}"]
     lines += [f"note: {n}" for n in result.notes]
-    if result.steps:
+    if result.steps and result.worst_step is None:
+        lines.append(f"{len(result.steps)} steps compared; the losses are identical at every "
+                     "step")
+    elif result.steps:
         lines.append(f"{len(result.steps)} steps compared; largest difference {result.max_abs:.3g} "
                      f"at step {result.worst_step} (relative {result.max_rel:.3g})")
     verdict = "SAME" if result.same else "DIFFERENT"

@@ -148,10 +148,10 @@ def gfx_status(gfx: str | None, rocm: str) -> tuple[Status, str]:
 
 
 def bf16_in_hardware(compute_cap: str | None) -> bool | None:
-    """bf16 by compute capability ≥ 8.0 (is_bf16_supported() counts emulation)."""
-    if compute_cap is None:
-        return None
-    return version_tuple(compute_cap)[:2] >= (8, 0)
+    """bf16 in hardware, from the compute-capability table (is_bf16_supported() counts
+    emulation, and says yes on a T4); None for a capability the table does not know."""
+    row = table()["compute_capability"]["rows"].get(compute_cap or "")
+    return None if row is None else bool(row["bf16"])
 
 
 def flash_attention_2(compute_cap: str | None) -> bool | None:

@@ -1018,6 +1018,10 @@ def dump_resolved(loaded: LoadedConfig, explain: bool = False) -> str:
                 key != "lora_target_modules" or value is None):
             note.append("at train time: " + DECIDED_AT_TRAIN_TIME[key])
         first, *rest = block.splitlines()
-        lines.append(f"{first}  # {'; '.join(note)}" if note else first)
-        lines += rest
+        if not note:
+            lines += [first, *rest]
+        elif rest:  # a value on several lines: a comment inside it would become its text
+            lines += [f"# {key}: {'; '.join(note)}", first, *rest]
+        else:
+            lines.append(f"{first}  # {'; '.join(note)}")
     return "\n".join(lines) + "\n"

@@ -401,8 +401,8 @@ def make_local_base(variant: Variant, docker: Docker) -> str:
         raise RuntimeFailure("building a local base needs debootstrap; install it "
                              "(`sudo apt-get install debootstrap`) or pass --base IMAGE")
     if os.geteuid() != 0:
-        raise RuntimeFailure("debootstrap must run as root; run `sudo toolkit images base "
-                             f"{variant.name}` once, or pass --base IMAGE")
+        raise RuntimeFailure("debootstrap must run as root; run `sudo toolkit images build "
+                             f"{variant.name} --local-base` once, or pass --base IMAGE")
     mirror = os.environ.get("TOOLKIT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
     say(f"building {tag} with debootstrap from {mirror} (about a minute)")
     with tempfile.TemporaryDirectory(prefix="toolkit-rootfs-") as tmp:

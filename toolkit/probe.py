@@ -2,10 +2,11 @@
 
 Parsers are pure (tests feed them recorded outputs); `gather` runs the probes
 through the Runtime seam and reads files through `read_text`, both replaceable.
-Order, as COMPAT.md gives it: the driver from /sys/module/nvidia/version, then
-/proc/driver/nvidia/version, then nvidia-smi; GPUs from nvidia-smi, falling back
-to a query without compute_cap for old drivers; AMD from rocm_agent_enumerator,
-amd-smi, rocm-smi and /dev/kfd.
+Order: the driver from /sys/module/nvidia/version, then /proc/driver/nvidia/version
+(both written by the kernel module), then nvidia-smi; GPUs from nvidia-smi, falling
+back to a query without compute_cap for old drivers (470-era nvidia-smi answers
+'Field "compute_cap" is not a valid field to query'); AMD from rocm_agent_enumerator,
+amd-smi (the successor of rocm-smi), rocm-smi and /dev/kfd.
 """
 
 from __future__ import annotations

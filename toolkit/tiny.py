@@ -150,13 +150,14 @@ def build_model(tokenizer, moe: bool = False, seed: int = 0, hidden: int = 64, l
 def write_tiny_model(out_dir: str | Path, moe: bool = False, seed: int = 0) -> Path:
     """Build and save the tiny model and tokenizer into `out_dir` (created if missing)."""
     from toolkit.trainer import quiet_libraries
-    from toolkit.trainer.files import make_readable
+    from toolkit.trainer.files import make_written_readable, snapshot
 
     quiet_libraries()
     out_dir = Path(out_dir)
+    before = snapshot(out_dir)
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, moe=moe, seed=seed)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    make_readable(out_dir)
+    make_written_readable(out_dir, before)
     return out_dir

@@ -100,7 +100,8 @@ def normalize_turns(turns, ds: DatasetConfig, field: str) -> list[dict]:
             missing = role_key if role_key not in turn else content_key
             raise RowError(f"{field}[{i}] has no {missing!r} (message_property_mappings); "
                            f"it has {sorted(turn)}")
-        role = aliases.get(turn[role_key], turn[role_key])
+        role = turn[role_key]
+        role = aliases.get(role, role) if isinstance(role, str) else role
         if role not in ("system", "user", "assistant", "tool"):
             raise RowError(f"{field}[{i}].{role_key} is {turn[role_key]!r}; accepted: system, "
                            "user, assistant, tool; map other names with the dataset's `roles:` "

@@ -43,14 +43,18 @@ class Resolved:
 
 
 def resolve(cfg: Config) -> Resolved:
-    """Derive hardware-dependent settings. bf16 is judged by compute capability ≥ 8.0,
-    not by `torch.cuda.is_bf16_supported()`, which counts emulation (true on a T4)."""
+    """Derive hardware-dependent settings. bf16 is judged by compute capability from
+    compat.yaml's table (toolkit.compat.bf16_in_hardware), not by
+    `torch.cuda.is_bf16_supported()`, which counts emulation (true on a T4)."""
     import torch
+
+    from toolkit.compat import bf16_in_hardware
 
     cuda = torch.cuda.is_available()
     name = torch.cuda.get_device_name(0) if cuda else "cpu"
     hip = getattr(torch.version, "hip", None)
-    capable = cuda and (bool(hip) or torch.cuda.get_device_capability(0) >= (8, 0))
+    capable = cuda and (bool(hip) or bf16_in_hardware(
+        "{}.{}".format(*torch.cuda.get_device_capability(0))) is True)
     if cfg.bf16 == "auto":
         bf16 = capable and not cfg.fp16
     else:
