@@ -293,11 +293,11 @@ def cmd_preprocess(args, extra) -> int:
 
 
 def cmd_merge(args, extra) -> int:
-    from toolkit.merge import check_inputs
+    from toolkit.merge import already_merged, check_inputs
 
     loaded = _load(args, extra)
     out = loaded.config.output_dir
-    if check_inputs(loaded, args.allow_config_mismatch) is None:
+    if check_inputs(loaded, args.allow_config_mismatch) is None or already_merged(Path(out)):
         return 0
     with _output_lock(out, "merge-lora") as lock:
         if _runtime_of(args) == "docker":

@@ -61,6 +61,19 @@ def check_inputs(loaded: LoadedConfig, allow_mismatch: bool = False) -> dict | N
     return run
 
 
+def already_merged(out: Path) -> bool:
+    """Whether output_dir/merged holds this very adapter merged (said when it does)."""
+    record = out / "merged" / "merge.json"
+    if not record.exists():
+        return False
+    fingerprint = adapter_sha256(out)
+    if json.loads(record.read_text()).get("adapter_sha256") != fingerprint:
+        return False
+    print(f"already merged: {out / 'merged'} holds this adapter ({fingerprint[:12]}); "
+          "nothing to do")
+    return True
+
+
 def merge_lora(loaded: LoadedConfig, allow_mismatch: bool = False) -> Path:
     """Merge and return the merged folder (or return it untouched if already merged)."""
     out = Path(loaded.config.output_dir)
@@ -68,11 +81,9 @@ def merge_lora(loaded: LoadedConfig, allow_mismatch: bool = False) -> Path:
     if run is None:
         return out
     merged = out / "merged"
-    fingerprint = adapter_sha256(out)
-    record = merged / "merge.json"
-    if record.exists() and json.loads(record.read_text()).get("adapter_sha256") == fingerprint:
-        print(f"already merged: {merged} holds this adapter ({fingerprint[:12]}); nothing to do")
+    if already_merged(out):
         return merged
+    fingerprint = adapter_sha256(out)
 
     import torch
     import transformers

@@ -122,8 +122,15 @@ def lock_path(output_dir: str | Path) -> Path:
 def acquire(output_dir: str | Path, command: str) -> RunLock:
     """Take the output folder's lock or fail at once (exit 2) naming who holds it."""
     path = lock_path(output_dir)
+    fresh = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    if fresh and os.geteuid() == 0:
+        # Run as root for another user's folder (sudo, or a container of that user's):
+        # toolkit's state folder belongs to the folder's owner, who writes it.
+        owner = Path(output_dir).stat()
+        os.chown(path.parent, owner.st_uid, owner.st_gid)
+        os.fchown(fd, owner.st_uid, owner.st_gid)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
