@@ -21,7 +21,10 @@ HOST_ENV := $(VENV)/.host
 endif
 DEV_ENV := $(VENV)/.dev
 
-.PHONY: train merge image tiny-model test test-gpu lint clean
+.PHONY: help train merge image tiny-model test test-gpu lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
 
 # The host needs only the light CLI (pydantic, PyYAML); training runs in the image.
 $(VENV)/.host: pyproject.toml
@@ -36,30 +39,30 @@ $(VENV)/.dev: pyproject.toml
 	$(VENV)/bin/pip install --quiet torch==2.13.0 -e '.[train,dev]'
 	touch $@ $(VENV)/.host
 
-train: $(HOST_ENV)
+train: $(HOST_ENV)  ## the bundled tiny demo end to end (CONFIG=… ARGS=… for others)
 ifeq ($(CONFIG),$(DEMO_CONFIG))
 	$(TOOLKIT) tiny-model $(TINY_MODEL)
 endif
 	$(TOOLKIT) train $(CONFIG) $(ARGS)
 	$(TOOLKIT) merge-lora $(CONFIG) $(ARGS)
 
-merge: $(HOST_ENV)
+merge: $(HOST_ENV)  ## merge the config's adapter into its base
 	$(TOOLKIT) merge-lora $(CONFIG) $(ARGS)
 
-tiny-model: $(HOST_ENV)
+tiny-model: $(HOST_ENV)  ## build the tiny Qwen3 the demo trains
 	$(TOOLKIT) tiny-model $(TINY_MODEL)
 
-image: $(HOST_ENV)
+image: $(HOST_ENV)  ## build the cpu image
 	$(TOOLKIT) images build cpu
 
-test: $(DEV_ENV)
+test: $(DEV_ENV)  ## the test suite (docker tests need an engine)
 	$(VENV)/bin/python -m pytest -m "$(MARK)" $(PYTEST_ARGS)
 
-test-gpu: $(DEV_ENV)
+test-gpu: $(DEV_ENV)  ## the gpu-marked tests, on a GPU
 	$(VENV)/bin/python -m pytest -m gpu $(PYTEST_ARGS)
 
-lint: $(DEV_ENV)
+lint: $(DEV_ENV)  ## ruff over toolkit and tests
 	$(VENV)/bin/ruff check toolkit tests
 
-clean:
+clean:  ## remove outputs and pytest's cache
 	rm -rf outputs .pytest_cache

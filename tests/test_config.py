@@ -168,10 +168,26 @@ def test_cli_missing_config_file(capsys, tmp_path):
 
 
 def test_cli_unknown_flag_for_command_without_overrides(capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["images", "list", "--bogus"])
-    assert info.value.code == 2
-    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    assert main(["images", "list", "--bogus"]) == 2
+    assert "Error: No such option '--bogus'." in capsys.readouterr().err
+
+
+def test_an_override_without_a_value_is_an_error(write_config, capsys):
+    """`--learning-rate` alone once became 1.0; a true/false key may stand alone."""
+    path = write_config()
+    assert main(["validate", str(path), "--learning-rate", "--sample-packing"]) == 2
+    err = capsys.readouterr().err
+    assert "--learning-rate: needs a value (e.g. --learning-rate VALUE)" in err
+    assert "--sample-packing" not in err
+    assert main(["validate", str(path), "--sample-packing", "--seed", "3"]) == 0
+    assert "sample_packing: true" in capsys.readouterr().out
+    assert main(["validate", str(path), "--datasets.0.split-thinking"]) == 0
+
+
+def test_an_override_before_the_config_path_says_so(write_config, capsys):
+    assert main(["train", "--seed", "3", str(write_config())]) == 2
+    assert "--seed: the config path comes first, then the overrides: toolkit train CONFIG " \
+           "--seed VALUE" in capsys.readouterr().err
 
 
 # --- deprecated spellings, derived values, explain ----------------------------------------

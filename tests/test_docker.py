@@ -23,7 +23,7 @@ from toolkit.config import load_config
 from toolkit.images import get_variant
 from toolkit.runtime import Docker, Runtime
 
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("no_leftover_containers")]
+pytestmark = pytest.mark.docker
 USER = (1000, 1000)  # not root, not us: outputs must still belong to the caller
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fakes import FakeRuntime
 
 from toolkit.compat import Status
 from toolkit.doctor import host_checks, render
@@ -19,7 +20,7 @@ from toolkit.probe import (
     parse_rocm_agent_enumerator,
     parse_rocm_smi_productname,
 )
-from toolkit.runtime import FakeRuntime, Result
+from toolkit.runtime import Result
 
 HOSTS = Path(__file__).parent / "data" / "hosts"
 MATRIX = list(load_matrix().values())
@@ -181,13 +182,14 @@ def test_cli_select_and_doctor_on_a_described_host(monkeypatch, capsys):
     import json
 
     from toolkit import cli
+    from toolkit.cli import common
 
     fake = FakeRuntime(script=[
         (("nvidia-smi", f"--query-gpu={NVIDIA_QUERY}"),
          Result(0, "0, NVIDIA GeForce RTX 5090, 12.0, 550.54.15, 32607 MiB, [N/A]\n")),
         (("nvidia-smi",), Result(0, "CUDA Version: 12.4")),
         *docker_ok('{"nvidia":{},"runc":{}}')], programs={"nvidia-smi", "docker"})
-    monkeypatch.setattr(cli, "_runtime", lambda: fake)
+    monkeypatch.setattr(common, "new_runtime", lambda: fake)
     monkeypatch.delenv("TOOLKIT_IN_CONTAINER", raising=False)
     assert cli.main(["images", "select", "--json"]) == 1   # Blackwell on driver 550: nothing fits
     out = json.loads(capsys.readouterr().out)

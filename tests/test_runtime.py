@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from fakes import FakeRuntime
 
 from toolkit import images
 from toolkit.images import BuildOptions, build_image, ensure_image, get_variant, resolve_base
@@ -13,7 +14,6 @@ from toolkit.launch import config_paths, container_spec, plan_mounts
 from toolkit.runtime import (
     Devices,
     Docker,
-    FakeRuntime,
     Mount,
     Result,
     RunSpec,
@@ -135,7 +135,7 @@ def test_build_passes_labels_and_offline_pip(tmp_path, monkeypatch):
     def build(argv):
         context = Path(argv[-1])
         staged["files"] = sorted(p.name for p in (context / "wheels").iterdir())
-        staged["src"] = (context / "src" / "toolkit" / "cli.py").exists()
+        staged["src"] = (context / "src" / "toolkit" / "cli" / "__init__.py").exists()
         staged["dockerfile"] = (context / "Dockerfile").read_text()
         return Result(0)
 

@@ -165,13 +165,26 @@ def test_a_longer_run_continues_a_finished_one(tiny_model_dir, write_config, tmp
     out = tmp_path / "out"
     run(load_config(path))
     capsys.readouterr()
+    import toolkit.trainer.steps as steps
+
+    def fail_on_save(*a, **k):
+        assert not (out / "run.json").exists(), "the finished run's record is set aside first"
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(steps, "write_chart", fail_on_save)
+        with pytest.raises(OSError):
+            run(load_config(path, {"max_steps": 8, "save_steps": 4}))
+    assert main(["merge-lora", str(path), "--runtime", "local", "--max-steps", "8",
+                 "--save-steps", "4"]) == 2, "no run.json: nothing to merge"
+    capsys.readouterr()
     run(load_config(path, {"max_steps": 8, "save_steps": 4}))
-    assert "resume: continuing from checkpoint-6 (step 6)" in capsys.readouterr().out
+    assert "resume: continuing from checkpoint-8 (step 8)" in capsys.readouterr().out
     record = read_run(out)
     assert [s for s, _ in record["loss_history"]] == [2, 4, 6, 8]
-    assert [(s["resumed_from_step"], s["outcome"]) for s in record["segments"]] == [
-        (None, "complete"), (6, "complete")]
-    assert (out / "train.log").read_text().count("=== toolkit run started") == 2
+    assert [(s["resumed_from_step"], s.get("outcome")) for s in record["segments"]] == [
+        (None, "complete"), (6, "interrupted"), (8, "complete")]
+    assert (out / "train.log").read_text().count("=== toolkit run started") == 3
 
 
 def sigterm_at(monkeypatch, step: int):
@@ -465,3 +478,27 @@ def test_the_trainer_entry_point_takes_the_lock_itself(tiny_model_dir, write_con
             run(load_config(path))
     finally:
         lock.release()
+
+
+def test_files_a_run_would_write_over_are_named(tiny_model_dir, write_config, tmp_path):
+    """Writing beside someone's files is allowed on request, never writing over them."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "README.md").write_text("my notes")
+    (out / "config.json").write_text("{}")
+    (out / "keep.txt").write_text("x")
+    found = problems_of(write_config({"base_model": str(tiny_model_dir), "output_dir": str(out),
+                                      "allow_existing_output_dir": True}))
+    assert found == [f"output_dir: {str(out)!r} holds README.md, config.json, which training "
+                     "would write over; move them away or choose another output_dir"]
+
+
+def test_prepared_data_path_does_not_hide_the_output_checks(tiny_model_dir, write_config,
+                                                            tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "x").write_text("x")
+    found = problems_of(write_config({"base_model": str(tiny_model_dir),
+                                      "output_dir": str(foreign),
+                                      "dataset_prepared_path": str(tmp_path / "prep")}))
+    assert "already holds files that are not a toolkit run (x)" in found[0]

@@ -24,7 +24,7 @@ from toolkit import engine
 from toolkit.cli import main
 from toolkit.launch import container_spec, plan_mounts
 
-pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("no_leftover_containers")]
+pytestmark = pytest.mark.docker
 TOOLKIT = str(Path(sys.executable).parent / "toolkit")
 
 # Characters that broke option text (comma, equals, quotes, newline) and others a shell or

@@ -511,10 +511,13 @@ def _bounded_yaml(text: str, path: Path) -> Any:
 def parse_overrides(args: list[str]) -> dict[str, Any]:
     """`--micro-batch-size 2 --datasets.0.path x` → {"micro_batch_size": 2, ...}.
 
-    Values are parsed as YAML scalars (so `2` is an int, `true` a bool); a flag
-    without a value means true, as in axolotl.
+    Values are parsed as YAML scalars (so `2` is an int, `true` a bool). A flag
+    without a value means true, as in axolotl, for a key that is true or false
+    (`--sample-packing`); any other key needs its value (`--learning-rate` alone is
+    an error, not 1.0).
     """
     out: dict[str, Any] = {}
+    problems: list[str] = []
     i = 0
     while i < len(args):
         arg = args[i]
@@ -529,11 +532,35 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         elif i + 1 < len(args) and not args[i + 1].startswith("--"):
             value = _yaml_scalar(args[i + 1])
             i += 1
-        else:
+        elif _is_switch(name.replace("-", "_")):
             value = True
+        else:
+            problems.append(f"{arg}: needs a value (e.g. {arg} VALUE); only true/false keys "
+                            "may stand alone")
+            i += 1
+            continue
         out[name.replace("-", "_")] = value
         i += 1
+    if problems:
+        raise ConfigError("command line: " + ("1 problem" if len(problems) == 1 else
+                                              f"{len(problems)} problems"), problems)
     return out
+
+
+def _is_switch(dotted: str) -> bool:
+    """Whether the key a dotted override names holds true or false (a bare flag sets it)."""
+    model: type[BaseModel] = Config
+    parts = [p for p in dotted.split(".") if not p.isdigit()]
+    for part in parts[:-1]:
+        field_info = model.model_fields.get(part)
+        nested = _nested_model(field_info.annotation) if field_info else None
+        if nested is None:
+            return False
+        model = nested
+    field_info = model.model_fields.get(parts[-1]) if parts else None
+    if field_info is None:
+        return True  # an unknown key: validation names it, with "did you mean"
+    return "bool" in str(field_info.annotation)
 
 
 def _map_deprecated(raw: dict, sources: dict[str, str]) -> tuple[dict, list[str]]:
@@ -651,8 +678,9 @@ def _drop_nulls(raw: dict) -> dict:
 
 
 def _yaml_scalar(text: str) -> Any:
+    """A command-line value read as YAML, under the same limits as a config file."""
     try:
-        return yaml.safe_load(text)
+        return _bounded_yaml(text, Path("a command-line value"))
     except yaml.YAMLError:
         return text
 

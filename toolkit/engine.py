@@ -100,6 +100,36 @@ def image_info(ref: str) -> ImageInfo | None:
                      digests=tuple(attrs.get("RepoDigests") or ()))
 
 
+def push(local: str, remote: str) -> ImageInfo:
+    """Tag `local` as `remote` and push it, showing the bytes sent (a bar on a terminal,
+    plain lines in a log); return the pushed image (its digests name the registry's)."""
+    from docker.errors import APIError
+
+    from toolkit.bars import bar
+
+    engine = client()
+    repo, _, tag = remote.rpartition(":")
+    try:
+        engine.images.get(local).tag(repo, tag)
+        sent: dict[str, int] = {}
+        with bar(None, f"pushing {remote}", unit="B", scale=True) as shown:
+            for event in engine.api.push(repo, tag=tag, stream=True, decode=True):
+                if event.get("error"):
+                    raise RuntimeFailure(f"pushing {remote} failed: {event['error']}; log in "
+                                         f"first (`docker login {repo.split('/')[0]}`) if "
+                                         "the registry needs it")
+                current = (event.get("progressDetail") or {}).get("current")
+                if event.get("id") and current is not None:
+                    shown.update(max(0, current - sent.get(event["id"], 0)))
+                    sent[event["id"]] = max(current, sent.get(event["id"], 0))
+    except APIError as exc:
+        raise RuntimeFailure(f"pushing {remote} failed: {exc.explanation or exc}") from None
+    info = image_info(remote)
+    if info is None:
+        raise RuntimeFailure(f"pushed {remote}, but the engine no longer has it")
+    return info
+
+
 def create_kwargs(spec: RunSpec, name: str) -> dict:
     """The API's fields for a spec (pure, but for reading secret values by name)."""
     from docker.types import DeviceRequest, Mount, Ulimit
@@ -193,8 +223,13 @@ def _forwarding(container) -> Iterator[None]:
     not make an HTTP call while the main thread may be inside one)."""
 
     def forward(signum, frame):
-        threading.Thread(target=_kill, args=(container, signum), daemon=True).start()
+        # SIGHUP (the terminal closed) stops the run as SIGTERM does: with a checkpoint.
+        sent = signal.SIGTERM if signum == signal.SIGHUP else signum
+        threading.Thread(target=_kill, args=(container, sent), daemon=True).start()
 
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach only the main thread; nothing to install here
+        return
     previous = {s: signal.signal(s, forward) for s in FORWARDED}
     try:
         yield

@@ -33,8 +33,14 @@ from toolkit.errors import RuntimeFailure, UsageError
 from toolkit.runtime import Docker, Runtime
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-IMAGES_DIR = REPO_ROOT / "images"
-CACHE_DIR = Path(os.environ.get("TOOLKIT_CACHE", REPO_ROOT / ".cache"))
+# A checkout keeps the matrix, the locks and the Dockerfile template in images/ and its
+# caches in .cache/; an installed wheel has them as toolkit/_images and caches in the
+# user's cache folder (XDG).
+CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "images").is_dir()
+IMAGES_DIR = REPO_ROOT / "images" if CHECKOUT else Path(__file__).resolve().parent / "_images"
+USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "toolkit"
+CACHE_DIR = Path(os.environ.get("TOOLKIT_CACHE") or (REPO_ROOT / ".cache" if CHECKOUT
+                                                     else USER_CACHE))
 LOCAL_BASE_REPO = "toolkit-base"
 DEFAULT_VARIANT = "cpu"
 
@@ -103,8 +109,8 @@ class Variant:
 def load_matrix(images_dir: Path = IMAGES_DIR) -> dict[str, Variant]:
     path = images_dir / "matrix.yaml"
     if not path.exists():
-        raise UsageError(f"{path} not found; image commands run from a checkout of the "
-                         "toolkit repository")
+        raise UsageError(f"{path} not found; this install of toolkit lacks its image matrix: "
+                         "reinstall it (`pip install --force-reinstall qwen-posttrain`)")
     rows = yaml.safe_load(path.read_text())["variants"]
     out = {}
     for name, row in rows.items():
@@ -139,7 +145,9 @@ def source_sha256(root: Path = REPO_ROOT) -> str:
     h = hashlib.sha256()
     files = sorted(p for p in (root / "toolkit").rglob("*")
                    if p.is_file() and "__pycache__" not in p.parts)
-    for path in [root / "pyproject.toml", root / "images" / "Dockerfile.in", *files]:
+    extra = [p for p in (root / "pyproject.toml", IMAGES_DIR / "Dockerfile.in") if p.is_file()
+             and p not in files]
+    for path in [*extra, *files]:
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
@@ -261,7 +269,8 @@ def _stage_context(variant: Variant, context: Path, opts: BuildOptions,
     src = context / "src"
     shutil.copytree(REPO_ROOT / "toolkit", src / "toolkit",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copy(REPO_ROOT / "pyproject.toml", src / "pyproject.toml")
+    if (REPO_ROOT / "pyproject.toml").is_file():
+        shutil.copy(REPO_ROOT / "pyproject.toml", src / "pyproject.toml")
     wheels = context / "wheels"
     wheels.mkdir()
     if opts.online:
@@ -521,9 +530,14 @@ def verify_image(tag: str, runtime: Runtime) -> list:
 
 
 def pushed_file() -> Path:
-    """Where pushes are recorded: images/pushed.json (commit it: launches read it), or
-    $TOOLKIT_PUSHED."""
-    return Path(os.environ.get("TOOLKIT_PUSHED", IMAGES_DIR / "pushed.json"))
+    """Where pushes are recorded: images/pushed.json in a checkout (commit it: launches read
+    it), the user's data folder for an installed toolkit, or $TOOLKIT_PUSHED."""
+    if os.environ.get("TOOLKIT_PUSHED"):
+        return Path(os.environ["TOOLKIT_PUSHED"])
+    if CHECKOUT:
+        return IMAGES_DIR / "pushed.json"
+    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return data / "toolkit" / "pushed.json"
 
 
 def push_image(variant: Variant, runtime: Runtime, registry: str) -> dict:
@@ -533,26 +547,19 @@ def push_image(variant: Variant, runtime: Runtime, registry: str) -> dict:
     if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)*", registry):
         raise UsageError(f"--registry {registry!r}: expected HOST[:PORT][/NAMESPACE], e.g. "
                          "ghcr.io/acme or 127.0.0.1:5000")
-    docker = Docker(runtime)
-    docker.require()
+    from toolkit import engine
+
+    Docker(runtime).require()
     local = ensure_image(variant, runtime)
     remote = f"{registry}/{local}"
-    if not docker.tag(local, remote).ok:
-        raise RuntimeFailure(f"docker tag {local} {remote} failed")
-    res = docker.push(remote)
-    if not res.ok:
-        tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-3:])
-        raise RuntimeFailure(f"pushing {remote} failed:\n{tail}\nLog in first "
-                             f"(`docker login {registry.split('/')[0]}`) if the registry needs it")
-    info = docker.inspect_image(remote) or {}
+    info = engine.push(local, remote)
     repo = remote.rsplit(":", 1)[0]
-    digest = next((d for d in info.get("RepoDigests") or [] if d.startswith(repo + "@")), None)
+    digest = next((d for d in info.digests if d.startswith(repo + "@")), None)
     if digest is None:
         raise RuntimeFailure(f"pushed {remote}, but the engine reports no digest for it")
-    labels = (info.get("Config") or {}).get("Labels") or {}
     record = {"variant": variant.name, "registry": registry, "tag": remote, "image": digest,
-              "image_id": info.get("Id"), "lock_sha256": variant.lock_sha256,
-              "source_sha256": labels.get("io.toolkit.source-sha256"),
+              "image_id": info.id, "lock_sha256": variant.lock_sha256,
+              "source_sha256": info.labels.get("io.toolkit.source-sha256"),
               "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path = pushed_file()
     records = json.loads(path.read_text()) if path.exists() else {}

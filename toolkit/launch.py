@@ -199,4 +199,11 @@ def torchrun(runtime: Runtime, args, distributed: list[str], extra: list[str]) -
             "-m", "toolkit", "train", str(Path(args.config).absolute()), "--runtime", "local",
             *extra]
     print(f"toolkit: torchrun {' '.join(distributed)}", file=sys.stderr, flush=True)
-    return runtime.run(argv, capture=False).returncode
+    code, signalled = runtime.run_child(argv)
+    if code and signalled is not None:
+        from toolkit.errors import Preempted
+
+        raise Preempted(f"stopped by signal {signalled}: torchrun's processes saved a checkpoint "
+                        "where they could. Run the same command again to resume from the "
+                        "newest complete one")
+    return code

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -106,7 +107,7 @@ def merge_lora(loaded: LoadedConfig, allow_mismatch: bool = False) -> Path:
     auto = getattr(transformers, HEADS[head][0])
     base = auto.from_pretrained(base_ref, dtype="auto", device_map={"": "cpu"}, **extra)
     model = PeftModel.from_pretrained(base, str(out), torch_device="cpu")
-    model = model.merge_and_unload()
+    model = model.merge_and_unload(progressbar=sys.stderr.isatty())
     tokenizer = AutoTokenizer.from_pretrained(str(out))
 
     tmp = Path(tempfile.mkdtemp(prefix=".merged.tmp-", dir=out))

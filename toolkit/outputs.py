@@ -25,6 +25,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 from toolkit.errors import UsageError
@@ -38,6 +39,15 @@ ALLOW_KEY = "allow_existing_output_dir"
 WEIGHT_NEUTRAL = ("logging_steps", "dataset_processes", "resume_from_checkpoint",
                   "save_steps", "saves_per_epoch", "save_total_limit", "eval_steps",
                   "evals_per_epoch", "dataset_prepared_path", ALLOW_KEY)
+
+
+# What a run writes into output_dir (transformers, peft and toolkit), by name.
+WRITTEN = ("README.md", "adapter_config.json", "adapter_model.safetensors", "config.json",
+           "generation_config.json", "model.safetensors", "model-*.safetensors",
+           "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
+           "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt",
+           "added_tokens.json", "training_args.bin", "run.json", "train.log", "loss.png",
+           "tensorboard", "merged", "checkpoint-*", STATE_DIR)
 
 
 def holds_toolkit_run(folder: Path) -> bool:
@@ -60,9 +70,8 @@ def output_problems(raw: dict, inputs: list[tuple[str, Path]]) -> list[str]:
                 "outputs/my-run"]
     writes = [(k, raw[k]) for k in ("output_dir", "dataset_prepared_path")
               if isinstance(raw.get(k), str) and raw[k]]
-    for key, ref in writes:
-        where = Path(os.path.abspath(Path(ref).expanduser()))
-        real = Path(os.path.realpath(where))
+    for key, write in writes:
+        real = Path(os.path.realpath(Path(write).expanduser()))
         for in_key, in_path in inputs:
             in_real = Path(os.path.realpath(in_path))
             if real == in_real:
@@ -73,12 +82,17 @@ def output_problems(raw: dict, inputs: list[tuple[str, Path]]) -> list[str]:
                 rel = "contains"
             else:
                 continue
-            out.append(f"{key}: {ref!r} {rel} {in_key} ({in_path}); a run never writes where "
-                       f"it reads: choose a {key} outside every input")
+            out.append(f"{key}: {write!r} {rel} {in_key} ({in_path}); a run never writes "
+                       f"where it reads: choose a {key} outside every input")
     if not isinstance(ref, str) or any(p.startswith("output_dir:") for p in out):
         return out
     where = Path(os.path.realpath(Path(ref).expanduser()))
     if raw.get(ALLOW_KEY) is True:
+        clashes = [] if holds_toolkit_run(where) or not where.is_dir() else sorted(
+            p.name for p in where.iterdir() if any(fnmatch(p.name, n) for n in WRITTEN))
+        if clashes:
+            out.append(f"output_dir: {ref!r} holds {', '.join(clashes)}, which training would "
+                       "write over; move them away or choose another output_dir")
         return out
     if where == Path(os.path.realpath(Path.home())):
         out.append(f"output_dir: {ref!r} is your home folder; choose a folder of its own (e.g. "

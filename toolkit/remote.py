@@ -124,21 +124,34 @@ def _fingerprint(info: dict) -> list:
 
 
 def _download(fs, root: str, files: list[str], folder: Path) -> None:
-    """Into a temporary folder, then a rename: a half-fetched copy is never used."""
+    """Into a temporary folder, then a rename: a half-fetched copy is never used. Bytes
+    fetched show as a bar on a terminal, as plain lines in a log."""
+    from fsspec.callbacks import Callback
+
+    from toolkit.bars import bar
+
     folder.parent.mkdir(parents=True, exist_ok=True)
+    total = sum(int(fs.info(f).get("size") or 0) for f in files)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        prefix = root.rstrip("/") + "/"
-        for remote in files:
-            relative = remote[len(prefix):] if remote.startswith(prefix) else Path(remote).name
-            target = tmp / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(remote, str(target))
-        (tmp / ".complete").write_text("")
-        for p in [tmp, *tmp.rglob("*")]:
-            p.chmod(0o755 if p.is_dir() else 0o644)  # readable by a container's other UID
-        shutil.rmtree(folder, ignore_errors=True)
-        os.rename(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with bar(total or None, f"fetching {root}", unit="B", scale=True) as shown:
+
+        class Shown(Callback):
+            def relative_update(self, inc=1):
+                shown.update(inc)
+
+        try:
+            prefix = root.rstrip("/") + "/"
+            for remote in files:
+                relative = (remote[len(prefix):] if remote.startswith(prefix)
+                            else Path(remote).name)
+                target = tmp / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(remote, str(target), callback=Shown())
+            (tmp / ".complete").write_text("")
+            for p in [tmp, *tmp.rglob("*")]:
+                p.chmod(0o755 if p.is_dir() else 0o644)  # readable by a container's other UID
+            shutil.rmtree(folder, ignore_errors=True)
+            os.rename(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

@@ -1,8 +1,9 @@
 """The single seam to the outside world: subprocesses and the Docker engine.
 
 Everything that runs a program goes through a `Runtime`. Unit tests pass a
-`FakeRuntime` that records each command and answers from a script; the
-docker-marked tests use the real one against the real engine.
+fake (tests/fakes.py) that records each command and answers from a script; the
+docker-marked tests use the real one against the real engine. Containers go through
+the Docker API instead (toolkit/engine.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from toolkit.errors import RuntimeFailure
@@ -47,27 +47,41 @@ class Runtime:
     def which(self, name: str) -> str | None:
         return shutil.which(name)
 
+    def run_child(self, argv: list[str]) -> tuple[int, int | None]:
+        """Run `argv` as our child for as long as we live: SIGTERM, SIGINT and SIGHUP to us
+        go to it (SIGHUP as SIGTERM: a closed terminal stops a run gracefully), and it gets
+        SIGTERM if we die first (Linux's parent-death signal). Returns its exit code and
+        the last signal forwarded, if any."""
+        import signal
+        import threading
 
-@dataclass
-class FakeRuntime(Runtime):
-    """Records every command; answers from `script`, a list of (argv prefix, Result or callable)."""
+        proc = subprocess.Popen(argv, preexec_fn=_terminate_with_parent)
+        forwarded: list[int] = []
 
-    script: list[tuple[tuple[str, ...], Result | Callable[[list[str]], Result]]] = field(
-        default_factory=list)
-    calls: list[list[str]] = field(default_factory=list)
-    envs: list[dict[str, str]] = field(default_factory=list)
-    programs: set[str] = field(default_factory=lambda: {"docker"})
+        def forward(signum, frame):
+            sent = signal.SIGTERM if signum == signal.SIGHUP else signum
+            forwarded.append(sent)
+            proc.send_signal(sent)
 
-    def run(self, argv, *, env=None, capture=True, timeout=None, cwd=None) -> Result:
-        self.calls.append(list(argv))
-        self.envs.append(dict(env or {}))
-        for prefix, answer in self.script:
-            if tuple(argv[:len(prefix)]) == prefix:
-                return answer(list(argv)) if callable(answer) else answer
-        return Result(0)
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        main = threading.current_thread() is threading.main_thread()
+        previous = {s: signal.signal(s, forward) for s in handled} if main else {}
+        try:
+            return proc.wait(), (forwarded[-1] if forwarded else None)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
-    def which(self, name: str) -> str | None:
-        return f"/usr/bin/{name}" if name in self.programs else None
+
+def _terminate_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the child is not tied to us
 
 
 # ---------------------------------------------------------------------------
@@ -235,12 +249,6 @@ class Docker:
 
     def pull(self, ref: str, timeout: float = 600) -> Result:
         return self.runtime.run(["docker", "pull", ref], timeout=timeout)
-
-    def tag(self, source: str, target: str) -> Result:
-        return self.runtime.run(["docker", "tag", source, target], timeout=60)
-
-    def push(self, ref: str, timeout: float = 3600) -> Result:
-        return self.runtime.run(["docker", "push", ref], timeout=timeout)
 
     def import_rootfs(self, tarball: str, tag: str, changes: list[str]) -> Result:
         argv = ["docker", "import"]

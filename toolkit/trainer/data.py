@@ -15,9 +15,11 @@ import random
 import re
 from array import array
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from toolkit.bars import bar
 from toolkit.config import DATA_SUFFIXES, Config, DatasetConfig, is_local_ref
 from toolkit.errors import DataError
 from toolkit.trainer.chat import (
@@ -318,17 +320,26 @@ def encode_rows(encoder: ChatEncoder, ds: DatasetConfig, rule: TurnRule, rows: l
     # passes over them would take a fifth of the time, and find nothing to free.
     collecting = gc.isenabled()
     gc.disable()
+    main = os.environ.get("RANK", "0") == "0"
+    done = []
     try:
-        if processes == 1:
-            done = [_encode_chunk(chunk) for chunk in chunks]
-        else:
-            import multiprocessing
+        with ExitStack() as stack:
+            shown = stack.enter_context(bar(len(rows), f"tokenizing {Path(ds.path).name}",
+                                            unit="rows")) if len(chunks) > 1 and main else None
+            if processes == 1:
+                work = map(_encode_chunk, chunks)
+            else:
+                import multiprocessing
 
-            # Each worker is single-threaded; the Rust tokenizer's own threads would
-            # only contend with the other workers.
-            os.environ["TOKENIZERS_PARALLELISM"] = "false"
-            with multiprocessing.get_context("fork").Pool(processes) as pool:
-                done = pool.map(_encode_chunk, chunks)
+                # Each worker is single-threaded; the Rust tokenizer's own threads would
+                # only contend with the other workers.
+                os.environ["TOKENIZERS_PARALLELISM"] = "false"
+                pool = stack.enter_context(multiprocessing.get_context("fork").Pool(processes))
+                work = pool.imap(_encode_chunk, chunks)  # in order, as each chunk is done
+            for chunk in work:
+                done.append(chunk)
+                if shown:
+                    shown.update(len(chunk))
     finally:
         _JOB = None
         if collecting:

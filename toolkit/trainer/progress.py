@@ -10,6 +10,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from toolkit.bars import bar, clock
 from toolkit.trainer.throughput import peak_memory_gib
 
 
@@ -68,8 +69,24 @@ class ProgressLog(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last = (time.monotonic(), 0)
+        self._began = (time.monotonic(), state.global_step)  # a resumed run starts past 0
         self.log(f"train: {state.max_steps} steps, batch {args.per_device_train_batch_size} x "
                  f"accumulation {args.gradient_accumulation_steps}")
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        """A bar (or plain lines) over the evaluation batches, rank 0 only."""
+        if not self.log.main:
+            return
+        if getattr(self, "_eval_bar", None) is None:
+            total = len(eval_dataloader) if eval_dataloader is not None and hasattr(
+                eval_dataloader, "__len__") else None
+            self._eval_bar = bar(total, "evaluation", unit="batch")
+        self._eval_bar.update(1)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if getattr(self, "_eval_bar", None) is not None:
+            self._eval_bar.close()
+            self._eval_bar = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -98,11 +115,17 @@ class ProgressLog(TrainerCallback):
         if tokens:
             self.rates.append((step, rate))
         shown = "".join(f" {k} {logs[k]:.3f}" for k in SHOWN if k in logs)
+        began, first = getattr(self, "_began", (now, 0))
+        elapsed = now - began
+        eta = elapsed / (step - first) * (state.max_steps - step) if step > first else None
+        timing = (f" epoch {float(state.epoch or 0):.2f} elapsed {clock(elapsed)}"
+                  + (f" eta {clock(eta)}" if eta is not None else ""))
         self.log(f"step {step}/{state.max_steps} loss {logs['loss']:.4f} "
                  f"lr {logs.get('learning_rate', 0):.2e} grad_norm "
                  f"{float(logs.get('grad_norm', 0)):.3f}{shown}"
                  + (f" tokens/s {rate:,.0f}" if tokens else "")
-                 + (f" mfu {100 * mfu:.1f}%" if mfu else "") + f" mem {memory:.2f} GiB")
+                 + (f" mfu {100 * mfu:.1f}%" if mfu else "") + f" mem {memory:.2f} GiB"
+                 + timing)
         if self.board:
             self.board.scalars(step, {"train/loss": logs["loss"],
                                       "train/learning_rate": logs.get("learning_rate"),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from toolkit.config import Config, LoadedConfig
 from toolkit.errors import Preempted, RuntimeFailure
-from toolkit.outputs import read_segments, write_segments
+from toolkit.outputs import MANIFEST, STATE_DIR, read_segments, write_segments
 from toolkit.trainer import quiet_libraries
 from toolkit.trainer.checkpoints import CheckpointMarker, Preemption, find_resume
 from toolkit.trainer.files import make_written_readable, snapshot
@@ -61,6 +61,10 @@ def train_and_save(trainer, tokenizer, loaded: LoadedConfig, progress: ProgressL
     trainer.remove_callback(PrinterCallback)  # ProgressLog prints one line per log step
     resume = find_resume(cfg, progress.log)
     segments = _start_segment(out, resume) if main else []
+    if main and (out / MANIFEST).exists():
+        # A finished run continued (a longer max_steps): until this one is saved whole,
+        # the folder holds no finished run, so nothing merges a half-written adapter.
+        os.replace(out / MANIFEST, out / STATE_DIR / f"superseded-{MANIFEST}")
     trainer.add_callback(CheckpointMarker(cfg.training_digest()))
     if cfg.early_stopping_patience:
         from transformers import EarlyStoppingCallback
@@ -129,11 +133,15 @@ def train_and_save(trainer, tokenizer, loaded: LoadedConfig, progress: ProgressL
 def _start_segment(out: Path, resume: str | None) -> list[dict]:
     """Record this start of the run (the first, or a resume) in output_dir/.toolkit."""
     segments = read_segments(out)
+    for earlier in segments:  # one that never said how it ended: killed, or crashed
+        if earlier.get("outcome", "running") == "running":
+            earlier["outcome"] = "interrupted"
     resumed = int(Path(resume).name.rsplit("-", 1)[-1]) if resume else None
     segments.append({
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "resumed_from_step": resumed, "host": socket.gethostname(),
         "image": os.environ.get("TOOLKIT_IMAGE"), "image_id": os.environ.get("TOOLKIT_IMAGE_ID"),
+        "outcome": "running",
     })
     write_segments(out, segments)
     return segments

@@ -1,0 +1,250 @@
+"""What the command groups share: option decorators, completion, loading a config with
+its overrides, where a heavy command runs, and the output folder's lock.
+
+Nothing heavy is imported here: each command imports the stage it calls when it runs,
+so `toolkit --help` and `validate` never load torch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import click
+
+from toolkit.errors import ToolkitError, UsageError
+
+# Commands that take config overrides after the config path: --key value, as in axolotl.
+OVERRIDES = {"ignore_unknown_options": True, "allow_extra_args": False,
+             "help_option_names": ["-h", "--help"]}
+
+
+def complete_variants(ctx, param, incomplete: str):
+    from toolkit.images import load_matrix
+
+    return [click.shell_completion.CompletionItem(name) for name in load_matrix()
+            if name.startswith(incomplete)]
+
+
+def complete_keys(ctx, param, incomplete: str):
+    """Config keys as overrides (`--micro-batch-size`), for the shell's completion."""
+    if not incomplete.startswith("-"):
+        return [click.shell_completion.CompletionItem(incomplete, type="file")]
+    from toolkit.config import Config
+
+    names = [f"--{name.replace('_', '-')}" for name in Config.model_fields]
+    return [click.shell_completion.CompletionItem(n) for n in names if n.startswith(incomplete)]
+
+
+class OverridesCommand(click.Command):
+    """A command that takes config overrides: completing `--mi…` offers its own options
+    and the config's keys."""
+
+    def shell_complete(self, ctx, incomplete):
+        items = super().shell_complete(ctx, incomplete)
+        if incomplete.startswith("--") and ctx.params.get("config"):
+            items += complete_keys(ctx, None, incomplete)
+        return items
+
+
+def config_argument(func):
+    return click.argument("config", type=click.Path(), metavar="CONFIG")(func)
+
+
+def overrides_argument(func):
+    return click.argument("overrides", nargs=-1, type=click.UNPROCESSED,
+                          metavar="[--KEY VALUE]...", shell_complete=complete_keys)(func)
+
+
+def json_option(func):
+    return click.option("--json", "as_json", is_flag=True,
+                        help="print the result as JSON")(func)
+
+
+def runtime_options(func):
+    options = [
+        click.option("--runtime", type=click.Choice(["docker", "local"]), default=None,
+                     envvar="TOOLKIT_RUNTIME", show_envvar=True,
+                     help="where to run: the toolkit image (default outside a container) or "
+                          "this Python environment (default inside one)"),
+        click.option("--image", default=None,
+                     help="image tag to run in (default: the variant `toolkit images select` "
+                          "picks, built if missing)"),
+        click.option("--variant", default=None, envvar="TOOLKIT_VARIANT", show_envvar=True,
+                     shell_complete=complete_variants,
+                     help="image variant to run in (see `toolkit images list`)"),
+        click.option("--gpus", default=None, envvar="TOOLKIT_GPUS", show_envvar=True,
+                     help="GPUs for the container: all (default) or indexes like 0,1"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def distributed_options(func):
+    options = [
+        click.option("--nproc-per-node", type=click.IntRange(min=1), default=1,
+                     help="processes on this machine (torchrun); DDP across them"),
+        click.option("--nnodes", type=click.IntRange(min=1), default=1,
+                     help="machines in the run"),
+        click.option("--node-rank", type=click.IntRange(min=0), default=0,
+                     help="this machine's rank"),
+        click.option("--master-addr", default="127.0.0.1", help="rank 0's address"),
+        click.option("--master-port", type=click.IntRange(1, 65535), default=29500,
+                     help="rank 0's port"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def checked_config(config: str) -> str:
+    """An override given before the config path reads as the path: say what to do."""
+    if config.startswith("--"):
+        command = click.get_current_context().command_path
+        raise UsageError(f"{config}: the config path comes first, then the overrides: "
+                         f"{command} CONFIG {config} VALUE")
+    return config
+
+
+def load(config: str, overrides: tuple[str, ...] | list[str]):
+    """The validated config with its command-line overrides; warnings printed."""
+    from toolkit.config import load_config, parse_overrides
+
+    loaded = load_config(checked_config(config), parse_overrides(list(overrides)))
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return loaded
+
+
+def with_local_data(config: str, overrides: list[str]) -> tuple:
+    """The config, with remote datasets (s3://, gs://, az://) fetched to the host's cache
+    and the config pointed at the copies; and the overrides to pass on, those included."""
+    from toolkit.remote import fetch_remote_datasets, is_remote
+
+    loaded = load(config, overrides)
+    raw = [{"path": d.path, "data_files": d.data_files} for d in loaded.config.datasets]
+    if not any(is_remote(d["path"]) for d in raw):
+        return loaded, list(overrides)
+    from toolkit.config import load_config, parse_overrides
+
+    fetched = [f"--{key}={value}" for key, value in fetch_remote_datasets(raw).items()]
+    extra = [*overrides, *fetched]
+    return load_config(config, parse_overrides(extra)), extra
+
+
+def runtime_of(args) -> str:
+    from toolkit.launch import default_runtime, in_container
+
+    chosen = args.runtime or default_runtime()
+    if chosen == "docker" and in_container():
+        raise UsageError("--runtime docker inside the toolkit container: Docker is not "
+                         "available here; drop the flag (local is the default inside)")
+    return chosen
+
+
+def new_runtime():
+    from toolkit.runtime import Runtime
+
+    return Runtime()
+
+
+def image_for(args) -> str:
+    from toolkit.launch import choose_image
+
+    return choose_image(new_runtime(), args.image, args.variant)
+
+
+@contextmanager
+def output_lock(output_dir: str, command: str):
+    """Hold output_dir's lock for this command and what it launches."""
+    from toolkit import outputs
+
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    lock = outputs.hold(output_dir, command)
+    try:
+        yield lock
+    finally:
+        outputs.release(lock)
+
+
+def in_container(command: str, args, extra, loaded, host_network: bool = False,
+                 keep_fds: tuple[int, ...] = ()) -> int:
+    """Run this same command in the image, with the config's paths mounted."""
+    from toolkit.launch import config_paths, run_in_container
+
+    reads, writes, network = config_paths(loaded.config)
+    argv = ["toolkit", command, str(Path(args.config).absolute()), "--runtime", "local", *extra]
+    code = run_in_container(image_for(args), argv, [Path(args.config), *reads], writes,
+                            "host" if host_network else network, args.gpus, keep_fds)
+    return container_failed(code) if code else 0
+
+
+def container_failed(code: int) -> int:
+    hint = {75: "it was preempted (SIGTERM) and saved a checkpoint; run the same command "
+                "again to resume",
+            137: "it was killed (out of memory, or a `docker stop` whose grace period ran out "
+                 "before the checkpoint was saved: give it more with `docker stop -t`)",
+            125: "docker could not start it (see the message above)"}.get(code, "see its log above")
+    print(f"error: the container exited with code {code}: {hint}", file=sys.stderr)
+    return code
+
+
+def environment_error(exc: BaseException, where: str | None = None) -> ToolkitError | None:
+    """An operating-system error (or a library's error that wraps one, such as
+    safetensors' "No space left on device (os error 28)") as one line naming the path and
+    the fix, exit 1; None for any other exception."""
+    import errno
+    import re
+
+    from toolkit.errors import RuntimeFailure
+
+    if isinstance(exc, ToolkitError):
+        return None
+    seen, cause, code = exc, None, None
+    while seen is not None and cause is None:
+        if isinstance(seen, OSError) and seen.errno:
+            cause, code = seen, seen.errno
+        seen = seen.__cause__ or seen.__context__
+    if cause is None:
+        match = re.search(r"\(os error (\d+)\)", str(exc))
+        if not match:
+            return None
+        code = int(match.group(1))
+    where = (cause.filename if cause is not None and cause.filename else None) or where or \
+        "a file toolkit writes"
+    strerror = (cause.strerror if cause is not None else None) or os.strerror(code)
+    fixes = {
+        errno.ENOSPC: f"no space left on the device holding {where}; free some space "
+                      "(save_total_limit keeps fewer checkpoints) or choose an output_dir on "
+                      "a larger disk, then run the same command again to resume",
+        errno.EDQUOT: f"disk quota exceeded writing {where}; free some space or choose an "
+                      "output_dir elsewhere",
+        errno.EROFS: f"{where} is on a read-only filesystem; choose an output_dir you can "
+                     "write",
+        errno.EACCES: f"permission denied: {where}; make it writable for you "
+                      f"(uid {os.getuid()}) or choose another output_dir",
+        errno.EPERM: f"operation not permitted on {where}; check its owner and permissions",
+    }
+    return RuntimeFailure(fixes.get(code, f"{strerror}: {where}"))
+
+
+def report(findings, as_json: bool) -> int:
+    import json
+
+    from toolkit.compat import Status
+    from toolkit.doctor import render, worst
+
+    if as_json:
+        print(json.dumps([f.as_dict() for f in findings], indent=2))
+    else:
+        print(render(findings))
+    return 1 if worst(findings) == Status.FAIL else 0
+
+
+def args_of(**values) -> SimpleNamespace:
+    """The parsed options as one value the command bodies read."""
+    return SimpleNamespace(**values)
