@@ -1,0 +1,241 @@
+"""The one entry point: read YAML under limits, apply command-line overrides, map
+axolotl's spellings, validate everything at once, and record where each value came from."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from toolkit.config.axolotl import (
+    IGNORED_KEYS,
+    IGNORED_PREFIXES,
+    LORA_KEYS,
+    NOT_USED,
+    OFF_VALUES,
+    UNSUPPORTED_KEYS,
+    drop_nulls,
+    map_deprecated,
+    unsupported_problems,
+)
+from toolkit.config.problems import describe_all, nested_model, show
+from toolkit.config.rules import cross_field_problems, path_problems
+from toolkit.config.schema import Config, LoadedConfig
+from toolkit.errors import ConfigError
+
+# ---------------------------------------------------------------------------
+# loading
+
+
+def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> LoadedConfig:
+    """Read, override and validate a config; raise ConfigError listing every problem."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    overrides = overrides or {}
+    sources = {key: "file" for key in raw}
+    problems: list[str] = []
+    for dotted, value in overrides.items():
+        try:
+            _set_dotted(raw, dotted, value)
+        except (KeyError, IndexError, TypeError) as exc:
+            problems.append(f"--{dotted.replace('_', '-')}: cannot override ({exc}); "
+                            "use a top-level key or a path like datasets.0.path")
+            continue
+        sources[dotted.split(".")[0]] = "command line"
+
+    # An empty YAML value means "not set", as in axolotl: the default applies.
+    raw = drop_nulls(raw)
+    for key in [k for k, v in sources.items() if k not in raw]:
+        del sources[key]
+    raw, mapped = map_deprecated(raw, sources)
+    problems += unsupported_problems(raw)
+    ignored = [k for k in raw if (k in IGNORED_KEYS or k.startswith(IGNORED_PREFIXES))
+               and k not in UNSUPPORTED_KEYS]
+    known = {k: v for k, v in raw.items() if k not in UNSUPPORTED_KEYS and k not in ignored}
+    config = None
+    try:
+        config = Config.model_validate(known)
+    except ValidationError as exc:
+        problems += describe_all(exc.errors())
+    problems += cross_field_problems(raw)
+    problems += path_problems(known)
+    if problems:
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise ConfigError(f"{path}: {len(problems)} {noun}", problems)
+    for name in Config.model_fields:
+        sources.setdefault(name, "default")
+    warnings = mapped + [f"{key}: {IGNORED_KEYS.get(key, NOT_USED)}"
+                         for key in ignored if raw[key] not in OFF_VALUES]
+    if not config.uses_lora:
+        warnings += [f"{key}: set to {show(raw[key])} but adapter is {show(raw.get('adapter'))}"
+                     ", so there is no LoRA and it has no effect; set adapter: lora (or qlora) "
+                     "to train an adapter, or remove the key" for key in LORA_KEYS
+                     if key in raw and raw[key] not in OFF_VALUES]
+    derive(config, sources)
+    return LoadedConfig(config=config, path=path, sources=sources, warnings=warnings)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; pass the YAML config file inside it")
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist; pass the path of a YAML config "
+                          "(examples are in configs/)")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is {size:,} bytes; a config is at most "
+                          f"{MAX_CONFIG_BYTES:,}: is it the right file?")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); "
+                          "save it as UTF-8") from None
+    try:
+        raw = bounded_yaml(text, path)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}; fix the syntax "
+                          "(indentation, a missing ':' or an unclosed quote)") from None
+    if raw is None:
+        raise ConfigError(f"{path} is empty; start from an example in configs/")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a YAML mapping of keys to values, "
+                          f"got a {type(raw).__name__}; start from an example in configs/")
+    return raw
+
+
+# Limits on what a config may make the parser build: real configs are a few kilobytes, a
+# few levels deep, with a handful of anchors. Beyond them YAML aliases can expand
+# exponentially ("billion laughs") and deep nesting exhausts the stack.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_NODES = 100_000
+
+
+def bounded_yaml(text: str, path: Path) -> Any:
+    """safe_load with limits: nesting depth checked on the event stream (which builds
+    nothing), then the loaded document's size counted as if every alias were expanded
+    (each shared node counted once per use, without expanding it)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                raise ConfigError(f"{path}: nested more than {MAX_DEPTH} levels deep (line "
+                                  f"{mark.line + 1}); a config is a few levels deep: "
+                                  "flatten it")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+    raw = yaml.safe_load(text)
+    sizes: dict[int, int] = {}
+
+    def expanded(node: Any, open_: frozenset[int]) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key in open_:
+            raise ConfigError(f"{path}: an alias refers to itself (a recursive anchor); "
+                              "write the value out")
+        if key not in sizes:
+            children = node.values() if isinstance(node, dict) else node
+            total = 1
+            for child in children:
+                total += expanded(child, open_ | {key})
+                if total > MAX_NODES:
+                    break
+            sizes[key] = total
+        return sizes[key]
+
+    if expanded(raw, frozenset()) > MAX_NODES:
+        raise ConfigError(f"{path}: its aliases expand to more than {MAX_NODES:,} values "
+                          "(a YAML alias bomb?); write the config without nested aliases")
+    return raw
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`--micro-batch-size 2 --datasets.0.path x` → {"micro_batch_size": 2, ...}.
+
+    Values are parsed as YAML scalars (so `2` is an int, `true` a bool). A flag
+    without a value means true, as in axolotl, for a key that is true or false
+    (`--sample-packing`); any other key needs its value (`--learning-rate` alone is
+    an error, not 1.0).
+    """
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --key value "
+                              "(e.g. --micro-batch-size 2)")
+        name = arg[2:]
+        value: Any
+        if "=" in name:
+            name, text = name.split("=", 1)
+            value = _yaml_scalar(text)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = _yaml_scalar(args[i + 1])
+            i += 1
+        elif _is_switch(name.replace("-", "_")):
+            value = True
+        else:
+            problems.append(f"{arg}: needs a value (e.g. {arg} VALUE); only true/false keys "
+                            "may stand alone")
+            i += 1
+            continue
+        out[name.replace("-", "_")] = value
+        i += 1
+    if problems:
+        raise ConfigError("command line: " + ("1 problem" if len(problems) == 1 else
+                                              f"{len(problems)} problems"), problems)
+    return out
+
+
+def _is_switch(dotted: str) -> bool:
+    """Whether the key a dotted override names holds true or false (a bare flag sets it)."""
+    model: type[BaseModel] = Config
+    parts = [p for p in dotted.split(".") if not p.isdigit()]
+    for part in parts[:-1]:
+        field_info = model.model_fields.get(part)
+        nested = nested_model(field_info.annotation) if field_info else None
+        if nested is None:
+            return False
+        model = nested
+    field_info = model.model_fields.get(parts[-1]) if parts else None
+    if field_info is None:
+        return True  # an unknown key: validation names it, with "did you mean"
+    return "bool" in str(field_info.annotation)
+
+
+def derive(config: Config | None, sources: dict[str, str]) -> None:
+    """Record values derived from others (the explicit resolve step, not a validator)."""
+    if config is not None and config.batch_size is not None:
+        sources["gradient_accumulation_steps"] = (
+            f"derived: batch_size {config.batch_size} / micro_batch_size "
+            f"{config.micro_batch_size}")
+
+
+def _yaml_scalar(text: str) -> Any:
+    """A command-line value read as YAML, under the same limits as a config file."""
+    try:
+        return bounded_yaml(text, Path("a command-line value"))
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = raw
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value

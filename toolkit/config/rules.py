@@ -1,0 +1,225 @@
+"""Rules that span fields, and the files a config points at. Each returns every problem
+it finds; none changes a value."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from toolkit.config.axolotl import OFF_VALUES
+from toolkit.config.problems import show
+from toolkit.config.schema import (
+    DATA_SUFFIXES,
+    DATASET_TYPES,
+    DEEPSPEED_BUNDLED,
+    KTO_TYPES,
+    PAIR_TYPES,
+    PRM_TYPES,
+    RM_TYPES,
+    SFT_TYPES,
+    is_local_ref,
+    recipe_of,
+)
+
+ACCEPTED_TYPES = {"sft": SFT_TYPES, "reward": RM_TYPES, "prm": PRM_TYPES}
+
+
+def cross_field_problems(raw: dict) -> list[str]:
+    """Rules that span fields. They read the raw values and only judge well-typed ones."""
+    out = []
+    modes = [k for k in ("rl", "reward_model", "process_reward_model") if raw.get(k)]
+    if len(modes) > 1:
+        out.append(f"{' and '.join(modes)} are all set; a run trains one thing: keep one")
+    recipe = recipe_of(raw)
+    if recipe == "preference":
+        accepted = KTO_TYPES if raw.get("rl") == "kto" else PAIR_TYPES
+    else:
+        accepted = ACCEPTED_TYPES[recipe]
+    datasets = raw.get("datasets")
+    for i, ds in enumerate(datasets if isinstance(datasets, list) else []):
+        kind = ds.get("type", "chat_template") if isinstance(ds, dict) else None
+        if kind in DATASET_TYPES and kind not in accepted:
+            what = f"rl: {raw['rl']}" if raw.get("rl") else recipe.upper() if recipe != "sft" \
+                else "SFT (no rl, reward_model or process_reward_model)"
+            out.append(f"datasets[{i}].type: {kind!r} cannot feed {what}; accepted: "
+                       f"{', '.join(accepted)}")
+    if raw.get("rl") and raw.get("sample_packing"):
+        out.append(f"sample_packing with rl: {raw['rl']}: packing would mix the chosen and "
+                   "rejected sequences; remove sample_packing")
+    if raw.get("sample_packing") is True and recipe in ("reward", "prm"):
+        out.append(f"sample_packing with {recipe} training: its heads score whole sequences; "
+                   "remove sample_packing")
+    losses = [k for k in ("cut_cross_entropy", "liger_fused_linear_cross_entropy",
+                          "liger_cross_entropy") if raw.get(k) is True]
+    if len(losses) > 1:
+        out.append(f"{' and '.join(losses)} are all set; each replaces the cross-entropy "
+                   "loss, so keep one")
+    kernels = [k for k in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")
+               if raw.get(k) is True]
+    if kernels and raw.get("adapter") not in ("lora", "qlora"):
+        out.append(f"{', '.join(kernels)} need adapter: lora or qlora (got adapter: "
+                   f"{show(raw.get('adapter'))}); set them false for a full fine-tune")
+    elif kernels and raw.get("lora_dropout") not in (None, 0, 0.0):
+        out.append(f"{', '.join(kernels)} need lora_dropout: 0 (got "
+                   f"{show(raw.get('lora_dropout'))}); the fused path has no dropout")
+    if raw.get("early_stopping_patience") and not raw.get("val_set_size"):
+        out.append("early_stopping_patience needs held-out rows to watch; set val_set_size")
+    if raw.get("dpo_loss_type") and raw.get("rl") not in ("dpo", "ipo"):
+        out.append(f"dpo_loss_type is set but rl is {show(raw.get('rl'))}; it needs rl: dpo")
+    if raw.get("reward_model") and raw.get("num_labels") not in (None, 1):
+        out.append(f"num_labels: {raw['num_labels']} with reward_model: a reward model has "
+                   "one output; remove num_labels")
+    adapter = raw.get("adapter")
+    if adapter == "qlora" and raw.get("load_in_4bit") is not True:
+        out.append("adapter: 'qlora' needs load_in_4bit: true; add `load_in_4bit: true` "
+                   "or use adapter: lora")
+    if raw.get("load_in_4bit") is True and adapter != "qlora":
+        out.append(f"load_in_4bit: true needs adapter: qlora (got adapter: {show(adapter)}); "
+                   "a 4-bit base can only be trained through an adapter")
+    if raw.get("load_in_4bit") is True and raw.get("load_in_8bit") is True:
+        out.append("load_in_4bit and load_in_8bit are both true; keep one")
+    given = [k for k in ("micro_batch_size", "gradient_accumulation_steps", "batch_size")
+             if k in raw]
+    if len(given) == 3:
+        out.append("micro_batch_size, gradient_accumulation_steps and batch_size are all set; "
+                   "give two of them (batch_size = micro_batch_size × "
+                   "gradient_accumulation_steps)")
+    elif "batch_size" in raw and isinstance(raw["batch_size"], int) and isinstance(
+            raw.get("micro_batch_size", 1), int) and raw.get("micro_batch_size", 1) > 0 and \
+            raw["batch_size"] % raw.get("micro_batch_size", 1):
+        out.append(f"batch_size {raw['batch_size']} is not a multiple of micro_batch_size "
+                   f"{raw.get('micro_batch_size', 1)}; change one of them")
+    if raw.get("deepspeed") not in OFF_VALUES and any(
+            raw.get(k) not in OFF_VALUES for k in ("fsdp_config", "fsdp_version")):
+        out.append("deepspeed and fsdp are both set; they exclude each other: keep one")
+    if raw.get("warmup_steps") is not None and raw.get("warmup_ratio") is not None:
+        out.append(f"warmup_steps ({show(raw['warmup_steps'])}) and warmup_ratio "
+                   f"({show(raw['warmup_ratio'])}) are both set; keep one")
+    if raw.get("eval_steps") is not None and raw.get("evals_per_epoch") is not None:
+        out.append("eval_steps and evals_per_epoch are both set; keep one")
+    if raw.get("save_steps") is not None and raw.get("saves_per_epoch") is not None:
+        out.append("save_steps and saves_per_epoch are both set; keep one")
+    if raw.get("bf16") is True and raw.get("fp16") is True:
+        out.append("bf16 and fp16 are both true; keep one (bf16: auto picks for you)")
+    template = raw.get("chat_template", "tokenizer_default")
+    if template == "jinja" and not raw.get("chat_template_jinja"):
+        out.append("chat_template: 'jinja' needs chat_template_jinja (the template text); "
+                   "add it or pick qwen3 / chatml / tokenizer_default")
+    if raw.get("chat_template_jinja") and template != "jinja":
+        out.append(f"chat_template_jinja is set but chat_template is {show(template)}; "
+                   "set chat_template: jinja to use it")
+    val = raw.get("val_set_size")
+    if isinstance(val, (int, float)) and math.isfinite(val) and val >= 1 and \
+            float(val) != int(val):
+        out.append(f"val_set_size: got {val}; use a fraction below 1 or a whole number of rows")
+    return out
+
+
+def path_problems(raw: dict) -> list[str]:
+    """Files the config points at. Reads raw values so it runs even when other keys are wrong."""
+    out = []
+    for key, ref in [(k, raw.get(k)) for k in ("base_model", "tokenizer_config", "output_dir")] + [
+            (f"datasets[{i}].path", d.get("path")) for i, d in enumerate(
+                raw.get("datasets") if isinstance(raw.get("datasets"), list) else [])
+            if isinstance(d, dict)]:
+        if isinstance(ref, str) and "\x00" in ref:
+            out.append(f"{key}: {ref!r} contains a NUL byte, which no path can hold; "
+                       "remove it")
+    if out:
+        return out
+    for key in ("base_model", "tokenizer_config"):
+        ref = raw.get(key)
+        if isinstance(ref, str) and is_local_ref(ref) and not Path(ref).expanduser().exists():
+            hint = (f"; for the bundled demo run `toolkit tiny-model {ref}` (or `make train`)"
+                    if "tiny" in ref else
+                    "; give an existing model folder or a hub id like Qwen/Qwen3-8B")
+            out.append(f"{key}: {ref!r} does not exist (looked in "
+                       f"{Path(ref).expanduser().resolve()}){hint}")
+        elif isinstance(ref, str) and is_local_ref(ref):
+            out += _model_folder_problems(key, ref)
+    datasets = raw.get("datasets")
+    for i, ds in enumerate(datasets if isinstance(datasets, list) else []):
+        ref = ds.get("path") if isinstance(ds, dict) else None
+        if not isinstance(ref, str) or not is_local_ref(ref):
+            continue
+        where = Path(ref).expanduser()
+        if not where.exists():
+            out.append(f"datasets[{i}].path: {ref!r} does not exist (looked in "
+                       f"{where.resolve()}); fix the path (relative paths start at the "
+                       "directory you run toolkit from)")
+        elif where.is_file() and ds.get("ds_type") is None and where.suffix not in DATA_SUFFIXES:
+            out.append(f"datasets[{i}].path: cannot tell the format of {ref!r}; "
+                       f"set ds_type to one of {sorted(set(DATA_SUFFIXES.values()))}")
+        elif where.is_file():
+            out += _data_file_problems(f"datasets[{i}].path", ref, where)
+    ds_file = raw.get("deepspeed")
+    if isinstance(ds_file, str) and ds_file not in DEEPSPEED_BUNDLED and not Path(
+            ds_file).expanduser().is_file():
+        out.append(f"deepspeed: {ds_file!r} is not a file; give a DeepSpeed JSON config or "
+                   f"one of toolkit's: {', '.join(DEEPSPEED_BUNDLED)}")
+    out_dir = raw.get("output_dir")
+    if isinstance(out_dir, str) and Path(out_dir).expanduser().is_file():
+        out.append(f"output_dir: {out_dir!r} is a file; choose a directory path")
+    else:
+        from toolkit.outputs import output_problems
+
+        out += output_problems(raw, local_inputs(raw))
+    return out
+
+
+def local_inputs(raw: dict) -> list[tuple[str, Path]]:
+    """(key, absolute path) of every local file or folder a config reads."""
+    refs = [(k, raw.get(k)) for k in ("base_model", "tokenizer_config")]
+    datasets = raw.get("datasets")
+    refs += [(f"datasets[{i}].path", d.get("path")) for i, d in enumerate(
+        datasets if isinstance(datasets, list) else []) if isinstance(d, dict)]
+    if raw.get("deepspeed") not in DEEPSPEED_BUNDLED:
+        refs.append(("deepspeed", raw.get("deepspeed")))
+    return [(key, Path(os.path.abspath(Path(ref).expanduser()))) for key, ref in refs
+            if isinstance(ref, str) and ref and is_local_ref(ref)]
+
+
+def _model_folder_problems(key: str, ref: str) -> list[str]:
+    """A local model folder must hold a model: config.json (an adapter folder is not one)."""
+    where = Path(ref).expanduser()
+    if not where.is_dir():
+        return [f"{key}: {ref!r} is a file; give the folder that holds the model "
+                "(config.json, the weights, the tokenizer)"]
+    adapter = where / "adapter_config.json"
+    if adapter.is_file() and not (where / "config.json").is_file():
+        try:
+            base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError):
+            base = None
+        return [f"{key}: {ref!r} is a LoRA adapter, not a model; set {key} to the model it "
+                f"was trained on ({base!r} says its adapter_config.json) and merge the "
+                "adapter first (`toolkit merge-lora`) if you want to train on top of it"]
+    if key == "base_model" and not (where / "config.json").is_file():
+        return [f"{key}: {ref!r} holds no model (no config.json); give the folder a model was "
+                "saved to (save_pretrained) or a hub id like Qwen/Qwen3-8B"]
+    if key == "tokenizer_config" and not any(
+            (where / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
+        return [f"{key}: {ref!r} holds no tokenizer (no tokenizer.json or "
+                "tokenizer_config.json); give the folder a tokenizer was saved to"]
+    return []
+
+
+def _data_file_problems(key: str, ref: str, where: Path) -> list[str]:
+    """A data file that cannot be what its name says: empty, or compressed."""
+    try:
+        with where.open("rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        return [f"{key}: {ref!r} cannot be read ({exc.strerror}); check its permissions"]
+    if not head:
+        return [f"{key}: {ref!r} is empty (0 bytes); point it at the file with your rows"]
+    compressed = {b"\x1f\x8b": ("gzip", "gunzip -c"), b"PK\x03\x04": ("zip", "unzip -p"),
+                  b"\x28\xb5\x2f\xfd": ("zstd", "zstd -dc"), b"BZh": ("bzip2", "bunzip2 -c")}
+    for magic, (kind, tool) in compressed.items():
+        if head.startswith(magic) and where.suffix != ".parquet":
+            return [f"{key}: {ref!r} is {kind}-compressed but named {where.suffix}; "
+                    f"decompress it first (`{tool} {where.name} > rows{where.suffix}`) and "
+                    "point the path at that file"]
+    return []

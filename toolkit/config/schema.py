@@ -1,0 +1,338 @@
+"""What a config key means: the typed model over axolotl's key names, and the value
+sets it accepts. Validators here check one field; rules that span fields are in rules.py;
+axolotl's older spellings are mapped before validation (axolotl.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+
+# Data file suffixes we read, mapped to the `datasets` builder that reads them.
+DATA_SUFFIXES = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".csv": "csv",
+}
+
+# Optimizers the trainer can build on every backend we ship (names as transformers spells them).
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_torch_4bit",
+    "adamw_bnb_8bit",
+    "paged_adamw_8bit",
+    "adamw_8bit",
+    "adafactor",
+    "sgd",
+)
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
+)
+
+# DeepSpeed configs shipped in toolkit/deepspeed/, by the name `deepspeed:` takes.
+DEEPSPEED_BUNDLED = ("zero1", "zero2", "zero3")
+
+# axolotl's plugins, by the class path its configs list, and the keys each one reads.
+# Here those keys work without the plugin; listing it is accepted and checked.
+PLUGINS = {
+    "axolotl.integrations.liger.LigerPlugin": (
+        "liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm",
+        "liger_fused_linear_cross_entropy", "liger_cross_entropy"),
+    "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin": ("cut_cross_entropy",),
+}
+
+
+class _Strict(BaseModel):
+    # No NaN or infinity in any number: `learning_rate: .inf` is a typo, not a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class MessageMapping(_Strict):
+    role: str = "role"
+    content: str = "content"
+
+
+class FSDPConfig(_Strict):
+    """`fsdp_config` (axolotl's keys without their old `fsdp_` prefix; transformers'
+    meaning). Layers are wrapped per decoder layer (Qwen3DecoderLayer,
+    Qwen3MoeDecoderLayer) unless transformer_layer_cls_to_wrap says otherwise."""
+
+    reshard_after_forward: bool = True
+    offload_params: bool = False
+    cpu_ram_efficient_loading: bool = False
+    activation_checkpointing: bool = False
+    auto_wrap_policy: Literal["TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP",
+                              "NO_WRAP"] = "TRANSFORMER_BASED_WRAP"
+    transformer_layer_cls_to_wrap: str | list[str] | None = None
+    min_num_params: NonNegInt = 0
+    state_dict_type: Literal["FULL_STATE_DICT", "SHARDED_STATE_DICT"] = "FULL_STATE_DICT"
+
+
+# Dataset types by the recipe that reads them (axolotl's names where axolotl has one).
+SFT_TYPES = ("chat_template", "alpaca")
+PAIR_TYPES = ("chat_template.default", "chat_template.argilla_chat", "chat_template.argilla",
+              "preference")
+KTO_TYPES = ("kto",)
+RM_TYPES = ("bradley_terry.chat_template", *PAIR_TYPES)
+PRM_TYPES = ("stepwise_supervised",)
+DATASET_TYPES = tuple(dict.fromkeys(SFT_TYPES + PAIR_TYPES + KTO_TYPES + RM_TYPES + PRM_TYPES))
+RL_METHODS = ("dpo", "ipo", "orpo", "simpo", "kto")
+
+
+class DatasetConfig(_Strict):
+    """One entry of `datasets:`. `type` says how rows are read:
+
+    chat_template                SFT: `field_messages` conversations
+    alpaca                       SFT: instruction, input (optional), output in the Alpaca
+                                 prompt (no chat template); loss on the output and EOS
+    chat_template.default        pairs: `field_messages` prompt, `field_chosen`/`field_rejected`
+                                 (a string, a message, or a list whose last message counts)
+    chat_template.argilla_chat   pairs: chosen and rejected are whole conversations
+    chat_template.argilla        the same (ORPO's name in axolotl)
+    preference                   TRL's conversational format: prompt, chosen, rejected
+    kto                          prompt, completion, label (true = desirable)
+    bradley_terry.chat_template  reward model: system, input, chosen, rejected
+    stepwise_supervised          process reward model: prompt, completions, labels
+    """
+
+    path: str
+    type: Literal[DATASET_TYPES] = "chat_template"  # type: ignore[valid-type]
+    ds_type: Literal["json", "parquet", "arrow", "csv"] | None = None
+    data_files: str | list[str] | None = None
+    split: str = "train"
+    # Use the shards_idx-th of `shards` contiguous pieces of the rows (axolotl's keys).
+    shards: PositiveInt | None = None
+    shards_idx: NonNegInt = 0
+    field_messages: str = "messages"
+    message_property_mappings: MessageMapping = MessageMapping()
+    # Source role names mapped onto the canonical roles: {user: [human], assistant: [gpt]}.
+    roles: dict[Literal["system", "user", "assistant", "tool"], list[str]] | None = None
+    field_chosen: str = "chosen"
+    field_rejected: str = "rejected"
+    # stepwise_supervised settings may sit on the dataset, as in axolotl (else top level).
+    step_separator: str | None = None
+    train_on_last_step_only: bool | None = None
+    max_completion_length: PositiveInt | None = None
+    # Move `<think>…</think>` at the start of an assistant message into reasoning_content.
+    split_thinking: bool = False
+    roles_to_train: list[Literal["system", "user", "assistant", "tool"]] = ["assistant"]
+    # Which end-of-turn tokens carry loss: each trained turn's, every turn's, the last one's, none.
+    train_on_eos: Literal["turn", "all", "last", "none"] = "turn"
+
+
+class Config(_Strict):
+    """A training run. Key names and meanings follow axolotl's."""
+
+    base_model: str
+    tokenizer_config: str | None = None
+    # null means the tokenizer's own template, as in axolotl.
+    chat_template: Literal["tokenizer_default", "qwen3", "chatml", "jinja"] | None = None
+    chat_template_jinja: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    eot_tokens: list[str] | None = None
+
+    datasets: Annotated[list[DatasetConfig], Field(min_length=1)]
+    # Where tokenized SFT data is cached, keyed by everything that decides the tokens.
+    dataset_prepared_path: str | None = None
+    # Processes that tokenize SFT data; unset: one per CPU (shared among local ranks).
+    dataset_processes: PositiveInt | None = None
+    val_set_size: Annotated[float, Field(ge=0)] = 0.0
+    output_dir: str = "./outputs/model-out"
+    # Write into a folder that already holds files other than a toolkit run (or into the
+    # home folder); toolkit never changes those files.
+    allow_existing_output_dir: bool = False
+    sequence_len: PositiveInt = 2048
+    # What happens to a row longer than sequence_len: dropped, cut at sequence_len, or cut
+    # into pieces of sequence_len that each train; all are counted and reported.
+    excess_length_strategy: Literal["drop", "truncate", "split"] = "drop"
+    # Pack several rows into each sequence_len row, each seeing only itself (SFT only).
+    sample_packing: bool = False
+    # Pack the held-out rows too; unset follows sample_packing.
+    eval_sample_packing: bool | None = None
+    # Pad every batch to sequence_len (fixed shapes, e.g. for torch_compile) instead of
+    # to its longest row.
+    pad_to_sequence_len: bool = False
+    train_on_inputs: bool = False
+
+    # Preference training (TRL): the method and its knobs.
+    rl: Literal[RL_METHODS] | None = None  # type: ignore[valid-type]
+    dpo_loss_type: list[str] | None = None
+    rl_beta: Annotated[float, Field(gt=0)] | None = None
+    orpo_alpha: Annotated[float, Field(gt=0)] | None = None
+    simpo_gamma: Annotated[float, Field(ge=0)] = 0.5
+    cpo_alpha: Annotated[float, Field(ge=0)] = 0.0
+    kto_desirable_weight: Annotated[float, Field(gt=0)] = 1.0
+    kto_undesirable_weight: Annotated[float, Field(gt=0)] = 1.0
+    max_prompt_len: PositiveInt | None = None
+    # Reward models: a sequence-classification head scoring a conversation.
+    reward_model: bool = False
+    center_rewards_coefficient: Annotated[float, Field(ge=0)] | None = None
+    num_labels: PositiveInt | None = None
+    # Process reward models: a token-classification head labelling each step.
+    process_reward_model: bool = False
+    step_separator: str = "\n"
+    train_on_last_step_only: bool = False
+    max_completion_length: PositiveInt | None = None
+
+    adapter: Literal["lora", "qlora", "none"] | None = None
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    lora_r: PositiveInt = 8
+    lora_alpha: PositiveInt = 16
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    lora_target_modules: list[str] | str | None = None
+    lora_target_linear: bool = False
+    lora_modules_to_save: list[str] | None = None
+    # nn.Parameters (not Linear layers) that get an adapter: Qwen3-MoE's fused experts,
+    # e.g. [mlp.experts.gate_up_proj, mlp.experts.down_proj].
+    lora_target_parameters: list[str] | None = None
+
+    # Fully sharded data parallel over the processes of a distributed launch; with
+    # fsdp_config alone, version 2.
+    fsdp_version: Literal[1, 2] | None = None
+    fsdp_config: FSDPConfig | None = None
+    # A DeepSpeed JSON file, or toolkit's bundled zero1 / zero2 / zero3.
+    deepspeed: str | None = None
+
+    micro_batch_size: PositiveInt = 1
+    # The global batch per optimizer step on one device; with micro_batch_size it
+    # fixes gradient_accumulation_steps (give two of the three, as in axolotl).
+    batch_size: PositiveInt | None = None
+    eval_batch_size: PositiveInt | None = None
+    gradient_accumulation_steps: PositiveInt = 1
+    num_epochs: Annotated[float, Field(gt=0)] = 1.0
+    max_steps: PositiveInt | None = None
+    learning_rate: Annotated[float, Field(gt=0)] = 2e-4
+    optimizer: Literal[OPTIMIZERS] = "adamw_torch"  # type: ignore[valid-type]
+    lr_scheduler: Literal[LR_SCHEDULERS] = "cosine"  # type: ignore[valid-type]
+    warmup_steps: NonNegInt | None = None
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = None
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
+
+    # flash_attention_2 needs flash-attn and a GPU of compute capability ≥ 8.0; where it is
+    # missing the trainer uses sdpa (the same attention) and says so.
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    bf16: bool | Literal["auto"] = "auto"
+    fp16: bool = False
+    tf32: bool = False
+    gradient_checkpointing: bool = False
+    gradient_checkpointing_kwargs: dict[str, bool] | None = None
+    # Keep saved activations in host memory between forward and backward (GPU only).
+    activation_offloading: bool = False
+    # auto: on where a GPU is present.
+    torch_compile: bool | Literal["auto"] = False
+    torch_compile_backend: str | None = None
+    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune",
+                                "max-autotune-no-cudagraphs"] | None = None
+    # Triton kernels from liger-kernel for Qwen3 and Qwen3-MoE (GPU only).
+    plugins: list[Literal[tuple(PLUGINS)]] | None = None  # type: ignore[valid-type]
+    liger_rope: bool = False
+    liger_rms_norm: bool = False
+    liger_glu_activation: bool = False
+    liger_layer_norm: bool = False
+    liger_fused_linear_cross_entropy: bool = False
+    liger_cross_entropy: bool = False
+    # Apple's Cut Cross-Entropy: the loss without materializing the logits (CUDA only).
+    cut_cross_entropy: bool = False
+    # One autograd node per LoRA projection (base + adapter), for these projections.
+    lora_mlp_kernel: bool = False
+    lora_qkv_kernel: bool = False
+    lora_o_kernel: bool = False
+    # Stop when the eval loss has not improved for this many evaluations.
+    early_stopping_patience: PositiveInt | None = None
+    # Tokens the tokenizer must use for these roles; each must already be in its vocabulary.
+    special_tokens: dict[Literal["pad_token", "eos_token", "bos_token", "unk_token"],
+                         str] | None = None
+
+    logging_steps: PositiveInt = 1
+    # Evaluation on the held-out rows (val_set_size): every eval_steps, or so many times an
+    # epoch; neither: once an epoch.
+    eval_steps: PositiveInt | None = None
+    evals_per_epoch: PositiveInt | None = None
+    save_steps: PositiveInt | None = None
+    saves_per_epoch: PositiveInt | None = None
+    save_total_limit: PositiveInt | None = None
+    # auto: continue from the newest complete checkpoint in output_dir written by this
+    # same training setup; a path: from that checkpoint; false: start fresh.
+    resume_from_checkpoint: Literal["auto"] | bool | str = "auto"
+    seed: int = 42
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.adapter in ("lora", "qlora")
+
+    @property
+    def accumulation_steps(self) -> int:
+        """gradient_accumulation_steps, or the one batch_size implies."""
+        if self.batch_size is not None:
+            return self.batch_size // self.micro_batch_size
+        return self.gradient_accumulation_steps
+
+    @property
+    def recipe(self) -> str:
+        """Which trainer/ recipe runs this config: sft, preference, reward or prm."""
+        return recipe_of(self.model_dump())
+
+    def digest(self) -> str:
+        """A stable hash of every validated value (what run.json calls the config hash)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def training_digest(self) -> str:
+        """A hash of what decides the weights up to any step: a checkpoint written under
+        another one is not resumed automatically. Lengths, saving, logging and
+        evaluation cadence may change between a run and its resumption."""
+        free = {"max_steps", "num_epochs", "logging_steps", "save_steps", "saves_per_epoch",
+                "save_total_limit", "eval_steps", "evals_per_epoch", "resume_from_checkpoint",
+                "output_dir", "dataset_prepared_path", "dataset_processes"}
+        data = {k: v for k, v in self.model_dump(mode="json").items() if k not in free}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config plus where each top-level value came from."""
+
+    config: Config
+    path: Path
+    sources: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def recipe_of(raw: dict) -> str:
+    if raw.get("rl"):
+        return "preference"
+    if raw.get("reward_model") is True:
+        return "reward"
+    if raw.get("process_reward_model") is True:
+        return "prm"
+    return "sft"
+
+
+def is_local_ref(ref: str) -> bool:
+    """Whether a model or dataset reference names a local path rather than a hub id or
+    a URL (s3://, gs://, …)."""
+    if "://" in ref:
+        return False
+    if ref.startswith(("/", "./", "../", "~")) or os.path.exists(os.path.expanduser(ref)):
+        return True
+    return Path(ref).suffix in DATA_SUFFIXES or ref.count("/") != 1
