@@ -60,13 +60,13 @@ def test_push_records_the_digest_and_a_vm_pulls_by_it(image, registry, tmp_path,
     assert record["image"].startswith(f"{registry}/team/toolkit@sha256:")
     assert capsys.readouterr().out.startswith(record["image"])
     docker, runtime = Docker(Runtime()), Runtime()
-    local_id = docker.inspect_image(image)["Id"]
+    local_id = docker.inspect_image(image).id
     assert record["image_id"] == local_id
     # As a VM would: nothing but the digest. The pulled image is the one built here.
     assert runtime.run(["docker", "rmi", record["tag"]], timeout=60).ok
     try:
         assert docker.pull(record["image"]).ok
-        assert docker.inspect_image(record["image"])["Id"] == local_id
+        assert docker.inspect_image(record["image"]).id == local_id
     finally:
         runtime.run(["docker", "rmi", record["image"]], timeout=60)
 

@@ -59,8 +59,7 @@ def as_user(monkeypatch, root: Path) -> tuple[int, int]:
 
 
 def test_image_labels_describe_it(image):
-    info = Docker(Runtime()).inspect_image(image)
-    labels = info["Config"]["Labels"]
+    labels = Docker(Runtime()).inspect_image(image).labels
     variant = get_variant("cpu")
     assert labels["io.toolkit.variant"] == "cpu"
     assert labels["io.toolkit.lock-sha256"] == variant.lock_sha256
@@ -289,7 +288,7 @@ def test_reproduce_reselects_the_image_and_matches(image, shared, monkeypatch, c
         os.chown(shared / "out-reproduced", *USER)
     assert main(["reproduce", str(shared / "out")]) == 0
     out = capfd.readouterr().out
-    image_id = Docker(Runtime()).inspect_image(image)["Id"]
+    image_id = Docker(Runtime()).inspect_image(image).id
     assert f"reproduce: image: {image}, the same image ({image_id[:19]})" in out
     first = json.loads((shared / "out" / "run.json").read_text())
     again = json.loads((shared / "out-reproduced" / "run.json").read_text())
@@ -315,7 +314,7 @@ def test_two_builds_from_one_lock_freeze_and_label_alike(image):
                                   capture_output=True, text=True, check=True).stdout
 
         def labels(tag):
-            return Docker(runtime).inspect_image(tag)["Config"]["Labels"]
+            return Docker(runtime).inspect_image(tag).labels
 
         assert freeze(again) == freeze(built)
         assert labels(again) == labels(built)

@@ -28,22 +28,12 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from toolkit.errors import RuntimeFailure, UsageError
-from toolkit.runtime import RunSpec
+from toolkit.runtime import ImageInfo, RunSpec
 
 LABEL = "io.toolkit.run"          # every container toolkit starts carries it
 STOP_GRACE_S = 120                # time a stopped trainer gets to save its checkpoint
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """What toolkit reads of an image: its ID, labels and registry digests."""
-
-    id: str
-    labels: dict[str, str]
-    digests: tuple[str, ...] = ()
 
 
 def client():
@@ -94,10 +84,7 @@ def image_info(ref: str) -> ImageInfo | None:
         image = client().images.get(ref)
     except ImageNotFound:
         return None
-    attrs = image.attrs
-    return ImageInfo(id=attrs.get("Id", ""),
-                     labels=dict((attrs.get("Config") or {}).get("Labels") or {}),
-                     digests=tuple(attrs.get("RepoDigests") or ()))
+    return ImageInfo.from_inspect(image.attrs)
 
 
 def push(local: str, remote: str) -> ImageInfo:

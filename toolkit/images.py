@@ -218,8 +218,7 @@ def ensure_image(variant: Variant, runtime: Runtime) -> str:
     docker = Docker(runtime)
     info = docker.inspect_image(variant.tag)
     if info is not None:
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        if labels.get("io.toolkit.source-sha256") == source_sha256():
+        if info.labels.get("io.toolkit.source-sha256") == source_sha256():
             return variant.tag
         say(f"image {variant.tag} was built from other toolkit source; rebuilding "
             "(only the source layer changes)")
@@ -234,7 +233,7 @@ def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
     if opts.online and opts.wheelhouse:
         raise UsageError("--online and --wheelhouse exclude each other; pick one source of wheels")
     base = resolve_base(variant, docker, opts)
-    base_info = docker.inspect_image(base) or {}
+    base_info = docker.inspect_image(base)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="toolkit-build-") as tmp:
         context = Path(tmp)
@@ -245,7 +244,7 @@ def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
         args = {
             "BASE_IMAGE": base,
             "PIP_SOURCE": pip_source,
-            "BASE_ID": base_info.get("Id", ""),
+            "BASE_ID": base_info.id if base_info else "",
             "SOURCE_SHA256": source_sha256(),
             "REVISION": _git(runtime, "rev-parse", "HEAD") or "unknown",
             "CREATED": _created(runtime),
@@ -472,7 +471,7 @@ def verify_image(tag: str, runtime: Runtime) -> list:
     if info is None:
         raise UsageError(f"no image {tag!r} here; `toolkit images list` shows the tags, "
                          "`toolkit images build VARIANT` makes one")
-    labels = (info.get("Config") or {}).get("Labels") or {}
+    labels = info.labels
     name = labels.get("io.toolkit.variant")
     if name is None:
         raise UsageError(f"{tag} has no io.toolkit.variant label: not a toolkit image")

@@ -168,7 +168,7 @@ def choose_image(runtime: Runtime, image: str | None, variant: str | None) -> st
         if info is None:
             raise UsageError(f"--image {image}: no such image here; build one with "
                              "`toolkit images build VARIANT` or `docker pull` it")
-        variant = ((info.get("Config") or {}).get("Labels") or {}).get("io.toolkit.variant")
+        variant = info.labels.get("io.toolkit.variant")
     if os.environ.get(doctor.SKIP_ENV) == "1":
         host_variant = variant or images.DEFAULT_VARIANT
         print(f"toolkit: preflight skipped ({doctor.SKIP_ENV}=1); image variant "

@@ -69,18 +69,19 @@ def _image(env: dict, notes: list[str]) -> str:
         raise UsageError("run.json says the run was in a container but records no image tag")
     runtime = Runtime()
     info = Docker(runtime).inspect_image(tag)
-    if info is not None and info.get("Id") == image_id:
+    if info is not None and info.id == image_id:
         notes.append(f"image: {tag}, the same image ({image_id[:19]})")
         return tag
     variant = next((v for v in load_matrix().values() if v.tag == tag), None)
     if variant is None:
-        label = ((info or {}).get("Config") or {}).get("Labels") or {}
-        revision = label.get("org.opencontainers.image.revision", "the run's revision")
+        revision = (info.labels if info else {}).get("org.opencontainers.image.revision",
+                                                      "the run's revision")
         raise UsageError(f"image {tag} is not here and today's images/locks build no image "
                          f"of that tag (its lock changed); check out {revision} and run "
                          "`toolkit reproduce` there")
     built = ensure_image(variant, runtime)
-    new_id = (Docker(runtime).inspect_image(built) or {}).get("Id", "")
+    rebuilt = Docker(runtime).inspect_image(built)
+    new_id = rebuilt.id if rebuilt else ""
     same = new_id == image_id
     notes.append(f"image: {tag} {'is the same image' if same else 'rebuilt from the same lock'}"
                  + ("" if same else f" (ID {new_id[:19]}, the run had {str(image_id)[:19]}: "

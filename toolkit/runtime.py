@@ -89,6 +89,22 @@ def _terminate_with_parent() -> None:
 
 
 @dataclass(frozen=True)
+class ImageInfo:
+    """What toolkit reads of an image: its ID, labels and registry digests."""
+
+    id: str
+    labels: dict[str, str]
+    digests: tuple[str, ...] = ()
+
+    @classmethod
+    def from_inspect(cls, data: dict) -> ImageInfo:
+        """From the engine's inspect answer (the CLI's JSON and the API's are the same)."""
+        return cls(id=data.get("Id", ""),
+                   labels=dict((data.get("Config") or {}).get("Labels") or {}),
+                   digests=tuple(data.get("RepoDigests") or ()))
+
+
+@dataclass(frozen=True)
 class Mount:
     host: str
     container: str
@@ -220,12 +236,13 @@ class Docker:
                              "(`sudo systemctl start docker`, or `dockerd &`) and check "
                              "`docker info`, or pass --runtime local")
 
-    def inspect_image(self, ref: str) -> dict | None:
+    def inspect_image(self, ref: str) -> ImageInfo | None:
+        """The image `ref` names, or None when the engine has none."""
         res = self.runtime.run(["docker", "image", "inspect", ref], timeout=60)
         if not res.ok:
             return None
         data = json.loads(res.stdout or "[]")
-        return data[0] if data else None
+        return ImageInfo.from_inspect(data[0]) if data else None
 
     def buildkit_env(self) -> tuple[dict[str, str], str | None]:
         """Environment for `docker build`, and a note when we fall back.
