@@ -21,7 +21,7 @@ HOST_ENV := $(VENV)/.host
 endif
 DEV_ENV := $(VENV)/.dev
 
-.PHONY: help train merge image tiny-model test test-gpu lint clean
+.PHONY: help train merge image tiny-model test test-fast test-gpu lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
@@ -57,6 +57,9 @@ image: $(HOST_ENV)  ## build the cpu image
 
 test: $(DEV_ENV)  ## the test suite (docker tests need an engine)
 	$(VENV)/bin/python -m pytest -m "$(MARK)" $(PYTEST_ARGS)
+
+test-fast: $(DEV_ENV)  ## the quick tests: no engine, no GPU, nothing marked slow
+	$(VENV)/bin/python -m pytest -m "not gpu and not docker and not slow" $(PYTEST_ARGS)
 
 test-gpu: $(DEV_ENV)  ## the gpu-marked tests, on a GPU
 	$(VENV)/bin/python -m pytest -m gpu $(PYTEST_ARGS)

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from helpers import read_run
+
 from toolkit.cli import main
 from toolkit.tiny import demo_conversations
 
 AXOLOTL = __import__("pathlib").Path(__file__).parent / "data" / "axolotl"
+
+pytestmark = pytest.mark.slow  # real multi-process or full-example training
 
 
 def jsonl(path, rows):
@@ -40,7 +45,7 @@ def test_qwen3_32b_qlora_trains(tiny_model_dir, tmp_path, monkeypatch, capsys):
     assert run("qwen3-32b-qlora.yaml", data, tiny_model_dir, tmp_path, monkeypatch) == 0
     captured = capsys.readouterr()
     assert "warning: gradient_checkpointing: 'offload' is deprecated" in captured.err
-    run_json = json.loads((tmp_path / "outputs" / "out" / "run.json").read_text())
+    run_json = read_run(tmp_path / "outputs" / "out")
     assert run_json["data"]["rows"] == 19  # split: train[:20%] of 96
     assert run_json["packing"]["train"]["rows"] == 19
     assert run_json["resolved"]["optimizations"] == {
@@ -61,7 +66,7 @@ def test_qwen3_qlora_fsdp_trains_alpaca(tiny_model_dir, tmp_path, monkeypatch, c
     captured = capsys.readouterr()
     assert "warning: fsdp: ['full_shard', 'auto_wrap'] is deprecated; read as fsdp_version: 1" \
         in captured.err
-    run_json = json.loads((tmp_path / "outputs" / "out" / "run.json").read_text())
+    run_json = read_run(tmp_path / "outputs" / "out")
     assert run_json["config"]["fsdp_config"]["offload_params"] is True
     assert run_json["resolved"]["optimizations"]["fsdp"].startswith("off: one process")
     assert run_json["data"]["kept"] == 96 and run_json["steps"] == 3
@@ -105,7 +110,7 @@ def test_qwen3_fsdp2_liger_example_trains(tiny_model_dir, tmp_path, monkeypatch,
     # max_steps: 2000 in the example; 3 here keep the test short.
     assert run("qwen3-8b-qat-fsdp2.yaml", data, tiny_model_dir, tmp_path, monkeypatch,
                "--max-steps", "3") == 0
-    run_json = json.loads((tmp_path / "outputs" / "qat_out" / "run.json").read_text())
+    run_json = read_run(tmp_path / "outputs" / "qat_out")
     assert run_json["config"]["fsdp_version"] == 2
     assert run_json["config"]["fsdp_config"]["activation_checkpointing"] is True
     decided = run_json["resolved"]["optimizations"]

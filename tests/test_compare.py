@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from helpers import read_run
+
 from toolkit.cli import main
 
 
@@ -62,8 +64,8 @@ def test_reproduce_reruns_a_local_run_and_finds_the_same_curve(tiny_model_dir, w
     assert main(["reproduce", str(tmp_path / "out" / "run.json")]) == 0
     out = capsys.readouterr().out
     assert f"reproduce: config: the recorded values of {path}" in out
-    first = json.loads((tmp_path / "out" / "run.json").read_text())
-    again = json.loads((tmp_path / "out-reproduced" / "run.json").read_text())
+    first = read_run(tmp_path / "out")
+    again = read_run(tmp_path / "out-reproduced")
     assert again["loss_history"] == first["loss_history"]
     assert again["config"]["gradient_accumulation_steps"] == 1 and again["steps"] == 6
     assert main(["reproduce", str(tmp_path / "out")]) == 2  # the rerun's folder is taken

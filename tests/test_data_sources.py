@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import read_run
 
 from toolkit.config import DatasetConfig, load_config
 from toolkit.errors import DataError
@@ -105,6 +106,6 @@ def test_several_datasets_are_mixed(tiny_model_dir, tmp_path, write_config):
     loaded = load_config(path, {"datasets": [
         {"path": str(tmp_path / "a.jsonl"), "type": "chat_template", "split": "train[:50%]"},
         {"path": str(tmp_path / "b.parquet"), "type": "chat_template", "shards": 3}]})
-    data = json.loads((run(loaded) / "run.json").read_text())["data"]
+    data = read_run(run(loaded))["data"]
     assert [d["rows"] for d in data["per_dataset"]] == [10, 10]
     assert data["rows"] == 20

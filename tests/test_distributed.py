@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import pytest
+from helpers import read_run
 
 from toolkit.cli import main
 
 COMMON = {"max_steps": 10, "logging_steps": 2, "save_steps": 100, "val_set_size": 0.0,
           "micro_batch_size": 4, "learning_rate": 0.003}
 
+pytestmark = pytest.mark.slow  # real multi-process or full-example training
+
 
 def losses(out):
-    run = json.loads((out / "run.json").read_text())
+    run = read_run(out)
     return run, [loss for _, loss in run["loss_history"]]
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import DEMO_CONFIG, DEMO_DATA, REPO
+from helpers import read_run
 
 from toolkit import launch
 from toolkit.cli import main
@@ -23,7 +24,7 @@ from toolkit.config import load_config
 from toolkit.images import get_variant
 from toolkit.runtime import Docker, Runtime
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
 USER = (1000, 1000)  # not root, not us: outputs must still belong to the caller
 
 
@@ -82,7 +83,7 @@ def test_train_and_merge_in_container_match_local(image, shared, monkeypatch, ca
 
     for path in [out, *out.rglob("*")]:
         assert (path.stat().st_uid, path.stat().st_gid) == (uid, gid), path
-    run = json.loads((out / "run.json").read_text())
+    run = read_run(out)
     assert run["environment"]["in_container"] is True
     assert run["environment"]["image"] == image
     assert run["environment"]["image_id"].startswith("sha256:")
@@ -94,7 +95,7 @@ def test_train_and_merge_in_container_match_local(image, shared, monkeypatch, ca
     local_out = shared / "local"
     local = load_config(config, {"output_dir": str(local_out)})
     train(local)
-    local_run = json.loads((local_out / "run.json").read_text())
+    local_run = read_run(local_out)
     steps = [s for s, _ in run["loss_history"]]
     assert steps == [s for s, _ in local_run["loss_history"]] == [2, 4, 6, 8, 10, 12]
     for (_, a), (_, b) in zip(run["loss_history"], local_run["loss_history"], strict=True):
@@ -169,7 +170,7 @@ def test_dpo_runs_in_the_container_as_sft_does(image, shared, monkeypatch, capfd
         "learning_rate": 0.003, "logging_steps": 2}))
     assert main(["train", str(config), "--runtime", "docker"]) == 0
     assert main(["merge-lora", str(config), "--runtime", "docker"]) == 0
-    run = json.loads((shared / "out" / "run.json").read_text())
+    run = read_run(shared / "out")
     assert run["method"] == "dpo" and run["environment"]["in_container"] is True
     assert (shared / "out" / "merged" / "model.safetensors").stat().st_uid == uid
 
@@ -273,7 +274,7 @@ def test_the_container_sees_the_secret_by_name(image, monkeypatch, capfd):
 def test_two_process_ddp_in_the_container(image, shared):
     config = demo_config(shared, max_steps=4, save_steps=4, logging_steps=2, val_set_size=0.0)
     assert main(["train", str(config), "--runtime", "docker", "--nproc-per-node", "2"]) == 0
-    run = json.loads((shared / "out" / "run.json").read_text())
+    run = read_run(shared / "out")
     assert run["world_size"] == 2 and run["environment"]["in_container"] is True
     assert run["steps"] == 4
 
@@ -290,8 +291,8 @@ def test_reproduce_reselects_the_image_and_matches(image, shared, monkeypatch, c
     out = capfd.readouterr().out
     image_id = Docker(Runtime()).inspect_image(image).id
     assert f"reproduce: image: {image}, the same image ({image_id[:19]})" in out
-    first = json.loads((shared / "out" / "run.json").read_text())
-    again = json.loads((shared / "out-reproduced" / "run.json").read_text())
+    first = read_run(shared / "out")
+    again = read_run(shared / "out-reproduced")
     assert again["environment"]["image_id"] == first["environment"]["image_id"]
     assert again["loss_history"] == first["loss_history"]
 

@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from helpers import read_run
 
 from toolkit.compat import Status, bf16_in_hardware
 from toolkit.config import load_config
@@ -28,7 +27,7 @@ def test_tiny_lora_trains_on_the_gpu_with_bf16_by_capability(gpu, tiny_model_dir
     loaded = load_config(write_config({"base_model": str(tiny_model_dir), "max_steps": 8,
                                        "save_steps": 8, "bf16": "auto",
                                        "attn_implementation": "flash_attention_2"}))
-    resolved = json.loads((run(loaded) / "run.json").read_text())["resolved"]
+    resolved = read_run(run(loaded))["resolved"]
     assert resolved["device"] == "cuda"
     assert resolved["bf16"] is bf16_in_hardware(f"{gpu[0]}.{gpu[1]}")
     assert resolved["attn_implementation"] in ("flash_attention_2", "sdpa")
@@ -49,7 +48,7 @@ def _first_losses(write_config, tiny_model_dir, tmp_path, name, **changes):
     loaded = load_config(write_config({
         "base_model": str(tiny_model_dir), "max_steps": 4, "logging_steps": 1, "bf16": False,
         "output_dir": str(tmp_path / name), **changes}, name=f"{name}.yaml"))
-    data = json.loads((run(loaded) / "run.json").read_text())
+    data = read_run(run(loaded))
     return data["resolved"]["optimizations"], [loss for _, loss in data["loss_history"]]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import read_run
 
 from toolkit.config import load_config
 from toolkit.errors import ConfigError, UsageError
@@ -143,7 +144,7 @@ def test_options_that_apply_on_cpu_train_and_are_recorded(tiny_model_dir, write_
         "plugins": ["axolotl.integrations.liger.LigerPlugin"],
         "special_tokens": {"pad_token": "<|endoftext|>"}}))
     out = train(loaded)
-    run = json.loads((out / "run.json").read_text())
+    run = read_run(out)
     assert run["resolved"]["optimizations"] == {
         "liger_rms_norm": "off: no GPU", "lora_mlp_kernel": "on (gate_proj, up_proj, down_proj)",
         "lora_qkv_kernel": "on (q_proj, k_proj, v_proj)", "lora_o_kernel": "on (o_proj)"}
@@ -176,7 +177,7 @@ def test_moe_expert_lora_trains_the_fused_expert_weights(tmp_path, write_config)
     out = train(loaded)
     names = load_file(out / "adapter_model.safetensors").keys()
     assert any("experts" in n for n in names), sorted(names)
-    run = json.loads((out / "run.json").read_text())
+    run = read_run(out)
     assert run["resolved"]["optimizations"]["lora_target_parameters"].startswith("on (mlp.")
 
 
@@ -189,7 +190,7 @@ def test_early_stopping_stops_when_eval_loss_stalls(tiny_model_dir, write_config
         "eval_steps": 2, "early_stopping_patience": 2, "learning_rate": 1e-12,
         "lr_scheduler": "constant"}))
     out = train(loaded)
-    run = json.loads((out / "run.json").read_text())
+    run = read_run(out)
     assert run["steps"] == 6, run["steps"]
 
 
@@ -207,7 +208,7 @@ def test_torch_compile_compiles_the_model_on_cpu(tiny_model_dir, write_config):
     loaded = load_config(write_config({"base_model": str(tiny_model_dir), "max_steps": 2,
                                        "torch_compile": True}))
     out = train(loaded)
-    run = json.loads((out / "run.json").read_text())
+    run = read_run(out)
     assert run["resolved"]["optimizations"] == {"torch_compile": "on (CPU)"}
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
 
@@ -217,7 +218,7 @@ def test_the_4bit_optimizer_trains(tiny_model_dir, write_config):
 
     loaded = load_config(write_config({"base_model": str(tiny_model_dir), "max_steps": 3,
                                        "logging_steps": 1, "optimizer": "adamw_torch_4bit"}))
-    run = json.loads((train(loaded) / "run.json").read_text())
+    run = read_run(train(loaded))
     assert run["resolved"]["optimizations"] == {"optimizer": "adamw_torch_4bit (torchao)"}
     assert len(run["loss_history"]) == 3
 

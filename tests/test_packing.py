@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
+from helpers import read_run
 
 from toolkit.config import load_config
 from toolkit.trainer.chat import IGNORE_INDEX
@@ -84,7 +84,7 @@ def test_packing_trains_on_fewer_rows_and_reports_its_fill(tiny_model_dir, write
                                        "val_set_size": 8, "micro_batch_size": 2,
                                        "pad_to_sequence_len": True}))
     out = train(loaded)
-    run = json.loads((out / "run.json").read_text())
+    run = read_run(out)
     train_fill = run["packing"]["train"]
     assert train_fill["rows"] == 88 and train_fill["packed_rows"] < 88 / 3
     assert train_fill["fill"] > 0.9

@@ -3,17 +3,13 @@ with the weights an uninterrupted run ends with."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-
 import pytest
+from helpers import read_run, sigterm_at
 
 from toolkit.cli import main
 from toolkit.config import load_config
 from toolkit.errors import Preempted
 from toolkit.trainer import run
-from toolkit.trainer.progress import ProgressLog
 
 STEPS = {"max_steps": 20, "save_steps": 100, "logging_steps": 5, "val_set_size": 0.0}
 
@@ -22,13 +18,6 @@ def adapter(out):
     from safetensors.torch import load_file
 
     return load_file(str(out / "adapter_model.safetensors"))
-
-
-def sigterm_at(monkeypatch, step: int):
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == step:
-            os.kill(os.getpid(), signal.SIGTERM)
-    monkeypatch.setattr(ProgressLog, "on_step_end", on_step_end, raising=False)
 
 
 def test_preempted_run_resumes_to_the_same_weights(tiny_model_dir, write_config, tmp_path,
@@ -54,7 +43,7 @@ def test_preempted_run_resumes_to_the_same_weights(tiny_model_dir, write_config,
     resumed = adapter(tmp_path / "pre")
     for name, tensor in adapter(full).items():
         assert torch.allclose(resumed[name], tensor, atol=1e-6), name
-    assert json.loads((tmp_path / "pre" / "run.json").read_text())["steps"] == 20
+    assert read_run(tmp_path / "pre")["steps"] == 20
 
 
 # Skipping cut-short, damaged and foreign checkpoints, and resume_from_checkpoint: false,

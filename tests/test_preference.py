@@ -7,6 +7,7 @@ import math
 
 import pytest
 import yaml
+from helpers import read_run
 
 from toolkit.cli import main
 from toolkit.config import load_config
@@ -53,7 +54,7 @@ def configure(tmp_path, tiny_model_dir):
 
 
 def manifest(out):
-    return json.loads((out / "run.json").read_text())
+    return read_run(out)
 
 
 def test_dpo_reward_accuracy_rises(configure, pairs):

@@ -3,11 +3,11 @@ fsspec URL through fsspec's memory filesystem (gs:// and az:// take the same pat
 
 from __future__ import annotations
 
-import json
 import sys
 
 import pytest
 from conftest import DEMO_DATA
+from helpers import read_run
 
 from toolkit.cli import main
 from toolkit.errors import DataError, UsageError
@@ -96,7 +96,7 @@ def test_any_fsspec_url_takes_the_same_path(monkeypatch, tmp_path, tiny_model_di
     path = write_config({"base_model": str(tiny_model_dir), "max_steps": 1,
                          "datasets": [{"path": "memory://bucket/chats", "type": "chat_template"}]})
     assert main(["train", str(path), "--runtime", "local"]) == 0
-    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    run = read_run(tmp_path / "out")
     assert run["data"]["rows"] == 96
     assert run["config"]["datasets"][0]["path"].startswith(str(tmp_path / "cache"))
 

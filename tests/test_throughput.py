@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import struct
 from types import SimpleNamespace
 
 import pytest
+from helpers import read_run
 
 from toolkit.compat import peak_tflops
 from toolkit.config import load_config
@@ -73,7 +73,7 @@ def test_a_run_writes_its_chart_tensorboard_and_throughput(tiny_model_dir, write
     loaded = load_config(write_config({"base_model": str(tiny_model_dir), "max_steps": 4,
                                        "logging_steps": 1, "val_set_size": 8, "eval_steps": 2}))
     out = train(loaded)
-    run = json.loads((out / "run.json").read_text())
+    run = read_run(out)
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert run["chart"] == "loss.png" and run["tensorboard"] == "tensorboard"
     assert {"train/loss", "train/tokens_per_second", "train/peak_memory_gib",

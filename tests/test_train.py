@@ -7,6 +7,7 @@ import math
 import stat
 
 import pytest
+from helpers import read_run
 
 from toolkit.cli import main
 from toolkit.config import load_config
@@ -31,7 +32,7 @@ def test_lora_trains_and_writes_what_it_promises(lora_run):
     weights = out / "adapter_model.safetensors"
     assert stat.S_IMODE(weights.stat().st_mode) & 0o044 == 0o044, "safetensors left it 0600"
 
-    run = json.loads((out / "run.json").read_text())
+    run = read_run(out)
     assert run["recipe"] == "sft"
     assert run["config_sha256"] == loaded.config.digest()
     assert run["steps"] == 12 and run["seed"] == 42 and run["adapter"] == "lora"
@@ -96,7 +97,7 @@ def test_full_fine_tune_saves_the_whole_model(tiny_model_dir, write_config, caps
     loaded = load_config(write_config({**FAST, "base_model": str(tiny_model_dir),
                                        "adapter": None, "learning_rate": 0.001}))
     out = train(loaded)
-    run = json.loads((out / "run.json").read_text())
+    run = read_run(out)
     assert run["adapter"] is None
     losses = [loss for _, loss in run["loss_history"]]
     assert losses[-1] < losses[0]
@@ -109,7 +110,7 @@ def test_long_rows_are_dropped_and_counted(tiny_model_dir, write_config):
     loaded = load_config(write_config({**FAST, "base_model": str(tiny_model_dir),
                                        "sequence_len": 40}))
     out = train(loaded)
-    data = json.loads((out / "run.json").read_text())["data"]
+    data = read_run(out)["data"]
     assert data["dropped_too_long"] > 0
     assert data["kept"] + data["dropped_too_long"] + data["dropped_no_trained_tokens"] == 96
     assert f"dropped {data['dropped_too_long']} rows longer than sequence_len=40" in (
@@ -119,7 +120,7 @@ def test_long_rows_are_dropped_and_counted(tiny_model_dir, write_config):
 def test_long_rows_are_truncated_when_asked(tiny_model_dir, write_config):
     loaded = load_config(write_config({**FAST, "base_model": str(tiny_model_dir),
                                        "sequence_len": 40, "excess_length_strategy": "truncate"}))
-    data = json.loads((train(loaded) / "run.json").read_text())["data"]
+    data = read_run(train(loaded))["data"]
     assert data["truncated"] > 0 and data["dropped_too_long"] == 0
     assert data["kept"] + data["dropped_no_trained_tokens"] == 96
 
@@ -128,7 +129,7 @@ def test_long_rows_are_split_into_pieces_that_all_train(tiny_model_dir, write_co
     loaded = load_config(write_config({**FAST, "base_model": str(tiny_model_dir),
                                        "sequence_len": 40, "excess_length_strategy": "split"}))
     out = train(loaded)
-    data = json.loads((out / "run.json").read_text())["data"]
+    data = read_run(out)["data"]
     assert data["split"] > 0 and data["pieces"] >= 2 * data["split"]
     assert data["dropped_too_long"] == 0 and data["truncated"] == 0
     whole = 96 - data["split"]
@@ -173,7 +174,7 @@ def test_qlora_trains_on_cpu(tiny_model_dir, write_config):
                                        "adapter": "qlora", "load_in_4bit": True,
                                        "max_steps": 4, "save_steps": 4}))
     out = train(loaded)
-    run = json.loads((out / "run.json").read_text())
+    run = read_run(out)
     assert run["adapter"] == "qlora" and run["steps"] == 4
     assert all(math.isfinite(loss) for _, loss in run["loss_history"])
     assert (merge_lora(loaded) / "model.safetensors").exists()
@@ -184,7 +185,7 @@ def test_moe_lora_trains(tmp_path, write_config):
 
     moe = write_tiny_model(tmp_path / "tiny-moe", moe=True)
     loaded = load_config(write_config({**FAST, "base_model": str(moe)}))
-    run = json.loads((train(loaded) / "run.json").read_text())
+    run = read_run(train(loaded))
     losses = [loss for _, loss in run["loss_history"]]
     assert losses[-1] < losses[0] and run["resolved"]["lora_target_modules"] == "all-linear"
     assert (merge_lora(loaded) / "model.safetensors").exists()
@@ -206,7 +207,7 @@ def test_evals_per_epoch(tiny_model_dir, write_config):
     loaded = load_config(write_config({"base_model": str(tiny_model_dir), "max_steps": 22,
                                        "save_steps": 22, "logging_steps": 11,
                                        "val_set_size": 0.1, "evals_per_epoch": 2}))
-    run = json.loads((train(loaded) / "run.json").read_text())
+    run = read_run(train(loaded))
     assert [e["step"] for e in run["eval_history"]] == [11, 22]   # 86 rows / 4 = 22 steps
 
 

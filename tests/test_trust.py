@@ -10,22 +10,17 @@ import os
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import read_run, sigterm_at
 
 from toolkit.cli import main
 from toolkit.config import load_config
 from toolkit.errors import ConfigError, UsageError
 from toolkit.trainer import run
 from toolkit.trainer.checkpoints import incomplete
-from toolkit.trainer.progress import ProgressLog
 
 FAST = {"max_steps": 6, "logging_steps": 2, "save_steps": 3, "val_set_size": 0.0}
-
-
-def read_run(out: Path) -> dict:
-    return json.loads((out / "run.json").read_text())
 
 
 def problems_of(path, overrides=None) -> list[str]:
@@ -185,15 +180,6 @@ def test_a_longer_run_continues_a_finished_one(tiny_model_dir, write_config, tmp
     assert [(s["resumed_from_step"], s.get("outcome")) for s in record["segments"]] == [
         (None, "complete"), (6, "interrupted"), (8, "complete")]
     assert (out / "train.log").read_text().count("=== toolkit run started") == 3
-
-
-def sigterm_at(monkeypatch, step: int):
-    import signal
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == step:
-            os.kill(os.getpid(), signal.SIGTERM)
-    monkeypatch.setattr(ProgressLog, "on_step_end", on_step_end, raising=False)
 
 
 def test_a_resumed_run_records_the_whole_run(tiny_model_dir, write_config, tmp_path,

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import DEMO_CONFIG, DEMO_DATA
+from helpers import read_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +25,7 @@ from toolkit import engine
 from toolkit.cli import main
 from toolkit.launch import container_spec, plan_mounts
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
 TOOLKIT = str(Path(sys.executable).parent / "toolkit")
 
 # Characters that broke option text (comma, equals, quotes, newline) and others a shell or
@@ -119,7 +120,7 @@ def test_a_training_with_hostile_paths_in_the_container(image, root, capfd):
     out = root / "runs" / "lr=1e-4,bs=8"
     config = demo_config(root, out, data_dir / "chat.jsonl")
     assert main(["train", str(config), "--runtime", "docker"]) == 0
-    record = json.loads((out / "run.json").read_text())
+    record = read_run(out)
     assert record["steps"] == 4 and record["environment"]["in_container"] is True
     assert ((data_dir / "chat.jsonl").read_bytes(),
             (data_dir / "chat.jsonl").stat().st_mode) == before
@@ -129,7 +130,7 @@ def test_a_training_with_hostile_paths_in_the_container(image, root, capfd):
     err = capfd.readouterr().err
     assert "already holds this run, complete: 4 steps" in err
     assert "toolkit: running in" not in err, "a finished run started a container"
-    assert json.loads((out / "run.json").read_text()) == record
+    assert read_run(out) == record
 
 
 def wait_for(predicate, seconds: float, what: str) -> None:
