@@ -123,3 +123,16 @@ def test_help_starts_fast():
         subprocess.run([TOOLKIT, "--help"], capture_output=True, check=True)
         runs.append(time.perf_counter() - started)
     assert min(runs) < 0.5, runs  # the budget is 0.1 s on a quiet machine; CI is shared
+
+
+def test_train_json_prints_the_summary_alone(tiny_model_dir, write_config, capsys):
+    path = write_config({"base_model": str(tiny_model_dir), "max_steps": 2,
+                         "val_set_size": 0.0, "logging_steps": 1})
+    assert main(["train", str(path), "--runtime", "local", "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["status"] == "trained" and summary["steps"] == 2
+    assert summary["segments"][-1]["outcome"] == "complete"
+    assert "step 2/2 loss" in captured.err
+    assert main(["train", str(path), "--runtime", "local", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "already complete"

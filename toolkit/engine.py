@@ -174,7 +174,7 @@ def run(spec: RunSpec, keep_fds: tuple[int, ...] = ()) -> int:
             with _forwarding(container):
                 container.start()
                 for out, err in stream:
-                    if out:
+                    if out:  # sys.stdout at the time: train --json sends logs to stderr
                         sys.stdout.buffer.write(out)
                         sys.stdout.flush()
                     if err:

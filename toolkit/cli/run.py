@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import nullcontext, redirect_stdout
 from pathlib import Path
 
 import click
@@ -53,7 +54,9 @@ def train(config, overrides, as_json, **options):
     if outputs.check_previous(cfg.output_dir, cfg.model_dump(mode="json"),
                               cfg.training_digest()):
         return _summary(cfg, as_json, "already complete")
-    with output_lock(cfg.output_dir, "train") as lock:
+    # With --json, stdout carries the summary alone; the training log goes to stderr.
+    with output_lock(cfg.output_dir, "train") as lock, \
+            redirect_stdout(sys.stderr) if as_json else nullcontext():
         if runtime == "docker":
             code = in_container("train", args, [*distributed, *extra], loaded,
                                 host_network=args.nnodes > 1, keep_fds=lock.fds)
