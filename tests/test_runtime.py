@@ -194,15 +194,17 @@ def test_missing_engine_says_what_to_do(monkeypatch):
     from toolkit.errors import RuntimeFailure
 
     fake = FakeRuntime(script=[(("docker", "version"), Result(1, "", "Cannot connect"))])
-    with pytest.raises(RuntimeFailure, match="the Docker engine does not answer at the "
-                                             "default socket /var/run/docker.sock; start it"):
+    with pytest.raises(RuntimeFailure, match=r"the Docker engine does not answer at the "
+                                             r"default socket /var/run/docker.sock \(Cannot "
+                                             r"connect\); start it"):
         Docker(fake).require()
     denied = FakeRuntime(script=[(("docker", "version"), Result(
         1, "", "permission denied while trying to connect to the Docker daemon socket"))])
     with pytest.raises(RuntimeFailure, match="permission denied .* docker group"):
         Docker(denied).require()
     monkeypatch.setenv("DOCKER_HOST", "tcp://10.1.2.3:2375")
-    with pytest.raises(RuntimeFailure, match="DOCKER_HOST=tcp://10.1.2.3:2375; check"):
+    with pytest.raises(RuntimeFailure, match=r"DOCKER_HOST=tcp://10.1.2.3:2375 \(Cannot "
+                                             r"connect\); check"):
         Docker(fake).require()
     with pytest.raises(RuntimeFailure, match="the docker CLI is not installed"):
         Docker(FakeRuntime(programs=set())).require()

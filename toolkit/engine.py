@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from toolkit.errors import RuntimeFailure, UsageError
-from toolkit.runtime import ImageInfo, RunSpec
+from toolkit.runtime import ImageInfo, RunSpec, unreachable
 
 LABEL = "io.toolkit.run"          # every container toolkit starts carries it
 STOP_GRACE_S = 120                # time a stopped trainer gets to save its checkpoint
@@ -47,33 +47,7 @@ def client():
         c.ping()
         return c
     except DockerException as exc:
-        raise engine_error(exc) from None
-
-
-def engine_error(exc: BaseException) -> RuntimeFailure:
-    """Our message for an engine that cannot be reached: a socket we may not use is not
-    an engine that is down."""
-    host = os.environ.get("DOCKER_HOST")
-    where = f"DOCKER_HOST={host}" if host else "the default socket /var/run/docker.sock"
-    text = str(exc)
-    if "Permission denied" in text or "PermissionError" in text:
-        return RuntimeFailure(
-            f"permission denied on the Docker engine at {where}; add your user to the "
-            "docker group (`sudo usermod -aG docker $USER`, then log in again) or run as "
-            "a user that may use the socket"
-            + ("; or unset DOCKER_HOST to use the default socket" if host else ""))
-    if host:
-        return RuntimeFailure(f"no Docker engine answers at DOCKER_HOST={host} ({_short(text)});"
-                              " check the address, or unset DOCKER_HOST to use the default "
-                              "socket, or pass --runtime local")
-    return RuntimeFailure(f"no Docker engine answers at {where} ({_short(text)}); start it "
-                          "(`sudo systemctl start docker`, or `dockerd &`) and check "
-                          "`docker info`, or pass --runtime local")
-
-
-def _short(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else "no answer"
-    return line if len(line) <= 160 else line[:157] + "..."
+        raise unreachable(str(exc)) from None
 
 
 def image_info(ref: str) -> ImageInfo | None:

@@ -88,6 +88,27 @@ def _terminate_with_parent() -> None:
 # Docker
 
 
+def unreachable(detail: str) -> RuntimeFailure:
+    """Our message for an engine that does not answer, from what the client said: a socket
+    we may not use is not an engine that is down, and DOCKER_HOST is named when set."""
+    host = os.environ.get("DOCKER_HOST")
+    where = f"DOCKER_HOST={host}" if host else "the default socket /var/run/docker.sock"
+    line = (detail.strip().splitlines() or ["no answer"])[0][:160]
+    if "permission denied" in detail.lower() or "permissionerror" in detail.lower():
+        return RuntimeFailure(f"permission denied on the Docker engine at {where}; add your "
+                              "user to the docker group (`sudo usermod -aG docker $USER`, then "
+                              "log in again) or run as a user that may use it"
+                              + ("; or unset DOCKER_HOST to use the default socket"
+                                 if host else ""))
+    if host:
+        return RuntimeFailure(f"no Docker engine answers at DOCKER_HOST={host} ({line}); check "
+                              "the address, or unset DOCKER_HOST to use the default socket, or "
+                              "pass --runtime local")
+    return RuntimeFailure(f"the Docker engine does not answer at {where} ({line}); start it "
+                          "(`sudo systemctl start docker`, or `dockerd &`) and check "
+                          "`docker info`, or pass --runtime local")
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """What toolkit reads of an image: its ID, labels and registry digests."""
@@ -222,19 +243,7 @@ class Docker:
         res = self._version()
         if res.ok and res.stdout.strip():
             return res.stdout.strip()
-        host = os.environ.get("DOCKER_HOST")
-        where = f"DOCKER_HOST={host}" if host else "the default socket /var/run/docker.sock"
-        if "permission denied" in res.stderr.lower():
-            raise RuntimeFailure(f"permission denied on the Docker engine at {where}; add your "
-                                 "user to the docker group (`sudo usermod -aG docker $USER`, "
-                                 "then log in again) or run as a user that may use it")
-        if host:
-            raise RuntimeFailure(f"no Docker engine answers at DOCKER_HOST={host}; check the "
-                                 "address, or unset DOCKER_HOST to use the default socket, or "
-                                 "pass --runtime local")
-        raise RuntimeFailure(f"the Docker engine does not answer at {where}; start it "
-                             "(`sudo systemctl start docker`, or `dockerd &`) and check "
-                             "`docker info`, or pass --runtime local")
+        raise unreachable(res.stderr)
 
     def inspect_image(self, ref: str) -> ImageInfo | None:
         """The image `ref` names, or None when the engine has none."""
