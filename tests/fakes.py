@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from toolkit.runtime import Result, Runtime
+from toolkit.runtime import Docker, ImageInfo, Result, Runtime, unreachable
 
 
 @dataclass
@@ -31,3 +32,79 @@ class FakeRuntime(Runtime):
 
     def run_child(self, argv: list[str]) -> tuple[int, int | None]:
         return self.run(argv, capture=False).returncode, None
+
+    def docker(self) -> ScriptedDocker:
+        return ScriptedDocker(self)
+
+
+class ScriptedDocker(Docker):
+    """The Docker seam answered by FakeRuntime's script: each call is the `docker` CLI
+    command it stands for, so tests script engine answers by argv prefix."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    def server_version(self) -> str | None:
+        """The engine's version, or None when no engine answers."""
+        if self.runtime.which("docker") is None:
+            return None
+        res = self._version()
+        return res.stdout.strip() if res.ok and res.stdout.strip() else None
+
+    def _version(self) -> Result:
+        return self.runtime.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                                timeout=20)
+
+    def info(self) -> tuple[str | None, tuple[str, ...]]:
+        res = self.runtime.run(["docker", "info", "--format",
+                                "{{.DockerRootDir}}|{{json .Runtimes}}"], timeout=30)
+        if not res.ok or "|" not in res.stdout:
+            return None, ()
+        root, raw = res.stdout.strip().split("|", 1)
+        try:
+            return root, tuple(sorted(json.loads(raw)))
+        except ValueError:
+            return root, ()
+
+    def require(self) -> str:
+        res = self._version()
+        if res.ok and res.stdout.strip():
+            return res.stdout.strip()
+        raise unreachable(res.stderr)
+
+    def inspect_image(self, ref: str) -> ImageInfo | None:
+        """The image `ref` names, or None when the engine has none."""
+        res = self.runtime.run(["docker", "image", "inspect", ref], timeout=60)
+        if not res.ok:
+            return None
+        data = json.loads(res.stdout or "[]")
+        return ImageInfo.from_inspect(data[0]) if data else None
+
+    def buildkit_env(self) -> tuple[dict[str, str], str | None]:
+        """Environment for `docker build`, and a note when we fall back.
+
+        A modern Docker builds with BuildKit through the buildx plugin. A CLI
+        without buildx cannot use BuildKit, so we ask for the classic builder
+        (the Dockerfile works with both) and say so.
+        """
+        if self.runtime.run(["docker", "buildx", "version"], timeout=20).ok:
+            return {"DOCKER_BUILDKIT": "1"}, None
+        return ({"DOCKER_BUILDKIT": "0"},
+                "the docker CLI has no buildx plugin; building with the classic builder "
+                "(DOCKER_BUILDKIT=0). Install docker-buildx for BuildKit builds.")
+
+    def build(self, context: str, tag: str, build_args: dict[str, str],
+              env: dict[str, str], no_cache: bool = False) -> Result:
+        argv = ["docker", "build", "--tag", tag, *(["--no-cache"] if no_cache else [])]
+        for key, value in build_args.items():
+            argv += ["--build-arg", f"{key}={value}"]
+        return self.runtime.run([*argv, context], env=env, capture=False)
+
+    def pull(self, ref: str, timeout: float = 600) -> Result:
+        return self.runtime.run(["docker", "pull", ref], timeout=timeout)
+
+    def import_rootfs(self, tarball: str, tag: str, changes: list[str]) -> Result:
+        argv = ["docker", "import"]
+        for change in changes:
+            argv += ["--change", change]
+        return self.runtime.run([*argv, tarball, tag], timeout=900)

@@ -17,6 +17,7 @@ from toolkit.runtime import (
     Mount,
     Result,
     RunSpec,
+    Runtime,
     mount_option,
     run_argv,
 )
@@ -107,7 +108,7 @@ def test_base_falls_back_to_local_build_out_loud(capsys):
     ], programs={"docker", "debootstrap"})
     if os.geteuid() != 0:
         pytest.skip("the local base needs root (debootstrap)")
-    base = resolve_base(variant, Docker(fake), BuildOptions())
+    base = resolve_base(variant, fake.docker(), BuildOptions())
     assert base == variant.local_base_tag
     err = capsys.readouterr().err
     assert f"could not pull {variant.base_ref} (dial tcp: lookup registry-1.docker.io: no such " \
@@ -121,7 +122,7 @@ def test_explicit_base_is_used_without_pulling_others():
     variant = get_variant("cpu")
     fake = FakeRuntime(script=[(("docker", "image", "inspect"),
                                 inspect_answer({"my/base:1": {"Id": "sha256:b"}}))])
-    assert resolve_base(variant, Docker(fake), BuildOptions(base="my/base:1")) == "my/base:1"
+    assert resolve_base(variant, fake.docker(), BuildOptions(base="my/base:1")) == "my/base:1"
     assert not any(c[:2] == ["docker", "pull"] for c in fake.calls)
 
 
@@ -197,17 +198,21 @@ def test_missing_engine_says_what_to_do(monkeypatch):
     with pytest.raises(RuntimeFailure, match=r"the Docker engine does not answer at the "
                                              r"default socket /var/run/docker.sock \(Cannot "
                                              r"connect\); start it"):
-        Docker(fake).require()
+        fake.docker().require()
     denied = FakeRuntime(script=[(("docker", "version"), Result(
         1, "", "permission denied while trying to connect to the Docker daemon socket"))])
     with pytest.raises(RuntimeFailure, match="permission denied .* docker group"):
-        Docker(denied).require()
+        denied.docker().require()
     monkeypatch.setenv("DOCKER_HOST", "tcp://10.1.2.3:2375")
     with pytest.raises(RuntimeFailure, match=r"DOCKER_HOST=tcp://10.1.2.3:2375 \(Cannot "
                                              r"connect\); check"):
-        Docker(fake).require()
-    with pytest.raises(RuntimeFailure, match="the docker CLI is not installed"):
-        Docker(FakeRuntime(programs=set())).require()
+        fake.docker().require()
+    # The real seam (the Docker API) says the same of an address nothing listens on.
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1")
+    with pytest.raises(RuntimeFailure, match=r"no Docker engine answers at "
+                                             r"DOCKER_HOST=tcp://127.0.0.1:1 \("):
+        Docker(Runtime()).require()
+    assert Docker(Runtime()).server_version() is None
 
 
 def test_preflight_failure_refuses_and_names_the_skip(monkeypatch):

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from toolkit.errors import RuntimeFailure, UsageError
-from toolkit.runtime import ImageInfo, RunSpec, unreachable
+from toolkit.runtime import ImageInfo, Result, RunSpec, unreachable
 
 LABEL = "io.toolkit.run"          # every container toolkit starts carries it
 STOP_GRACE_S = 120                # time a stopped trainer gets to save its checkpoint
@@ -61,30 +61,90 @@ def image_info(ref: str) -> ImageInfo | None:
     return ImageInfo.from_inspect(image.attrs)
 
 
+def pull(ref: str) -> Result:
+    """Pull `ref`, showing the bytes fetched; a Result whose stderr says why it failed."""
+    from docker.errors import DockerException
+
+    repo, tag = _split_ref(ref)
+    try:
+        events = client().api.pull(repo, tag=tag, stream=True, decode=True)
+        error = _layer_progress(events, f"pulling {ref}")
+    except (DockerException, RuntimeFailure) as exc:
+        error = str(exc).strip().splitlines()[-1] if str(exc).strip() else "no answer"
+    return Result(1, "", error) if error else Result(0)
+
+
+def import_rootfs(tarball: str, tag: str, changes: list[str]) -> Result:
+    """A base image from a root filesystem tarball (`docker import`)."""
+    from docker.errors import DockerException
+
+    repo, name = _split_ref(tag)
+    try:
+        client().api.import_image(src=tarball, repository=repo, tag=name, changes=changes)
+    except DockerException as exc:
+        return Result(1, "", str(exc))
+    return Result(0)
+
+
+def build(context: str, tag: str, build_args: dict[str, str], no_cache: bool) -> Result:
+    """Build with the engine's (classic) builder, its output streamed to ours."""
+    from docker.errors import DockerException
+
+    try:
+        for event in client().api.build(path=context, tag=tag, buildargs=build_args,
+                                        nocache=no_cache, rm=True, forcerm=True, decode=True):
+            if event.get("stream"):
+                sys.stdout.write(event["stream"])
+                sys.stdout.flush()
+            if event.get("error"):
+                return Result(1, "", str(event["error"]).strip())
+    except DockerException as exc:
+        return Result(1, "", str(exc))
+    return Result(0)
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    """`host:5000/a/b:tag` → (`host:5000/a/b`, `tag`), `repo@sha256:…` → (`repo`,
+    `sha256:…`) (the API takes a digest where a tag goes); no tag: latest."""
+    from docker.utils import parse_repository_tag
+
+    repo, tag = parse_repository_tag(ref)
+    return repo, tag or "latest"
+
+
+def _layer_progress(events, what: str) -> str | None:
+    """Show a pull's or push's bytes as one bar over all layers; the error, if any."""
+    from toolkit.bars import bar
+
+    done: dict[str, int] = {}
+    with bar(None, what, unit="B", scale=True) as shown:
+        for event in events:
+            if event.get("error"):
+                return str(event["error"])
+            current = (event.get("progressDetail") or {}).get("current")
+            layer = event.get("id")
+            if layer and current is not None:
+                shown.update(max(0, current - done.get(layer, 0)))
+                done[layer] = max(current, done.get(layer, 0))
+    return None
+
+
 def push(local: str, remote: str) -> ImageInfo:
     """Tag `local` as `remote` and push it, showing the bytes sent (a bar on a terminal,
     plain lines in a log); return the pushed image (its digests name the registry's)."""
     from docker.errors import APIError
 
-    from toolkit.bars import bar
-
     engine = client()
-    repo, _, tag = remote.rpartition(":")
+    repo, tag = _split_ref(remote)
     try:
         engine.images.get(local).tag(repo, tag)
-        sent: dict[str, int] = {}
-        with bar(None, f"pushing {remote}", unit="B", scale=True) as shown:
-            for event in engine.api.push(repo, tag=tag, stream=True, decode=True):
-                if event.get("error"):
-                    raise RuntimeFailure(f"pushing {remote} failed: {event['error']}; log in "
-                                         f"first (`docker login {repo.split('/')[0]}`) if "
-                                         "the registry needs it")
-                current = (event.get("progressDetail") or {}).get("current")
-                if event.get("id") and current is not None:
-                    shown.update(max(0, current - sent.get(event["id"], 0)))
-                    sent[event["id"]] = max(current, sent.get(event["id"], 0))
+        error = _layer_progress(engine.api.push(repo, tag=tag, stream=True, decode=True),
+                                f"pushing {remote}")
     except APIError as exc:
-        raise RuntimeFailure(f"pushing {remote} failed: {exc.explanation or exc}") from None
+        error = exc.explanation or str(exc)
+    if error:
+        raise RuntimeFailure(f"pushing {remote} failed: {error}; log in first (`docker login "
+                             f"{repo.split('/')[0]}`) if the registry needs it")
     info = image_info(remote)
     if info is None:
         raise RuntimeFailure(f"pushed {remote}, but the engine no longer has it")

@@ -215,7 +215,7 @@ def say(message: str) -> None:
 
 def ensure_image(variant: Variant, runtime: Runtime) -> str:
     """Return the variant's tag, building it first if missing or built from other source."""
-    docker = Docker(runtime)
+    docker = runtime.docker()
     info = docker.inspect_image(variant.tag)
     if info is not None:
         if info.labels.get("io.toolkit.source-sha256") == source_sha256():
@@ -228,7 +228,7 @@ def ensure_image(variant: Variant, runtime: Runtime) -> str:
 
 
 def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
-    docker = Docker(runtime)
+    docker = runtime.docker()
     docker.require()
     if opts.online and opts.wheelhouse:
         raise UsageError("--online and --wheelhouse exclude each other; pick one source of wheels")
@@ -465,7 +465,7 @@ def verify_image(tag: str, runtime: Runtime) -> list:
     build, and the trainer's imports work. Returns doctor-style findings."""
     from toolkit.compat import Finding, Status
 
-    docker = Docker(runtime)
+    docker = runtime.docker()
     docker.require()
     info = docker.inspect_image(tag)
     if info is None:
@@ -548,7 +548,7 @@ def push_image(variant: Variant, runtime: Runtime, registry: str) -> dict:
                          "ghcr.io/acme or 127.0.0.1:5000")
     from toolkit import engine
 
-    Docker(runtime).require()
+    runtime.docker().require()
     local = ensure_image(variant, runtime)
     remote = f"{registry}/{local}"
     info = engine.push(local, remote)

@@ -16,7 +16,7 @@ from pathlib import Path
 from toolkit.config import Config, is_local_ref
 from toolkit.errors import UsageError
 from toolkit.outputs import RUN_LOCK_ENV
-from toolkit.runtime import Devices, Docker, Mount, RunSpec, Runtime
+from toolkit.runtime import Devices, Mount, RunSpec, Runtime
 
 # Credentials a run may need; passed by name only, never by value.
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "AWS_ACCESS_KEY_ID",
@@ -160,7 +160,7 @@ def choose_image(runtime: Runtime, image: str | None, variant: str | None) -> st
     from toolkit.compat import Status
     from toolkit.errors import RuntimeFailure
 
-    docker = Docker(runtime)
+    docker = runtime.docker()
     docker.require()
     matrix = images.load_matrix()
     if image:

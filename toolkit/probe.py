@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from toolkit.compat import Gpu, HostFacts
-from toolkit.runtime import Docker, Runtime
+from toolkit.runtime import Runtime
 
 NVIDIA_QUERY = "index,name,compute_cap,driver_version,memory.total,mig.mode.current"
 NVIDIA_QUERY_OLD = "index,name,driver_version,memory.total"
@@ -190,18 +190,9 @@ def gather(runtime: Runtime, read_text: Callable[[str], str | None] = _read,
             amd = [g if g.gfx or i >= len(targets) else replace(g, gfx=targets[i])
                    for i, g in enumerate(amd)]
 
-    docker = Docker(runtime)
+    docker = runtime.docker()
     version = docker.server_version()
-    root, runtimes = None, ()
-    if version:
-        res = runtime.run(["docker", "info", "--format",
-                           "{{.DockerRootDir}}|{{json .Runtimes}}"], timeout=30)
-        if res.ok and "|" in res.stdout:
-            root, raw = res.stdout.strip().split("|", 1)
-            try:
-                runtimes = tuple(sorted(json.loads(raw)))
-            except ValueError:
-                runtimes = ()
+    root, runtimes = docker.info() if version else (None, ())
     disk = _free_gb(root) if root else _free_gb("/var/lib/docker")
     return Host(
         facts=HostFacts(gpus=tuple(gpus + amd), nvidia_driver=driver, cuda_driver=cuda),

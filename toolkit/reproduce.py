@@ -62,13 +62,13 @@ def _image(env: dict, notes: list[str]) -> str:
     """The recorded image: by tag if present with the same ID; rebuilt from the lock when
     the matrix still makes that tag; else a UsageError naming what to check out."""
     from toolkit.images import ensure_image, load_matrix
-    from toolkit.runtime import Docker, Runtime
+    from toolkit.runtime import Runtime
 
     tag, image_id = env.get("image"), env.get("image_id")
     if not tag:
         raise UsageError("run.json says the run was in a container but records no image tag")
     runtime = Runtime()
-    info = Docker(runtime).inspect_image(tag)
+    info = runtime.docker().inspect_image(tag)
     if info is not None and info.id == image_id:
         notes.append(f"image: {tag}, the same image ({image_id[:19]})")
         return tag
@@ -80,7 +80,7 @@ def _image(env: dict, notes: list[str]) -> str:
                          f"of that tag (its lock changed); check out {revision} and run "
                          "`toolkit reproduce` there")
     built = ensure_image(variant, runtime)
-    rebuilt = Docker(runtime).inspect_image(built)
+    rebuilt = runtime.docker().inspect_image(built)
     new_id = rebuilt.id if rebuilt else ""
     same = new_id == image_id
     notes.append(f"image: {tag} {'is the same image' if same else 'rebuilt from the same lock'}"

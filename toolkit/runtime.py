@@ -8,7 +8,6 @@ the Docker API instead (toolkit/engine.py).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -46,6 +45,10 @@ class Runtime:
 
     def which(self, name: str) -> str | None:
         return shutil.which(name)
+
+    def docker(self) -> Docker:
+        """The Docker engine, as this runtime reaches it."""
+        return Docker(self)
 
     def run_child(self, argv: list[str]) -> tuple[int, int | None]:
         """Run `argv` as our child for as long as we live: SIGTERM, SIGINT and SIGHUP to us
@@ -219,66 +222,71 @@ def run_argv(spec: RunSpec) -> list[str]:
 
 
 class Docker:
-    """The Docker engine, through the `docker` CLI the user already has."""
+    """The Docker engine through its API (the `docker` package, see toolkit.engine); the
+    `docker` CLI only to build with BuildKit, which needs its buildx plugin. Get one from
+    `Runtime.docker()`, so tests can hand in a scripted double (tests/fakes.py)."""
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
 
     def server_version(self) -> str | None:
         """The engine's version, or None when no engine answers."""
-        if self.runtime.which("docker") is None:
+        try:
+            return self.require()
+        except RuntimeFailure:
             return None
-        res = self._version()
-        return res.stdout.strip() if res.ok and res.stdout.strip() else None
-
-    def _version(self) -> Result:
-        return self.runtime.run(["docker", "version", "--format", "{{.Server.Version}}"],
-                                timeout=20)
 
     def require(self) -> str:
-        if self.runtime.which("docker") is None:
-            raise RuntimeFailure("the docker CLI is not installed; install Docker "
-                                 "(https://docs.docker.com/engine/install/) or pass "
-                                 "--runtime local to train in this Python environment")
-        res = self._version()
-        if res.ok and res.stdout.strip():
-            return res.stdout.strip()
-        raise unreachable(res.stderr)
+        """The engine's version, or a RuntimeFailure saying why none answers."""
+        from toolkit import engine
+
+        return str(engine.client().version().get("Version", "unknown"))
+
+    def info(self) -> tuple[str | None, tuple[str, ...]]:
+        """The engine's data root and the container runtimes it knows (nvidia among them
+        when the NVIDIA Container Toolkit is set up)."""
+        from toolkit import engine
+
+        data = engine.client().info()
+        return data.get("DockerRootDir"), tuple(sorted(data.get("Runtimes") or {}))
 
     def inspect_image(self, ref: str) -> ImageInfo | None:
         """The image `ref` names, or None when the engine has none."""
-        res = self.runtime.run(["docker", "image", "inspect", ref], timeout=60)
-        if not res.ok:
-            return None
-        data = json.loads(res.stdout or "[]")
-        return ImageInfo.from_inspect(data[0]) if data else None
+        from toolkit import engine
+
+        return engine.image_info(ref)
 
     def buildkit_env(self) -> tuple[dict[str, str], str | None]:
-        """Environment for `docker build`, and a note when we fall back.
+        """Environment for a build, and a note when we fall back.
 
-        A modern Docker builds with BuildKit through the buildx plugin. A CLI
-        without buildx cannot use BuildKit, so we ask for the classic builder
-        (the Dockerfile works with both) and say so.
+        A modern Docker builds with BuildKit through the CLI's buildx plugin. Without it
+        the build goes through the API's (classic) builder — the Dockerfile works with
+        both — and we say so.
         """
-        if self.runtime.run(["docker", "buildx", "version"], timeout=20).ok:
+        if self.runtime.which("docker") and self.runtime.run(
+                ["docker", "buildx", "version"], timeout=20).ok:
             return {"DOCKER_BUILDKIT": "1"}, None
         return ({"DOCKER_BUILDKIT": "0"},
-                "the docker CLI has no buildx plugin; building with the classic builder "
-                "(DOCKER_BUILDKIT=0). Install docker-buildx for BuildKit builds.")
+                "the docker CLI has no buildx plugin; building with the engine's classic "
+                "builder. Install docker-buildx for BuildKit builds.")
 
     def build(self, context: str, tag: str, build_args: dict[str, str],
               env: dict[str, str], no_cache: bool = False) -> Result:
-        argv = ["docker", "build", "--tag", tag, *(["--no-cache"] if no_cache else [])]
-        for key, value in build_args.items():
-            argv += ["--build-arg", f"{key}={value}"]
-        return self.runtime.run([*argv, context], env=env, capture=False)
+        if env.get("DOCKER_BUILDKIT") == "1":
+            argv = ["docker", "build", "--tag", tag, *(["--no-cache"] if no_cache else [])]
+            for key, value in build_args.items():
+                argv += ["--build-arg", f"{key}={value}"]
+            return self.runtime.run([*argv, context], env=env, capture=False)
+        from toolkit import engine
+
+        return engine.build(context, tag, build_args, no_cache)
 
     def pull(self, ref: str, timeout: float = 600) -> Result:
-        return self.runtime.run(["docker", "pull", ref], timeout=timeout)
+        from toolkit import engine
+
+        return engine.pull(ref)
 
     def import_rootfs(self, tarball: str, tag: str, changes: list[str]) -> Result:
-        argv = ["docker", "import"]
-        for change in changes:
-            argv += ["--change", change]
-        return self.runtime.run([*argv, tarball, tag], timeout=900)
+        from toolkit import engine
 
+        return engine.import_rootfs(tarball, tag, changes)
