@@ -175,7 +175,7 @@ def test_stale_image_is_rebuilt(monkeypatch, capsys):
     fake = FakeRuntime(script=[(("docker", "image", "inspect"),
                                 inspect_answer({variant.tag: stale}))])
     rebuilt = []
-    monkeypatch.setattr(images, "build_image", lambda v, r, o: rebuilt.append(v) or v.tag)
+    monkeypatch.setattr(images.build, "build_image", lambda v, r, o: rebuilt.append(v) or v.tag)
     assert ensure_image(variant, fake) == variant.tag
     assert rebuilt == [variant]
     assert "was built from other toolkit source; rebuilding" in capsys.readouterr().err
@@ -187,7 +187,8 @@ def test_current_image_is_reused(monkeypatch):
              "Config": {"Labels": {"io.toolkit.source-sha256": images.source_sha256()}}}
     fake = FakeRuntime(script=[(("docker", "image", "inspect"),
                                 inspect_answer({variant.tag: fresh}))])
-    monkeypatch.setattr(images, "build_image", lambda *a: pytest.fail("rebuilt a fresh image"))
+    monkeypatch.setattr(images.build, "build_image",
+                        lambda *a: pytest.fail("rebuilt a fresh image"))
     assert ensure_image(variant, fake) == variant.tag
 
 
