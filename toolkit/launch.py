@@ -79,7 +79,7 @@ def host_user() -> str:
 
 
 def device_flags(accelerator: str, gpus: str | None = None,
-                 amd_gids: tuple[int, ...] = ()) -> Devices:
+                 amd_gids: tuple[int | str, ...] = ()) -> Devices:
     """What a container needs to reach its GPUs, per vendor (pure).
 
     `gpus` is "all" (or None) or a comma list of indexes; NVIDIA maps it to a
@@ -87,15 +87,16 @@ def device_flags(accelerator: str, gpus: str | None = None,
     host's video/render groups, added by number because the image may not know
     their names.
     """
-    some = gpus not in (None, "all")
+    some = gpus is not None and gpus != "all"
     if accelerator == "cuda":
-        return Devices(gpus=gpus if some else "all", ipc_host=True,
+        return Devices(gpus=gpus if gpus is not None and some else "all", ipc_host=True,
                        ulimits=(("memlock", -1), ("stack", 67108864)))
     if accelerator == "rocm":
         return Devices(devices=("/dev/kfd", "/dev/dri"),
                        group_add=tuple(str(g) for g in amd_gids or ("video",)),
                        security_opt=("seccomp=unconfined",), ipc_host=True,
-                       env=(("HIP_VISIBLE_DEVICES", gpus),) if some else ())
+                       env=(("HIP_VISIBLE_DEVICES", gpus),) if gpus is not None and some
+                       else ())
     return Devices(shm_size="1g")
 
 
@@ -184,7 +185,8 @@ def choose_image(runtime: Runtime, image: str | None, variant: str | None) -> st
                  for f in failed])
         from toolkit.compat import select
 
-        host_variant = variant or select(host.facts, [v.facts() for v in matrix.values()]).variant
+        host_variant = variant or select(host.facts,
+                                         [v.facts() for v in matrix.values()]).variant or ""
     if image:
         return image
     if host_variant not in matrix:

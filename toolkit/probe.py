@@ -55,8 +55,8 @@ def parse_nvidia_smi(csv_text: str, with_compute_cap: bool = True) -> tuple[list
     for line in csv_text.strip().splitlines():
         cells = [c.strip() for c in line.split(",")]
         if with_compute_cap and len(cells) >= 6:
-            index, name, cc, driver, memory, mig = cells[:6]
-            cc = cc if re.fullmatch(r"\d+\.\d+", cc) else None
+            index, name, raw_cc, driver, memory, mig = cells[:6]
+            cc = raw_cc if re.fullmatch(r"\d+\.\d+", raw_cc) else None
             mig_on = mig.lower() == "enabled"
         elif len(cells) >= 4:
             index, name, driver, memory = cells[:4]

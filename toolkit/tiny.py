@@ -134,6 +134,7 @@ def build_model(tokenizer, moe: bool = False, seed: int = 0, hidden: int = 64, l
         bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    config: Qwen3Config | Qwen3MoeConfig
     if moe:
         config = Qwen3MoeConfig(intermediate_size=2 * hidden, moe_intermediate_size=hidden // 2,
                                 num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1,

@@ -204,12 +204,15 @@ def environment_error(exc: BaseException, where: str | None = None) -> ToolkitEr
 
     if isinstance(exc, ToolkitError):
         return None
-    seen, cause, code = exc, None, None
+    seen: BaseException | None = exc
+    cause: OSError | None = None
     while seen is not None and cause is None:
         if isinstance(seen, OSError) and seen.errno:
-            cause, code = seen, seen.errno
+            cause = seen
         seen = seen.__cause__ or seen.__context__
-    if cause is None:
+    if cause is not None and cause.errno:
+        code = cause.errno
+    else:
         match = re.search(r"\(os error (\d+)\)", str(exc))
         if not match:
             return None

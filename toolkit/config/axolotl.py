@@ -26,7 +26,7 @@ UNSUPPORTED_KEYS = {
                          "(attention runs through flash-attention or sdpa, see "
                          "attn_implementation)",
 }
-OFF_VALUES = (None, False, "", [], {})
+OFF_VALUES: tuple[object, ...] = (None, False, "", [], {})
 
 # Keys that only mean something for a LoRA adapter.
 LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear",

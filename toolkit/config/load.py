@@ -59,10 +59,10 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     try:
         config = Config.model_validate(known)
     except ValidationError as exc:
-        problems += describe_all(exc.errors())
+        problems += describe_all([dict(e) for e in exc.errors()])
     problems += cross_field_problems(raw)
     problems += path_problems(known)
-    if problems:
+    if problems or config is None:
         noun = "problem" if len(problems) == 1 else "problems"
         raise ConfigError(f"{path}: {len(problems)} {noun}", problems)
     for name in Config.model_fields:

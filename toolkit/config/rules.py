@@ -33,6 +33,7 @@ def cross_field_problems(raw: dict) -> list[str]:
     if len(modes) > 1:
         out.append(f"{' and '.join(modes)} are all set; a run trains one thing: keep one")
     recipe = recipe_of(raw)
+    accepted: tuple[str, ...]
     if recipe == "preference":
         accepted = KTO_TYPES if raw.get("rl") == "kto" else PAIR_TYPES
     else:
@@ -120,10 +121,10 @@ def cross_field_problems(raw: dict) -> list[str]:
 def path_problems(raw: dict) -> list[str]:
     """Files the config points at. Reads raw values so it runs even when other keys are wrong."""
     out = []
+    datasets = raw.get("datasets")
     for key, ref in [(k, raw.get(k)) for k in ("base_model", "tokenizer_config", "output_dir")] + [
             (f"datasets[{i}].path", d.get("path")) for i, d in enumerate(
-                raw.get("datasets") if isinstance(raw.get("datasets"), list) else [])
-            if isinstance(d, dict)]:
+                datasets if isinstance(datasets, list) else []) if isinstance(d, dict)]:
         if isinstance(ref, str) and "\x00" in ref:
             out.append(f"{key}: {ref!r} contains a NUL byte, which no path can hold; "
                        "remove it")

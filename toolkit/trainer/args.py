@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from toolkit.config import Config
 from toolkit.trainer.model import Resolved
@@ -13,6 +14,8 @@ def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) ->
     """TrainingArguments keywords every recipe shares (TRL's configs extend them)."""
     steps_per_epoch = max(1, math.ceil(n_rows / cfg.micro_batch_size
                                        / cfg.accumulation_steps))
+    save: dict[str, Any]
+    evaluation: dict[str, Any]
     if cfg.save_steps:
         save = {"save_strategy": "steps", "save_steps": cfg.save_steps}
     elif cfg.saves_per_epoch:
@@ -24,7 +27,7 @@ def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) ->
         evaluation = {"eval_strategy": "no"}
     elif cfg.eval_steps or cfg.evals_per_epoch:
         evaluation = {"eval_strategy": "steps", "eval_steps": cfg.eval_steps or max(
-            1, steps_per_epoch // cfg.evals_per_epoch)}
+            1, steps_per_epoch // (cfg.evals_per_epoch or 1))}
     else:
         evaluation = {"eval_strategy": "epoch"}
     if cfg.early_stopping_patience and has_eval:

@@ -173,7 +173,7 @@ class ChatEncoder:
         offsets."""
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         if backend is None:
-            out = []
+            out: list[tuple[list[int], Callable[[int], int]]] = []
             for text in texts:
                 enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
                 starts = [a for a, _ in enc["offset_mapping"]]

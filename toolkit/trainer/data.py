@@ -14,10 +14,11 @@ import os
 import random
 import re
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from toolkit.bars import bar
 from toolkit.config import DATA_SUFFIXES, Config, DatasetConfig, is_local_ref
@@ -32,6 +33,8 @@ from toolkit.trainer.chat import (
 )
 
 MAX_REPORTED_ROWS = 10
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -182,8 +185,8 @@ def _read_json(file: Path, where: str) -> list[dict]:
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        line = file.read_bytes()[:exc.start].count(b"\n") + 1
-        raise DataError(f"{where}: {file.name} line {line} is not UTF-8; re-encode the file "
+        bad_line = file.read_bytes()[:exc.start].count(b"\n") + 1
+        raise DataError(f"{where}: {file.name} line {bad_line} is not UTF-8; re-encode the file "
                         "as UTF-8") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
@@ -326,6 +329,7 @@ def encode_rows(encoder: ChatEncoder, ds: DatasetConfig, rule: TurnRule, rows: l
         with ExitStack() as stack:
             shown = stack.enter_context(bar(len(rows), f"tokenizing {Path(ds.path).name}",
                                             unit="rows")) if len(chunks) > 1 and main else None
+            work: Iterable[list[tuple[array, array] | str]]
             if processes == 1:
                 work = map(_encode_chunk, chunks)
             else:
@@ -348,6 +352,7 @@ def encode_rows(encoder: ChatEncoder, ds: DatasetConfig, rule: TurnRule, rows: l
 
 
 def _encode_chunk(rows: list[dict]) -> list[tuple[array, array] | str]:
+    assert _JOB is not None, "encode_rows sets the job before any chunk runs"
     encoder, ds, rule = _JOB
     out: list = [None] * len(rows)
     if ds.type == "alpaca":
@@ -387,8 +392,7 @@ def bad_rows_error(index: int, ds: DatasetConfig, bad: list[str], total: int) ->
                      f"used{more}; fix them or remove them", shown)
 
 
-def split_validation(examples: list[Example], size: float, seed: int
-                     ) -> tuple[list[Example], list[Example]]:
+def split_validation(examples: list[T], size: float, seed: int) -> tuple[list[T], list[T]]:
     """Hold out a fraction (size < 1) or a count (size ≥ 1) of rows, chosen by `seed`."""
     if size <= 0:
         return examples, []

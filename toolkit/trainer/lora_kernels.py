@@ -26,8 +26,8 @@ def _dense_weight(base: torch.nn.Module) -> torch.Tensor:
     if state is not None:  # bitsandbytes Params4bit
         import bitsandbytes.functional as bnbf
 
-        return bnbf.dequantize_4bit(weight.data, state)
-    return weight
+        return bnbf.dequantize_4bit(weight.data, state)  # type: ignore[arg-type]
+    return weight  # type: ignore[return-value]
 
 
 class LoRAProjection(torch.autograd.Function):
@@ -76,6 +76,6 @@ def fuse_lora_projections(model, decisions: dict[str, str]) -> int:
         if isinstance(module, LoraLayer) and name.rsplit(".", 1)[-1] in wanted:
             if any(not isinstance(d, torch.nn.Identity) for d in module.lora_dropout.values()):
                 continue  # config rules forbid dropout with kernels; never fuse past it
-            module.forward = types.MethodType(_fused_forward, module)
+            module.forward = types.MethodType(_fused_forward, module)  # type: ignore[attr-defined]
             count += 1
     return count

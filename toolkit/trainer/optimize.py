@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 from dataclasses import dataclass
+from typing import Any
 
 from toolkit.config import Config
 from toolkit.errors import UsageError
@@ -200,7 +201,8 @@ def fsdp_args(cfg: Config, decisions: dict[str, str]) -> dict:
     from toolkit.config import FSDPConfig
 
     c = cfg.fsdp_config or FSDPConfig()
-    options = {"version": cfg.fsdp_version, "reshard_after_forward": c.reshard_after_forward,
+    options: dict[str, Any] = {
+               "version": cfg.fsdp_version, "reshard_after_forward": c.reshard_after_forward,
                "cpu_ram_efficient_loading": c.cpu_ram_efficient_loading,
                "activation_checkpointing": c.activation_checkpointing,
                "auto_wrap_policy": c.auto_wrap_policy, "min_num_params": c.min_num_params,

@@ -57,7 +57,9 @@ def pack(examples: list, capacity: int) -> tuple[list[Packed], float]:
     groups = bins([len(e.input_ids) for e in examples], capacity)
     rows = []
     for group in groups:
-        ids, labels, positions = [], [], []
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
         for i in group:
             e = examples[i]
             ids += e.input_ids

@@ -11,6 +11,7 @@ no second copy of the model is held in memory.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from toolkit.config import Config, LoadedConfig
 from toolkit.errors import UsageError
@@ -57,12 +58,12 @@ def train(loaded: LoadedConfig) -> Path:
 def beta_of(cfg: Config) -> float:
     if cfg.rl == "orpo" and cfg.orpo_alpha is not None:
         return cfg.orpo_alpha
-    return cfg.rl_beta if cfg.rl_beta is not None else DEFAULT_BETA[cfg.rl]
+    return cfg.rl_beta if cfg.rl_beta is not None else DEFAULT_BETA[cfg.rl or "dpo"]
 
 
-def method(cfg: Config, common: dict):
+def method(cfg: Config, common: dict[str, Any]):
     """The TRL trainer class and its config for `cfg.rl`."""
-    seq = {"max_length": cfg.sequence_len}
+    seq: dict[str, Any] = {"max_length": cfg.sequence_len}
     if cfg.rl in ("dpo", "ipo"):
         from trl import DPOConfig, DPOTrainer
 
@@ -107,6 +108,6 @@ def _refuse_prompt_len(cfg: Config, config_cls) -> None:
 
     if cfg.max_prompt_len and "max_prompt_length" not in {
             f.name for f in dataclasses.fields(config_cls)}:
-        raise UsageError(f"max_prompt_len: TRL's {cfg.rl.upper()} trainer has no prompt limit; "
-                         f"sequences are cut at sequence_len={cfg.sequence_len}. Remove "
+        raise UsageError(f"max_prompt_len: TRL's {str(cfg.rl).upper()} trainer has no prompt "
+                         f"limit; sequences are cut at sequence_len={cfg.sequence_len}. Remove "
                          "max_prompt_len (or lower sequence_len)")

@@ -45,7 +45,7 @@ def train(loaded: LoadedConfig) -> Path:
         eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
         peft_config=lora_config(cfg, resolved, HEAD), callbacks=[progress])
     finish_model(cfg, resolved, trainer.model)
-    dropped = len(train_rows) - len(trainer.train_dataset)
+    dropped = len(train_rows) - len(trainer.train_dataset)  # type: ignore[arg-type]
     if dropped:
         log(f"data: the reward trainer dropped {dropped} pairs longer than "
             f"sequence_len={cfg.sequence_len}; raise sequence_len to keep them")
