@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 
 def bar(total: int | None, what: str, unit: str = "it", scale: bool = False,
-        every: float = 10.0, stream=None):
+        every: float = 10.0, stream=None) -> Any:
     """A progress bar (update(n), close(), a context manager) for `total` units of work."""
     stream = stream or sys.stderr
     if stream.isatty():
@@ -27,7 +28,7 @@ def bar(total: int | None, what: str, unit: str = "it", scale: bool = False,
 class Lines:
     """tqdm's interface as plain lines, for logs."""
 
-    def __init__(self, total, what, unit, scale, every, stream):
+    def __init__(self, total, what, unit, scale, every, stream) -> None:
         self.total, self.what, self.unit, self.scale = total, what, unit, scale
         self.every, self.stream = every, stream
         self.n = 0
@@ -57,16 +58,16 @@ class Lines:
             text = f"{self.what}: {count}, {clock(elapsed)}"
         print(text + (" — done" if done else ""), file=self.stream, flush=True)
 
-    def __enter__(self):
+    def __enter__(self) -> Lines:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> None:
         self.close()
 
 
 def clock(seconds: float) -> str:
     """12s, 4m05s, 2h03m: how long, at a glance."""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:

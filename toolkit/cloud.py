@@ -66,7 +66,7 @@ def skypilot_task(loaded: LoadedConfig, image: str, config_file: Path, accelerat
                   nodes: int, outputs: str) -> dict:
     """A SkyPilot task: the image by digest, file mounts in, outputs to a bucket, the
     doctor as setup, torchrun over SkyPilot's nodes as run."""
-    data, copies = vm_config(loaded)
+    _data, copies = vm_config(loaded)
     mounts: dict = {str(VM / "config.yaml"): str(config_file.resolve()), **copies}
     mounts[str(VM / "outputs")] = {"source": outputs, "mode": "MOUNT"}
     resources: dict = {"image_id": f"docker:{image}"}

@@ -55,7 +55,7 @@ def compare(a: dict, b: dict, rtol: float, atol: float) -> Comparison:
                      f"({len(la)} and {len(lb)} logged)")
     if not steps:
         return Comparison([], float("inf"), float("inf"), None, False,
-                          notes + ["no step was logged by both runs"])
+                          [*notes, "no step was logged by both runs"])
     worst, max_abs, max_rel, same = None, 0.0, 0.0, True
     for step in steps:
         diff = abs(la[step] - lb[step])

@@ -30,7 +30,7 @@ def host_checks(host: Host, variants: list, wanted: str | None = None) -> list[F
     if not facts.gpus:
         out.append(Finding("gpus", Status.OK, "no GPU found; training runs on the CPU"))
     for gpu in facts.gpus:
-        detail = gpu.compute_cap and f"compute capability {gpu.compute_cap}" or gpu.gfx or "?"
+        detail = (gpu.compute_cap and f"compute capability {gpu.compute_cap}") or gpu.gfx or "?"
         mig = ", MIG enabled (each MIG slice is a separate device)" if gpu.mig else ""
         out.append(Finding(f"gpu {gpu.index}", Status.OK,
                            f"{gpu.vendor} {gpu.name} ({detail}){mig}"))

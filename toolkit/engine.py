@@ -27,16 +27,20 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING
 
 from toolkit.errors import RuntimeFailure, UsageError
 from toolkit.runtime import ImageInfo, Result, RunSpec, unreachable
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 LABEL = "io.toolkit.run"          # every container toolkit starts carries it
 STOP_GRACE_S = 120                # time a stopped trainer gets to save its checkpoint
 
 
-def client():
+def client() -> DockerClient:
     """A client for the engine DOCKER_HOST names (or the default socket), or a
     RuntimeFailure that says which socket failed and how to fix it."""
     import docker
@@ -243,7 +247,7 @@ def _forwarding(container) -> Iterator[None]:
     """Signals to us go to the container while it runs (from a thread: the handler must
     not make an HTTP call while the main thread may be inside one)."""
 
-    def forward(signum, frame):
+    def forward(signum, frame) -> None:
         # SIGHUP (the terminal closed) stops the run as SIGTERM does: with a checkpoint.
         sent = signal.SIGTERM if signum == signal.SIGHUP else signum
         threading.Thread(target=_kill, args=(container, sent), daemon=True).start()
@@ -262,10 +266,8 @@ def _forwarding(container) -> Iterator[None]:
 def _kill(container, signum: int) -> None:
     from docker.errors import APIError
 
-    try:
+    with suppress(APIError):  # it has exited already
         container.kill(signal=signum)
-    except APIError:
-        pass  # it has exited already
 
 
 @contextmanager

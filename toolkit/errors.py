@@ -8,7 +8,7 @@ class ToolkitError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, problems: list[str] | None = None):
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
         super().__init__(message)
         self.problems = problems or []
 

@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from toolkit.config import DATA_SUFFIXES
 from toolkit.errors import DataError, UsageError
@@ -81,7 +82,7 @@ def fetch(url: str, data_files=None, where: str = "", log=print) -> Path:
     return folder
 
 
-def _filesystem(url: str, where: str):
+def _filesystem(url: str, where: str) -> Any:
     try:
         import fsspec
     except ImportError:
@@ -136,7 +137,7 @@ def _download(fs, root: str, files: list[str], folder: Path) -> None:
     with bar(total or None, f"fetching {root}", unit="B", scale=True) as shown:
 
         class Shown(Callback):
-            def relative_update(self, inc=1):
+            def relative_update(self, inc=1) -> None:
                 shown.update(inc)
 
         try:

@@ -61,7 +61,7 @@ class Runtime:
         proc = subprocess.Popen(argv, preexec_fn=_terminate_with_parent)
         forwarded: list[int] = []
 
-        def forward(signum, frame):
+        def forward(signum, frame) -> None:
             sent = signal.SIGTERM if signum == signal.SIGHUP else signum
             forwarded.append(sent)
             proc.send_signal(sent)
@@ -80,11 +80,10 @@ def _terminate_with_parent() -> None:
     """In the child, before exec: SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG)."""
     import ctypes
     import signal
+    from contextlib import suppress
 
-    try:
+    with suppress(OSError, AttributeError):  # not Linux: the child is not tied to us
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the child is not tied to us
 
 
 # ---------------------------------------------------------------------------
@@ -218,7 +217,7 @@ def run_argv(spec: RunSpec) -> list[str]:
     if spec.workdir:
         argv += ["--workdir", spec.workdir]
     argv += spec.devices.flags()
-    return argv + [spec.image, *spec.command]
+    return [*argv, spec.image, *spec.command]
 
 
 class Docker:
@@ -226,7 +225,7 @@ class Docker:
     `docker` CLI only to build with BuildKit, which needs its buildx plugin. Get one from
     `Runtime.docker()`, so tests can hand in a scripted double (tests/fakes.py)."""
 
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
     def server_version(self) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 from toolkit.templates import template_text
 
@@ -92,7 +93,7 @@ def write_demo_dataset(path: str | Path, n: int = 96, seed: int = 0) -> Path:
     return path
 
 
-def build_tokenizer(vocab_size: int = 512):
+def build_tokenizer(vocab_size: int = 512) -> Any:
     """A byte-level BPE with Qwen3's pre-tokenizer, special tokens and chat template."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -122,7 +123,8 @@ def build_tokenizer(vocab_size: int = 512):
     return fast
 
 
-def build_model(tokenizer, moe: bool = False, seed: int = 0, hidden: int = 64, layers: int = 2):
+def build_model(tokenizer, moe: bool = False, seed: int = 0, hidden: int = 64,
+                layers: int = 2) -> Any:
     """A random-init Qwen3 (or Qwen3-MoE) sized to the tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3MoeConfig

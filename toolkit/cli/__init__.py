@@ -34,7 +34,7 @@ from toolkit.errors import ToolkitError
                     'eval "$(_TOOLKIT_COMPLETE=bash_source toolkit)".')
 @click.version_option(__version__, "--version", prog_name="toolkit",
                       message="%(prog)s %(version)s")
-def cli():
+def cli() -> None:
     """Containerized, reproducible post-training for Qwen3 and Qwen3-MoE."""
 
 

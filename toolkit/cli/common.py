@@ -9,27 +9,36 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from toolkit.errors import ToolkitError, UsageError
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
+
+    from toolkit.config import LoadedConfig
+    from toolkit.outputs import RunLock
+    from toolkit.runtime import Runtime
 
 # Commands that take config overrides after the config path: --key value, as in axolotl.
 OVERRIDES = {"ignore_unknown_options": True, "allow_extra_args": False,
              "help_option_names": ["-h", "--help"]}
 
 
-def complete_variants(ctx, param, incomplete: str):
+def complete_variants(ctx, param, incomplete: str) -> list[CompletionItem]:
     from toolkit.images import load_matrix
 
     return [click.shell_completion.CompletionItem(name) for name in load_matrix()
             if name.startswith(incomplete)]
 
 
-def complete_keys(ctx, param, incomplete: str):
+def complete_keys(ctx, param, incomplete: str) -> list[CompletionItem]:
     """Config keys as overrides (`--micro-batch-size`), for the shell's completion."""
     if not incomplete.startswith("-"):
         return [click.shell_completion.CompletionItem(incomplete, type="file")]
@@ -43,28 +52,28 @@ class OverridesCommand(click.Command):
     """A command that takes config overrides: completing `--mi…` offers its own options
     and the config's keys."""
 
-    def shell_complete(self, ctx, incomplete):
+    def shell_complete(self, ctx, incomplete) -> list[CompletionItem]:
         items = super().shell_complete(ctx, incomplete)
         if incomplete.startswith("--") and ctx.params.get("config"):
             items += complete_keys(ctx, None, incomplete)
         return items
 
 
-def config_argument(func):
+def config_argument(func) -> Callable[..., Any]:
     return click.argument("config", type=click.Path(), metavar="CONFIG")(func)
 
 
-def overrides_argument(func):
+def overrides_argument(func) -> Callable[..., Any]:
     return click.argument("overrides", nargs=-1, type=click.UNPROCESSED,
                           metavar="[--KEY VALUE]...", shell_complete=complete_keys)(func)
 
 
-def json_option(func):
+def json_option(func) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True,
                         help="print the result as JSON")(func)
 
 
-def runtime_options(func):
+def runtime_options(func) -> Callable[..., Any]:
     options = [
         click.option("--runtime", type=click.Choice(["docker", "local"]), default=None,
                      envvar="TOOLKIT_RUNTIME", show_envvar=True,
@@ -84,7 +93,7 @@ def runtime_options(func):
     return func
 
 
-def distributed_options(func):
+def distributed_options(func) -> Callable[..., Any]:
     options = [
         click.option("--nproc-per-node", type=click.IntRange(min=1), default=1,
                      help="processes on this machine (torchrun); DDP across them"),
@@ -110,7 +119,7 @@ def checked_config(config: str) -> str:
     return config
 
 
-def load(config: str, overrides: tuple[str, ...] | list[str]):
+def load(config: str, overrides: tuple[str, ...] | list[str]) -> LoadedConfig:
     """The validated config with its command-line overrides; warnings printed."""
     from toolkit.config import load_config, parse_overrides
 
@@ -126,11 +135,11 @@ def with_local_data(config: str, overrides: list[str]) -> tuple:
     from toolkit.remote import fetch_remote_datasets, is_remote
 
     loaded = load(config, overrides)
-    raw = [{"path": d.path, "data_files": d.data_files} for d in loaded.config.datasets]
-    if not any(is_remote(d["path"]) for d in raw):
+    if not any(is_remote(d.path) for d in loaded.config.datasets):
         return loaded, list(overrides)
     from toolkit.config import load_config, parse_overrides
 
+    raw = [{"path": d.path, "data_files": d.data_files} for d in loaded.config.datasets]
     fetched = [f"--{key}={value}" for key, value in fetch_remote_datasets(raw).items()]
     extra = [*overrides, *fetched]
     return load_config(config, parse_overrides(extra)), extra
@@ -146,7 +155,7 @@ def runtime_of(args) -> str:
     return chosen
 
 
-def new_runtime():
+def new_runtime() -> Runtime:
     from toolkit.runtime import Runtime
 
     return Runtime()
@@ -159,7 +168,7 @@ def image_for(args) -> str:
 
 
 @contextmanager
-def output_lock(output_dir: str, command: str):
+def output_lock(output_dir: str, command: str) -> Iterator[RunLock]:
     """Hold output_dir's lock for this command and what it launches."""
     from toolkit import outputs
 

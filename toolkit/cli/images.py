@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -13,18 +15,18 @@ from toolkit.cli.common import complete_variants, json_option, report
 from toolkit.errors import UsageError
 
 
-def variant_argument(func):
+def variant_argument(func) -> Callable[..., Any]:
     return click.argument("variant", shell_complete=complete_variants)(func)
 
 
 @click.group()
-def images():
+def images() -> None:
     """The image matrix: list, select, render, lock, build, push and verify variants."""
 
 
 @images.command("list")
 @json_option
-def list_(as_json):
+def list_(as_json) -> int:
     """The variants and their tags."""
     from toolkit.images import list_rows
 
@@ -42,7 +44,7 @@ def list_(as_json):
 
 @images.command()
 @json_option
-def select(as_json):
+def select(as_json) -> int:
     """The variant for this host, and why (exit 1 when none fits)."""
     from toolkit.compat import Status
     from toolkit.compat import select as choose
@@ -67,7 +69,7 @@ def select(as_json):
 
 @images.command()
 @variant_argument
-def render(variant):
+def render(variant) -> int:
     """Print a variant's Dockerfile, rendered from images/Dockerfile.in."""
     from toolkit.images import get_variant, render_dockerfile
 
@@ -79,7 +81,7 @@ def render(variant):
 @variant_argument
 @click.option("--find-links", type=click.Path(path_type=Path),
               help="a folder of wheels the indexes would serve")
-def lock(variant, find_links):
+def lock(variant, find_links) -> int:
     """Resolve a variant's lock for its platform, every package pinned with its hash."""
     from toolkit.images import get_variant, lock_variant
 
@@ -99,7 +101,7 @@ def lock(variant, find_links):
               help="CA bundle for pip inside the build")
 @click.option("--no-cache", is_flag=True, help="rebuild every layer")
 @click.option("--tag", help="tag the image so instead of with the variant's tag")
-def build(variant, base, local_base, wheelhouse, online, ca_bundle, no_cache, tag):
+def build(variant, base, local_base, wheelhouse, online, ca_bundle, no_cache, tag) -> int:
     """Build one variant's image."""
     from toolkit.images import BuildOptions, build_image, get_variant
 
@@ -116,7 +118,7 @@ def build(variant, base, local_base, wheelhouse, online, ca_bundle, no_cache, ta
 @variant_argument
 @click.option("--registry", required=True, help="HOST[:PORT][/NAMESPACE]")
 @json_option
-def push(variant, registry, as_json):
+def push(variant, registry, as_json) -> int:
     """Push a variant to a registry and record its digest in images/pushed.json."""
     from toolkit.images import get_variant, push_image, pushed_file
 
@@ -132,7 +134,7 @@ def push(variant, registry, as_json):
 @click.argument("variant", required=False, shell_complete=complete_variants)
 @click.option("--tag", help="check this image tag instead of the variant's")
 @json_option
-def verify(variant, tag, as_json):
+def verify(variant, tag, as_json) -> int:
     """Check a built image against its lock: versions, torch build, the trainer imports."""
     from toolkit.images import get_variant, verify_image
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -26,7 +28,7 @@ from toolkit.cli.common import (
                    "from a deprecated key, derived, or decided at train time")
 @json_option
 @overrides_argument
-def validate(config, overrides, explain, as_json):
+def validate(config, overrides, explain, as_json) -> int:
     """Check a config and print every resolved value (never imports torch)."""
     from toolkit.config import dump_resolved
 
@@ -45,7 +47,7 @@ def validate(config, overrides, explain, as_json):
 @json_option
 @click.option("--variant", default=None, envvar="TOOLKIT_VARIANT", show_envvar=True,
               help="judge this image variant for the host")
-def doctor(as_json, variant):
+def doctor(as_json, variant) -> int:
     """Will training work here? Each check with its fix (inside the image: what torch sees)."""
     from toolkit import doctor as checks
     from toolkit.launch import in_container
@@ -61,7 +63,7 @@ def doctor(as_json, variant):
     return report(findings, as_json)
 
 
-def tolerances(func):
+def tolerances(func) -> Callable[..., Any]:
     func = click.option("--atol", type=click.FloatRange(min=0), default=1e-3,
                         show_default=True, help="absolute tolerance")(func)
     return click.option("--rtol", type=click.FloatRange(min=0), default=0.01,
@@ -73,7 +75,7 @@ def tolerances(func):
 @click.argument("run_b", metavar="RUN_B")
 @tolerances
 @json_option
-def compare(run_a, run_b, rtol, atol, as_json):
+def compare(run_a, run_b, rtol, atol, as_json) -> int:
     """Do two runs' loss curves agree? RUN is an output_dir or its run.json (exit 0 if
     so, 1 if not)."""
     from toolkit.compare import compare as judge
@@ -97,7 +99,7 @@ def compare(run_a, run_b, rtol, atol, as_json):
 @click.argument("run", metavar="RUN")
 @click.option("--output-dir", help="where the rerun writes (default: OUTPUT_DIR-reproduced)")
 @tolerances
-def reproduce(run, output_dir, rtol, atol):
+def reproduce(run, output_dir, rtol, atol) -> int:
     """Run a finished training again from its run.json, and compare the two."""
     from toolkit.cli import main
     from toolkit.compare import report as describe

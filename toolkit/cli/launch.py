@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,8 +18,12 @@ from toolkit.cli.common import (
 )
 from toolkit.errors import UsageError
 
+if TYPE_CHECKING:
+    from toolkit.config import LoadedConfig
+    from toolkit.images import Variant
 
-def launch_options(func):
+
+def launch_options(func) -> Callable[..., Any]:
     options = [
         click.option("--variant", required=True, envvar="TOOLKIT_VARIANT", show_envvar=True,
                      shell_complete=complete_variants,
@@ -33,11 +39,12 @@ def launch_options(func):
 
 
 @click.group()
-def launch():
+def launch() -> None:
     """Files that run a config on cloud VMs."""
 
 
-def _inputs(config, overrides, variant_name: str, outputs: str):
+def _inputs(config, overrides, variant_name: str,
+            outputs: str) -> tuple[LoadedConfig, Variant, str]:
     from toolkit.images import get_variant, pushed_image
     from toolkit.remote import is_remote
 
@@ -55,7 +62,7 @@ def _inputs(config, overrides, variant_name: str, outputs: str):
 @click.option("--accelerators", help="SkyPilot's accelerators, e.g. H100:8")
 @click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True)
 @overrides_argument
-def skypilot(config, overrides, variant, outputs, output, accelerators, nodes):
+def skypilot(config, overrides, variant, outputs, output, accelerators, nodes) -> int:
     """A SkyPilot task (sky launch FILE)."""
     import yaml
 
@@ -79,7 +86,7 @@ def skypilot(config, overrides, variant, outputs, output, accelerators, nodes):
 @config_argument
 @launch_options
 @overrides_argument
-def cloud_init(config, overrides, variant, outputs, output):
+def cloud_init(config, overrides, variant, outputs, output) -> int:
     """User-data for one plain VM."""
     from toolkit.cloud import cloud_init as user_data
 

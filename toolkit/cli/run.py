@@ -37,7 +37,7 @@ from toolkit.cli.common import (
 @distributed_options
 @json_option
 @overrides_argument
-def train(config, overrides, as_json, **options):
+def train(config, overrides, as_json, **options) -> int:
     """Train as the config says (SFT, DPO-family, reward or process-reward model).
 
     Config keys can be overridden after the config path: --micro-batch-size 2. Running
@@ -98,11 +98,6 @@ def _summary(cfg, as_json: bool, status: str) -> int:
     return 0
 
 
-def _new_runtime():
-
-    return common.new_runtime()
-
-
 def _distributed_args(args) -> list[str]:
     """The launch flags to pass on, or [] for one process on one machine."""
     if args.nproc_per_node == 1 and args.nnodes == 1:
@@ -116,7 +111,7 @@ def _distributed_args(args) -> list[str]:
 @config_argument
 @runtime_options
 @overrides_argument
-def preprocess(config, overrides, **options):
+def preprocess(config, overrides, **options) -> int:
     """Tokenize SFT data into dataset_prepared_path (train reuses it)."""
     args = args_of(config=config, **options)
     loaded, extra = with_local_data(config, list(overrides))
@@ -135,7 +130,7 @@ def preprocess(config, overrides, **options):
                    "that differs from this one")
 @runtime_options
 @overrides_argument
-def merge_lora(config, overrides, allow_config_mismatch, **options):
+def merge_lora(config, overrides, allow_config_mismatch, **options) -> int:
     """Merge the trained LoRA adapter into the full-precision base (output_dir/merged)."""
     from toolkit.merge import already_merged, check_inputs
 
@@ -162,7 +157,7 @@ def merge_lora(config, overrides, allow_config_mismatch, **options):
 @click.option("--moe", is_flag=True, help="a Qwen3-MoE instead of a dense Qwen3")
 @click.option("--seed", type=int, default=0, show_default=True)
 @runtime_options
-def tiny_model(out_dir, moe, seed, **options):
+def tiny_model(out_dir, moe, seed, **options) -> int:
     """Build the tiny random-init Qwen3 and tokenizer the demo and tests use."""
     args = args_of(**options)
     out = Path(out_dir)

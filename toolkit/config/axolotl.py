@@ -5,6 +5,9 @@ rewritten."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 from toolkit.config.problems import show
 
 # axolotl keys we know but do not implement yet. Holding their "off" value (null,
@@ -49,91 +52,117 @@ IGNORED_KEYS = {
 }
 
 
-def map_deprecated(raw: dict, sources: dict[str, str]) -> tuple[dict, list[str]]:
-    """axolotl's older spellings, mapped to the current keys, each with a warning. This
-    runs before validation and is the only place a config's keys are rewritten."""
-    raw, notes = dict(raw), []
+@dataclass
+class _Mapping:
+    """A config being read: its raw values, where each came from, and the warnings so far."""
 
-    def move(old: str, new: str, value, why: str = "") -> None:
-        raw.pop(old, None)
-        if new in raw and raw[new] != value:
-            notes.append(f"{old}: deprecated and overridden by {new}: {raw[new]!r}")
+    raw: dict
+    sources: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+    def move(self, old: str, new: str, value: Any) -> None:
+        self.raw.pop(old, None)
+        if new in self.raw and self.raw[new] != value:
+            self.notes.append(f"{old}: deprecated and overridden by {new}: {self.raw[new]!r}")
             return
-        raw[new] = value
-        sources[new] = f"mapped from {old} ({sources.pop(old, 'file')})"
-        notes.append(f"{old}: deprecated; read as {new}: {value!r}{why}")
+        self.raw[new] = value
+        self.sources[new] = f"mapped from {old} ({self.sources.pop(old, 'file')})"
+        self.notes.append(f"{old}: deprecated; read as {new}: {value!r}")
 
-    if raw.get("flash_attention") is True:
-        move("flash_attention", "attn_implementation", "flash_attention_2")
-    elif raw.get("flash_attention") is False:
-        raw.pop("flash_attention")
-    if raw.get("sdp_attention") is True:
-        move("sdp_attention", "attn_implementation", "sdpa")
-    elif raw.get("sdp_attention") is False:
-        raw.pop("sdp_attention")
-    if raw.get("eager_attention") is True:
-        move("eager_attention", "attn_implementation", "eager")
+
+def _attention(m: _Mapping) -> None:
+    """flash_attention / sdp_attention / eager_attention: true → attn_implementation."""
+    for old, new in (("flash_attention", "flash_attention_2"), ("sdp_attention", "sdpa"),
+                     ("eager_attention", "eager")):
+        if m.raw.get(old) is True:
+            m.move(old, "attn_implementation", new)
+        elif m.raw.get(old) is False:
+            m.raw.pop(old)
+
+
+def _fsdp_list(m: _Mapping) -> None:
+    """`fsdp: [full_shard, auto_wrap, offload]` (FSDP1's list) → fsdp_version + fsdp_config."""
+    raw = m.raw
     fsdp_list = raw.pop("fsdp", None)
     if isinstance(fsdp_list, str):
         fsdp_list = fsdp_list.split()
-    if isinstance(fsdp_list, list) and fsdp_list:
-        fsdp_cfg = dict(raw.get("fsdp_config") or {})
-        if "shard_grad_op" in fsdp_list:
-            fsdp_cfg.setdefault("reshard_after_forward", False)
-        if "offload" in fsdp_list:
-            fsdp_cfg.setdefault("offload_params", True)
-        raw["fsdp_config"] = fsdp_cfg
-        if raw.get("fsdp_version") is None:
-            raw["fsdp_version"] = 1
-            sources["fsdp_version"] = "mapped from fsdp (a list means FSDP1)"
-        notes.append(f"fsdp: {fsdp_list} is deprecated; read as fsdp_version: "
-                     f"{raw['fsdp_version']} with fsdp_config (FSDP2 is fsdp_version: 2)")
-    elif fsdp_list not in OFF_VALUES:
-        raw["fsdp"] = fsdp_list  # neither a list nor a string: refused by name
+    if not (isinstance(fsdp_list, list) and fsdp_list):
+        if fsdp_list not in OFF_VALUES:
+            raw["fsdp"] = fsdp_list  # neither a list nor a string: refused by name
+        return
+    fsdp_cfg = dict(raw.get("fsdp_config") or {})
+    if "shard_grad_op" in fsdp_list:
+        fsdp_cfg.setdefault("reshard_after_forward", False)
+    if "offload" in fsdp_list:
+        fsdp_cfg.setdefault("offload_params", True)
+    raw["fsdp_config"] = fsdp_cfg
+    if raw.get("fsdp_version") is None:
+        raw["fsdp_version"] = 1
+        m.sources["fsdp_version"] = "mapped from fsdp (a list means FSDP1)"
+    m.notes.append(f"fsdp: {fsdp_list} is deprecated; read as fsdp_version: "
+                   f"{raw['fsdp_version']} with fsdp_config (FSDP2 is fsdp_version: 2)")
+
+
+def _fsdp_config(m: _Mapping) -> None:
+    """fsdp_config's older keys: the fsdp_ prefix, fsdp_version inside it, FSDP1's
+    sharding_strategy, and knobs transformers now chooses."""
+    raw = m.raw
     if isinstance(raw.get("fsdp_config"), dict):
-        renamed = {k: k.removeprefix("fsdp_") for k in raw["fsdp_config"] if
-                   k.startswith("fsdp_")}
+        fsdp = raw["fsdp_config"]
+        renamed = {k: k.removeprefix("fsdp_") for k in fsdp if k.startswith("fsdp_")}
         if renamed:
-            raw["fsdp_config"] = {renamed.get(k, k): v for k, v in raw["fsdp_config"].items()}
-            notes.append("fsdp_config: the fsdp_ prefix is deprecated; read "
-                         + ", ".join(f"{old} as {new}" for old, new in renamed.items()))
-        if "version" in raw["fsdp_config"]:  # axolotl's fsdp_config.fsdp_version
-            version = raw["fsdp_config"].pop("version")
+            fsdp = raw["fsdp_config"] = {renamed.get(k, k): v for k, v in fsdp.items()}
+            m.notes.append("fsdp_config: the fsdp_ prefix is deprecated; read "
+                           + ", ".join(f"{old} as {new}" for old, new in renamed.items()))
+        if "version" in fsdp:  # axolotl's fsdp_config.fsdp_version
+            version = fsdp.pop("version")
             if raw.get("fsdp_version") is None:
                 raw["fsdp_version"] = version
-                sources["fsdp_version"] = "mapped from fsdp_config.fsdp_version"
-            notes.append(f"fsdp_config.fsdp_version: read as fsdp_version: {version!r}")
-        if "sharding_strategy" in raw["fsdp_config"]:
-            strategy = raw["fsdp_config"].pop("sharding_strategy")
+                m.sources["fsdp_version"] = "mapped from fsdp_config.fsdp_version"
+            m.notes.append(f"fsdp_config.fsdp_version: read as fsdp_version: {version!r}")
+        if "sharding_strategy" in fsdp:
+            strategy = fsdp.pop("sharding_strategy")
             if strategy in ("FULL_SHARD", "SHARD_GRAD_OP"):
-                raw["fsdp_config"]["reshard_after_forward"] = strategy == "FULL_SHARD"
-                notes.append(f"fsdp_config.sharding_strategy: {strategy} is FSDP1's; read as "
-                             f"reshard_after_forward: {strategy == 'FULL_SHARD'}")
+                fsdp["reshard_after_forward"] = strategy == "FULL_SHARD"
+                m.notes.append(f"fsdp_config.sharding_strategy: {strategy} is FSDP1's; read as "
+                               f"reshard_after_forward: {strategy == 'FULL_SHARD'}")
             else:
-                raw["fsdp_config"]["sharding_strategy"] = strategy  # refused by name
+                fsdp["sharding_strategy"] = strategy  # refused by name
         for gone in ("use_orig_params", "sync_module_states", "limit_all_gathers",
                      "forward_prefetch", "backward_prefetch"):
-            if gone in raw["fsdp_config"]:
-                value = raw["fsdp_config"].pop(gone)
-                notes.append(f"fsdp_config.{gone}: {value!r} is not used (transformers and "
-                             "accelerate choose it for FSDP); ignored")
+            if gone in fsdp:
+                value = fsdp.pop(gone)
+                m.notes.append(f"fsdp_config.{gone}: {value!r} is not used (transformers and "
+                               "accelerate choose it for FSDP); ignored")
     if raw.get("fsdp_config") and raw.get("fsdp_version") is None:
         raw["fsdp_version"] = 2
-        sources["fsdp_version"] = "derived: fsdp_config without fsdp_version"
-    plugins = raw.get("plugins")
-    if (isinstance(plugins, list) and "cut_cross_entropy" not in raw
+        m.sources["fsdp_version"] = "derived: fsdp_config without fsdp_version"
+
+
+def _plugins(m: _Mapping) -> None:
+    """axolotl's Cut Cross Entropy plugin turns its key on by default."""
+    plugins = m.raw.get("plugins")
+    if (isinstance(plugins, list) and "cut_cross_entropy" not in m.raw
             and "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin" in plugins):
-        # axolotl's plugin turns its key on by default.
-        raw["cut_cross_entropy"] = True
-        sources["cut_cross_entropy"] = "derived: the CutCrossEntropyPlugin is listed"
-    if raw.get("gradient_checkpointing") == "offload":
-        raw["gradient_checkpointing"] = True
-        if raw.get("activation_offloading") in (None, False):
-            raw["activation_offloading"] = True
-            sources["activation_offloading"] = "mapped from gradient_checkpointing: offload"
-        notes.append("gradient_checkpointing: 'offload' is deprecated; read as "
-                     "gradient_checkpointing: true with activation_offloading: true")
-    datasets = raw.get("datasets")
+        m.raw["cut_cross_entropy"] = True
+        m.sources["cut_cross_entropy"] = "derived: the CutCrossEntropyPlugin is listed"
+
+
+def _checkpointing(m: _Mapping) -> None:
+    """gradient_checkpointing: offload → checkpointing with activation offloading."""
+    if m.raw.get("gradient_checkpointing") != "offload":
+        return
+    m.raw["gradient_checkpointing"] = True
+    if m.raw.get("activation_offloading") in (None, False):
+        m.raw["activation_offloading"] = True
+        m.sources["activation_offloading"] = "mapped from gradient_checkpointing: offload"
+    m.notes.append("gradient_checkpointing: 'offload' is deprecated; read as "
+                   "gradient_checkpointing: true with activation_offloading: true")
+
+
+def _message_fields(m: _Mapping) -> None:
+    """A dataset's message_field_role / message_field_content → message_property_mappings."""
+    datasets = m.raw.get("datasets")
     for i, ds in enumerate(datasets if isinstance(datasets, list) else []):
         if not isinstance(ds, dict):
             continue
@@ -142,9 +171,21 @@ def map_deprecated(raw: dict, sources: dict[str, str]) -> tuple[dict, list[str]]
                 mapping = dict(ds.get("message_property_mappings") or {})
                 mapping.setdefault(part, ds.pop(old))
                 ds["message_property_mappings"] = mapping
-                notes.append(f"datasets[{i}].{old}: deprecated; read as "
-                             f"message_property_mappings.{part}: {mapping[part]!r}")
-    return raw, notes
+                m.notes.append(f"datasets[{i}].{old}: deprecated; read as "
+                               f"message_property_mappings.{part}: {mapping[part]!r}")
+
+
+FAMILIES = (_attention, _fsdp_list, _fsdp_config, _plugins, _checkpointing, _message_fields)
+
+
+def map_deprecated(raw: dict, sources: dict[str, str]) -> tuple[dict, list[str]]:
+    """axolotl's older spellings, mapped to the current keys, each with a warning. This
+    runs before validation and is the only place a config's keys are rewritten; one
+    small function per family of keys."""
+    m = _Mapping(dict(raw), sources)
+    for family in FAMILIES:
+        family(m)
+    return m.raw, m.notes
 
 
 def drop_nulls(raw: dict) -> dict:

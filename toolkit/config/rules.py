@@ -27,8 +27,15 @@ ACCEPTED_TYPES = {"sft": SFT_TYPES, "reward": RM_TYPES, "prm": PRM_TYPES}
 
 
 def cross_field_problems(raw: dict) -> list[str]:
-    """Rules that span fields. They read the raw values and only judge well-typed ones."""
-    out = []
+    """Rules that span fields, one small function per family. They read the raw values
+    and only judge well-typed ones."""
+    return [p for rules in (_recipe_rules, _kernel_rules, _adapter_rules, _batch_rules,
+                            _exclusive_rules, _template_rules) for p in rules(raw)]
+
+
+def _recipe_rules(raw: dict) -> list[str]:
+    """What is trained (SFT, preference, reward, PRM) against the data and keys it needs."""
+    out: list[str] = []
     modes = [k for k in ("rl", "reward_model", "process_reward_model") if raw.get(k)]
     if len(modes) > 1:
         out.append(f"{' and '.join(modes)} are all set; a run trains one thing: keep one")
@@ -52,6 +59,19 @@ def cross_field_problems(raw: dict) -> list[str]:
     if raw.get("sample_packing") is True and recipe in ("reward", "prm"):
         out.append(f"sample_packing with {recipe} training: its heads score whole sequences; "
                    "remove sample_packing")
+    if raw.get("early_stopping_patience") and not raw.get("val_set_size"):
+        out.append("early_stopping_patience needs held-out rows to watch; set val_set_size")
+    if raw.get("dpo_loss_type") and raw.get("rl") not in ("dpo", "ipo"):
+        out.append(f"dpo_loss_type is set but rl is {show(raw.get('rl'))}; it needs rl: dpo")
+    if raw.get("reward_model") and raw.get("num_labels") not in (None, 1):
+        out.append(f"num_labels: {raw['num_labels']} with reward_model: a reward model has "
+                   "one output; remove num_labels")
+    return out
+
+
+def _kernel_rules(raw: dict) -> list[str]:
+    """Loss replacements and fused LoRA kernels."""
+    out: list[str] = []
     losses = [k for k in ("cut_cross_entropy", "liger_fused_linear_cross_entropy",
                           "liger_cross_entropy") if raw.get(k) is True]
     if len(losses) > 1:
@@ -65,13 +85,12 @@ def cross_field_problems(raw: dict) -> list[str]:
     elif kernels and raw.get("lora_dropout") not in (None, 0, 0.0):
         out.append(f"{', '.join(kernels)} need lora_dropout: 0 (got "
                    f"{show(raw.get('lora_dropout'))}); the fused path has no dropout")
-    if raw.get("early_stopping_patience") and not raw.get("val_set_size"):
-        out.append("early_stopping_patience needs held-out rows to watch; set val_set_size")
-    if raw.get("dpo_loss_type") and raw.get("rl") not in ("dpo", "ipo"):
-        out.append(f"dpo_loss_type is set but rl is {show(raw.get('rl'))}; it needs rl: dpo")
-    if raw.get("reward_model") and raw.get("num_labels") not in (None, 1):
-        out.append(f"num_labels: {raw['num_labels']} with reward_model: a reward model has "
-                   "one output; remove num_labels")
+    return out
+
+
+def _adapter_rules(raw: dict) -> list[str]:
+    """Adapters and quantized bases."""
+    out: list[str] = []
     adapter = raw.get("adapter")
     if adapter == "qlora" and raw.get("load_in_4bit") is not True:
         out.append("adapter: 'qlora' needs load_in_4bit: true; add `load_in_4bit: true` "
@@ -81,6 +100,12 @@ def cross_field_problems(raw: dict) -> list[str]:
                    "a 4-bit base can only be trained through an adapter")
     if raw.get("load_in_4bit") is True and raw.get("load_in_8bit") is True:
         out.append("load_in_4bit and load_in_8bit are both true; keep one")
+    return out
+
+
+def _batch_rules(raw: dict) -> list[str]:
+    """micro_batch_size, gradient_accumulation_steps and batch_size: two of three."""
+    out: list[str] = []
     given = [k for k in ("micro_batch_size", "gradient_accumulation_steps", "batch_size")
              if k in raw]
     if len(given) == 3:
@@ -92,6 +117,12 @@ def cross_field_problems(raw: dict) -> list[str]:
             raw["batch_size"] % raw.get("micro_batch_size", 1):
         out.append(f"batch_size {raw['batch_size']} is not a multiple of micro_batch_size "
                    f"{raw.get('micro_batch_size', 1)}; change one of them")
+    return out
+
+
+def _exclusive_rules(raw: dict) -> list[str]:
+    """Keys that exclude each other."""
+    out: list[str] = []
     if raw.get("deepspeed") not in OFF_VALUES and any(
             raw.get(k) not in OFF_VALUES for k in ("fsdp_config", "fsdp_version")):
         out.append("deepspeed and fsdp are both set; they exclude each other: keep one")
@@ -104,6 +135,12 @@ def cross_field_problems(raw: dict) -> list[str]:
         out.append("save_steps and saves_per_epoch are both set; keep one")
     if raw.get("bf16") is True and raw.get("fp16") is True:
         out.append("bf16 and fp16 are both true; keep one (bf16: auto picks for you)")
+    return out
+
+
+def _template_rules(raw: dict) -> list[str]:
+    """The chat template, and the held-out size."""
+    out: list[str] = []
     template = raw.get("chat_template", "tokenizer_default")
     if template == "jinja" and not raw.get("chat_template_jinja"):
         out.append("chat_template: 'jinja' needs chat_template_jinja (the template text); "

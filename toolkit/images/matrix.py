@@ -8,10 +8,14 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from toolkit.errors import UsageError
+
+if TYPE_CHECKING:
+    from toolkit.compat import VariantFacts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # A checkout keeps the matrix, the locks and the Dockerfile template in images/ and its
@@ -80,7 +84,7 @@ class Variant:
         return (f"{LOCAL_BASE_REPO}:debian-{self.local_base_suite}-python{self.python}"
                 f"-{packages.hexdigest()[:8]}")
 
-    def facts(self):
+    def facts(self) -> VariantFacts:
         from toolkit.compat import VariantFacts
 
         return VariantFacts(self.name, self.accelerator, self.gpu_version, self.arch_list,

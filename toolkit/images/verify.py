@@ -42,8 +42,9 @@ def verify_image(tag: str, runtime: Runtime) -> list:
     res = runtime.run(["docker", "run", "--rm", "--network", "none", tag,
                        "python", "-m", "toolkit.envreport"], timeout=900)
     if not res.ok:
-        return out + [Finding("run", Status.FAIL, f"the image does not run: "
-                              f"{res.stderr.strip()[-300:]}", "rebuild it")]
+        return [*out, Finding("run", Status.FAIL,
+                              f"the image does not run: {res.stderr.strip()[-300:]}",
+                              "rebuild it")]
     report = json.loads(res.stdout.strip().splitlines()[-1])
     installed = {_canonical(k): v for k, v in report["distributions"].items()}
     pinned = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 
 def template_text(name: str) -> str:
@@ -15,7 +16,7 @@ def template_text(name: str) -> str:
 BUNDLED = ("qwen3", "chatml")
 
 
-def plain_renderer(template: str):
+def plain_renderer(template: str) -> Any:
     """A render function for one of toolkit's own templates, or None for any other.
 
     transformers renders every template in jinja's sandbox, which checks each
@@ -31,7 +32,8 @@ def plain_renderer(template: str):
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
     sandboxed = _compile_jinja_template(template).environment
-    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True,
+    # Chat text, not HTML: escaping would change the tokens (the same as transformers').
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True,  # noqa: S701
                              extensions=[jinja2.ext.loopcontrols])
     env.filters.update(sandboxed.filters)
     env.globals.update(sandboxed.globals)

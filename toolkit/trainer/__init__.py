@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from importlib import import_module
+from pathlib import Path
 
 # Set before the libraries load: peft imports torchao and bitsandbytes when they are
 # installed, and at import they report GPU-only pieces they cannot load on this
@@ -35,7 +36,7 @@ def quiet_libraries() -> None:
 RECIPES = {"sft": "sft", "preference": "preference", "reward": "reward", "prm": "prm"}
 
 
-def run(loaded):
+def run(loaded) -> Path:
     """Train with the recipe the config calls for; return the output directory.
 
     The output folder's lock must be ours (or held for us by the command that launched

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from toolkit.config import Config, DatasetConfig
 from toolkit.errors import DataError
@@ -125,7 +126,7 @@ class ChatEncoder:
     """Renders conversations with one template and labels the trained spans."""
 
     def __init__(self, tokenizer, template: str, eot_tokens: list[str],
-                 template_kwargs: dict | None = None):
+                 template_kwargs: dict | None = None) -> None:
         self.tokenizer = tokenizer
         self.template = template
         self.eot_tokens = eot_tokens
@@ -284,7 +285,7 @@ def _visible_content(msg: dict) -> str:
     return content
 
 
-def build_encoder(cfg: Config):
+def build_encoder(cfg: Config) -> tuple[Any, ChatEncoder]:
     """The tokenizer (with the config's chat template set on it) and its ChatEncoder."""
     from toolkit.trainer.model import load_tokenizer
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,10 +31,10 @@ MARKER = "toolkit-complete.json"
 class CheckpointMarker(TrainerCallback):
     """Marks each checkpoint complete after the Trainer has written all of it."""
 
-    def __init__(self, training_digest: str):
+    def __init__(self, training_digest: str) -> None:
         self.training_digest = training_digest
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args, state, control, **kwargs) -> None:
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir() and state.is_world_process_zero:
             files = {str(p.relative_to(folder)): p.stat().st_size
@@ -67,21 +68,21 @@ def incomplete(folder: Path) -> str | None:
 class Preemption(TrainerCallback):
     """On SIGTERM: finish the current step, save a checkpoint, stop training."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.requested = False
 
     @contextmanager
-    def installed(self):
+    def installed(self) -> Iterator[Preemption]:
         previous = signal.signal(signal.SIGTERM, self._on_signal)
         try:
             yield self
         finally:
             signal.signal(signal.SIGTERM, previous)
 
-    def _on_signal(self, signum, frame):
+    def _on_signal(self, signum, frame) -> None:
         self.requested = True
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args, state, control, **kwargs) -> None:
         if self.requested:
             control.should_save = True
             control.should_training_stop = True

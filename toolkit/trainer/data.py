@@ -352,7 +352,8 @@ def encode_rows(encoder: ChatEncoder, ds: DatasetConfig, rule: TurnRule, rows: l
 
 
 def _encode_chunk(rows: list[dict]) -> list[tuple[array, array] | str]:
-    assert _JOB is not None, "encode_rows sets the job before any chunk runs"
+    if _JOB is None:
+        raise RuntimeError("encode_rows sets the job before any chunk runs")
     encoder, ds, rule = _JOB
     out: list = [None] * len(rows)
     if ds.type == "alpaca":
@@ -412,7 +413,7 @@ class Collator:
     """Right-pads a batch to its longest row (or to `pad_to` tokens); padding carries no
     loss and no attention."""
 
-    def __init__(self, pad_token_id: int, pad_to: int | None = None):
+    def __init__(self, pad_token_id: int, pad_to: int | None = None) -> None:
         self.pad_token_id, self.pad_to = pad_token_id, pad_to
 
     def __call__(self, batch: list[dict]) -> dict:

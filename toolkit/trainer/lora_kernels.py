@@ -14,6 +14,7 @@ peft's (tests/test_optimize.py compares them).
 from __future__ import annotations
 
 import types
+from typing import Any
 
 import torch
 
@@ -32,7 +33,7 @@ def _dense_weight(base: torch.nn.Module) -> torch.Tensor:
 
 class LoRAProjection(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, base, a, b, scale):
+    def forward(ctx, x, base, a, b, scale) -> Any:
         xa = x @ a.t().to(x.dtype)
         out = base(x) + scale * (xa @ b.t().to(x.dtype))
         ctx.save_for_backward(x, xa)
@@ -40,7 +41,7 @@ class LoRAProjection(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, dy) -> Any:
         x, xa = ctx.saved_tensors
         a, b, scale = ctx.a, ctx.b, ctx.scale
         dyb = dy @ b.to(dy.dtype)                               # (..., r)
@@ -54,7 +55,7 @@ class LoRAProjection(torch.autograd.Function):
         return dx, None, da, db, None
 
 
-def _fused_forward(self, x, *args, **kwargs):
+def _fused_forward(self, x, *args, **kwargs) -> Any:
     """Replaces peft's LoRA forward on the chosen projections."""
     if self.disable_adapters or self.merged or len(self.active_adapters) != 1:
         return type(self).forward(self, x, *args, **kwargs)

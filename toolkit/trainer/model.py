@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from toolkit.config import Config
 from toolkit.errors import UsageError
@@ -90,7 +91,7 @@ def resolve(cfg: Config) -> Resolved:
                     attn_implementation=attn, notes=tuple(notes), optimizations=decisions)
 
 
-def load_tokenizer(cfg: Config):
+def load_tokenizer(cfg: Config) -> Any:
     from transformers import AutoTokenizer
 
     source = cfg.tokenizer_config or cfg.base_model
@@ -116,7 +117,7 @@ HEADS = {
 }
 
 
-def load_base(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labels: int = 0):
+def load_base(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labels: int = 0) -> Any:
     """The base model in the resolved dtype (4-bit for QLoRA, 8-bit if asked), no adapter."""
     import torch
     import transformers
@@ -169,7 +170,7 @@ def cfg_name(model) -> str:
     return getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
 
 
-def lora_config(cfg: Config, resolved: Resolved, head: str = "causal_lm"):
+def lora_config(cfg: Config, resolved: Resolved, head: str = "causal_lm") -> Any:
     """The adapter the config asks for, or None for a full fine-tune. A classification
     head (`score`) is trained in full beside the adapter (peft's SEQ_CLS/TOKEN_CLS do this)."""
     if not cfg.uses_lora:
@@ -185,7 +186,8 @@ def lora_config(cfg: Config, resolved: Resolved, head: str = "causal_lm"):
                       target_parameters=cfg.lora_target_parameters)
 
 
-def load_model(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labels: int = 0):
+def load_model(cfg: Config, resolved: Resolved, head: str = "causal_lm",
+               num_labels: int = 0) -> Any:
     """The base with the adapter attached (for recipes that drive transformers' Trainer)."""
     model = load_base(cfg, resolved, head, num_labels)
     if head == "causal_lm":

@@ -42,10 +42,16 @@ class Machine:
 
 
 def decide(cfg: Config, machine: Machine) -> dict[str, str]:
-    """One entry per option the config asks for: "on…" or "off: why"."""
+    """One entry per option the config asks for: "on…" or "off: why" (or a UsageError
+    for an optimizer the machine cannot run), one small function per family."""
+    return {k: v for family in (_kernels, _compile_and_memory, _sharding, _optimizer)
+            for k, v in family(cfg, machine).items()}
+
+
+def _kernels(cfg: Config, machine: Machine) -> dict[str, str]:
+    """Liger and Cut Cross-Entropy: GPU kernels that replace modules or the loss."""
     out: dict[str, str] = {}
     gpu = "on" if machine.cuda else "off: no GPU"
-
     liger = [k for k in LIGER if getattr(cfg, k)]
     for key in liger:
         out[key] = (gpu if not machine.cuda else
@@ -64,6 +70,12 @@ def decide(cfg: Config, machine: Machine) -> dict[str, str]:
             "off: no CUDA GPU (its Triton kernels are CUDA only)" if not machine.cuda or
             machine.hip else "on" if "cut_cross_entropy" in machine.installed else
             "off: cut-cross-entropy is not installed (the cu* images have it)")
+    return out
+
+
+def _compile_and_memory(cfg: Config, machine: Machine) -> dict[str, str]:
+    """torch.compile, activation offloading and checkpointing, fused LoRA."""
+    out: dict[str, str] = {}
     if cfg.torch_compile:
         if machine.cuda:
             out["torch_compile"] = f"on (mode {cfg.torch_compile_mode or 'default'})"
@@ -84,6 +96,12 @@ def decide(cfg: Config, machine: Machine) -> dict[str, str]:
             out[key] = f"on ({', '.join(modules)})"
     if cfg.lora_target_parameters:
         out["lora_target_parameters"] = f"on ({', '.join(cfg.lora_target_parameters)})"
+    return out
+
+
+def _sharding(cfg: Config, machine: Machine) -> dict[str, str]:
+    """FSDP and DeepSpeed: only across the GPUs of a launch."""
+    out: dict[str, str] = {}
     if cfg.fsdp_version:
         # accelerate builds its FSDP plugin for multi-GPU launches only; on CPUs the
         # same launch is DDP (the same training, every process holding the whole model).
@@ -105,6 +123,12 @@ def decide(cfg: Config, machine: Machine) -> dict[str, str]:
                              "which shards as ZeRO-3 does")
         else:
             out["deepspeed"] = f"on ({cfg.deepspeed}, {machine.world_size} processes)"
+    return out
+
+
+def _optimizer(cfg: Config, machine: Machine) -> dict[str, str]:
+    """QLoRA and the optimizers that need a library or a compiler."""
+    out: dict[str, str] = {}
     if cfg.adapter == "qlora":
         out["qlora"] = "on (bitsandbytes 4-bit nf4, double quantization)"
     if cfg.optimizer == "adamw_torch_4bit":
@@ -142,7 +166,7 @@ def apply_liger(base_model: str, decisions: dict[str, str]) -> None:
           fused_linear_cross_entropy="liger_fused_linear_cross_entropy" in chosen)
 
 
-def apply_cut_cross_entropy(model, decisions: dict[str, str]):
+def apply_cut_cross_entropy(model, decisions: dict[str, str]) -> Any:
     """Make a causal LM compute its training loss with Cut Cross-Entropy: from the last
     hidden states and the output embedding, without materializing the logits."""
     if decisions.get("cut_cross_entropy") != "on":
@@ -152,7 +176,7 @@ def apply_cut_cross_entropy(model, decisions: dict[str, str]):
 
     plain = model.forward
 
-    def forward(input_ids=None, labels=None, num_items_in_batch=None, **kwargs):
+    def forward(input_ids=None, labels=None, num_items_in_batch=None, **kwargs) -> Any:
         if labels is None:
             return plain(input_ids=input_ids, **kwargs)
         hidden = model.model(input_ids=input_ids, **kwargs).last_hidden_state
@@ -178,7 +202,7 @@ def apply_activation_offloading(model, decisions: dict[str, str]) -> None:
 
     forward = model.forward
 
-    def offloaded(*args, **kwargs):
+    def offloaded(*args, **kwargs) -> Any:
         with torch.autograd.graph.save_on_cpu(pin_memory=True):
             return forward(*args, **kwargs)
 

@@ -78,7 +78,7 @@ class PackedCollator:
     Unpacked rows (no position ids: e.g. held-out rows left unpacked) go to `plain`."""
 
     def __init__(self, pad_token_id: int, plain, flatten: bool = False,
-                 pad_to: int | None = None):
+                 pad_to: int | None = None) -> None:
         self.pad_token_id, self.plain, self.flatten, self.pad_to = (
             pad_token_id, plain, flatten, pad_to)
 

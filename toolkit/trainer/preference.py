@@ -61,7 +61,7 @@ def beta_of(cfg: Config) -> float:
     return cfg.rl_beta if cfg.rl_beta is not None else DEFAULT_BETA[cfg.rl or "dpo"]
 
 
-def method(cfg: Config, common: dict[str, Any]):
+def method(cfg: Config, common: dict[str, Any]) -> tuple[Any, Any]:
     """The TRL trainer class and its config for `cfg.rl`."""
     seq: dict[str, Any] = {"max_length": cfg.sequence_len}
     if cfg.rl in ("dpo", "ipo"):

@@ -10,6 +10,7 @@ rerun reuses the folder.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -80,7 +81,7 @@ def _read(folder: Path) -> tuple[list[Example], DataReport]:
 
     ids, labels, offsets = (np.load(folder / name) for name in ARRAYS)
     ids, labels, bounds = array("i", ids.tobytes()), array("i", labels.tobytes()), offsets.tolist()
-    examples = [Example(ids[a:b], labels[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+    examples = [Example(ids[a:b], labels[a:b]) for a, b in itertools.pairwise(bounds)]
     report = DataReport(**json.loads((folder / "report.json").read_text()))
     return examples, report
 
@@ -124,7 +125,7 @@ def preprocess(loaded) -> Path:
                          "prepared data (e.g. dataset_prepared_path: ./prepared)")
     quiet_libraries()
     _, encoder = build_encoder(cfg)
-    examples, report = load_or_build(cfg, encoder, print)
+    _examples, report = load_or_build(cfg, encoder, print)
     for line in report.lines(cfg):
         print(line)
     return Path(cfg.dataset_prepared_path) / cache_key(cfg, encoder.template)

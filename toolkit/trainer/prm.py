@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from toolkit.config import Config, LoadedConfig
 from toolkit.errors import DataError
@@ -37,7 +38,7 @@ class StepCounts:
 
 def encode_steps(tokenizer, row: dict, cfg: Config) -> tuple[list[int], list[int], bool]:
     """Token ids and per-token labels for one stepwise row; and whether it was cut."""
-    def setting(name):
+    def setting(name) -> Any:
         return row[name] if row.get(name) is not None else getattr(cfg, name)
 
     separator, last_only, max_completion = (setting("step_separator"),

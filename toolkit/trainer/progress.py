@@ -24,7 +24,7 @@ class RunLog:
     A run that resumes appends to the log of the part before it, so train.log tells the
     whole run; each start is marked."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path) -> None:
         self.path = path
         self.main = is_main_process()
         if self.main:
@@ -41,7 +41,7 @@ class RunLog:
 
 
 class ProgressLog(TrainerCallback):
-    def __init__(self, log: RunLog):
+    def __init__(self, log: RunLog) -> None:
         self.log = log
         self.losses: list[tuple[int, float]] = []
         self.eval_losses: list[tuple[int, float]] = []
@@ -67,13 +67,13 @@ class ProgressLog(TrainerCallback):
             return None
         return tokens_per_second * self.flops_per_token / (self.peak_flops * world_size)
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
         self._last = (time.monotonic(), 0)
         self._began = (time.monotonic(), state.global_step)  # a resumed run starts past 0
         self.log(f"train: {state.max_steps} steps, batch {args.per_device_train_batch_size} x "
                  f"accumulation {args.gradient_accumulation_steps}")
 
-    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs) -> None:
         """A bar (or plain lines) over the evaluation batches, rank 0 only."""
         if not self.log.main:
             return
@@ -83,12 +83,12 @@ class ProgressLog(TrainerCallback):
             self._eval_bar = bar(total, "evaluation", unit="batch")
         self._eval_bar.update(1)
 
-    def on_evaluate(self, args, state, control, **kwargs):
+    def on_evaluate(self, args, state, control, **kwargs) -> None:
         if getattr(self, "_eval_bar", None) is not None:
             self._eval_bar.close()
             self._eval_bar = None
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
         logs = logs or {}
         if "loss" not in logs:
             if "eval_loss" in logs:
@@ -147,12 +147,12 @@ class Divergence(TrainerCallback):
     number (the weights are garbage from there on), without saving a checkpoint of them.
     The recipe then fails the run."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.step: int | None = None
         self.what = ""
         self.last_finite: tuple[int, float] | None = None
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
         logs = logs or {}
         for key in ("loss", "grad_norm"):
             value = logs.get(key)

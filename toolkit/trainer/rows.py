@@ -11,13 +11,15 @@ dataset and stops the run with the rows named, as SFT does.
 
 from __future__ import annotations
 
+from typing import Any
+
 from toolkit.config import Config, DatasetConfig
 from toolkit.errors import DataError
 from toolkit.trainer.chat import RowError, normalize_turns
 from toolkit.trainer.data import bad_rows_error, read_rows
 
 
-def _field(row: dict, name: str, what: str):
+def _field(row: dict, name: str, what: str) -> Any:
     if name not in row:
         raise RowError(f"has no {name!r} field ({what}); its fields are {sorted(row)[:8]}")
     return row[name]
@@ -143,7 +145,8 @@ def read_all(cfg: Config) -> list[dict]:
     return out
 
 
-def tokenizer_and_rows(cfg: Config, log, noun: str = "rows"):
+def tokenizer_and_rows(cfg: Config, log, noun: str = "rows"
+                       ) -> tuple[Any, list[dict], list[dict], list[dict]]:
     """The tokenizer with the config's chat template set, and the rows split into
     training and held-out sets (for the recipes whose TRL trainer tokenizes)."""
     from toolkit.trainer.chat import resolve_template

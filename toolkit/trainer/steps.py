@@ -155,7 +155,8 @@ def _end_segment(out: Path, segments: list[dict], step: int, outcome: str) -> li
     return segments
 
 
-def _whole_run_history(log_history: list[dict], progress: ProgressLog, resume: str | None):
+def _whole_run_history(log_history: list[dict], progress: ProgressLog,
+                       resume: str | None) -> tuple[list, list, list, list]:
     """Losses, eval losses and logged values of the whole run: what the checkpoint resumed
     from recorded (transformers keeps it in trainer_state.json) and what this segment
     logged."""

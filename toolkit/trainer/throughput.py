@@ -89,7 +89,7 @@ def write_chart(path: Path, losses, evals, rates) -> bool:
 class TensorBoard:
     """Scalars to output_dir/tensorboard through tensorboardX (a no-op if it is missing)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path) -> None:
         try:
             from tensorboardX import SummaryWriter
         except ImportError:
