@@ -70,17 +70,23 @@ def image(docker_engine) -> str:
 
 @pytest.fixture(autouse=True)
 def no_leftover_containers(request):
-    """After each docker test, no container of toolkit's is left on the engine (running or
-    not)."""
+    """After each docker test, no container of toolkit's that the test started is left on
+    the engine, running or not (others' runs on the same engine are not ours to judge)."""
     import subprocess
 
     from toolkit.engine import LABEL
 
+    def ours() -> set[str]:
+        return set(subprocess.run(["docker", "ps", "-aq", "--no-trunc", "--filter",
+                                   f"label={LABEL}"], capture_output=True, text=True,
+                                  check=True).stdout.split())
+
+    docker_test = request.node.get_closest_marker("docker") is not None
+    before = ours() if docker_test else set()
     yield
-    if request.node.get_closest_marker("docker") is None:
+    if not docker_test:
         return
-    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={LABEL}"],
-                          capture_output=True, text=True, check=True).stdout.split()
+    left = sorted(ours() - before)
     if left:
         subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
     assert left == [], f"containers left behind: {left}"

@@ -142,9 +142,10 @@ def wait_for(predicate, seconds: float, what: str) -> None:
     pytest.fail(f"timed out waiting for {what}")
 
 
-def ours() -> list[str]:
-    return subprocess.run(["docker", "ps", "-aq", "--filter", f"label={engine.LABEL}"],
-                          capture_output=True, text=True, check=True).stdout.split()
+def ours() -> set[str]:
+    """toolkit's containers on the engine, running or not."""
+    return set(subprocess.run(["docker", "ps", "-aq", "--filter", f"label={engine.LABEL}"],
+                              capture_output=True, text=True, check=True).stdout.split())
 
 
 def reached(log: Path, step: int) -> bool:
@@ -156,6 +157,7 @@ def test_sigterm_to_the_cli_alone_checkpoints_and_a_second_writer_is_refused(ima
     out = root / "out"
     config = demo_config(root, out, DEMO_DATA, max_steps=400, save_steps=10000,
                          learning_rate=0.001)
+    before = ours()
     cli = subprocess.Popen([TOOLKIT, "train", str(config), "--runtime", "docker"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -171,20 +173,21 @@ def test_sigterm_to_the_cli_alone_checkpoints_and_a_second_writer_is_refused(ima
     assert "preempted: SIGTERM at step" in output
     [checkpoint] = list(out.glob("checkpoint-*"))
     assert (checkpoint / "toolkit-complete.json").exists()
-    assert ours() == []
+    assert ours() - before == set()
 
 
 def test_a_killed_cli_takes_its_container_down(image, root):
     out = root / "out"
     config = demo_config(root, out, DEMO_DATA, max_steps=400, save_steps=10000,
                          learning_rate=0.001)
+    before = ours()
     cli = subprocess.Popen([TOOLKIT, "train", str(config), "--runtime", "docker"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: reached(out / "train.log", 5), 300, "step 5")
-    assert len(ours()) == 1
+    assert len(ours() - before) == 1
     os.kill(cli.pid, signal.SIGKILL)
     cli.wait()
-    wait_for(lambda: ours() == [], 180, "the container to be stopped and removed")
+    wait_for(lambda: ours() - before == set(), 180, "the container to be stopped and removed")
     # It was stopped, not killed: it saved a checkpoint, and the lock is free again.
     [checkpoint] = list(out.glob("checkpoint-*"))
     assert (checkpoint / "toolkit-complete.json").exists()
