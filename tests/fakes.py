@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from toolkit.runtime import Docker, ImageInfo, Result, Runtime, unreachable
+from toolkit.runtime import Docker, ImageInfo, Result, RunSpec, Runtime, run_argv, unreachable
 
 
 @dataclass
@@ -108,3 +108,6 @@ class ScriptedDocker(Docker):
         for change in changes:
             argv += ["--change", change]
         return self.runtime.run([*argv, tarball, tag], timeout=900)
+
+    def output(self, spec: RunSpec) -> Result:
+        return self.runtime.run(run_argv(spec))

@@ -64,7 +64,7 @@ def test_the_wheel_builds_an_image_and_trains_in_it(installed, tmp_path, tiny_mo
         shutil.copytree(tiny_model_dir, tmp_path / "model")
         raw = yaml.safe_load(DEMO_CONFIG.read_text())
         raw.update(base_model=str(tmp_path / "model"), output_dir=str(tmp_path / "out"),
-                   max_steps=2, save_steps=2, val_set_size=0.0)
+                   max_steps=2, save_steps=2, logging_steps=1, val_set_size=0.0)
         raw["datasets"][0]["path"] = str(DEMO_DATA)
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
         trained = toolkit(installed, "train", "c.yaml", "--image", tag, "--json", cwd=tmp_path,

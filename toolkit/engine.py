@@ -28,7 +28,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from toolkit.errors import RuntimeFailure, UsageError
 from toolkit.runtime import ImageInfo, Result, RunSpec, unreachable
@@ -189,10 +189,10 @@ def create_kwargs(spec: RunSpec, name: str) -> dict:
     return kwargs
 
 
-def run(spec: RunSpec, keep_fds: tuple[int, ...] = ()) -> int:
-    """Run a container as `spec` says, its output streamed to ours; return its exit code.
-    `keep_fds` (the output folder's lock) stay open in the reaper until the container is
-    removed."""
+def run(spec: RunSpec, keep_fds: tuple[int, ...] = (), stdout: BinaryIO | None = None) -> int:
+    """Run a container as `spec` says, its output streamed to ours (its stdout to `stdout`
+    when given); return its exit code. `keep_fds` (the output folder's lock) stay open in
+    the reaper until the container is removed."""
     from docker.errors import APIError, ImageNotFound
 
     engine = client()
@@ -212,7 +212,9 @@ def run(spec: RunSpec, keep_fds: tuple[int, ...] = ()) -> int:
             with _forwarding(container):
                 container.start()
                 for out, err in stream:
-                    if out:  # sys.stdout at the time: train --json sends logs to stderr
+                    if out and stdout is not None:
+                        stdout.write(out)
+                    elif out:  # sys.stdout at the time: train --json sends logs to stderr
                         sys.stdout.buffer.write(out)
                         sys.stdout.flush()
                     if err:

@@ -255,6 +255,17 @@ class Docker:
 
         return engine.image_info(ref)
 
+    def output(self, spec: RunSpec) -> Result:
+        """Run a container to its end and return what it printed (stderr streams to ours)."""
+        import io
+
+        from toolkit import engine
+
+        captured = io.BytesIO()
+        code = engine.run(spec, stdout=captured)
+        return Result(code, captured.getvalue().decode("utf-8", "replace"),
+                      "" if code == 0 else f"exit {code} (its log is above)")
+
     def buildkit_env(self) -> tuple[dict[str, str], str | None]:
         """Environment for a build, and a note when we fall back.
 

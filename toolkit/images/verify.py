@@ -8,7 +8,7 @@ import re
 
 from toolkit.errors import UsageError
 from toolkit.images.matrix import get_variant
-from toolkit.runtime import Runtime
+from toolkit.runtime import RunSpec, Runtime
 
 # ---------------------------------------------------------------------------
 # verifying a built image
@@ -39,8 +39,8 @@ def verify_image(tag: str, runtime: Runtime) -> list:
         out.append(Finding("lock", Status.MARGINAL,
                            f"{tag} was built from another lock than {variant.lock.name} in this "
                            "checkout; comparing against the checkout's", "rebuild the image"))
-    res = runtime.run(["docker", "run", "--rm", "--network", "none", tag,
-                       "python", "-m", "toolkit.envreport"], timeout=900)
+    res = docker.output(RunSpec(image=tag, command=["python", "-m", "toolkit.envreport"],
+                                network="none"))
     if not res.ok:
         return [*out, Finding("run", Status.FAIL,
                               f"the image does not run: {res.stderr.strip()[-300:]}",
