@@ -64,8 +64,9 @@ test-fast: $(DEV_ENV)  ## the quick tests: no engine, no GPU, nothing marked slo
 test-gpu: $(DEV_ENV)  ## the gpu-marked tests, on a GPU
 	$(VENV)/bin/python -m pytest -m gpu $(PYTEST_ARGS)
 
-lint: $(DEV_ENV)  ## ruff over toolkit and tests, mypy over toolkit
-	$(VENV)/bin/ruff check toolkit tests
+lint: $(DEV_ENV)  ## ruff (rules and format) over toolkit, tests and bench; mypy over toolkit
+	$(VENV)/bin/ruff check toolkit tests bench
+	$(VENV)/bin/ruff format --check toolkit tests bench
 	$(VENV)/bin/mypy
 
 clean:  ## remove outputs and pytest's cache

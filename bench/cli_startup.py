@@ -30,12 +30,15 @@ def timed(argv: list[str], runs: int) -> list[float]:
 def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 15
     demo = ["--base-model", "Qwen/Qwen3-0.6B"]  # the demo's tiny model need not exist
-    for label, argv in (("toolkit --help", [TOOLKIT, "--help"]),
-                        ("toolkit validate (demo)", [TOOLKIT, "validate",
-                                                     "configs/tiny-cpu-demo.yaml", *demo])):
+    for label, argv in (
+        ("toolkit --help", [TOOLKIT, "--help"]),
+        ("toolkit validate (demo)", [TOOLKIT, "validate", "configs/tiny-cpu-demo.yaml", *demo]),
+    ):
         times = timed(argv, runs)
-        print(f"{label:<26} median {statistics.median(times):.3f} s  fastest {min(times):.3f} s"
-              f"  ({runs} runs)")
+        print(
+            f"{label:<26} median {statistics.median(times):.3f} s  fastest {min(times):.3f} s"
+            f"  ({runs} runs)"
+        )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ TOOLKIT = str(Path(sys.executable).parent / "toolkit")
 
 def run(argv: list[str], cwd: Path = REPO, env: dict | None = None) -> float:
     started = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        argv, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
     if proc.returncode != 0:
         sys.exit(f"{' '.join(argv)} failed:\n{proc.stderr[-2000:]}")
     return time.perf_counter() - started
@@ -42,9 +43,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=REPO / ".cache") as out:
         for i in range(runs):
             for runtime in ("local", "docker"):
-                times[runtime].append(run([TOOLKIT, "train", "configs/tiny-cpu-demo.yaml",
-                                           "--runtime", runtime, "--output-dir",
-                                           f"{out}/{runtime}-{i}"]))
+                times[runtime].append(
+                    run(
+                        [
+                            TOOLKIT,
+                            "train",
+                            "configs/tiny-cpu-demo.yaml",
+                            "--runtime",
+                            runtime,
+                            "--output-dir",
+                            f"{out}/{runtime}-{i}",
+                        ]
+                    )
+                )
     local, docker = (statistics.median(times[k]) for k in ("local", "docker"))
     print(f"tiny job, local    median {local:.1f} s  {[round(t, 1) for t in times['local']]}")
     print(f"tiny job, docker   median {docker:.1f} s  {[round(t, 1) for t in times['docker']]}")
@@ -52,8 +63,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "toolkit"
-        files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
-                               check=True).stdout.split()
+        files = subprocess.run(
+            ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.split()
         for name in files:
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, copy / name)

@@ -36,12 +36,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import longtail  # noqa: E402
 
 SHAPES = {  # config.json of Qwen/Qwen3-0.6B and Qwen/Qwen3-8B
-    "0.6b": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, head_dim=128, intermediate_size=3072,
-                 tie_word_embeddings=True),
-    "8b": dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32,
-               num_key_value_heads=8, head_dim=128, intermediate_size=12288,
-               tie_word_embeddings=False),
+    "0.6b": dict(
+        hidden_size=1024,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=3072,
+        tie_word_embeddings=True,
+    ),
+    "8b": dict(
+        hidden_size=4096,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=12288,
+        tie_word_embeddings=False,
+    ),
 }
 WARMUP = 5
 TOOLKIT = str(Path(sys.executable).parent / "toolkit")
@@ -56,9 +68,14 @@ def build_model(shape: str, out: Path) -> Path:
     if (out / "config.json").exists():
         return out
     tokenizer = build_tokenizer()
-    config = Qwen3Config(vocab_size=151936, max_position_embeddings=40960, rope_theta=1e6,
-                         eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])
+    config = Qwen3Config(
+        vocab_size=151936,
+        max_position_embeddings=40960,
+        rope_theta=1e6,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **SHAPES[shape],
+    )
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(out)
@@ -90,8 +107,9 @@ def baseline(model_dir: Path, data: Path, steps: int, seq: int) -> dict:
         return {"input_ids": ids, "labels": ids}
 
     rows = rows.map(encode, remove_columns=rows.column_names)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16,
-                                                 attn_implementation="sdpa").cuda()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.bfloat16, attn_implementation="sdpa"
+    ).cuda()
     model.gradient_checkpointing_enable()
     model.enable_input_require_grads()
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
@@ -103,47 +121,80 @@ def baseline(model_dir: Path, data: Path, steps: int, seq: int) -> dict:
                 self.start = (time.perf_counter(), state.num_input_tokens_seen)
 
     clock = Clock()
-    args = TrainingArguments(output_dir=str(model_dir.parent / "baseline"), max_steps=steps,
-                             per_device_train_batch_size=1, gradient_accumulation_steps=8,
-                             bf16=True, learning_rate=2e-4, logging_steps=10, report_to="none",
-                             save_strategy="no", include_num_input_tokens_seen="non_padding",
-                             gradient_checkpointing=True)
+    args = TrainingArguments(
+        output_dir=str(model_dir.parent / "baseline"),
+        max_steps=steps,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=8,
+        bf16=True,
+        learning_rate=2e-4,
+        logging_steps=10,
+        report_to="none",
+        save_strategy="no",
+        include_num_input_tokens_seen="non_padding",
+        gradient_checkpointing=True,
+    )
     torch.cuda.reset_peak_memory_stats()
-    trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[clock],
-                      data_collator=DataCollatorForSeq2Seq(tok, padding=True))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        callbacks=[clock],
+        data_collator=DataCollatorForSeq2Seq(tok, padding=True),
+    )
     trainer.train()
     torch.cuda.synchronize()
     then, before = clock.start
     rate = (trainer.state.num_input_tokens_seen - before) / (time.perf_counter() - then)
-    return {"tokens_per_second": rate,
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+    return {"tokens_per_second": rate, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
 
 
 def toolkit_run(name: str, model_dir: Path, data: Path, steps: int, seq: int, **options) -> dict:
     out = model_dir.parent / name
     config = model_dir.parent / f"{name}.yaml"
-    config.write_text(yaml.safe_dump({
-        "base_model": str(model_dir), "chat_template": "qwen3", "sequence_len": seq,
-        "excess_length_strategy": "truncate",
-        "datasets": [{"path": str(data), "type": "chat_template"}],
-        "adapter": "lora", "lora_r": 16, "lora_alpha": 32, "lora_target_linear": True,
-        "micro_batch_size": 1, "gradient_accumulation_steps": 8, "max_steps": steps,
-        "learning_rate": 2e-4, "bf16": "auto", "gradient_checkpointing": True,
-        "attn_implementation": "flash_attention_2", "logging_steps": 1,
-        "save_steps": 10_000, "output_dir": str(out), "resume_from_checkpoint": False,
-        **options}))
-    res = subprocess.run([TOOLKIT, "train", str(config), "--runtime", "local"],
-                         capture_output=True, text=True)
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "base_model": str(model_dir),
+                "chat_template": "qwen3",
+                "sequence_len": seq,
+                "excess_length_strategy": "truncate",
+                "datasets": [{"path": str(data), "type": "chat_template"}],
+                "adapter": "lora",
+                "lora_r": 16,
+                "lora_alpha": 32,
+                "lora_target_linear": True,
+                "micro_batch_size": 1,
+                "gradient_accumulation_steps": 8,
+                "max_steps": steps,
+                "learning_rate": 2e-4,
+                "bf16": "auto",
+                "gradient_checkpointing": True,
+                "attn_implementation": "flash_attention_2",
+                "logging_steps": 1,
+                "save_steps": 10_000,
+                "output_dir": str(out),
+                "resume_from_checkpoint": False,
+                **options,
+            }
+        )
+    )
+    res = subprocess.run(
+        [TOOLKIT, "train", str(config), "--runtime", "local"], capture_output=True, text=True
+    )
     if res.returncode != 0:
         return {"error": (res.stdout + res.stderr).strip().splitlines()[-1]}
     run = json.loads((out / "run.json").read_text())
     after = [m for m in run["metrics_history"] if m["step"] > WARMUP and m["tokens_per_second"]]
     rate = sum(m["tokens_per_second"] for m in after) / len(after) if after else None
     mfus = [m["mfu"] for m in after if m.get("mfu")]
-    return {"tokens_per_second": rate, "mfu": sum(mfus) / len(mfus) if mfus else None,
-            "peak_memory_gib": run["peak_memory_gib"],
-            "optimizations": run["resolved"]["optimizations"],
-            "attention": run["resolved"]["attn_implementation"]}
+    return {
+        "tokens_per_second": rate,
+        "mfu": sum(mfus) / len(mfus) if mfus else None,
+        "peak_memory_gib": run["peak_memory_gib"],
+        "optimizations": run["resolved"]["optimizations"],
+        "attention": run["resolved"]["attn_implementation"],
+    }
 
 
 def main() -> None:
@@ -155,28 +206,40 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.out)
     data = longtail.write(root / "chat.jsonl", 4000)
-    liger = {"liger_rope": True, "liger_rms_norm": True, "liger_glu_activation": True,
-             "liger_fused_linear_cross_entropy": True}
-    runs = [("toolkit", {}), ("toolkit+packing", {"sample_packing": True}),
-            ("toolkit+packing+liger", {"sample_packing": True, **liger}),
-            ("toolkit+packing+liger+compile", {"sample_packing": True, **liger,
-                                               "torch_compile": True})]
+    liger = {
+        "liger_rope": True,
+        "liger_rms_norm": True,
+        "liger_glu_activation": True,
+        "liger_fused_linear_cross_entropy": True,
+    }
+    runs = [
+        ("toolkit", {}),
+        ("toolkit+packing", {"sample_packing": True}),
+        ("toolkit+packing+liger", {"sample_packing": True, **liger}),
+        ("toolkit+packing+liger+compile", {"sample_packing": True, **liger, "torch_compile": True}),
+    ]
     for shape in args.shapes.split(","):
         model_dir = build_model(shape, root / shape / "model")
         base = baseline(model_dir, data, args.steps, args.seq)
-        print(f"[{shape}] baseline: {base['tokens_per_second']:,.0f} tokens/s, peak "
-              f"{base['peak_memory_gib']:.1f} GiB", flush=True)
+        print(
+            f"[{shape}] baseline: {base['tokens_per_second']:,.0f} tokens/s, peak "
+            f"{base['peak_memory_gib']:.1f} GiB",
+            flush=True,
+        )
         for name, options in runs:
             got = toolkit_run(name, model_dir, data, args.steps, args.seq, **options)
             if "error" in got:
                 print(f"[{shape}] {name}: failed: {got['error']}", flush=True)
                 continue
             mfu = f"{100 * got['mfu']:.1f}%" if got["mfu"] else "n/a"
-            print(f"[{shape}] {name}: {got['tokens_per_second']:,.0f} tokens/s "
-                  f"({got['tokens_per_second'] / base['tokens_per_second']:.2f}x), MFU {mfu}, "
-                  f"peak {got['peak_memory_gib']:.1f} GiB "
-                  f"({got['peak_memory_gib'] / base['peak_memory_gib']:.2f}x), attention "
-                  f"{got['attention']}; {got['optimizations']}", flush=True)
+            print(
+                f"[{shape}] {name}: {got['tokens_per_second']:,.0f} tokens/s "
+                f"({got['tokens_per_second'] / base['tokens_per_second']:.2f}x), MFU {mfu}, "
+                f"peak {got['peak_memory_gib']:.1f} GiB "
+                f"({got['peak_memory_gib'] / base['peak_memory_gib']:.2f}x), attention "
+                f"{got['attention']}; {got['optimizations']}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

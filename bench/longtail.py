@@ -9,13 +9,32 @@ import json
 import random
 from pathlib import Path
 
-SYLLABLES = ["ka", "lo", "mi", "ren", "sut", "va", "pel", "dor", "ix", "na", "tho", "bel",
-             "qu", "ar", "sen", "fi", "gor", "lam", "ept", "ul"]
+SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ren",
+    "sut",
+    "va",
+    "pel",
+    "dor",
+    "ix",
+    "na",
+    "tho",
+    "bel",
+    "qu",
+    "ar",
+    "sen",
+    "fi",
+    "gor",
+    "lam",
+    "ept",
+    "ul",
+]
 
 
 def _words(rng: random.Random, n: int) -> str:
-    words = ("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3)))
-             for _ in range(n))
+    words = ("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(n))
     text = " ".join(words)
     return text[:1].upper() + text[1:] + "."
 
@@ -62,7 +81,15 @@ def workspace(tmp: Path, rows: int, sequence_len: int, **settings) -> tuple[Path
     data = write(tmp / "chat.jsonl", rows)
     model = write_tiny_model(tmp / "tiny")
     config = tmp / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "base_model": str(model), "chat_template": "qwen3", "sequence_len": sequence_len,
-        "datasets": [{"path": str(data), "type": "chat_template"}], **settings}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "base_model": str(model),
+                "chat_template": "qwen3",
+                "sequence_len": sequence_len,
+                "datasets": [{"path": str(data), "type": "chat_template"}],
+                **settings,
+            }
+        )
+    )
     return config, model, data

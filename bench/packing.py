@@ -34,8 +34,7 @@ def main() -> None:
         cfg = load_config(config).config
         _, encoder = build_encoder(cfg)
         examples, _ = build_examples(cfg, encoder)
-    print(f"data: {rows} generated conversations, {sum(len(e.input_ids) for e in examples)} "
-          "tokens")
+    print(f"data: {rows} generated conversations, {sum(len(e.input_ids) for e in examples)} tokens")
     for seq in (2048, 4096):
         fit = [e for e in examples if len(e.input_ids) <= seq]
         started = time.perf_counter()
@@ -45,11 +44,13 @@ def main() -> None:
         order = list(range(len(fit)))
         random.Random(0).shuffle(order)
         lengths = [len(fit[i].input_ids) for i in order]
-        padded = sum(4 * max(lengths[i:i + 4]) for i in range(0, len(lengths), 4))
-        print(f"sequence_len {seq}: {len(fit)} rows fit ({len(examples) - len(fit)} longer), "
-              f"packed into {len(packed)} rows, fill {100 * fill:.2f}% "
-              f"(unpacked, micro_batch_size 4: {100 * sum(lengths) / padded:.1f}% real tokens); "
-              f"packing took {took:.2f} s")
+        padded = sum(4 * max(lengths[i : i + 4]) for i in range(0, len(lengths), 4))
+        print(
+            f"sequence_len {seq}: {len(fit)} rows fit ({len(examples) - len(fit)} longer), "
+            f"packed into {len(packed)} rows, fill {100 * fill:.2f}% "
+            f"(unpacked, micro_batch_size 4: {100 * sum(lengths) / padded:.1f}% real tokens); "
+            f"packing took {took:.2f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ def baseline(data: Path, model: Path, seq: int) -> tuple[float, int, int]:
     datasets.disable_progress_bars()
     started = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(model)
-    table = datasets.load_dataset("json", data_files=str(data), split="train",
-                                  cache_dir=str(data.parent / "hf-cache"))
+    table = datasets.load_dataset(
+        "json", data_files=str(data), split="train", cache_dir=str(data.parent / "hf-cache")
+    )
 
     def encode(row):
         text = tok.apply_chat_template(row["messages"], tokenize=False)
@@ -52,8 +53,12 @@ def baseline(data: Path, model: Path, seq: int) -> tuple[float, int, int]:
 
 def toolkit_preprocess(config: Path) -> tuple[float, str]:
     started = time.perf_counter()
-    res = subprocess.run([TOOLKIT, "preprocess", str(config), "--runtime", "local"],
-                         capture_output=True, text=True, cwd=REPO)
+    res = subprocess.run(
+        [TOOLKIT, "preprocess", str(config), "--runtime", "local"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     if res.returncode != 0:
         raise SystemExit(res.stdout + res.stderr)
     return time.perf_counter() - started, res.stdout
@@ -65,18 +70,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="toolkit-bench-") as tmp:
         tmp = Path(tmp)
         config, model, data = longtail.workspace(
-            tmp, rows, seq, dataset_prepared_path=str(tmp / "prepared"),
-            output_dir=str(tmp / "out"))
+            tmp, rows, seq, dataset_prepared_path=str(tmp / "prepared"), output_dir=str(tmp / "out")
+        )
         print(f"data: {rows} generated conversations, sequence_len {seq}")
 
         took, total, kept = baseline(data, model, seq)
-        print(f"baseline (datasets.map, 1 process, no masks): {took:6.1f} s  "
-              f"{total / took:7.0f} rows/s  {total - kept} rows over {seq} tokens")
+        print(
+            f"baseline (datasets.map, 1 process, no masks): {took:6.1f} s  "
+            f"{total / took:7.0f} rows/s  {total - kept} rows over {seq} tokens"
+        )
         cold, out = toolkit_preprocess(config)
         report = json.loads(next((tmp / "prepared").glob("*/report.json")).read_text())
-        print(f"toolkit preprocess (cold cache):               {cold:6.1f} s  "
-              f"{rows / cold:7.0f} rows/s  {report['dropped_too_long']} rows over {seq} "
-              "tokens, dropped and reported")
+        print(
+            f"toolkit preprocess (cold cache):               {cold:6.1f} s  "
+            f"{rows / cold:7.0f} rows/s  {report['dropped_too_long']} rows over {seq} "
+            "tokens, dropped and reported"
+        )
         warm, _ = toolkit_preprocess(config)
         print(f"toolkit preprocess (warm cache):               {warm:6.1f} s")
         print(f"baseline / toolkit (cold): {took / cold:.2f}x")

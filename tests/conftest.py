@@ -32,8 +32,9 @@ def tiny_tokenizer(tiny_model_dir):
 def write_config(tmp_path):
     """Write a config (the demo's, updated with `changes`) and return its path."""
 
-    def write(changes: dict | None = None, name: str = "config.yaml", base: dict | None = None
-              ) -> Path:
+    def write(
+        changes: dict | None = None, name: str = "config.yaml", base: dict | None = None
+    ) -> Path:
         data = base if base is not None else yaml.safe_load(DEMO_CONFIG.read_text())
         data["datasets"][0]["path"] = str(DEMO_DATA)
         data["output_dir"] = str(tmp_path / "out")
@@ -77,9 +78,14 @@ def no_leftover_containers(request):
     from toolkit.engine import LABEL
 
     def ours() -> set[str]:
-        return set(subprocess.run(["docker", "ps", "-aq", "--no-trunc", "--filter",
-                                   f"label={LABEL}"], capture_output=True, text=True,
-                                  check=True).stdout.split())
+        return set(
+            subprocess.run(
+                ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label={LABEL}"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+        )
 
     docker_test = request.node.get_closest_marker("docker") is not None
     before = ours() if docker_test else set()

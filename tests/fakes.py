@@ -14,7 +14,8 @@ class FakeRuntime(Runtime):
     """Records every command; answers from `script`, a list of (argv prefix, Result or callable)."""
 
     script: list[tuple[tuple[str, ...], Result | Callable[[list[str]], Result]]] = field(
-        default_factory=list)
+        default_factory=list
+    )
     calls: list[list[str]] = field(default_factory=list)
     envs: list[dict[str, str]] = field(default_factory=list)
     programs: set[str] = field(default_factory=lambda: {"docker"})
@@ -23,7 +24,7 @@ class FakeRuntime(Runtime):
         self.calls.append(list(argv))
         self.envs.append(dict(env or {}))
         for prefix, answer in self.script:
-            if tuple(argv[:len(prefix)]) == prefix:
+            if tuple(argv[: len(prefix)]) == prefix:
                 return answer(list(argv)) if callable(answer) else answer
         return Result(0)
 
@@ -52,12 +53,14 @@ class ScriptedDocker(Docker):
         return res.stdout.strip() if res.ok and res.stdout.strip() else None
 
     def _version(self) -> Result:
-        return self.runtime.run(["docker", "version", "--format", "{{.Server.Version}}"],
-                                timeout=20)
+        return self.runtime.run(
+            ["docker", "version", "--format", "{{.Server.Version}}"], timeout=20
+        )
 
     def info(self) -> tuple[str | None, tuple[str, ...]]:
-        res = self.runtime.run(["docker", "info", "--format",
-                                "{{.DockerRootDir}}|{{json .Runtimes}}"], timeout=30)
+        res = self.runtime.run(
+            ["docker", "info", "--format", "{{.DockerRootDir}}|{{json .Runtimes}}"], timeout=30
+        )
         if not res.ok or "|" not in res.stdout:
             return None, ()
         root, raw = res.stdout.strip().split("|", 1)
@@ -89,12 +92,20 @@ class ScriptedDocker(Docker):
         """
         if self.runtime.run(["docker", "buildx", "version"], timeout=20).ok:
             return {"DOCKER_BUILDKIT": "1"}, None
-        return ({"DOCKER_BUILDKIT": "0"},
-                "the docker CLI has no buildx plugin; building with the classic builder "
-                "(DOCKER_BUILDKIT=0). Install docker-buildx for BuildKit builds.")
+        return (
+            {"DOCKER_BUILDKIT": "0"},
+            "the docker CLI has no buildx plugin; building with the classic builder "
+            "(DOCKER_BUILDKIT=0). Install docker-buildx for BuildKit builds.",
+        )
 
-    def build(self, context: str, tag: str, build_args: dict[str, str],
-              env: dict[str, str], no_cache: bool = False) -> Result:
+    def build(
+        self,
+        context: str,
+        tag: str,
+        build_args: dict[str, str],
+        env: dict[str, str],
+        no_cache: bool = False,
+    ) -> Result:
         argv = ["docker", "build", "--tag", tag, *(["--no-cache"] if no_cache else [])]
         for key, value in build_args.items():
             argv += ["--build-arg", f"{key}={value}"]

@@ -25,19 +25,42 @@ def jsonl(path, rows):
 def sharegpt(n):
     """FineTome's shape: ShareGPT turns under `conversations`, roles human / gpt."""
     names = {"user": "human", "assistant": "gpt", "system": "system"}
-    return [{"conversations": [{"from": names[m["role"]], "value": m["content"]}
-                               for m in r["messages"]]} for r in demo_conversations(n)]
+    return [
+        {
+            "conversations": [
+                {"from": names[m["role"]], "value": m["content"]} for m in r["messages"]
+            ]
+        }
+        for r in demo_conversations(n)
+    ]
 
 
 def alpaca(n):
-    return [{"instruction": r["messages"][0]["content"], "input": "",
-             "output": r["messages"][1]["content"]} for r in demo_conversations(n)]
+    return [
+        {
+            "instruction": r["messages"][0]["content"],
+            "input": "",
+            "output": r["messages"][1]["content"],
+        }
+        for r in demo_conversations(n)
+    ]
 
 
 def run(name, data, tiny_model_dir, tmp_path, monkeypatch, *more):
     monkeypatch.chdir(tmp_path)  # output_dir and dataset_prepared_path are relative
-    return main(["train", str(AXOLOTL / name), "--runtime", "local",
-                 "--base-model", str(tiny_model_dir), "--datasets.0.path", str(data), *more])
+    return main(
+        [
+            "train",
+            str(AXOLOTL / name),
+            "--runtime",
+            "local",
+            "--base-model",
+            str(tiny_model_dir),
+            "--datasets.0.path",
+            str(data),
+            *more,
+        ]
+    )
 
 
 def test_qwen3_32b_qlora_trains(tiny_model_dir, tmp_path, monkeypatch, capsys):
@@ -53,38 +76,52 @@ def test_qwen3_32b_qlora_trains(tiny_model_dir, tmp_path, monkeypatch, capsys):
         "activation_offloading": "off: no GPU (activations already live in host memory)",
         "gradient_checkpointing": "on (use_reentrant=False)",
         "lora_mlp_kernel": "on (gate_proj, up_proj, down_proj)",
-        "lora_qkv_kernel": "on (q_proj, k_proj, v_proj)", "lora_o_kernel": "on (o_proj)",
+        "lora_qkv_kernel": "on (q_proj, k_proj, v_proj)",
+        "lora_o_kernel": "on (o_proj)",
         "qlora": "on (bitsandbytes 4-bit nf4, double quantization)",
-        "optimizer": "adamw_torch_4bit (torchao)"}
+        "optimizer": "adamw_torch_4bit (torchao)",
+    }
     assert any((tmp_path / "last_run_prepared").iterdir())
 
 
 def test_qwen3_qlora_fsdp_trains_alpaca(tiny_model_dir, tmp_path, monkeypatch, capsys):
     data = jsonl(tmp_path / "alpaca.jsonl", alpaca(96))
-    assert run("qwen3-qlora-fsdp.yaml", data, tiny_model_dir, tmp_path, monkeypatch,
-               "--max-steps", "3") == 0
+    assert (
+        run(
+            "qwen3-qlora-fsdp.yaml", data, tiny_model_dir, tmp_path, monkeypatch, "--max-steps", "3"
+        )
+        == 0
+    )
     captured = capsys.readouterr()
-    assert "warning: fsdp: ['full_shard', 'auto_wrap'] is deprecated; read as fsdp_version: 1" \
+    assert (
+        "warning: fsdp: ['full_shard', 'auto_wrap'] is deprecated; read as fsdp_version: 1"
         in captured.err
+    )
     run_json = read_run(tmp_path / "outputs" / "out")
     assert run_json["config"]["fsdp_config"]["offload_params"] is True
     assert run_json["resolved"]["optimizations"]["fsdp"].startswith("off: one process")
     assert run_json["data"]["kept"] == 96 and run_json["steps"] == 3
 
 
-def test_fused_attn_compile_example_is_refused_by_key(tiny_model_dir, tmp_path, monkeypatch,
-                                                      capsys):
+def test_fused_attn_compile_example_is_refused_by_key(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
     data = jsonl(tmp_path / "alpaca.jsonl", [{"instruction": "a", "output": "b"}])
-    assert run("qwen3-8b-lora-fused-attn-compile.yaml", data, tiny_model_dir, tmp_path,
-               monkeypatch) == 2
+    assert (
+        run("qwen3-8b-lora-fused-attn-compile.yaml", data, tiny_model_dir, tmp_path, monkeypatch)
+        == 2
+    )
     err = capsys.readouterr().err
-    assert "fused_attn_kernel: got True; not supported by toolkit (axolotl's fused attention " \
-           "kernel is not implemented; remove it" in err
+    assert (
+        "fused_attn_kernel: got True; not supported by toolkit (axolotl's fused attention "
+        "kernel is not implemented; remove it" in err
+    )
     assert "Traceback" not in err and len(err.splitlines()) == 2
 
 
 def test_moe_nvfp4_example_is_refused_key_by_key_then_trains_without_them(
-        tmp_path, monkeypatch, capsys):
+    tmp_path, monkeypatch, capsys
+):
     from toolkit.tiny import write_tiny_model
 
     moe = write_tiny_model(tmp_path / "tiny-moe", moe=True)
@@ -92,24 +129,53 @@ def test_moe_nvfp4_example_is_refused_key_by_key_then_trains_without_them(
     name = "qwen3-30b-a3b-nvfp4-lora.yaml"
     assert run(name, data, moe, tmp_path, monkeypatch) == 2
     problems = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  - ")]
-    assert [p.split(":")[0] for p in problems] == ["  - use_sonicmoe", "  - nvfp4_merge_aware",
-                                                   "  - plugins[0]"]
+    assert [p.split(":")[0] for p in problems] == [
+        "  - use_sonicmoe",
+        "  - nvfp4_merge_aware",
+        "  - plugins[0]",
+    ]
     assert "SonicMoE kernels are not implemented; remove it" in problems[0]
     # Turning the three off is all it takes.
-    assert run(name, data, moe, tmp_path, monkeypatch, "--use-sonicmoe", "false",
-               "--nvfp4-merge-aware", "false", "--plugins", "[]") == 0
+    assert (
+        run(
+            name,
+            data,
+            moe,
+            tmp_path,
+            monkeypatch,
+            "--use-sonicmoe",
+            "false",
+            "--nvfp4-merge-aware",
+            "false",
+            "--plugins",
+            "[]",
+        )
+        == 0
+    )
     run_json = json.loads(
-        (tmp_path / "outputs" / "qwen3-30b-a3b-nvfp4-lora" / "run.json").read_text())
+        (tmp_path / "outputs" / "qwen3-30b-a3b-nvfp4-lora" / "run.json").read_text()
+    )
     assert run_json["data"]["rows"] == 4  # train[:2%] of 200
     assert run_json["resolved"]["optimizations"]["lora_target_parameters"] == (
-        "on (experts.gate_up_proj, experts.down_proj)")
+        "on (experts.gate_up_proj, experts.down_proj)"
+    )
 
 
 def test_qwen3_fsdp2_liger_example_trains(tiny_model_dir, tmp_path, monkeypatch, capsys):
     data = jsonl(tmp_path / "alpaca.jsonl", alpaca(96))
     # max_steps: 2000 in the example; 3 here keep the test short.
-    assert run("qwen3-8b-qat-fsdp2.yaml", data, tiny_model_dir, tmp_path, monkeypatch,
-               "--max-steps", "3") == 0
+    assert (
+        run(
+            "qwen3-8b-qat-fsdp2.yaml",
+            data,
+            tiny_model_dir,
+            tmp_path,
+            monkeypatch,
+            "--max-steps",
+            "3",
+        )
+        == 0
+    )
     run_json = read_run(tmp_path / "outputs" / "qat_out")
     assert run_json["config"]["fsdp_version"] == 2
     assert run_json["config"]["fsdp_config"]["activation_checkpointing"] is True

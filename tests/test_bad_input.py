@@ -93,21 +93,34 @@ BAD_CONFIGS = [
     ("reward model with labels", demo(reward_model=True, num_labels=3)),
     ("seed text", demo(seed="forty-two")),
     # Numbers that are not numbers: every float key must be finite.
-    *[(f"{key} {word}", demo(**{key: value}, **extra)) for key, extra in [
-        ("learning_rate", {}), ("weight_decay", {}), ("max_grad_norm", {}),
-        ("num_epochs", {}), ("val_set_size", {}), ("lora_dropout", {}),
-        ("warmup_ratio", {"warmup_steps": None}), ("simpo_gamma", {"rl": "simpo"}),
-        ("cpo_alpha", {"rl": "simpo"}), ("rl_beta", {"rl": "dpo"}),
-        ("orpo_alpha", {"rl": "orpo"}), ("kto_desirable_weight", {"rl": "kto"}),
-        ("center_rewards_coefficient", {"reward_model": True})]
-      for word, value in [("infinite", float("inf")), ("nan", float("nan"))]],
+    *[
+        (f"{key} {word}", demo(**{key: value}, **extra))
+        for key, extra in [
+            ("learning_rate", {}),
+            ("weight_decay", {}),
+            ("max_grad_norm", {}),
+            ("num_epochs", {}),
+            ("val_set_size", {}),
+            ("lora_dropout", {}),
+            ("warmup_ratio", {"warmup_steps": None}),
+            ("simpo_gamma", {"rl": "simpo"}),
+            ("cpo_alpha", {"rl": "simpo"}),
+            ("rl_beta", {"rl": "dpo"}),
+            ("orpo_alpha", {"rl": "orpo"}),
+            ("kto_desirable_weight", {"rl": "kto"}),
+            ("center_rewards_coefficient", {"reward_model": True}),
+        ]
+        for word, value in [("infinite", float("inf")), ("nan", float("nan"))]
+    ],
     # Where a run writes: never over an input, never the root, home or a foreign folder.
     ("output_dir contains the dataset", demo(output_dir="configs")),
     ("output_dir is the dataset's folder", demo(output_dir="configs/data")),
     ("output_dir is the dataset file", demo(output_dir="configs/data/demo-chat.jsonl")),
     ("prepared data contains the dataset", demo(dataset_prepared_path="configs")),
-    ("prepared data inside the model", demo(base_model="tests/data",
-                                            dataset_prepared_path="tests/data/prep")),
+    (
+        "prepared data inside the model",
+        demo(base_model="tests/data", dataset_prepared_path="tests/data/prep"),
+    ),
     ("output_dir is the root", demo(output_dir="/")),
     ("output_dir is the root, dotted", demo(output_dir="/tmp/../")),
     ("output_dir is home", demo(output_dir="~")),
@@ -118,10 +131,15 @@ BAD_CONFIGS = [
     ("base_model a file", demo(base_model="README.md")),
     ("tokenizer_config without a tokenizer", demo(tokenizer_config="toolkit")),
     # Hostile YAML: bounded before anything is built.
-    ("alias bomb", 'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n'
-                   + "".join(f"a{i}: &a{i} [" + ", ".join(["*a" if i == 1 else f"*a{i - 1}"]
-                                                          * 10) + "]\n" for i in range(1, 9))
-                   + "base_model: *a8\n"),
+    (
+        "alias bomb",
+        'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n'
+        + "".join(
+            f"a{i}: &a{i} [" + ", ".join(["*a" if i == 1 else f"*a{i - 1}"] * 10) + "]\n"
+            for i in range(1, 9)
+        )
+        + "base_model: *a8\n",
+    ),
     ("deep nesting", "base_model: " + "[" * 3000 + "]" * 3000 + "\n"),
     ("deep mappings", "".join(" " * i + f"k{i}:\n" for i in range(40)) + " " * 40 + "v: 1\n"),
     ("recursive anchor", "base_model: &x [*x]\n"),
@@ -185,20 +203,51 @@ BAD_FILES = [
     ("bare text", b"hello world\n", "not valid JSON"),
     ("empty file", b"", "bad.jsonl' is empty (0 bytes)"),
     ("only blank lines", b"\n\n\n", "bad.jsonl' holds no rows"),
-    ("gzip named jsonl", bytes.fromhex("1f8b0800000000000003") + b"rest",
-     "is gzip-compressed but named .jsonl; decompress it first (`gunzip -c bad.jsonl"),
+    (
+        "gzip named jsonl",
+        bytes.fromhex("1f8b0800000000000003") + b"rest",
+        "is gzip-compressed but named .jsonl; decompress it first (`gunzip -c bad.jsonl",
+    ),
     ("zstd named jsonl", bytes.fromhex("28b52ffd") + b"rest", "is zstd-compressed"),
     ("zip named csv", b"PK\x03\x04rest", "is zip-compressed but named .csv"),
     ("nul bytes", b"\x00\x00\x00", "not valid JSON"),
     ("utf-16 bom", '{"messages": []}'.encode("utf-16"), "not UTF-8"),
-    ("a giant row", (json.dumps({"messages": [{"role": "user", "content": "x" * 200000},
-                                             {"role": "assistant", "content": "y"}]}) + "\n"
-                     ).encode(), "no usable rows"),
-    ("every row too long", "".join(json.dumps({"messages": [
-        {"role": "user", "content": "word " * 400}, {"role": "assistant", "content": "ok"}]})
-        + "\n" for _ in range(3)).encode(), "no usable rows"),
-    ("only user turns", (json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n"
-                         ).encode(), "no usable rows"),
+    (
+        "a giant row",
+        (
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": "x" * 200000},
+                        {"role": "assistant", "content": "y"},
+                    ]
+                }
+            )
+            + "\n"
+        ).encode(),
+        "no usable rows",
+    ),
+    (
+        "every row too long",
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": "word " * 400},
+                        {"role": "assistant", "content": "ok"},
+                    ]
+                }
+            )
+            + "\n"
+            for _ in range(3)
+        ).encode(),
+        "no usable rows",
+    ),
+    (
+        "only user turns",
+        (json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n").encode(),
+        "no usable rows",
+    ),
     ("parquet suffix, text inside", b"not parquet", "could not read as parquet"),
     ("csv suffix without messages", b"a,b\n1,2\n", "has no 'messages' field"),
     ("bzip2 named jsonl", b"BZh91AY&SY rest", "is bzip2-compressed but named .jsonl"),
@@ -233,8 +282,7 @@ def test_bad_file(name, content, message, tiny_model_dir, write_config, tmp_path
     suffix = ".parquet" if "parquet" in name else ".csv" if "csv" in name else ".jsonl"
     data = tmp_path / f"bad{suffix}"
     data.write_bytes(content)
-    path = write_config({"base_model": str(tiny_model_dir), "max_steps": 1,
-                         "sequence_len": 64})
+    path = write_config({"base_model": str(tiny_model_dir), "max_steps": 1, "sequence_len": 64})
     assert main(["train", str(path), "--runtime", "local", "--datasets.0.path", str(data)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
@@ -250,13 +298,31 @@ def test_a_directory_where_a_file_is_expected(write_config, tmp_path, capsys):
 # --- property-based: whatever the YAML holds, the loader answers with a config or a
 # ConfigError, never another exception ------------------------------------------------
 
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
-                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20))
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)),
-    max_leaves=12)
-KEYS = st.sampled_from([*Config.model_fields, "datasets", "flash_attention", "sample_packing",
-                        "wandb_project", "batch_size", "not_a_key"])
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+KEYS = st.sampled_from(
+    [
+        *Config.model_fields,
+        "datasets",
+        "flash_attention",
+        "sample_packing",
+        "wandb_project",
+        "batch_size",
+        "not_a_key",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -42,70 +42,96 @@ def encode(tok, messages, template="qwen3", roles=("assistant",), eos="turn", in
 
 
 def test_qwen3_multi_turn_trains_assistant_turns_and_their_end_tokens(tiny_tokenizer):
-    assert encode(tiny_tokenizer, TWO_TURNS) == expected(tiny_tokenizer, [
-        ("<|im_start|>user\nSpell green backwards.<|im_end|>\n<|im_start|>assistant\n", False),
-        ("neerg<|im_end|>", True),
-        ("\n<|im_start|>user\nAnd forwards?<|im_end|>\n<|im_start|>assistant\n", False),
-        # Qwen3 renders an empty think block in the final reply; the model must learn it.
-        ("<think>\n\n</think>\n\ngreen<|im_end|>", True),
-        ("\n", False),
-    ])
+    assert encode(tiny_tokenizer, TWO_TURNS) == expected(
+        tiny_tokenizer,
+        [
+            ("<|im_start|>user\nSpell green backwards.<|im_end|>\n<|im_start|>assistant\n", False),
+            ("neerg<|im_end|>", True),
+            ("\n<|im_start|>user\nAnd forwards?<|im_end|>\n<|im_start|>assistant\n", False),
+            # Qwen3 renders an empty think block in the final reply; the model must learn it.
+            ("<think>\n\n</think>\n\ngreen<|im_end|>", True),
+            ("\n", False),
+        ],
+    )
 
 
 def test_qwen3_reasoning_content_is_trained_inside_think(tiny_tokenizer):
-    messages = [{"role": "user", "content": "What is 3 plus 4?"},
-                {"role": "assistant", "content": "7", "reasoning_content": "Add them."}]
-    assert encode(tiny_tokenizer, messages) == expected(tiny_tokenizer, [
-        ("<|im_start|>user\nWhat is 3 plus 4?<|im_end|>\n<|im_start|>assistant\n", False),
-        ("<think>\nAdd them.\n</think>\n\n7<|im_end|>", True),
-        ("\n", False),
-    ])
+    messages = [
+        {"role": "user", "content": "What is 3 plus 4?"},
+        {"role": "assistant", "content": "7", "reasoning_content": "Add them."},
+    ]
+    assert encode(tiny_tokenizer, messages) == expected(
+        tiny_tokenizer,
+        [
+            ("<|im_start|>user\nWhat is 3 plus 4?<|im_end|>\n<|im_start|>assistant\n", False),
+            ("<think>\nAdd them.\n</think>\n\n7<|im_end|>", True),
+            ("\n", False),
+        ],
+    )
 
 
 def test_train_on_eos_none_leaves_end_tokens_out(tiny_tokenizer):
-    assert encode(tiny_tokenizer, TWO_TURNS, eos="none") == expected(tiny_tokenizer, [
-        ("<|im_start|>user\nSpell green backwards.<|im_end|>\n<|im_start|>assistant\n", False),
-        ("neerg", True),
-        ("<|im_end|>\n<|im_start|>user\nAnd forwards?<|im_end|>\n<|im_start|>assistant\n", False),
-        ("<think>\n\n</think>\n\ngreen", True),
-        ("<|im_end|>\n", False),
-    ])
+    assert encode(tiny_tokenizer, TWO_TURNS, eos="none") == expected(
+        tiny_tokenizer,
+        [
+            ("<|im_start|>user\nSpell green backwards.<|im_end|>\n<|im_start|>assistant\n", False),
+            ("neerg", True),
+            (
+                "<|im_end|>\n<|im_start|>user\nAnd forwards?<|im_end|>\n<|im_start|>assistant\n",
+                False,
+            ),
+            ("<think>\n\n</think>\n\ngreen", True),
+            ("<|im_end|>\n", False),
+        ],
+    )
 
 
 def test_train_on_eos_all_trains_user_end_tokens_too(tiny_tokenizer):
-    assert encode(tiny_tokenizer, TWO_TURNS, eos="all") == expected(tiny_tokenizer, [
-        ("<|im_start|>user\nSpell green backwards.", False),
-        ("<|im_end|>", True),
-        ("\n<|im_start|>assistant\n", False),
-        ("neerg<|im_end|>", True),
-        ("\n<|im_start|>user\nAnd forwards?", False),
-        ("<|im_end|>", True),
-        ("\n<|im_start|>assistant\n", False),
-        ("<think>\n\n</think>\n\ngreen<|im_end|>", True),
-        ("\n", False),
-    ])
+    assert encode(tiny_tokenizer, TWO_TURNS, eos="all") == expected(
+        tiny_tokenizer,
+        [
+            ("<|im_start|>user\nSpell green backwards.", False),
+            ("<|im_end|>", True),
+            ("\n<|im_start|>assistant\n", False),
+            ("neerg<|im_end|>", True),
+            ("\n<|im_start|>user\nAnd forwards?", False),
+            ("<|im_end|>", True),
+            ("\n<|im_start|>assistant\n", False),
+            ("<think>\n\n</think>\n\ngreen<|im_end|>", True),
+            ("\n", False),
+        ],
+    )
 
 
 def test_train_on_eos_last_trains_only_the_final_end_token(tiny_tokenizer):
-    assert encode(tiny_tokenizer, TWO_TURNS, eos="last") == expected(tiny_tokenizer, [
-        ("<|im_start|>user\nSpell green backwards.<|im_end|>\n<|im_start|>assistant\n", False),
-        ("neerg", True),
-        ("<|im_end|>\n<|im_start|>user\nAnd forwards?<|im_end|>\n<|im_start|>assistant\n", False),
-        ("<think>\n\n</think>\n\ngreen<|im_end|>", True),
-        ("\n", False),
-    ])
+    assert encode(tiny_tokenizer, TWO_TURNS, eos="last") == expected(
+        tiny_tokenizer,
+        [
+            ("<|im_start|>user\nSpell green backwards.<|im_end|>\n<|im_start|>assistant\n", False),
+            ("neerg", True),
+            (
+                "<|im_end|>\n<|im_start|>user\nAnd forwards?<|im_end|>\n<|im_start|>assistant\n",
+                False,
+            ),
+            ("<think>\n\n</think>\n\ngreen<|im_end|>", True),
+            ("\n", False),
+        ],
+    )
 
 
 def test_chatml_with_system_and_user_roles_trained(tiny_tokenizer):
     messages = [{"role": "system", "content": "Be brief."}, *TWO_TURNS[:2]]
     got = encode(tiny_tokenizer, messages, template="chatml", roles=("user", "assistant"))
-    assert got == expected(tiny_tokenizer, [
-        ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n", False),
-        ("Spell green backwards.<|im_end|>", True),
-        ("\n<|im_start|>assistant\n", False),
-        ("neerg<|im_end|>", True),
-        ("\n", False),
-    ])
+    assert got == expected(
+        tiny_tokenizer,
+        [
+            ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n", False),
+            ("Spell green backwards.<|im_end|>", True),
+            ("\n<|im_start|>assistant\n", False),
+            ("neerg<|im_end|>", True),
+            ("\n", False),
+        ],
+    )
 
 
 def test_train_on_inputs_trains_everything(tiny_tokenizer):
@@ -114,23 +140,36 @@ def test_train_on_inputs_trains_everything(tiny_tokenizer):
 
 
 def test_roles_map_source_names_and_fields():
-    ds = DatasetConfig(path="x.jsonl", field_messages="conversations",
-                       message_property_mappings={"role": "from", "content": "value"},
-                       roles={"user": ["human"], "assistant": ["gpt"]})
+    ds = DatasetConfig(
+        path="x.jsonl",
+        field_messages="conversations",
+        message_property_mappings={"role": "from", "content": "value"},
+        roles={"user": ["human"], "assistant": ["gpt"]},
+    )
     row = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]}
-    assert normalize_messages(row, ds) == [{"role": "user", "content": "Hi"},
-                                           {"role": "assistant", "content": "Yo"}]
+    assert normalize_messages(row, ds) == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Yo"},
+    ]
 
 
-@pytest.mark.parametrize("row, message", [
-    ({"messages": [{"role": "bot", "content": "x"}]},
-     "messages[0].role is 'bot'; accepted: system, user, assistant, tool; map other names"),
-    ({"messages": []}, "messages is empty; expected a non-empty list of messages"),
-    ({"text": "hi"}, "has no 'messages' field (field_messages); its fields are ['text']"),
-    ({"messages": [{"role": "user"}]}, "messages[0] has no 'content'"),
-    ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content is int; expected text"),
-    ({"messages": "hello"}, "messages is str; expected a non-empty list of messages"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (
+            {"messages": [{"role": "bot", "content": "x"}]},
+            "messages[0].role is 'bot'; accepted: system, user, assistant, tool; map other names",
+        ),
+        ({"messages": []}, "messages is empty; expected a non-empty list of messages"),
+        ({"text": "hi"}, "has no 'messages' field (field_messages); its fields are ['text']"),
+        ({"messages": [{"role": "user"}]}, "messages[0] has no 'content'"),
+        (
+            {"messages": [{"role": "user", "content": 3}]},
+            "messages[0].content is int; expected text",
+        ),
+        ({"messages": "hello"}, "messages is str; expected a non-empty list of messages"),
+    ],
+)
 def test_bad_rows_name_the_field(row, message):
     with pytest.raises(RowError) as info:
         normalize_messages(row, DatasetConfig(path="x.jsonl"))
@@ -149,33 +188,50 @@ def test_qwen3_multi_turn_thinking_masks(tiny_tokenizer):
     """Qwen3 drops the reasoning of turns before the last user query, and renders the last
     reply's reasoning (given inline here) inside its think block: both are trained as
     rendered, and no reasoning leaks into a masked span or out of a trained one."""
-    assert encode(tiny_tokenizer, THINKING) == expected(tiny_tokenizer, [
-        ("<|im_start|>user\nWhat is 2 plus 2?<|im_end|>\n<|im_start|>assistant\n", False),
-        ("4<|im_end|>", True),
-        ("\n<|im_start|>user\nAnd 3 plus 3?<|im_end|>\n<|im_start|>assistant\n", False),
-        ("<think>\nThree and three.\n</think>\n\n6<|im_end|>", True),
-        ("\n", False),
-    ])
+    assert encode(tiny_tokenizer, THINKING) == expected(
+        tiny_tokenizer,
+        [
+            ("<|im_start|>user\nWhat is 2 plus 2?<|im_end|>\n<|im_start|>assistant\n", False),
+            ("4<|im_end|>", True),
+            ("\n<|im_start|>user\nAnd 3 plus 3?<|im_end|>\n<|im_start|>assistant\n", False),
+            ("<think>\nThree and three.\n</think>\n\n6<|im_end|>", True),
+            ("\n", False),
+        ],
+    )
 
 
 def test_enable_thinking_false_puts_the_empty_think_block_in_the_prompt(tiny_tokenizer):
-    encoder = ChatEncoder(tiny_tokenizer, template_text("qwen3"), ["<|im_end|>"],
-                          {"enable_thinking": False})
+    encoder = ChatEncoder(
+        tiny_tokenizer, template_text("qwen3"), ["<|im_end|>"], {"enable_thinking": False}
+    )
     got = encoder.encode(TWO_TURNS[:2], TurnRule(frozenset({"assistant"}), "turn", False))
-    assert got == expected(tiny_tokenizer, [
-        ("<|im_start|>user\nSpell green backwards.<|im_end|>\n<|im_start|>assistant\n"
-         "<think>\n\n</think>\n\n", False),
-        ("neerg<|im_end|>", True),
-        ("\n", False),
-    ])
+    assert got == expected(
+        tiny_tokenizer,
+        [
+            (
+                "<|im_start|>user\nSpell green backwards.<|im_end|>\n<|im_start|>assistant\n"
+                "<think>\n\n</think>\n\n",
+                False,
+            ),
+            ("neerg<|im_end|>", True),
+            ("\n", False),
+        ],
+    )
 
 
 def test_split_thinking_moves_the_think_block_into_reasoning_content():
     ds = DatasetConfig(path="x.jsonl", split_thinking=True)
-    row = {"messages": [{"role": "user", "content": "2+2?"},
-                        {"role": "assistant", "content": "<think>\nTwo and two.\n</think>\n\n4"}]}
-    assert normalize_messages(row, ds)[1] == {"role": "assistant", "content": "4",
-                                              "reasoning_content": "Two and two."}
+    row = {
+        "messages": [
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "<think>\nTwo and two.\n</think>\n\n4"},
+        ]
+    }
+    assert normalize_messages(row, ds)[1] == {
+        "role": "assistant",
+        "content": "4",
+        "reasoning_content": "Two and two.",
+    }
     plain = normalize_messages(row, DatasetConfig(path="x.jsonl"))[1]
     assert plain == {"role": "assistant", "content": "<think>\nTwo and two.\n</think>\n\n4"}
 
@@ -201,10 +257,13 @@ def test_bundled_templates_render_as_transformers_renders_them(tiny_tokenizer, n
         for prompt in (False, True):
             cut = messages[:-1] if prompt else messages
             want = tiny_tokenizer.apply_chat_template(
-                cut, chat_template=template, tokenize=False, add_generation_prompt=prompt,
-                **kwargs)
-            got = render(messages=cut, add_generation_prompt=prompt,
-                         **{**tiny_tokenizer.special_tokens_map, **kwargs})
+                cut, chat_template=template, tokenize=False, add_generation_prompt=prompt, **kwargs
+            )
+            got = render(
+                messages=cut,
+                add_generation_prompt=prompt,
+                **{**tiny_tokenizer.special_tokens_map, **kwargs},
+            )
             assert got == want
 
 
@@ -217,15 +276,21 @@ def test_templates_from_elsewhere_stay_in_the_sandbox():
 def test_alpaca_rows_train_on_the_output_and_eos(tiny_tokenizer):
     from toolkit.trainer.chat import IGNORE_INDEX, encode_alpaca
 
-    ids, labels = encode_alpaca(tiny_tokenizer, {"instruction": "Add 2 and 3.", "input": "",
-                                                 "output": "5"}, train_on_inputs=False)
-    prompt = tiny_tokenizer("Below is an instruction that describes a task. Write a response "
-                            "that appropriately completes the request.\n\n### Instruction:\n"
-                            "Add 2 and 3.\n\n### Response:\n",
-                            add_special_tokens=False)["input_ids"]
+    ids, labels = encode_alpaca(
+        tiny_tokenizer,
+        {"instruction": "Add 2 and 3.", "input": "", "output": "5"},
+        train_on_inputs=False,
+    )
+    prompt = tiny_tokenizer(
+        "Below is an instruction that describes a task. Write a response "
+        "that appropriately completes the request.\n\n### Instruction:\n"
+        "Add 2 and 3.\n\n### Response:\n",
+        add_special_tokens=False,
+    )["input_ids"]
     answer = tiny_tokenizer("5", add_special_tokens=False)["input_ids"]
     assert ids == prompt + answer + [tiny_tokenizer.eos_token_id]
     assert labels == [IGNORE_INDEX] * len(prompt) + answer + [tiny_tokenizer.eos_token_id]
-    with pytest.raises(RowError, match="output is missing; alpaca rows need instruction and "
-                                       "output text"):
+    with pytest.raises(
+        RowError, match="output is missing; alpaca rows need instruction and output text"
+    ):
         encode_alpaca(tiny_tokenizer, {"instruction": "x"}, False)

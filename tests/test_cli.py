@@ -40,13 +40,24 @@ def test_every_command_has_help(path):
 
 def test_the_group_lists_every_command():
     result = CliRunner().invoke(cli, ["--help"])
-    for name in ("validate", "train", "preprocess", "merge-lora", "tiny-model", "images",
-                 "launch", "reproduce", "compare", "doctor"):
+    for name in (
+        "validate",
+        "train",
+        "preprocess",
+        "merge-lora",
+        "tiny-model",
+        "images",
+        "launch",
+        "reproduce",
+        "compare",
+        "doctor",
+    ):
         assert f"  {name} " in result.output
 
 
-def test_options_people_set_per_machine_come_from_the_environment(write_config, monkeypatch,
-                                                                   capsys):
+def test_options_people_set_per_machine_come_from_the_environment(
+    write_config, monkeypatch, capsys
+):
     help_text = CliRunner().invoke(cli, ["train", "--help"]).output
     for name in ("TOOLKIT_RUNTIME", "TOOLKIT_VARIANT", "TOOLKIT_GPUS"):
         assert name in help_text
@@ -82,8 +93,9 @@ def test_validate_json(write_config, capsys):
 def test_compare_json(tmp_path, capsys):
     for name, losses in (("a", [6.0, 5.5]), ("b", [6.0, 5.9])):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "run.json").write_text(json.dumps(
-            {"config": {}, "loss_history": [[1, losses[0]], [2, losses[1]]]}))
+        (tmp_path / name / "run.json").write_text(
+            json.dumps({"config": {}, "loss_history": [[1, losses[0]], [2, losses[1]]]})
+        )
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
     assert data["same"] is False and data["worst_step"] == 2
@@ -91,8 +103,9 @@ def test_compare_json(tmp_path, capsys):
 
 
 def test_a_closed_pipe_is_not_a_traceback():
-    proc = subprocess.run(f"{TOOLKIT} images list --json | head -c 1", shell=True,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        f"{TOOLKIT} images list --json | head -c 1", shell=True, capture_output=True, text=True
+    )
     assert proc.stdout == "[" and "Traceback" not in proc.stderr and proc.stderr == ""
 
 
@@ -100,8 +113,12 @@ def complete(words: str) -> list[str]:
     """What the shell would offer for the last word of `words` (bash protocol)."""
     import os
 
-    env = {**os.environ, "_TOOLKIT_COMPLETE": "bash_complete", "COMP_WORDS": words,
-           "COMP_CWORD": str(len(words.split(" ")) - 1)}
+    env = {
+        **os.environ,
+        "_TOOLKIT_COMPLETE": "bash_complete",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split(" ")) - 1),
+    }
     out = subprocess.run([TOOLKIT], env=env, capture_output=True, text=True).stdout
     return [line.split(",", 1)[1] for line in out.splitlines() if "," in line]
 
@@ -126,8 +143,9 @@ def test_help_starts_fast():
 
 
 def test_train_json_prints_the_summary_alone(tiny_model_dir, write_config, capsys):
-    path = write_config({"base_model": str(tiny_model_dir), "max_steps": 2,
-                         "val_set_size": 0.0, "logging_steps": 1})
+    path = write_config(
+        {"base_model": str(tiny_model_dir), "max_steps": 2, "val_set_size": 0.0, "logging_steps": 1}
+    )
     assert main(["train", str(path), "--runtime", "local", "--json"]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)

@@ -37,10 +37,13 @@ def registry(tmp_path):
         pytest.skip(message)
     port = _free_port()
     config = tmp_path / "registry.yml"
-    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: "
-                      f"{tmp_path / 'store'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
-    server = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: "
+        f"{tmp_path / 'store'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )
+    server = subprocess.Popen(
+        [binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     for _ in range(50):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -52,8 +55,9 @@ def registry(tmp_path):
 
 
 @pytest.mark.docker
-def test_push_records_the_digest_and_a_vm_pulls_by_it(image, registry, tmp_path, monkeypatch,
-                                                      capsys):
+def test_push_records_the_digest_and_a_vm_pulls_by_it(
+    image, registry, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("TOOLKIT_PUSHED", str(tmp_path / "pushed.json"))
     assert main(["images", "push", "cpu", "--registry", f"{registry}/team"]) == 0
     record = json.loads((tmp_path / "pushed.json").read_text())["cpu"]
@@ -99,60 +103,115 @@ def _validator(argv0: Path, what: str):
         pytest.skip(message)
 
 
-def test_skypilot_task_passes_skypilots_own_validation(pushed, tiny_model_dir, write_config,
-                                                       tmp_path, capsys):
+def test_skypilot_task_passes_skypilots_own_validation(
+    pushed, tiny_model_dir, write_config, tmp_path, capsys
+):
     _validator(SKY_PYTHON, "SkyPilot")
     config = write_config({"base_model": str(tiny_model_dir)})
     out = tmp_path / "task.yaml"
-    assert main(["launch", "skypilot", str(config), "--variant", "cu130", "--outputs",
-                 "s3://bucket/runs/demo", "--accelerators", "H100:8", "--nodes", "2",
-                 "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "launch",
+                "skypilot",
+                str(config),
+                "--variant",
+                "cu130",
+                "--outputs",
+                "s3://bucket/runs/demo",
+                "--accelerators",
+                "H100:8",
+                "--nodes",
+                "2",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     task = yaml.safe_load(out.read_text())
     assert task["resources"] == {"image_id": f"docker:{pushed}", "accelerators": "H100:8"}
     assert task["num_nodes"] == 2 and task["setup"] == "toolkit doctor\n"
     assert task["file_mounts"]["/toolkit/model"] == str(tiny_model_dir.resolve())
-    assert task["file_mounts"]["/toolkit/outputs"] == {"source": "s3://bucket/runs/demo",
-                                                       "mode": "MOUNT"}
+    assert task["file_mounts"]["/toolkit/outputs"] == {
+        "source": "s3://bucket/runs/demo",
+        "mode": "MOUNT",
+    }
     assert '--node-rank "$SKYPILOT_NODE_RANK"' in task["run"]
     vm = yaml.safe_load((tmp_path / "config.vm.yaml").read_text())
     assert vm["base_model"] == "/toolkit/model" and vm["output_dir"] == "/toolkit/outputs"
     assert vm["datasets"][0]["path"] == "/toolkit/data/0/demo-chat.jsonl"
     for path in (out, tmp_path / "config.vm.yaml"):
         assert FAKE_SECRET not in path.read_text()
-    check = subprocess.run([str(SKY_PYTHON), "-c", (
-        "import sys, yaml, sky\n"
-        "from sky.utils import common_utils, schemas\n"
-        "data = yaml.safe_load(open(sys.argv[1]))\n"
-        "common_utils.validate_schema(data, schemas.get_task_schema(), 'invalid task: ')\n"
-        "task = sky.Task.from_yaml(sys.argv[1])\n"
-        "print(task.num_nodes, sorted(task.file_mounts or {}))\n"),
-        str(out)], capture_output=True, text=True, cwd=tmp_path)
+    check = subprocess.run(
+        [
+            str(SKY_PYTHON),
+            "-c",
+            (
+                "import sys, yaml, sky\n"
+                "from sky.utils import common_utils, schemas\n"
+                "data = yaml.safe_load(open(sys.argv[1]))\n"
+                "common_utils.validate_schema(data, schemas.get_task_schema(), 'invalid task: ')\n"
+                "task = sky.Task.from_yaml(sys.argv[1])\n"
+                "print(task.num_nodes, sorted(task.file_mounts or {}))\n"
+            ),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert check.returncode == 0, check.stderr[-2000:]
     assert check.stdout.startswith("2 ['/toolkit/config.yaml', '/toolkit/data/0/demo-chat.jsonl'")
     # Null-valued secrets are SkyPilot's references filled at launch (sky launch --secret).
     assert task["secrets"]["HF_TOKEN"] is None
 
 
-@pytest.mark.parametrize("variant, expect", [
-    ("cu130", "nvidia-ctk runtime configure --runtime=docker"),
-    ("rocm7.2", "--device /dev/kfd --device /dev/dri"),
-])
-def test_cloud_init_passes_cloud_inits_schema_and_bash(pushed, write_config, tmp_path, variant,
-                                                      expect):
+@pytest.mark.parametrize(
+    "variant, expect",
+    [
+        ("cu130", "nvidia-ctk runtime configure --runtime=docker"),
+        ("rocm7.2", "--device /dev/kfd --device /dev/dri"),
+    ],
+)
+def test_cloud_init_passes_cloud_inits_schema_and_bash(
+    pushed, write_config, tmp_path, variant, expect
+):
     _validator(Path("/usr/bin/cloud-init"), "cloud-init")
-    config = write_config({"base_model": "Qwen/Qwen3-8B",
-                           "datasets": [{"path": "s3://bucket/chat.jsonl",
-                                         "type": "chat_template"}]})
+    config = write_config(
+        {
+            "base_model": "Qwen/Qwen3-8B",
+            "datasets": [{"path": "s3://bucket/chat.jsonl", "type": "chat_template"}],
+        }
+    )
     out = tmp_path / "user-data.yaml"
-    assert main(["launch", "cloud-init", str(config), "--variant", variant, "--outputs",
-                 "s3://bucket/runs/demo", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "launch",
+                "cloud-init",
+                str(config),
+                "--variant",
+                variant,
+                "--outputs",
+                "s3://bucket/runs/demo",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = out.read_text()
     assert text.startswith("#cloud-config\n") and FAKE_SECRET not in text
-    check = subprocess.run(["cloud-init", "schema", "--config-file", str(out)],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        ["cloud-init", "schema", "--config-file", str(out)], capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
-    script = next(f["content"] for f in yaml.safe_load(text)["write_files"]
-                  if f["path"] == "/opt/toolkit/run.sh")
+    script = next(
+        f["content"]
+        for f in yaml.safe_load(text)["write_files"]
+        if f["path"] == "/opt/toolkit/run.sh"
+    )
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     assert f"docker pull {pushed}" in script and expect in script
     assert "fs_copy get s3://bucket/chat.jsonl /opt/toolkit/data/0/chat.jsonl" in script
@@ -161,18 +220,26 @@ def test_cloud_init_passes_cloud_inits_schema_and_bash(pushed, write_config, tmp
     assert "--env HF_TOKEN " in train  # by name: the value comes from secrets.env on the VM
 
 
-def test_cloud_init_refuses_local_files_and_launch_needs_a_push(write_config, tiny_model_dir,
-                                                                tmp_path, monkeypatch, capsys):
+def test_cloud_init_refuses_local_files_and_launch_needs_a_push(
+    write_config, tiny_model_dir, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("TOOLKIT_PUSHED", str(tmp_path / "none.json"))
     config = write_config({"base_model": str(tiny_model_dir)})
-    assert main(["launch", "cloud-init", str(config), "--variant", "cpu", "--outputs",
-                 "s3://b/o"]) == 2
-    assert "run `toolkit images push cpu --registry HOST[/NAMESPACE]` first" in \
-        capsys.readouterr().err
+    assert (
+        main(["launch", "cloud-init", str(config), "--variant", "cpu", "--outputs", "s3://b/o"])
+        == 2
+    )
+    assert (
+        "run `toolkit images push cpu --registry HOST[/NAMESPACE]` first" in capsys.readouterr().err
+    )
     (tmp_path / "none.json").write_text(json.dumps({"cpu": {"image": "r/toolkit@sha256:0"}}))
-    assert main(["launch", "cloud-init", str(config), "--variant", "cpu", "--outputs",
-                 "s3://b/o"]) == 2
+    assert (
+        main(["launch", "cloud-init", str(config), "--variant", "cpu", "--outputs", "s3://b/o"])
+        == 2
+    )
     assert "a VM cannot read this machine's files" in capsys.readouterr().err
-    assert main(["launch", "cloud-init", str(config), "--variant", "cpu", "--outputs",
-                 "/tmp/out"]) == 2
+    assert (
+        main(["launch", "cloud-init", str(config), "--variant", "cpu", "--outputs", "/tmp/out"])
+        == 2
+    )
     assert "a VM's disk goes away with it" in capsys.readouterr().err

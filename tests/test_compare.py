@@ -11,12 +11,18 @@ from toolkit.cli import main
 
 def run_json(path, losses, config="abc", device="cpu", values=None):
     path.mkdir()
-    (path / "run.json").write_text(json.dumps({
-        "config_sha256": config, "final_loss": losses[-1],
-        "config": {"output_dir": str(path), "learning_rate": 0.01, **(values or {})},
-        "loss_history": [[5 * (i + 1), x] for i, x in enumerate(losses)],
-        "resolved": {"device_name": device, "dtype": "float32"},
-        "environment": {"image": None, "libraries": {"torch": "2.13.0"}}}))
+    (path / "run.json").write_text(
+        json.dumps(
+            {
+                "config_sha256": config,
+                "final_loss": losses[-1],
+                "config": {"output_dir": str(path), "learning_rate": 0.01, **(values or {})},
+                "loss_history": [[5 * (i + 1), x] for i, x in enumerate(losses)],
+                "resolved": {"device_name": device, "dtype": "float32"},
+                "environment": {"image": None, "libraries": {"torch": "2.13.0"}},
+            }
+        )
+    )
     return path
 
 
@@ -31,8 +37,7 @@ def test_same_within_tolerance(tmp_path, capsys):
 
 def test_different_names_the_step(tmp_path, capsys):
     a = run_json(tmp_path / "a", [6.0, 5.5, 5.1])
-    b = run_json(tmp_path / "b", [6.0, 5.9, 5.8], config="other",
-                 values={"learning_rate": 0.02})
+    b = run_json(tmp_path / "b", [6.0, 5.9, 5.8], config="other", values={"learning_rate": 0.02})
     assert main(["compare", str(a), str(b)]) == 1
     out = capsys.readouterr().out
     assert "note: the two configs differ in learning_rate (0.01 → 0.02)" in out
@@ -54,11 +59,20 @@ def test_not_a_run(tmp_path, capsys):
     assert "no run.json there; give a training output_dir" in capsys.readouterr().err
 
 
-def test_reproduce_reruns_a_local_run_and_finds_the_same_curve(tiny_model_dir, write_config,
-                                                               tmp_path, capsys):
-    path = write_config({"base_model": str(tiny_model_dir), "max_steps": 6, "logging_steps": 2,
-                         "batch_size": 4, "micro_batch_size": 2, "save_steps": 100,
-                         "gradient_accumulation_steps": None})
+def test_reproduce_reruns_a_local_run_and_finds_the_same_curve(
+    tiny_model_dir, write_config, tmp_path, capsys
+):
+    path = write_config(
+        {
+            "base_model": str(tiny_model_dir),
+            "max_steps": 6,
+            "logging_steps": 2,
+            "batch_size": 4,
+            "micro_batch_size": 2,
+            "save_steps": 100,
+            "gradient_accumulation_steps": None,
+        }
+    )
     assert main(["train", str(path), "--runtime", "local"]) == 0
     capsys.readouterr()
     assert main(["reproduce", str(tmp_path / "out" / "run.json")]) == 0

@@ -21,21 +21,29 @@ from toolkit.images import load_matrix
 OK, MARGINAL, FAIL, UNKNOWN = Status.OK, Status.MARGINAL, Status.FAIL, Status.UNKNOWN
 MATRIX = [v.facts() for v in load_matrix().values()]
 # A build without Blackwell kernels, as torch 2.6.0+cu126 was (measured: sm_50 … sm_90).
-CU126 = VariantFacts("cu126", "cuda", "12.6", ("sm_50", "sm_60", "sm_70", "sm_75", "sm_80",
-                                               "sm_86", "sm_90"), "560.28.03")
+CU126 = VariantFacts(
+    "cu126",
+    "cuda",
+    "12.6",
+    ("sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"),
+    "560.28.03",
+)
 
 
-@pytest.mark.parametrize("driver, cuda, status", [
-    ("580.65.06", "13.0", OK),
-    ("590.44.01", "13.0", OK),
-    ("550.54.15", "13.0", FAIL),       # below the 580 floor of every CUDA 13 build
-    ("575.51.03", "12.8", OK),
-    ("570.26", "12.8", OK),
-    ("535.183.01", "12.8", MARGINAL),  # minor-version compatibility: PTX JIT breaks
-    ("470.182.03", "12.8", FAIL),
-    (None, "12.8", UNKNOWN),
-    ("550.54.15", "99.9", UNKNOWN),
-])
+@pytest.mark.parametrize(
+    "driver, cuda, status",
+    [
+        ("580.65.06", "13.0", OK),
+        ("590.44.01", "13.0", OK),
+        ("550.54.15", "13.0", FAIL),  # below the 580 floor of every CUDA 13 build
+        ("575.51.03", "12.8", OK),
+        ("570.26", "12.8", OK),
+        ("535.183.01", "12.8", MARGINAL),  # minor-version compatibility: PTX JIT breaks
+        ("470.182.03", "12.8", FAIL),
+        (None, "12.8", UNKNOWN),
+        ("550.54.15", "99.9", UNKNOWN),
+    ],
+)
 def test_driver_floor(driver, cuda, status):
     assert driver_status(driver, cuda)[0] == status
 
@@ -45,31 +53,37 @@ def test_minor_version_compatibility_names_the_consequence():
     assert "unsupported toolchain" in reason and "torch.compile" in reason
 
 
-@pytest.mark.parametrize("cc, arch_list, status", [
-    ("9.0", ("sm_80", "sm_90"), OK),
-    ("8.6", ("sm_80",), OK),                     # SASS runs on a later minor
-    ("8.9", ("sm_80", "sm_86"), OK),
-    ("8.0", ("sm_86",), FAIL),                   # never on an earlier minor
-    ("12.0", CU126.arch_list, FAIL),             # Blackwell RTX on a cu126 build
-    ("12.0", ("sm_90", "sm_120", "compute_120"), OK),
-    ("10.0", ("sm_90", "compute_90"), MARGINAL),  # PTX JIT only
-    ("6.1", ("sm_75", "sm_80"), FAIL),            # Pascal on cu128
-    (None, ("sm_80",), UNKNOWN),
-])
+@pytest.mark.parametrize(
+    "cc, arch_list, status",
+    [
+        ("9.0", ("sm_80", "sm_90"), OK),
+        ("8.6", ("sm_80",), OK),  # SASS runs on a later minor
+        ("8.9", ("sm_80", "sm_86"), OK),
+        ("8.0", ("sm_86",), FAIL),  # never on an earlier minor
+        ("12.0", CU126.arch_list, FAIL),  # Blackwell RTX on a cu126 build
+        ("12.0", ("sm_90", "sm_120", "compute_120"), OK),
+        ("10.0", ("sm_90", "compute_90"), MARGINAL),  # PTX JIT only
+        ("6.1", ("sm_75", "sm_80"), FAIL),  # Pascal on cu128
+        (None, ("sm_80",), UNKNOWN),
+    ],
+)
 def test_arch_coverage(cc, arch_list, status):
     assert arch_status(cc, arch_list)[0] == status
 
 
-@pytest.mark.parametrize("gfx, rocm, status", [
-    ("gfx942", "6.4", OK),
-    ("gfx950", "6.4", FAIL),
-    ("gfx950", "7.2", OK),
-    ("gfx1151", "7.2", OK),
-    ("gfx1031", "7.2", MARGINAL),   # runs only with HSA_OVERRIDE_GFX_VERSION
-    ("gfx803", "7.2", FAIL),
-    (None, "7.2", UNKNOWN),
-    ("gfx942", "5.0", UNKNOWN),
-])
+@pytest.mark.parametrize(
+    "gfx, rocm, status",
+    [
+        ("gfx942", "6.4", OK),
+        ("gfx950", "6.4", FAIL),
+        ("gfx950", "7.2", OK),
+        ("gfx1151", "7.2", OK),
+        ("gfx1031", "7.2", MARGINAL),  # runs only with HSA_OVERRIDE_GFX_VERSION
+        ("gfx803", "7.2", FAIL),
+        (None, "7.2", UNKNOWN),
+        ("gfx942", "5.0", UNKNOWN),
+    ],
+)
 def test_gfx_targets(gfx, rocm, status):
     assert gfx_status(gfx, rocm)[0] == status
 
@@ -78,9 +92,19 @@ def test_override_is_said_never_set():
     assert "HSA_OVERRIDE_GFX_VERSION=10.3.0" in gfx_status("gfx1031", "7.2")[1]
 
 
-@pytest.mark.parametrize("cc, bf16", [("7.5", False), ("7.0", False), ("8.0", True),
-                                      ("9.0", True), ("12.0", True), (None, None),
-                                      ("6.1", None), ("99.0", None)])
+@pytest.mark.parametrize(
+    "cc, bf16",
+    [
+        ("7.5", False),
+        ("7.0", False),
+        ("8.0", True),
+        ("9.0", True),
+        ("12.0", True),
+        (None, None),
+        ("6.1", None),
+        ("99.0", None),
+    ],
+)
 def test_bf16_by_compute_capability(cc, bf16):
     assert bf16_in_hardware(cc) is bf16
 
@@ -90,32 +114,39 @@ def test_bf16_is_read_from_the_table(monkeypatch):
     from toolkit import compat
 
     real = compat.table()
-    rows = {**real["compute_capability"]["rows"], "8.0": {"arch": "x", "bf16": False,
-                                                          "fa2": True}}
-    monkeypatch.setattr(compat, "table", lambda: {**real, "compute_capability": {
-        **real["compute_capability"], "rows": rows}})
+    rows = {**real["compute_capability"]["rows"], "8.0": {"arch": "x", "bf16": False, "fa2": True}}
+    monkeypatch.setattr(
+        compat,
+        "table",
+        lambda: {**real, "compute_capability": {**real["compute_capability"], "rows": rows}},
+    )
     assert bf16_in_hardware("8.0") is False
 
 
 def nvidia(*ccs: str, driver: str, name: str = "GPU") -> HostFacts:
-    return HostFacts(tuple(Gpu(i, "nvidia", name, compute_cap=cc) for i, cc in enumerate(ccs)),
-                     nvidia_driver=driver)
+    return HostFacts(
+        tuple(Gpu(i, "nvidia", name, compute_cap=cc) for i, cc in enumerate(ccs)),
+        nvidia_driver=driver,
+    )
 
 
 def amd(*gfx: str) -> HostFacts:
     return HostFacts(tuple(Gpu(i, "amd", "AMD GPU", gfx=g) for i, g in enumerate(gfx)))
 
 
-@pytest.mark.parametrize("host, variant, status", [
-    (HostFacts(), "cpu", OK),
-    (nvidia("9.0", driver="590.44.01"), "cu130", OK),             # newest CUDA wins a tie
-    (nvidia("9.0", driver="575.51.03"), "cu128", OK),
-    (nvidia("9.0", driver="550.54.15"), "cu128", MARGINAL),       # cu130 refused outright
-    (nvidia("8.0", "8.9", driver="535.183.01"), "cu128", MARGINAL),
-    (nvidia("12.0", driver="590.44.01", name="RTX 5090"), "cu130", OK),
-    (amd("gfx942", "gfx942"), "rocm7.2", OK),                     # MI300X
-    (amd("gfx950"), "rocm7.2", OK),                               # MI355X: 7.x only
-])
+@pytest.mark.parametrize(
+    "host, variant, status",
+    [
+        (HostFacts(), "cpu", OK),
+        (nvidia("9.0", driver="590.44.01"), "cu130", OK),  # newest CUDA wins a tie
+        (nvidia("9.0", driver="575.51.03"), "cu128", OK),
+        (nvidia("9.0", driver="550.54.15"), "cu128", MARGINAL),  # cu130 refused outright
+        (nvidia("8.0", "8.9", driver="535.183.01"), "cu128", MARGINAL),
+        (nvidia("12.0", driver="590.44.01", name="RTX 5090"), "cu130", OK),
+        (amd("gfx942", "gfx942"), "rocm7.2", OK),  # MI300X
+        (amd("gfx950"), "rocm7.2", OK),  # MI355X: 7.x only
+    ],
+)
 def test_select(host, variant, status):
     sel = select(host, MATRIX)
     assert (sel.variant, sel.status) == (variant, status), sel.explanation
@@ -141,8 +172,10 @@ def test_old_driver_gets_the_floor_as_fix():
 
 
 def test_mixed_vendors_are_refused():
-    host = HostFacts((Gpu(0, "nvidia", "A100", compute_cap="8.0"),
-                      Gpu(1, "amd", "MI300X", gfx="gfx942")), nvidia_driver="575.51.03")
+    host = HostFacts(
+        (Gpu(0, "nvidia", "A100", compute_cap="8.0"), Gpu(1, "amd", "MI300X", gfx="gfx942")),
+        nvidia_driver="575.51.03",
+    )
     sel = select(host, MATRIX)
     assert sel.variant is None and "--gpus" in sel.fix
 

@@ -32,7 +32,8 @@ def test_demo_config_is_valid(monkeypatch, tmp_path):
 
 def test_unknown_key_suggests_the_close_one(write_config):
     assert problems_of(write_config({"micro_batch_sizee": 2})) == [
-        "micro_batch_sizee: unknown key; did you mean 'micro_batch_size'?"]
+        "micro_batch_sizee: unknown key; did you mean 'micro_batch_size'?"
+    ]
 
 
 def test_unknown_nested_key_suggests_within_its_level(write_config, tmp_path):
@@ -41,13 +42,22 @@ def test_unknown_nested_key_suggests_within_its_level(write_config, tmp_path):
     data["datasets"][0]["feild_messages"] = "conversations"
     path.write_text(yaml.safe_dump(data))
     assert problems_of(path) == [
-        "datasets[0].feild_messages: unknown key; did you mean 'field_messages'?"]
+        "datasets[0].feild_messages: unknown key; did you mean 'field_messages'?"
+    ]
 
 
 def test_all_problems_are_reported_together(write_config):
-    problems = problems_of(write_config({
-        "micro_batch_size": 0, "adapter": "qlora", "optimizer": "adam", "bf16": "maybe",
-        "base_model": "./no/such/model"}))
+    problems = problems_of(
+        write_config(
+            {
+                "micro_batch_size": 0,
+                "adapter": "qlora",
+                "optimizer": "adam",
+                "bf16": "maybe",
+                "base_model": "./no/such/model",
+            }
+        )
+    )
     assert len(problems) == 5
     text = "\n".join(problems)
     assert "micro_batch_size: got 0; accepted: a number > 0" in text
@@ -68,8 +78,11 @@ def test_missing_dataset_file_names_the_path(write_config):
 
 
 def test_exclusive_pairs_name_both_keys(write_config):
-    problems = problems_of(write_config({"warmup_steps": 2, "warmup_ratio": 0.1,
-                                         "save_steps": 5, "saves_per_epoch": 2}))
+    problems = problems_of(
+        write_config(
+            {"warmup_steps": 2, "warmup_ratio": 0.1, "save_steps": 5, "saves_per_epoch": 2}
+        )
+    )
     assert problems == [
         "warmup_steps (2) and warmup_ratio (0.1) are both set; keep one",
         "save_steps and saves_per_epoch are both set; keep one",
@@ -82,8 +95,16 @@ def test_unsupported_axolotl_key_is_refused_by_name(write_config):
 
 
 def test_unsupported_keys_holding_off_values_are_accepted(write_config):
-    loaded = load_config(write_config({"xformers_attention": False, "deepspeed": None,
-                                       "special_tokens": {}, "flash_attention": False}))
+    loaded = load_config(
+        write_config(
+            {
+                "xformers_attention": False,
+                "deepspeed": None,
+                "special_tokens": {},
+                "flash_attention": False,
+            }
+        )
+    )
     assert loaded.warnings == []
 
 
@@ -91,7 +112,8 @@ def test_tracker_keys_are_ignored_with_a_warning(write_config, capsys):
     path = write_config({"wandb_project": "qwen3", "wandb_entity": None, "strict": False})
     loaded = load_config(path)
     assert loaded.warnings == [
-        "wandb_project: not used by toolkit (it cannot change what is trained); ignored"]
+        "wandb_project: not used by toolkit (it cannot change what is trained); ignored"
+    ]
     assert main(["validate", str(path)]) == 0
     assert "warning: wandb_project: not used by toolkit" in capsys.readouterr().err
 
@@ -112,10 +134,24 @@ def test_yaml_that_is_not_a_mapping(tmp_path):
 
 
 def test_overrides_parse_as_yaml_scalars():
-    assert parse_overrides(["--micro-batch-size", "2", "--bf16", "false", "--lr-scheduler=linear",
-                            "--gradient-checkpointing", "--datasets.0.path", "x.jsonl"]) == {
-        "micro_batch_size": 2, "bf16": False, "lr_scheduler": "linear",
-        "gradient_checkpointing": True, "datasets.0.path": "x.jsonl"}
+    assert parse_overrides(
+        [
+            "--micro-batch-size",
+            "2",
+            "--bf16",
+            "false",
+            "--lr-scheduler=linear",
+            "--gradient-checkpointing",
+            "--datasets.0.path",
+            "x.jsonl",
+        ]
+    ) == {
+        "micro_batch_size": 2,
+        "bf16": False,
+        "lr_scheduler": "linear",
+        "gradient_checkpointing": True,
+        "datasets.0.path": "x.jsonl",
+    }
 
 
 def test_override_wins_and_is_marked(write_config):
@@ -126,8 +162,8 @@ def test_override_wins_and_is_marked(write_config):
 
 def test_override_is_validated_like_the_file(write_config):
     assert problems_of(write_config(), {"micro_batch_size": 0}) == [
-        "micro_batch_size: got 0; accepted: a number > 0; "
-        "fix: set micro_batch_size to a number > 0"]
+        "micro_batch_size: got 0; accepted: a number > 0; fix: set micro_batch_size to a number > 0"
+    ]
 
 
 def test_config_is_frozen(write_config):
@@ -137,6 +173,7 @@ def test_config_is_frozen(write_config):
 
 
 # --- through the CLI: exit codes, and stdout vs stderr --------------------------------------
+
 
 def test_cli_validate_prints_resolved_config(write_config, capsys):
     assert main(["validate", str(write_config()), "--micro-batch-size", "3"]) == 0
@@ -152,8 +189,9 @@ def test_cli_misspelled_key_exit_2_on_stderr(write_config, capsys):
     assert main(["validate", str(path)]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == (f"error: {path}: 1 problem\n"
-                   "  - lerning_rate: unknown key; did you mean 'learning_rate'?\n")
+    assert err == (
+        f"error: {path}: 1 problem\n  - lerning_rate: unknown key; did you mean 'learning_rate'?\n"
+    )
 
 
 def test_cli_train_bad_config_fails_before_any_work(write_config, capsys):
@@ -186,11 +224,14 @@ def test_an_override_without_a_value_is_an_error(write_config, capsys):
 
 def test_an_override_before_the_config_path_says_so(write_config, capsys):
     assert main(["train", "--seed", "3", str(write_config())]) == 2
-    assert "--seed: the config path comes first, then the overrides: toolkit train CONFIG " \
-           "--seed VALUE" in capsys.readouterr().err
+    assert (
+        "--seed: the config path comes first, then the overrides: toolkit train CONFIG "
+        "--seed VALUE" in capsys.readouterr().err
+    )
 
 
 # --- deprecated spellings, derived values, explain ----------------------------------------
+
 
 def test_deprecated_spellings_are_mapped_with_a_warning(write_config, tmp_path):
     path = write_config({"flash_attention": True})
@@ -207,25 +248,30 @@ def test_deprecated_spellings_are_mapped_with_a_warning(write_config, tmp_path):
         "datasets[0].message_field_role: deprecated; read as message_property_mappings.role: "
         "'from'",
         "datasets[0].message_field_content: deprecated; read as "
-        "message_property_mappings.content: 'value'"]
+        "message_property_mappings.content: 'value'",
+    ]
 
 
 def test_batch_size_derives_accumulation(write_config):
-    loaded = load_config(write_config({"batch_size": 16, "micro_batch_size": 4,
-                                       "gradient_accumulation_steps": None}))
+    loaded = load_config(
+        write_config({"batch_size": 16, "micro_batch_size": 4, "gradient_accumulation_steps": None})
+    )
     assert loaded.config.accumulation_steps == 4
     assert loaded.sources["gradient_accumulation_steps"] == (
-        "derived: batch_size 16 / micro_batch_size 4")
+        "derived: batch_size 16 / micro_batch_size 4"
+    )
 
 
 def test_two_of_three_batch_keys(write_config):
-    assert problems_of(write_config({"batch_size": 16, "micro_batch_size": 4,
-                                     "gradient_accumulation_steps": 2})) == [
+    assert problems_of(
+        write_config({"batch_size": 16, "micro_batch_size": 4, "gradient_accumulation_steps": 2})
+    ) == [
         "micro_batch_size, gradient_accumulation_steps and batch_size are all set; give two "
-        "of them (batch_size = micro_batch_size × gradient_accumulation_steps)"]
-    assert problems_of(write_config({"batch_size": 10, "micro_batch_size": 4,
-                                     "gradient_accumulation_steps": None})) == [
-        "batch_size 10 is not a multiple of micro_batch_size 4; change one of them"]
+        "of them (batch_size = micro_batch_size × gradient_accumulation_steps)"
+    ]
+    assert problems_of(
+        write_config({"batch_size": 10, "micro_batch_size": 4, "gradient_accumulation_steps": None})
+    ) == ["batch_size 10 is not a multiple of micro_batch_size 4; change one of them"]
 
 
 def test_fsdp_and_deepspeed_exclude_each_other(write_config):
@@ -240,8 +286,10 @@ def test_validate_explain_names_every_source(write_config, capsys):
     assert "\nseed: 7  # command line\n" in out
     assert "\nsequence_len: 256  # file\n" in out
     assert "\nmax_grad_norm: 1.0  # default\n" in out
-    assert ("\nattn_implementation: flash_attention_2  # mapped from flash_attention (file); "
-            "at train time: flash_attention_2 falls back to sdpa") in out
+    assert (
+        "\nattn_implementation: flash_attention_2  # mapped from flash_attention (file); "
+        "at train time: flash_attention_2 falls back to sdpa"
+    ) in out
     assert "\nbf16: auto  # file; at train time: auto: on where the GPU has bf16" in out
 
 

@@ -14,8 +14,15 @@ from toolkit.tiny import demo_conversations, demo_preferences
 from toolkit.trainer.data import apply_split, read_rows, shard
 
 CHATS = demo_conversations(20)
-PAIRS = [{"system": "", "input": r["messages"][0]["content"], "chosen": r["chosen"],
-          "rejected": r["rejected"]} for r in demo_preferences(20)]
+PAIRS = [
+    {
+        "system": "",
+        "input": r["messages"][0]["content"],
+        "chosen": r["chosen"],
+        "rejected": r["rejected"],
+    }
+    for r in demo_preferences(20)
+]
 
 
 def rows_of(path, **fields) -> list[dict]:
@@ -62,18 +69,26 @@ def test_save_to_disk_dataset_and_dict(tmp_path):
     from datasets import Dataset, DatasetDict
 
     Dataset.from_list(CHATS).save_to_disk(str(tmp_path / "one"))
-    DatasetDict({"train": Dataset.from_list(CHATS[:10]),
-                 "test": Dataset.from_list(CHATS[10:])}).save_to_disk(str(tmp_path / "dict"))
+    DatasetDict(
+        {"train": Dataset.from_list(CHATS[:10]), "test": Dataset.from_list(CHATS[10:])}
+    ).save_to_disk(str(tmp_path / "dict"))
     assert rows_of(tmp_path / "one") == CHATS
     assert rows_of(tmp_path / "dict", split="test[:50%]") == CHATS[10:15]
     with pytest.raises(DataError, match=r"has splits \['test', 'train'\], not 'validation'"):
         rows_of(tmp_path / "dict", split="validation")
 
 
-@pytest.mark.parametrize("split, expected", [
-    ("train", list(range(10))), ("train[:20%]", [0, 1]), ("train[2:5]", [2, 3, 4]),
-    ("train[-3:]", [7, 8, 9]), ("train[50%:]", [5, 6, 7, 8, 9]), ("train[10%:30%]", [1, 2]),
-])
+@pytest.mark.parametrize(
+    "split, expected",
+    [
+        ("train", list(range(10))),
+        ("train[:20%]", [0, 1]),
+        ("train[2:5]", [2, 3, 4]),
+        ("train[-3:]", [7, 8, 9]),
+        ("train[50%:]", [5, 6, 7, 8, 9]),
+        ("train[10%:30%]", [1, 2]),
+    ],
+)
 def test_split_expressions(split, expected):
     assert apply_split(list(range(10)), split) == expected
 
@@ -101,11 +116,22 @@ def test_several_datasets_are_mixed(tiny_model_dir, tmp_path, write_config):
 
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in CHATS))
     Dataset.from_list(demo_conversations(30, seed=5)).to_parquet(str(tmp_path / "b.parquet"))
-    path = write_config({"base_model": str(tiny_model_dir), "max_steps": 2, "save_steps": 2,
-                         "val_set_size": 0.0})
-    loaded = load_config(path, {"datasets": [
-        {"path": str(tmp_path / "a.jsonl"), "type": "chat_template", "split": "train[:50%]"},
-        {"path": str(tmp_path / "b.parquet"), "type": "chat_template", "shards": 3}]})
+    path = write_config(
+        {"base_model": str(tiny_model_dir), "max_steps": 2, "save_steps": 2, "val_set_size": 0.0}
+    )
+    loaded = load_config(
+        path,
+        {
+            "datasets": [
+                {
+                    "path": str(tmp_path / "a.jsonl"),
+                    "type": "chat_template",
+                    "split": "train[:50%]",
+                },
+                {"path": str(tmp_path / "b.parquet"), "type": "chat_template", "shards": 3},
+            ]
+        },
+    )
     data = read_run(run(loaded))["data"]
     assert [d["rows"] for d in data["per_dataset"]] == [10, 10]
     assert data["rows"] == 20

@@ -41,8 +41,16 @@ def shared(tiny_model_dir):
 
 def demo_config(root: Path, **changes) -> Path:
     data = yaml.safe_load(DEMO_CONFIG.read_text())
-    data.update({"base_model": str(root / "model"), "output_dir": str(root / "out"),
-                 "max_steps": 12, "save_steps": 6, "logging_steps": 2, **changes})
+    data.update(
+        {
+            "base_model": str(root / "model"),
+            "output_dir": str(root / "out"),
+            "max_steps": 12,
+            "save_steps": 6,
+            "logging_steps": 2,
+            **changes,
+        }
+    )
     data["datasets"][0]["path"] = str(root / "chat.jsonl")
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -66,10 +74,15 @@ def test_image_labels_describe_it(image):
     assert labels["io.toolkit.lock-sha256"] == variant.lock_sha256
     assert labels["io.toolkit.torch"] == "2.13.0+cpu"
     assert labels["org.opencontainers.image.base.digest"].startswith("sha256:")
-    freeze = subprocess.run(["docker", "run", "--rm", image, "pip", "freeze", "--all"],
-                            capture_output=True, text=True, check=True).stdout.split()
+    freeze = subprocess.run(
+        ["docker", "run", "--rm", image, "pip", "freeze", "--all"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert sorted(p.lower() for p in freeze if not p.startswith("pip==")) == sorted(
-        p.lower() for p in variant.pins())
+        p.lower() for p in variant.pins()
+    )
 
 
 def test_train_and_merge_in_container_match_local(image, shared, monkeypatch, capfd):
@@ -127,10 +140,27 @@ def test_make_train_inside_the_container(image, shared):
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
     subprocess.run(["chown", "-R", f"{USER[0]}:{USER[1]}", str(work)], check=False)
     user = f"{USER[0]}:{USER[1]}" if os.geteuid() == 0 else f"{os.getuid()}:{os.getgid()}"
-    proc = subprocess.run(["docker", "run", "--rm", "--network", "none", "--user", user,
-                           "--mount", f"type=bind,source={work},target=/work", "--workdir",
-                           "/work", image, "make", "train"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--user",
+            user,
+            "--mount",
+            f"type=bind,source={work},target=/work",
+            "--workdir",
+            "/work",
+            image,
+            "make",
+            "train",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "step 40/40 loss" in proc.stdout
     assert (work / "outputs" / "tiny-cpu-demo" / "merged" / "model.safetensors").exists()
@@ -142,17 +172,41 @@ def test_verify_the_built_image(image):
 
     findings = verify_image(image, Runtime())
     assert [(f.check, f.status) for f in findings] == [
-        ("versions", Status.OK), ("torch", Status.OK), ("imports", Status.OK)], findings
+        ("versions", Status.OK),
+        ("torch", Status.OK),
+        ("imports", Status.OK),
+    ], findings
 
 
 def test_doctor_inside_the_container(image):
-    proc = subprocess.run(["docker", "run", "--rm", "--network", "none", "--shm-size", "1g",
-                           image, "toolkit", "doctor", "--json"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--shm-size",
+            "1g",
+            image,
+            "toolkit",
+            "doctor",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     checks = {f["check"]: f["status"] for f in json.loads(proc.stdout)}
-    assert checks == {"torch": "OK", "device": "OK", "flash-attn": "OK", "bitsandbytes": "OK",
-                      "liger": "OK", "shm": "OK"}
+    assert checks == {
+        "torch": "OK",
+        "device": "OK",
+        "flash-attn": "OK",
+        "bitsandbytes": "OK",
+        "liger": "OK",
+        "shm": "OK",
+    }
 
 
 def test_dpo_runs_in_the_container_as_sft_does(image, shared, monkeypatch, capfd):
@@ -162,12 +216,25 @@ def test_dpo_runs_in_the_container_as_sft_does(image, shared, monkeypatch, capfd
     data = shared / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in demo_preferences(32)))
     config = shared / "dpo.yaml"
-    config.write_text(yaml.safe_dump({
-        "base_model": str(shared / "model"), "chat_template": "qwen3", "rl": "dpo",
-        "datasets": [{"path": str(data), "type": "chat_template.default"}],
-        "output_dir": str(shared / "out"), "sequence_len": 128, "adapter": "lora",
-        "lora_target_linear": True, "micro_batch_size": 8, "max_steps": 4, "save_steps": 4,
-        "learning_rate": 0.003, "logging_steps": 2}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "base_model": str(shared / "model"),
+                "chat_template": "qwen3",
+                "rl": "dpo",
+                "datasets": [{"path": str(data), "type": "chat_template.default"}],
+                "output_dir": str(shared / "out"),
+                "sequence_len": 128,
+                "adapter": "lora",
+                "lora_target_linear": True,
+                "micro_batch_size": 8,
+                "max_steps": 4,
+                "save_steps": 4,
+                "learning_rate": 0.003,
+                "logging_steps": 2,
+            }
+        )
+    )
     assert main(["train", str(config), "--runtime", "docker"]) == 0
     assert main(["merge-lora", str(config), "--runtime", "docker"]) == 0
     run = read_run(shared / "out")
@@ -183,12 +250,22 @@ def test_docker_stop_then_train_again_resumes(image, shared):
     import torch
     from safetensors.torch import load_file
 
-    config = demo_config(shared, max_steps=600, save_steps=10000, logging_steps=25,
-                         val_set_size=0.0, learning_rate=0.001)
+    config = demo_config(
+        shared,
+        max_steps=600,
+        save_steps=10000,
+        logging_steps=25,
+        val_set_size=0.0,
+        learning_rate=0.001,
+    )
     log = shared / "out" / "train.log"
     toolkit = str(Path(sys.executable).parent / "toolkit")
-    proc = subprocess.Popen([toolkit, "train", str(config), "--runtime", "docker"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [toolkit, "train", str(config), "--runtime", "docker"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if log.exists() and "step 50/600" in log.read_text():
@@ -197,8 +274,12 @@ def test_docker_stop_then_train_again_resumes(image, shared):
     else:
         proc.kill()
         pytest.fail("training never reached step 50")
-    ids = subprocess.run(["docker", "ps", "-q", "--filter", f"ancestor={image}"],
-                         capture_output=True, text=True, check=True).stdout.split()
+    ids = subprocess.run(
+        ["docker", "ps", "-q", "--filter", f"ancestor={image}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert len(ids) == 1
     subprocess.run(["docker", "stop", "-t", "60", ids[0]], check=True, capture_output=True)
     output = proc.communicate(timeout=120)[0]
@@ -207,8 +288,12 @@ def test_docker_stop_then_train_again_resumes(image, shared):
     [checkpoint] = list((shared / "out").glob("checkpoint-*"))
     assert (checkpoint / "toolkit-complete.json").exists()
 
-    resumed = subprocess.run([toolkit, "train", str(config), "--runtime", "docker"],
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [toolkit, "train", str(config), "--runtime", "docker"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert f"resume: continuing from {checkpoint.name}" in resumed.stdout
 
@@ -243,13 +328,14 @@ def test_secrets_pass_by_name_and_are_never_written(image, shared, monkeypatch, 
     tag = "toolkit-test:built-with-secret"
     try:
         build_image(get_variant("cpu"), Runtime(), BuildOptions(tag=tag))
-        history = subprocess.run(["docker", "history", "--no-trunc", tag],
-                                 capture_output=True, text=True, check=True).stdout
-        inspect = subprocess.run(["docker", "image", "inspect", tag], capture_output=True,
-                                 text=True, check=True).stdout
+        history = subprocess.run(
+            ["docker", "history", "--no-trunc", tag], capture_output=True, text=True, check=True
+        ).stdout
+        inspect = subprocess.run(
+            ["docker", "image", "inspect", tag], capture_output=True, text=True, check=True
+        ).stdout
         assert secret not in history + inspect
-        saved = subprocess.run(["docker", "save", tag], capture_output=True,
-                               check=True).stdout
+        saved = subprocess.run(["docker", "save", tag], capture_output=True, check=True).stdout
         assert secret.encode() not in saved
     finally:
         subprocess.run(["docker", "rmi", tag], capture_output=True, check=False)
@@ -262,8 +348,9 @@ def test_the_container_sees_the_secret_by_name(image, monkeypatch, capfd):
     from toolkit.launch import container_spec
 
     monkeypatch.setenv("HF_TOKEN", "hf_visible_inside")
-    spec = container_spec(image, "", ["sh", "-c", 'printf %s "$HF_TOKEN" | sha256sum'],
-                          [], [], network=False)
+    spec = container_spec(
+        image, "", ["sh", "-c", 'printf %s "$HF_TOKEN" | sha256sum'], [], [], network=False
+    )
     assert spec.env["HF_TOKEN"] is None, "the spec names it; the value is read at create"
     assert engine.run(spec) == 0
     out = capfd.readouterr().out
@@ -307,12 +394,18 @@ def test_two_builds_from_one_lock_freeze_and_label_alike(image):
     runtime = Runtime()
     try:
         built = build_image(get_variant("cpu"), runtime, BuildOptions(tag=first))
-        assert build_image(get_variant("cpu"), runtime,
-                           BuildOptions(no_cache=True, tag=again)) == again
+        assert (
+            build_image(get_variant("cpu"), runtime, BuildOptions(no_cache=True, tag=again))
+            == again
+        )
 
         def freeze(tag):
-            return subprocess.run(["docker", "run", "--rm", tag, "pip", "freeze", "--all"],
-                                  capture_output=True, text=True, check=True).stdout
+            return subprocess.run(
+                ["docker", "run", "--rm", tag, "pip", "freeze", "--all"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
 
         def labels(tag):
             return Docker(runtime).inspect_image(tag).labels

@@ -24,9 +24,17 @@ def gpu():
 def test_tiny_lora_trains_on_the_gpu_with_bf16_by_capability(gpu, tiny_model_dir, write_config):
     from toolkit.trainer import run
 
-    loaded = load_config(write_config({"base_model": str(tiny_model_dir), "max_steps": 8,
-                                       "save_steps": 8, "bf16": "auto",
-                                       "attn_implementation": "flash_attention_2"}))
+    loaded = load_config(
+        write_config(
+            {
+                "base_model": str(tiny_model_dir),
+                "max_steps": 8,
+                "save_steps": 8,
+                "bf16": "auto",
+                "attn_implementation": "flash_attention_2",
+            }
+        )
+    )
     resolved = read_run(run(loaded))["resolved"]
     assert resolved["device"] == "cuda"
     assert resolved["bf16"] is bf16_in_hardware(f"{gpu[0]}.{gpu[1]}")
@@ -45,23 +53,41 @@ def test_in_image_checks_see_the_gpu(monkeypatch):
 def _first_losses(write_config, tiny_model_dir, tmp_path, name, **changes):
     from toolkit.trainer import run
 
-    loaded = load_config(write_config({
-        "base_model": str(tiny_model_dir), "max_steps": 4, "logging_steps": 1, "bf16": False,
-        "output_dir": str(tmp_path / name), **changes}, name=f"{name}.yaml"))
+    loaded = load_config(
+        write_config(
+            {
+                "base_model": str(tiny_model_dir),
+                "max_steps": 4,
+                "logging_steps": 1,
+                "bf16": False,
+                "output_dir": str(tmp_path / name),
+                **changes,
+            },
+            name=f"{name}.yaml",
+        )
+    )
     data = read_run(run(loaded))
     return data["resolved"]["optimizations"], [loss for _, loss in data["loss_history"]]
 
 
-@pytest.mark.parametrize("option", [
-    {"liger_rope": True, "liger_rms_norm": True, "liger_glu_activation": True,
-     "liger_fused_linear_cross_entropy": True},
-    {"cut_cross_entropy": True},
-    {"lora_mlp_kernel": True, "lora_qkv_kernel": True, "lora_o_kernel": True},
-    {"activation_offloading": True, "gradient_checkpointing": True},
-    {"torch_compile": True},
-])
-def test_each_gpu_option_takes_effect_and_keeps_the_loss(option, write_config, tiny_model_dir,
-                                                          tmp_path):
+@pytest.mark.parametrize(
+    "option",
+    [
+        {
+            "liger_rope": True,
+            "liger_rms_norm": True,
+            "liger_glu_activation": True,
+            "liger_fused_linear_cross_entropy": True,
+        },
+        {"cut_cross_entropy": True},
+        {"lora_mlp_kernel": True, "lora_qkv_kernel": True, "lora_o_kernel": True},
+        {"activation_offloading": True, "gradient_checkpointing": True},
+        {"torch_compile": True},
+    ],
+)
+def test_each_gpu_option_takes_effect_and_keeps_the_loss(
+    option, write_config, tiny_model_dir, tmp_path
+):
     _, plain = _first_losses(write_config, tiny_model_dir, tmp_path, "plain")
     decisions, losses = _first_losses(write_config, tiny_model_dir, tmp_path, "opt", **option)
     assert all(decisions[key].startswith("on") for key in option), decisions

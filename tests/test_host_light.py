@@ -20,8 +20,9 @@ print("HEAVY=" + ",".join(heavy))
 
 
 def heavy_modules(argv: list[str]) -> str:
-    proc = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True,
-                          text=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True, cwd=REPO
+    )
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("HEAVY=")]
     assert line, proc.stderr
     return line[0].removeprefix("HEAVY=")

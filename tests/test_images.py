@@ -34,8 +34,11 @@ def test_rendered_dockerfile_passes_hadolint(variant, tmp_path):
     assert Path(hadolint).exists(), "hadolint is a dev dependency: make test installs it"
     path = tmp_path / "Dockerfile"
     path.write_text(render_dockerfile(load_matrix()[variant]))
-    proc = subprocess.run([hadolint, "--no-color", "--failure-threshold", "info", str(path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "info", str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout
 
 
@@ -45,30 +48,79 @@ def test_template_has_no_unfilled_placeholders():
 
 
 def test_cuda_images_ask_for_compute_libraries_only_there():
-    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in render_dockerfile(
-        load_matrix()["cu130"])
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in render_dockerfile(load_matrix()["cu130"])
     assert "NVIDIA_" not in render_dockerfile(load_matrix()["rocm7.2"])
 
 
 def test_complete_locks_install_without_resolution():
     matrix = load_matrix()
     assert "pip install --no-deps --require-hashes ${PIP_SOURCE}" in render_dockerfile(
-        matrix["cpu"])
+        matrix["cpu"]
+    )
     assert "pip install ${PIP_SOURCE}" in render_dockerfile(matrix["rocm7.2"])
 
 
-@pytest.mark.parametrize("accelerator, gpus, gids, flags", [
-    ("cpu", None, (), ["--shm-size", "1g"]),
-    ("cuda", None, (), ["--gpus", "all", "--ipc=host", "--ulimit", "memlock=-1",
-                        "--ulimit", "stack=67108864"]),
-    ("cuda", "0,1", (), ["--gpus", '"device=0,1"', "--ipc=host", "--ulimit", "memlock=-1",
-                         "--ulimit", "stack=67108864"]),
-    ("rocm", "all", (44, 109), ["--device", "/dev/kfd", "--device", "/dev/dri",
-                                "--group-add", "44", "--group-add", "109",
-                                "--security-opt", "seccomp=unconfined", "--ipc=host"]),
-    ("rocm", "1", (), ["--device", "/dev/kfd", "--device", "/dev/dri", "--group-add", "video",
-                       "--security-opt", "seccomp=unconfined", "--ipc=host",
-                       "--env", "HIP_VISIBLE_DEVICES=1"]),
-])
+@pytest.mark.parametrize(
+    "accelerator, gpus, gids, flags",
+    [
+        ("cpu", None, (), ["--shm-size", "1g"]),
+        (
+            "cuda",
+            None,
+            (),
+            ["--gpus", "all", "--ipc=host", "--ulimit", "memlock=-1", "--ulimit", "stack=67108864"],
+        ),
+        (
+            "cuda",
+            "0,1",
+            (),
+            [
+                "--gpus",
+                '"device=0,1"',
+                "--ipc=host",
+                "--ulimit",
+                "memlock=-1",
+                "--ulimit",
+                "stack=67108864",
+            ],
+        ),
+        (
+            "rocm",
+            "all",
+            (44, 109),
+            [
+                "--device",
+                "/dev/kfd",
+                "--device",
+                "/dev/dri",
+                "--group-add",
+                "44",
+                "--group-add",
+                "109",
+                "--security-opt",
+                "seccomp=unconfined",
+                "--ipc=host",
+            ],
+        ),
+        (
+            "rocm",
+            "1",
+            (),
+            [
+                "--device",
+                "/dev/kfd",
+                "--device",
+                "/dev/dri",
+                "--group-add",
+                "video",
+                "--security-opt",
+                "seccomp=unconfined",
+                "--ipc=host",
+                "--env",
+                "HIP_VISIBLE_DEVICES=1",
+            ],
+        ),
+    ],
+)
 def test_device_flags(accelerator, gpus, gids, flags):
     assert device_flags(accelerator, gpus, gids).flags() == flags

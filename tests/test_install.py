@@ -19,23 +19,42 @@ pytestmark = pytest.mark.slow
 def installed(tmp_path_factory) -> Path:
     """A fresh venv with the wheel built from this checkout; returns its bin folder."""
     root = tmp_path_factory.mktemp("install")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(root / "dist"), str(REPO)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(root / "dist"),
+            str(REPO),
+        ],
+        check=True,
+    )
     [wheel] = (root / "dist").glob("qwen_posttrain-*.whl")
     subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
-    subprocess.run([str(root / "venv" / "bin" / "pip"), "install", "-q", str(wheel)],
-                   check=True)
+    subprocess.run([str(root / "venv" / "bin" / "pip"), "install", "-q", str(wheel)], check=True)
     return root / "venv" / "bin"
 
 
 def toolkit(bin_dir: Path, *args: str, cwd: Path, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([str(bin_dir / "toolkit"), *args], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, **env}, timeout=900)
+    return subprocess.run(
+        [str(bin_dir / "toolkit"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=900,
+    )
 
 
 def test_the_wheel_works_outside_a_checkout(installed, tmp_path):
-    assert not (installed.parent / "lib").joinpath("python3.11", "site-packages",
-                                                   "torch").exists(), "the host stays light"
+    assert (
+        not (installed.parent / "lib").joinpath("python3.11", "site-packages", "torch").exists()
+    ), "the host stays light"
     assert toolkit(installed, "--help", cwd=tmp_path).returncode == 0
     listed = toolkit(installed, "images", "list", "--json", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
@@ -48,8 +67,9 @@ def test_the_wheel_works_outside_a_checkout(installed, tmp_path):
 
 
 @pytest.mark.docker
-def test_the_wheel_builds_an_image_and_trains_in_it(installed, tmp_path, tiny_model_dir,
-                                                    docker_engine):
+def test_the_wheel_builds_an_image_and_trains_in_it(
+    installed, tmp_path, tiny_model_dir, docker_engine
+):
     import shutil
 
     import yaml
@@ -63,12 +83,19 @@ def test_the_wheel_builds_an_image_and_trains_in_it(installed, tmp_path, tiny_mo
         assert built.returncode == 0, built.stderr[-2000:]
         shutil.copytree(tiny_model_dir, tmp_path / "model")
         raw = yaml.safe_load(DEMO_CONFIG.read_text())
-        raw.update(base_model=str(tmp_path / "model"), output_dir=str(tmp_path / "out"),
-                   max_steps=2, save_steps=2, logging_steps=1, val_set_size=0.0)
+        raw.update(
+            base_model=str(tmp_path / "model"),
+            output_dir=str(tmp_path / "out"),
+            max_steps=2,
+            save_steps=2,
+            logging_steps=1,
+            val_set_size=0.0,
+        )
         raw["datasets"][0]["path"] = str(DEMO_DATA)
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-        trained = toolkit(installed, "train", "c.yaml", "--image", tag, "--json", cwd=tmp_path,
-                          **env)
+        trained = toolkit(
+            installed, "train", "c.yaml", "--image", tag, "--json", cwd=tmp_path, **env
+        )
         assert trained.returncode == 0, trained.stderr[-2000:]
         summary = json.loads(trained.stdout)  # the summary alone; the log went to stderr
         assert "step 2/2 loss" in trained.stderr

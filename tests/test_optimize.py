@@ -14,8 +14,9 @@ from toolkit.trainer.optimize import Machine, decide
 
 CPU = Machine(compiler=True, installed=frozenset({"torchao"}))
 BARE_CPU = Machine()
-H100 = Machine(cuda=True, installed=frozenset({"liger_kernel", "cut_cross_entropy",
-                                               "torchao", "flash_attn"}))
+H100 = Machine(
+    cuda=True, installed=frozenset({"liger_kernel", "cut_cross_entropy", "torchao", "flash_attn"})
+)
 MI300 = Machine(cuda=True, hip=True, installed=frozenset({"liger_kernel"}))
 GPU_NO_LIGER = Machine(cuda=True)
 
@@ -24,50 +25,96 @@ def cfg_of(write_config, **changes):
     return load_config(write_config(changes)).config
 
 
-@pytest.mark.parametrize("changes, machine, expected", [
-    ({"liger_rms_norm": True}, CPU, {"liger_rms_norm": "off: no GPU"}),
-    ({"liger_rms_norm": True}, H100, {"liger_rms_norm": "on"}),
-    ({"liger_glu_activation": True}, GPU_NO_LIGER, {
-        "liger_glu_activation": "off: liger-kernel is not installed (the cu* and rocm images "
-                                "have it)"}),
-    ({"liger_layer_norm": True}, H100, {
-        "liger_layer_norm": "off: Qwen3 has no LayerNorm (its norms are RMSNorm)"}),
-    ({"cut_cross_entropy": True}, H100, {"cut_cross_entropy": "on"}),
-    ({"cut_cross_entropy": True}, MI300, {
-        "cut_cross_entropy": "off: no CUDA GPU (its Triton kernels are CUDA only)"}),
-    ({"torch_compile": True}, H100, {"torch_compile": "on (mode default)"}),
-    ({"torch_compile": True, "torch_compile_mode": "max-autotune"}, H100, {
-        "torch_compile": "on (mode max-autotune)"}),
-    ({"torch_compile": "auto"}, CPU, {"torch_compile": "off: auto compiles on a GPU only"}),
-    ({"torch_compile": True}, CPU, {"torch_compile": "on (CPU)"}),
-    ({"torch_compile": True}, BARE_CPU, {
-        "torch_compile": "off: no C compiler for torch.compile's CPU code (install gcc, or "
-                         "set torch_compile: false)"}),
-    ({"activation_offloading": True}, CPU, {
-        "activation_offloading": "off: no GPU (activations already live in host memory)"}),
-    ({"activation_offloading": True}, H100, {"activation_offloading": "on"}),
-    ({"lora_mlp_kernel": True, "lora_o_kernel": True}, CPU, {
-        "lora_mlp_kernel": "on (gate_proj, up_proj, down_proj)", "lora_o_kernel": "on (o_proj)"}),
-    ({"optimizer": "adamw_torch_4bit"}, CPU, {"optimizer": "adamw_torch_4bit (torchao)"}),
-    ({"rl": "dpo", "liger_fused_linear_cross_entropy": True,
-      "datasets": [{"path": "x", "type": "chat_template.default"}]}, H100, {
-        "liger_fused_linear_cross_entropy": "off: the preference recipe computes its own loss "
-                                            "from the logits; only SFT's cross-entropy is "
-                                            "replaced"}),
-])
+@pytest.mark.parametrize(
+    "changes, machine, expected",
+    [
+        ({"liger_rms_norm": True}, CPU, {"liger_rms_norm": "off: no GPU"}),
+        ({"liger_rms_norm": True}, H100, {"liger_rms_norm": "on"}),
+        (
+            {"liger_glu_activation": True},
+            GPU_NO_LIGER,
+            {
+                "liger_glu_activation": "off: liger-kernel is not installed "
+                "(the cu* and rocm images have it)"
+            },
+        ),
+        (
+            {"liger_layer_norm": True},
+            H100,
+            {"liger_layer_norm": "off: Qwen3 has no LayerNorm (its norms are RMSNorm)"},
+        ),
+        ({"cut_cross_entropy": True}, H100, {"cut_cross_entropy": "on"}),
+        (
+            {"cut_cross_entropy": True},
+            MI300,
+            {"cut_cross_entropy": "off: no CUDA GPU (its Triton kernels are CUDA only)"},
+        ),
+        ({"torch_compile": True}, H100, {"torch_compile": "on (mode default)"}),
+        (
+            {"torch_compile": True, "torch_compile_mode": "max-autotune"},
+            H100,
+            {"torch_compile": "on (mode max-autotune)"},
+        ),
+        ({"torch_compile": "auto"}, CPU, {"torch_compile": "off: auto compiles on a GPU only"}),
+        ({"torch_compile": True}, CPU, {"torch_compile": "on (CPU)"}),
+        (
+            {"torch_compile": True},
+            BARE_CPU,
+            {
+                "torch_compile": "off: no C compiler for torch.compile's CPU code (install gcc, or "
+                "set torch_compile: false)"
+            },
+        ),
+        (
+            {"activation_offloading": True},
+            CPU,
+            {"activation_offloading": "off: no GPU (activations already live in host memory)"},
+        ),
+        ({"activation_offloading": True}, H100, {"activation_offloading": "on"}),
+        (
+            {"lora_mlp_kernel": True, "lora_o_kernel": True},
+            CPU,
+            {
+                "lora_mlp_kernel": "on (gate_proj, up_proj, down_proj)",
+                "lora_o_kernel": "on (o_proj)",
+            },
+        ),
+        ({"optimizer": "adamw_torch_4bit"}, CPU, {"optimizer": "adamw_torch_4bit (torchao)"}),
+        (
+            {
+                "rl": "dpo",
+                "liger_fused_linear_cross_entropy": True,
+                "datasets": [{"path": "x", "type": "chat_template.default"}],
+            },
+            H100,
+            {
+                "liger_fused_linear_cross_entropy": "off: the preference recipe computes "
+                "its own loss from the logits; only SFT's cross-entropy is "
+                "replaced"
+            },
+        ),
+    ],
+)
 def test_decisions(write_config, changes, machine, expected):
     if "datasets" in changes:
         from toolkit.config import Config
+
         cfg = Config.model_validate({"base_model": "m", **changes})
     else:
         cfg = cfg_of(write_config, **changes)
     assert decide(cfg, machine) == expected
 
 
-@pytest.mark.parametrize("machine, message", [
-    (Machine(compiler=True), "optimizer: adamw_torch_4bit needs torchao, which is not installed"),
-    (Machine(installed=frozenset({"torchao"})), "needs a C compiler (none found)"),
-])
+@pytest.mark.parametrize(
+    "machine, message",
+    [
+        (
+            Machine(compiler=True),
+            "optimizer: adamw_torch_4bit needs torchao, which is not installed",
+        ),
+        (Machine(installed=frozenset({"torchao"})), "needs a C compiler (none found)"),
+    ],
+)
 def test_a_4bit_optimizer_that_cannot_run_is_refused_not_dropped(write_config, machine, message):
     cfg = cfg_of(write_config, optimizer="adamw_torch_4bit")
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -76,25 +123,39 @@ def test_a_4bit_optimizer_that_cannot_run_is_refused_not_dropped(write_config, m
 
 def test_cross_entropy_replacements_and_kernel_rules_name_the_fields(write_config):
     with pytest.raises(ConfigError) as err:
-        load_config(write_config({"cut_cross_entropy": True,
-                                  "liger_fused_linear_cross_entropy": True,
-                                  "lora_dropout": 0.05, "lora_qkv_kernel": True,
-                                  "plugins": ["axolotl.integrations.unknown.Plugin"]}))
+        load_config(
+            write_config(
+                {
+                    "cut_cross_entropy": True,
+                    "liger_fused_linear_cross_entropy": True,
+                    "lora_dropout": 0.05,
+                    "lora_qkv_kernel": True,
+                    "plugins": ["axolotl.integrations.unknown.Plugin"],
+                }
+            )
+        )
     problems = err.value.problems
-    assert "cut_cross_entropy and liger_fused_linear_cross_entropy are all set; each replaces " \
-           "the cross-entropy loss, so keep one" in problems
-    assert "lora_qkv_kernel need lora_dropout: 0 (got 0.05); the fused path has no dropout" \
-        in problems
-    assert any(p.startswith("plugins[0]: got 'axolotl.integrations.unknown.Plugin'; accepted: ")
-               for p in problems), problems
+    assert (
+        "cut_cross_entropy and liger_fused_linear_cross_entropy are all set; each replaces "
+        "the cross-entropy loss, so keep one" in problems
+    )
+    assert (
+        "lora_qkv_kernel need lora_dropout: 0 (got 0.05); the fused path has no dropout" in problems
+    )
+    assert any(
+        p.startswith("plugins[0]: got 'axolotl.integrations.unknown.Plugin'; accepted: ")
+        for p in problems
+    ), problems
 
 
 def test_offload_spelling_maps_to_checkpointing_plus_offloading(write_config):
     loaded = load_config(write_config({"gradient_checkpointing": "offload"}))
     assert loaded.config.gradient_checkpointing is True
     assert loaded.config.activation_offloading is True
-    assert "gradient_checkpointing: 'offload' is deprecated; read as gradient_checkpointing: " \
-           "true with activation_offloading: true" in loaded.warnings
+    assert (
+        "gradient_checkpointing: 'offload' is deprecated; read as gradient_checkpointing: "
+        "true with activation_offloading: true" in loaded.warnings
+    )
 
 
 def _loss_and_grads(model_dir, adapter: str, fused: bool):
@@ -105,12 +166,19 @@ def _loss_and_grads(model_dir, adapter: str, fused: bool):
     from toolkit.trainer.lora_kernels import fuse_lora_projections
 
     torch.manual_seed(0)
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                               bnb_4bit_compute_dtype=torch.float32) if adapter == "qlora" else None
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                                quantization_config=quant)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                            init_lora_weights=False))
+    quant = (
+        BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        )
+        if adapter == "qlora"
+        else None
+    )
+    base = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, quantization_config=quant
+    )
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    )
     model.enable_input_require_grads()
     if fused:
         on = {"lora_mlp_kernel": "on", "lora_qkv_kernel": "on", "lora_o_kernel": "on"}
@@ -137,17 +205,29 @@ def test_fused_lora_projections_match_peft_gradients(tiny_model_dir, adapter):
 def test_options_that_apply_on_cpu_train_and_are_recorded(tiny_model_dir, write_config):
     from toolkit.trainer.sft import train
 
-    loaded = load_config(write_config({
-        "base_model": str(tiny_model_dir), "max_steps": 4, "logging_steps": 1,
-        "lora_mlp_kernel": True, "lora_qkv_kernel": True, "lora_o_kernel": True,
-        "liger_rms_norm": True,
-        "plugins": ["axolotl.integrations.liger.LigerPlugin"],
-        "special_tokens": {"pad_token": "<|endoftext|>"}}))
+    loaded = load_config(
+        write_config(
+            {
+                "base_model": str(tiny_model_dir),
+                "max_steps": 4,
+                "logging_steps": 1,
+                "lora_mlp_kernel": True,
+                "lora_qkv_kernel": True,
+                "lora_o_kernel": True,
+                "liger_rms_norm": True,
+                "plugins": ["axolotl.integrations.liger.LigerPlugin"],
+                "special_tokens": {"pad_token": "<|endoftext|>"},
+            }
+        )
+    )
     out = train(loaded)
     run = read_run(out)
     assert run["resolved"]["optimizations"] == {
-        "liger_rms_norm": "off: no GPU", "lora_mlp_kernel": "on (gate_proj, up_proj, down_proj)",
-        "lora_qkv_kernel": "on (q_proj, k_proj, v_proj)", "lora_o_kernel": "on (o_proj)"}
+        "liger_rms_norm": "off: no GPU",
+        "lora_mlp_kernel": "on (gate_proj, up_proj, down_proj)",
+        "lora_qkv_kernel": "on (q_proj, k_proj, v_proj)",
+        "lora_o_kernel": "on (o_proj)",
+    }
     log = (out / "train.log").read_text()
     assert "optimizations: liger_rms_norm off: no GPU; lora_mlp_kernel on" in log
     losses = [loss for _, loss in run["loss_history"]]
@@ -157,10 +237,20 @@ def test_options_that_apply_on_cpu_train_and_are_recorded(tiny_model_dir, write_
 def test_special_tokens_outside_the_vocabulary_are_refused(tiny_model_dir, write_config):
     from toolkit.trainer.sft import train
 
-    loaded = load_config(write_config({"base_model": str(tiny_model_dir), "max_steps": 1,
-                                       "special_tokens": {"pad_token": "<|pad|>"}}))
-    with pytest.raises(UsageError, match=r"special_tokens.pad_token: '<\|pad\|>' is not in the "
-                                         "tokenizer's vocabulary"):
+    loaded = load_config(
+        write_config(
+            {
+                "base_model": str(tiny_model_dir),
+                "max_steps": 1,
+                "special_tokens": {"pad_token": "<|pad|>"},
+            }
+        )
+    )
+    with pytest.raises(
+        UsageError,
+        match=r"special_tokens.pad_token: '<\|pad\|>' is not in the "
+        "tokenizer's vocabulary",
+    ):
         train(loaded)
 
 
@@ -171,9 +261,16 @@ def test_moe_expert_lora_trains_the_fused_expert_weights(tmp_path, write_config)
     from toolkit.trainer.sft import train
 
     moe = write_tiny_model(tmp_path / "tiny-moe", moe=True)
-    loaded = load_config(write_config({
-        "base_model": str(moe), "max_steps": 3, "lora_target_modules": ["q_proj"],
-        "lora_target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]}))
+    loaded = load_config(
+        write_config(
+            {
+                "base_model": str(moe),
+                "max_steps": 3,
+                "lora_target_modules": ["q_proj"],
+                "lora_target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+            }
+        )
+    )
     out = train(loaded)
     names = load_file(out / "adapter_model.safetensors").keys()
     assert any("experts" in n for n in names), sorted(names)
@@ -185,10 +282,19 @@ def test_early_stopping_stops_when_eval_loss_stalls(tiny_model_dir, write_config
     from toolkit.trainer.sft import train
 
     # A learning rate of ~0 never improves the eval loss: patience 2 stops after 3 evals.
-    loaded = load_config(write_config({
-        "base_model": str(tiny_model_dir), "max_steps": 40, "val_set_size": 8,
-        "eval_steps": 2, "early_stopping_patience": 2, "learning_rate": 1e-12,
-        "lr_scheduler": "constant"}))
+    loaded = load_config(
+        write_config(
+            {
+                "base_model": str(tiny_model_dir),
+                "max_steps": 40,
+                "val_set_size": 8,
+                "eval_steps": 2,
+                "early_stopping_patience": 2,
+                "learning_rate": 1e-12,
+                "lr_scheduler": "constant",
+            }
+        )
+    )
     out = train(loaded)
     run = read_run(out)
     assert run["steps"] == 6, run["steps"]
@@ -205,8 +311,9 @@ def test_torch_compile_compiles_the_model_on_cpu(tiny_model_dir, write_config):
         pytest.fail("this test needs a C compiler (gcc) for torch.compile on CPU")
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    loaded = load_config(write_config({"base_model": str(tiny_model_dir), "max_steps": 2,
-                                       "torch_compile": True}))
+    loaded = load_config(
+        write_config({"base_model": str(tiny_model_dir), "max_steps": 2, "torch_compile": True})
+    )
     out = train(loaded)
     run = read_run(out)
     assert run["resolved"]["optimizations"] == {"torch_compile": "on (CPU)"}
@@ -216,8 +323,16 @@ def test_torch_compile_compiles_the_model_on_cpu(tiny_model_dir, write_config):
 def test_the_4bit_optimizer_trains(tiny_model_dir, write_config):
     from toolkit.trainer.sft import train
 
-    loaded = load_config(write_config({"base_model": str(tiny_model_dir), "max_steps": 3,
-                                       "logging_steps": 1, "optimizer": "adamw_torch_4bit"}))
+    loaded = load_config(
+        write_config(
+            {
+                "base_model": str(tiny_model_dir),
+                "max_steps": 3,
+                "logging_steps": 1,
+                "optimizer": "adamw_torch_4bit",
+            }
+        )
+    )
     run = read_run(train(loaded))
     assert run["resolved"]["optimizations"] == {"optimizer": "adamw_torch_4bit (torchao)"}
     assert len(run["loss_history"]) == 3
@@ -226,13 +341,23 @@ def test_the_4bit_optimizer_trains(tiny_model_dir, write_config):
 TWO_GPUS = Machine(cuda=True, world_size=2, installed=frozenset({"liger_kernel"}))
 
 
-@pytest.mark.parametrize("changes, machine, expected", [
-    ({"fsdp_version": 2}, TWO_GPUS, "on (FSDP2, 2 processes)"),
-    ({"fsdp_version": 2}, H100, "off: one process (FSDP shards across the processes of a "
-                                "launch with --nproc-per-node N)"),
-    ({"fsdp_version": 2}, Machine(world_size=2),
-     "off: accelerate shards with FSDP on GPUs only; this CPU launch runs DDP"),
-])
+@pytest.mark.parametrize(
+    "changes, machine, expected",
+    [
+        ({"fsdp_version": 2}, TWO_GPUS, "on (FSDP2, 2 processes)"),
+        (
+            {"fsdp_version": 2},
+            H100,
+            "off: one process (FSDP shards across the processes of a "
+            "launch with --nproc-per-node N)",
+        ),
+        (
+            {"fsdp_version": 2},
+            Machine(world_size=2),
+            "off: accelerate shards with FSDP on GPUs only; this CPU launch runs DDP",
+        ),
+    ],
+)
 def test_fsdp_decisions(write_config, changes, machine, expected):
     assert decide(cfg_of(write_config, **changes), machine)["fsdp"] == expected
 
@@ -240,7 +365,8 @@ def test_fsdp_decisions(write_config, changes, machine, expected):
 def test_deepspeed_needs_its_package_on_gpus_and_falls_back_to_ddp_on_cpus(write_config):
     cfg = cfg_of(write_config, deepspeed="zero3")
     assert decide(cfg, Machine(world_size=2))["deepspeed"] == (
-        "off: DeepSpeed needs GPUs; this CPU launch runs DDP")
+        "off: DeepSpeed needs GPUs; this CPU launch runs DDP"
+    )
     with pytest.raises(UsageError, match="use fsdp_version: 2, which shards as ZeRO-3 does"):
         decide(cfg, TWO_GPUS)
     on = Machine(cuda=True, world_size=4, installed=frozenset({"deepspeed"}))
@@ -248,20 +374,34 @@ def test_deepspeed_needs_its_package_on_gpus_and_falls_back_to_ddp_on_cpus(write
 
 
 def test_axolotl_fsdp_spellings_map_onto_fsdp_config(write_config):
-    loaded = load_config(write_config({
-        "fsdp": ["full_shard", "auto_wrap", "offload"],
-        "fsdp_config": {"fsdp_transformer_layer_cls_to_wrap": "Qwen3DecoderLayer",
-                        "fsdp_state_dict_type": "SHARDED_STATE_DICT",
-                        "fsdp_use_orig_params": False, "fsdp_sync_module_states": True}}))
+    loaded = load_config(
+        write_config(
+            {
+                "fsdp": ["full_shard", "auto_wrap", "offload"],
+                "fsdp_config": {
+                    "fsdp_transformer_layer_cls_to_wrap": "Qwen3DecoderLayer",
+                    "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+                    "fsdp_use_orig_params": False,
+                    "fsdp_sync_module_states": True,
+                },
+            }
+        )
+    )
     cfg = loaded.config
     assert cfg.fsdp_version == 1
     assert cfg.fsdp_config.offload_params is True
     assert cfg.fsdp_config.transformer_layer_cls_to_wrap == "Qwen3DecoderLayer"
     assert cfg.fsdp_config.state_dict_type == "SHARDED_STATE_DICT"
-    assert any(w.startswith("fsdp: ['full_shard', 'auto_wrap', 'offload'] is deprecated; read "
-                            "as fsdp_version: 1") for w in loaded.warnings)
-    assert "fsdp_config.use_orig_params: False is not used (transformers and accelerate " \
-           "choose it for FSDP); ignored" in loaded.warnings
+    assert any(
+        w.startswith(
+            "fsdp: ['full_shard', 'auto_wrap', 'offload'] is deprecated; read as fsdp_version: 1"
+        )
+        for w in loaded.warnings
+    )
+    assert (
+        "fsdp_config.use_orig_params: False is not used (transformers and accelerate "
+        "choose it for FSDP); ignored" in loaded.warnings
+    )
     fsdp2 = load_config(write_config({"fsdp_config": {"reshard_after_forward": False}})).config
     assert fsdp2.fsdp_version == 2
 
@@ -271,16 +411,26 @@ def test_fsdp_and_deepspeed_settings_are_what_transformers_accepts(write_config)
 
     from toolkit.trainer.optimize import deepspeed_args, fsdp_args
 
-    cfg = cfg_of(write_config, fsdp_version=2, fsdp_config={
-        "transformer_layer_cls_to_wrap": "Qwen3MoeDecoderLayer", "offload_params": True,
-        "reshard_after_forward": False})
-    args = TrainingArguments(output_dir="unused", use_cpu=True,
-                             **fsdp_args(cfg, {"fsdp": "on"}))
+    cfg = cfg_of(
+        write_config,
+        fsdp_version=2,
+        fsdp_config={
+            "transformer_layer_cls_to_wrap": "Qwen3MoeDecoderLayer",
+            "offload_params": True,
+            "reshard_after_forward": False,
+        },
+    )
+    args = TrainingArguments(output_dir="unused", use_cpu=True, **fsdp_args(cfg, {"fsdp": "on"}))
     assert args.fsdp_plugin_args == {
-        "fsdp_version": 2, "cpu_offload": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "fsdp_version": 2,
+        "cpu_offload": True,
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
         "transformer_cls_names_to_wrap": "Qwen3MoeDecoderLayer",
-        "cpu_ram_efficient_loading": False, "state_dict_type": "FULL_STATE_DICT",
-        "activation_checkpointing": False, "reshard_after_forward": False}
+        "cpu_ram_efficient_loading": False,
+        "state_dict_type": "FULL_STATE_DICT",
+        "activation_checkpointing": False,
+        "reshard_after_forward": False,
+    }
     bundled = deepspeed_args(cfg_of(write_config, deepspeed="zero2"), {"deepspeed": "on"})
     assert json.loads(open(bundled["deepspeed"]).read())["zero_optimization"]["stage"] == 2
 
@@ -290,4 +440,5 @@ def test_fsdp_in_a_form_axolotl_never_wrote_is_refused_with_the_spelling_to_use(
         load_config(write_config({"fsdp": True}))
     assert err.value.problems == [
         "fsdp: got True; not supported by toolkit (give FSDP as fsdp_version: 2 with "
-        "fsdp_config (axolotl's list form, e.g. fsdp: [full_shard, auto_wrap], is read too))"]
+        "fsdp_config (axolotl's list form, e.g. fsdp: [full_shard, auto_wrap], is read too))"
+    ]

@@ -39,8 +39,10 @@ def test_packed_rows_restart_positions_and_unlabel_each_first_token():
 
 
 def test_collator_pads_as_its_own_sequence_or_flattens():
-    rows = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3], "position_ids": [0, 1, 2]},
-            {"input_ids": [4], "labels": [-100], "position_ids": [0]}]
+    rows = [
+        {"input_ids": [1, 2, 3], "labels": [-100, 2, 3], "position_ids": [0, 1, 2]},
+        {"input_ids": [4], "labels": [-100], "position_ids": [0]},
+    ]
     padded = PackedCollator(0, plain=None)(rows)
     assert padded["position_ids"].tolist() == [[0, 1, 2], [0, 0, 1]]
     assert padded["labels"].tolist() == [[-100, 2, 3], [-100, -100, -100]]
@@ -56,8 +58,9 @@ def test_each_packed_sequence_has_exactly_its_unpacked_logits(tiny_model_dir, at
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
-                                                 attn_implementation=attention).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir, dtype=torch.float32, attn_implementation=attention
+    ).eval()
     rng = random.Random(1)
     seqs = [[rng.randrange(5, 400) for _ in range(n)] for n in (7, 19, 3, 30, 12, 1)]
     rows, _ = pack([Example(s, s) for s in seqs], 40)
@@ -66,23 +69,34 @@ def test_each_packed_sequence_has_exactly_its_unpacked_logits(tiny_model_dir, at
     with torch.no_grad():
         # Without a cache, as in training: transformers reads restarting position ids as
         # sequence boundaries only then (load_base turns the cache off).
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                       use_cache=False).logits
+        packed = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).logits
         alone = {tuple(s): model(input_ids=torch.tensor([s])).logits[0] for s in seqs}
     for b, row in enumerate(rows):
         start = 0
         for end in [i for i, p in enumerate(row.position_ids[1:], 1) if p == 0] + [
-                len(row.input_ids)]:
+            len(row.input_ids)
+        ]:
             seq = tuple(row.input_ids[start:end])
             torch.testing.assert_close(packed[b, start:end], alone[seq], atol=1e-5, rtol=1e-5)
             start = end
 
 
 def test_packing_trains_on_fewer_rows_and_reports_its_fill(tiny_model_dir, write_config):
-    loaded = load_config(write_config({"base_model": str(tiny_model_dir), "max_steps": 6,
-                                       "sample_packing": True, "sequence_len": 256,
-                                       "val_set_size": 8, "micro_batch_size": 2,
-                                       "pad_to_sequence_len": True}))
+    loaded = load_config(
+        write_config(
+            {
+                "base_model": str(tiny_model_dir),
+                "max_steps": 6,
+                "sample_packing": True,
+                "sequence_len": 256,
+                "val_set_size": 8,
+                "micro_batch_size": 2,
+                "pad_to_sequence_len": True,
+            }
+        )
+    )
     out = train(loaded)
     run = read_run(out)
     train_fill = run["packing"]["train"]

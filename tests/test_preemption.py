@@ -20,8 +20,9 @@ def adapter(out):
     return load_file(str(out / "adapter_model.safetensors"))
 
 
-def test_preempted_run_resumes_to_the_same_weights(tiny_model_dir, write_config, tmp_path,
-                                                  monkeypatch, capsys):
+def test_preempted_run_resumes_to_the_same_weights(
+    tiny_model_dir, write_config, tmp_path, monkeypatch, capsys
+):
     import torch
 
     base = {"base_model": str(tiny_model_dir), **STEPS}

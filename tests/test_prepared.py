@@ -8,13 +8,20 @@ from toolkit.cli import main
 from toolkit.config import load_config
 
 
-def test_preprocess_then_train_reuses_and_changes_invalidate(tiny_model_dir, write_config,
-                                                             tmp_path, capsys):
+def test_preprocess_then_train_reuses_and_changes_invalidate(
+    tiny_model_dir, write_config, tmp_path, capsys
+):
     prepared = tmp_path / "prepared"
     data = tmp_path / "chat.jsonl"
     data.write_text(DEMO_DATA.read_text())
-    path = write_config({"base_model": str(tiny_model_dir), "max_steps": 2, "save_steps": 2,
-                         "dataset_prepared_path": str(prepared)})
+    path = write_config(
+        {
+            "base_model": str(tiny_model_dir),
+            "max_steps": 2,
+            "save_steps": 2,
+            "dataset_prepared_path": str(prepared),
+        }
+    )
     args = ["--runtime", "local", "--datasets.0.path", str(data)]
 
     assert main(["preprocess", str(path), *args]) == 0
@@ -44,8 +51,7 @@ def test_preprocess_needs_a_folder_and_sft(write_config, tiny_model_dir, capsys)
     assert "dataset_prepared_path is not set; set it" in capsys.readouterr().err
 
 
-def test_worker_processes_encode_exactly_as_one_process(tiny_model_dir, write_config,
-                                                        tmp_path):
+def test_worker_processes_encode_exactly_as_one_process(tiny_model_dir, write_config, tmp_path):
     from toolkit.tiny import demo_conversations
     from toolkit.trainer.chat import TurnRule, build_encoder
     from toolkit.trainer.data import encode_rows

@@ -34,7 +34,9 @@ def test_nvidia_smi_with_mig():
     gpus, driver = parse_nvidia_smi(recorded("h100-mig.nvidia-smi.csv"))
     assert driver == "550.54.15"
     assert [(g.index, g.compute_cap, g.memory_mib, g.mig) for g in gpus] == [
-        (0, "9.0", 81559, False), (1, "9.0", 81559, True)]
+        (0, "9.0", 81559, False),
+        (1, "9.0", 81559, True),
+    ]
 
 
 def test_nvidia_smi_old_driver_without_compute_cap():
@@ -43,8 +45,13 @@ def test_nvidia_smi_old_driver_without_compute_cap():
     assert (gpus[0].name, gpus[0].compute_cap) == ("Tesla T4", "7.5")
 
 
-@pytest.mark.parametrize("name, version", [("proc-driver-version.proprietary.txt", "550.54.15"),
-                                           ("proc-driver-version.open.txt", "570.86.15")])
+@pytest.mark.parametrize(
+    "name, version",
+    [
+        ("proc-driver-version.proprietary.txt", "550.54.15"),
+        ("proc-driver-version.open.txt", "570.86.15"),
+    ],
+)
 def test_proc_driver_version(name, version):
     assert parse_proc_driver_version(recorded(name)) == version
 
@@ -54,17 +61,22 @@ def test_cuda_version_from_header():
 
 
 def test_amd_smi_both_layouts():
-    assert [(g.name, g.gfx) for g in parse_amd_smi_static(recorded(
-        "mi300x.amd-smi-static.json"))] == [("AMD Instinct MI300X", "gfx942")] * 2
-    assert [(g.name, g.gfx) for g in parse_amd_smi_static(recorded(
-        "mi355x.amd-smi-static.gpu_data.json"))] == [("AMD Instinct MI355X", "gfx950")]
+    assert [
+        (g.name, g.gfx) for g in parse_amd_smi_static(recorded("mi300x.amd-smi-static.json"))
+    ] == [("AMD Instinct MI300X", "gfx942")] * 2
+    assert [
+        (g.name, g.gfx)
+        for g in parse_amd_smi_static(recorded("mi355x.amd-smi-static.gpu_data.json"))
+    ] == [("AMD Instinct MI355X", "gfx950")]
 
 
 def test_rocm_smi_and_agent_enumerator():
     [gpu] = parse_rocm_smi_productname(recorded("rx7800.rocm-smi-productname.json"))
     assert (gpu.index, gpu.gfx) == (0, "gfx1101")
     assert parse_rocm_agent_enumerator(recorded("mi300x.rocm_agent_enumerator.txt")) == [
-        "gfx942", "gfx942"]
+        "gfx942",
+        "gfx942",
+    ]
 
 
 def fake_host(script, programs, files=None, exists=()):
@@ -74,20 +86,37 @@ def fake_host(script, programs, files=None, exists=()):
 
 
 def docker_ok(runtimes='{"runc":{}}'):
-    return [(("docker", "version"), Result(0, "27.3.1\n")),
-            (("docker", "info"), Result(0, f"/var/lib/docker|{runtimes}\n"))]
+    return [
+        (("docker", "version"), Result(0, "27.3.1\n")),
+        (("docker", "info"), Result(0, f"/var/lib/docker|{runtimes}\n")),
+    ]
 
 
 def test_gather_old_driver_falls_back_to_the_short_query():
-    host = fake_host([
-        (("nvidia-smi", "--query-gpu=index,name,compute_cap,driver_version,memory.total,"
-          "mig.mode.current"), Result(2, recorded("t4-470.compute-cap-error.txt"))),
-        (("nvidia-smi", "--query-gpu=index,name,driver_version,memory.total"),
-         Result(0, recorded("t4-470.nvidia-smi.csv"))),
-        (("nvidia-smi",), Result(0, "| NVIDIA-SMI 470.182.03  Driver Version: 470.182.03  "
-                                    "CUDA Version: 11.4 |\n")),
-        *docker_ok(),
-    ], programs={"nvidia-smi", "docker"})
+    host = fake_host(
+        [
+            (
+                (
+                    "nvidia-smi",
+                    "--query-gpu=index,name,compute_cap,driver_version,memory.total,"
+                    "mig.mode.current",
+                ),
+                Result(2, recorded("t4-470.compute-cap-error.txt")),
+            ),
+            (
+                ("nvidia-smi", "--query-gpu=index,name,driver_version,memory.total"),
+                Result(0, recorded("t4-470.nvidia-smi.csv")),
+            ),
+            (
+                ("nvidia-smi",),
+                Result(
+                    0, "| NVIDIA-SMI 470.182.03  Driver Version: 470.182.03  CUDA Version: 11.4 |\n"
+                ),
+            ),
+            *docker_ok(),
+        ],
+        programs={"nvidia-smi", "docker"},
+    )
     assert host.facts.nvidia_driver == "470.182.03"
     assert host.facts.cuda_driver == "11.4"
     assert host.facts.gpus[0].compute_cap == "7.5"
@@ -95,28 +124,38 @@ def test_gather_old_driver_falls_back_to_the_short_query():
 
 
 def test_gather_prefers_sysfs_driver_version():
-    host = fake_host([(("nvidia-smi",), Result(0, recorded("h100-mig.nvidia-smi.csv"))),
-                      *docker_ok()], programs={"nvidia-smi", "docker"},
-                     files={"/sys/module/nvidia/version": "550.54.15\n"})
+    host = fake_host(
+        [(("nvidia-smi",), Result(0, recorded("h100-mig.nvidia-smi.csv"))), *docker_ok()],
+        programs={"nvidia-smi", "docker"},
+        files={"/sys/module/nvidia/version": "550.54.15\n"},
+    )
     assert host.sources[0] == "driver from /sys/module/nvidia/version"
     assert host.facts.nvidia_driver == "550.54.15"
 
 
 def test_gather_amd_host():
-    host = fake_host([(("amd-smi",), Result(0, recorded("mi300x.amd-smi-static.json"))),
-                      *docker_ok()], programs={"amd-smi", "docker"},
-                     exists={"/dev/kfd", "/dev/dri"})
+    host = fake_host(
+        [(("amd-smi",), Result(0, recorded("mi300x.amd-smi-static.json"))), *docker_ok()],
+        programs={"amd-smi", "docker"},
+        exists={"/dev/kfd", "/dev/dri"},
+    )
     assert [g.gfx for g in host.facts.gpus] == ["gfx942", "gfx942"]
     assert host.dev_kfd and host.dev_dri
 
 
 # --- doctor verdicts on described hosts ---------------------------------------------------
 
+
 def nvidia_host(csv: str, driver_files=None, runtimes='{"nvidia":{},"runc":{}}'):
-    return fake_host([(("nvidia-smi", f"--query-gpu={NVIDIA_QUERY}"), Result(0, csv)),
-                      (("nvidia-smi",), Result(0, "CUDA Version: 12.4")),
-                      *docker_ok(runtimes)], programs={"nvidia-smi", "docker"},
-                     files=driver_files)
+    return fake_host(
+        [
+            (("nvidia-smi", f"--query-gpu={NVIDIA_QUERY}"), Result(0, csv)),
+            (("nvidia-smi",), Result(0, "CUDA Version: 12.4")),
+            *docker_ok(runtimes),
+        ],
+        programs={"nvidia-smi", "docker"},
+        files=driver_files,
+    )
 
 
 def finding(findings, check):
@@ -151,15 +190,18 @@ def test_doctor_without_nvidia_container_toolkit():
 
 
 def test_doctor_amd_without_device_nodes():
-    host = fake_host([(("amd-smi",), Result(0, recorded("mi300x.amd-smi-static.json"))),
-                      *docker_ok()], programs={"amd-smi", "docker"})
+    host = fake_host(
+        [(("amd-smi",), Result(0, recorded("mi300x.amd-smi-static.json"))), *docker_ok()],
+        programs={"amd-smi", "docker"},
+    )
     devices = finding(host_checks(host, MATRIX), "amd devices")
     assert devices.status == Status.FAIL and "/dev/kfd and /dev/dri missing" in devices.message
 
 
 def test_doctor_no_engine_and_cpu_only():
-    host = fake_host([(("docker", "version"), Result(1, "", "Cannot connect"))],
-                     programs={"docker"})
+    host = fake_host(
+        [(("docker", "version"), Result(1, "", "Cannot connect"))], programs={"docker"}
+    )
     findings = host_checks(host, MATRIX)
     assert finding(findings, "image").message.startswith("cpu:")
     docker = finding(findings, "docker")
@@ -184,14 +226,20 @@ def test_cli_select_and_doctor_on_a_described_host(monkeypatch, capsys):
     from toolkit import cli
     from toolkit.cli import common
 
-    fake = FakeRuntime(script=[
-        (("nvidia-smi", f"--query-gpu={NVIDIA_QUERY}"),
-         Result(0, "0, NVIDIA GeForce RTX 5090, 12.0, 550.54.15, 32607 MiB, [N/A]\n")),
-        (("nvidia-smi",), Result(0, "CUDA Version: 12.4")),
-        *docker_ok('{"nvidia":{},"runc":{}}')], programs={"nvidia-smi", "docker"})
+    fake = FakeRuntime(
+        script=[
+            (
+                ("nvidia-smi", f"--query-gpu={NVIDIA_QUERY}"),
+                Result(0, "0, NVIDIA GeForce RTX 5090, 12.0, 550.54.15, 32607 MiB, [N/A]\n"),
+            ),
+            (("nvidia-smi",), Result(0, "CUDA Version: 12.4")),
+            *docker_ok('{"nvidia":{},"runc":{}}'),
+        ],
+        programs={"nvidia-smi", "docker"},
+    )
     monkeypatch.setattr(common, "new_runtime", lambda: fake)
     monkeypatch.delenv("TOOLKIT_IN_CONTAINER", raising=False)
-    assert cli.main(["images", "select", "--json"]) == 1   # Blackwell on driver 550: nothing fits
+    assert cli.main(["images", "select", "--json"]) == 1  # Blackwell on driver 550: nothing fits
     out = json.loads(capsys.readouterr().out)
     assert out["variant"] is None and out["status"] == "FAIL"
     assert any("R570+" in line for line in out["explanation"])

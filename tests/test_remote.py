@@ -23,10 +23,13 @@ def s3(monkeypatch, tmp_path):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                        "AWS_DEFAULT_REGION": "us-east-1",
-                        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-                        "TOOLKIT_DATA_CACHE": str(tmp_path / "cache")}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "TOOLKIT_DATA_CACHE": str(tmp_path / "cache"),
+    }.items():
         monkeypatch.setenv(name, value)
     import boto3
 
@@ -40,24 +43,41 @@ def s3(monkeypatch, tmp_path):
 
 def test_urls_are_remote_and_paths_are_not():
     assert is_remote("s3://bucket/x.jsonl") and is_remote("gs://b/x") and is_remote("az://c/x")
-    assert not is_remote("data/x.jsonl") and not is_remote("/abs/x") and not is_remote(
-        "Qwen/Qwen3-8B")
+    assert (
+        not is_remote("data/x.jsonl") and not is_remote("/abs/x") and not is_remote("Qwen/Qwen3-8B")
+    )
 
 
 def test_training_reads_an_s3_dataset_and_refetches_only_when_it_changes(
-        s3, tiny_model_dir, write_config, capsys):
+    s3, tiny_model_dir, write_config, capsys
+):
     s3.put_object(Bucket="chats", Key="sft/demo.jsonl", Body=DEMO_DATA.read_bytes())
-    path = write_config({"base_model": str(tiny_model_dir), "max_steps": 2,
-                         "datasets": [{"path": "s3://chats/sft/demo.jsonl",
-                                       "type": "chat_template"}]})
+    path = write_config(
+        {
+            "base_model": str(tiny_model_dir),
+            "max_steps": 2,
+            "datasets": [{"path": "s3://chats/sft/demo.jsonl", "type": "chat_template"}],
+        }
+    )
     assert main(["validate", str(path)]) == 0  # a URL is not a missing local file
     assert main(["train", str(path), "--runtime", "local"]) == 0
     out = capsys.readouterr().out
     assert "data: fetching 1 file(s) from s3://chats/sft/demo.jsonl" in out
     assert "data: 96 rows read, 96 kept" in out
 
-    assert main(["preprocess", str(path), "--runtime", "local",
-                 "--dataset-prepared-path", str(path.parent / "prep")]) == 0
+    assert (
+        main(
+            [
+                "preprocess",
+                str(path),
+                "--runtime",
+                "local",
+                "--dataset-prepared-path",
+                str(path.parent / "prep"),
+            ]
+        )
+        == 0
+    )
     assert "unchanged since it was fetched" in capsys.readouterr().out
 
     rows = DEMO_DATA.read_text().splitlines()[:40]
@@ -65,8 +85,10 @@ def test_training_reads_an_s3_dataset_and_refetches_only_when_it_changes(
     # Other data is another run: refused in the finished run's folder, trained in a new one.
     assert main(["train", str(path), "--runtime", "local"]) == 2
     assert "holds a finished run of another config (written" in capsys.readouterr().err
-    assert main(["train", str(path), "--runtime", "local", "--output-dir",
-                 str(path.parent / "again")]) == 0
+    assert (
+        main(["train", str(path), "--runtime", "local", "--output-dir", str(path.parent / "again")])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "data: fetching 1 file(s)" not in out, "fetched once, by the refused command"
     assert "data: 40 rows read" in out
@@ -76,8 +98,11 @@ def test_an_s3_folder_fetches_the_files_data_files_selects(s3, tmp_path):
     for key in ("sft/a.jsonl", "sft/nested/b.jsonl", "sft/notes.txt", "sft/c.parquet"):
         s3.put_object(Bucket="chats", Key=key, Body=b'{"messages": []}\n')
     folder = fetch("s3://chats/sft", ["*.jsonl", "nested/*.jsonl"], "datasets[0]", log=print)
-    got = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
-                 and p.name != ".complete")
+    got = sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != ".complete"
+    )
     assert got == ["a.jsonl", "nested/b.jsonl"]
 
 
@@ -86,15 +111,21 @@ def test_a_missing_object_is_named(s3):
         fetch("s3://chats/nope.jsonl", None, "datasets[0]", log=print)
 
 
-def test_any_fsspec_url_takes_the_same_path(monkeypatch, tmp_path, tiny_model_dir,
-                                            write_config, capsys):
+def test_any_fsspec_url_takes_the_same_path(
+    monkeypatch, tmp_path, tiny_model_dir, write_config, capsys
+):
     import fsspec
 
     monkeypatch.setenv("TOOLKIT_DATA_CACHE", str(tmp_path / "cache"))
     with fsspec.open("memory://bucket/chats/demo.jsonl", "wb") as f:
         f.write(DEMO_DATA.read_bytes())
-    path = write_config({"base_model": str(tiny_model_dir), "max_steps": 1,
-                         "datasets": [{"path": "memory://bucket/chats", "type": "chat_template"}]})
+    path = write_config(
+        {
+            "base_model": str(tiny_model_dir),
+            "max_steps": 1,
+            "datasets": [{"path": "memory://bucket/chats", "type": "chat_template"}],
+        }
+    )
     assert main(["train", str(path), "--runtime", "local"]) == 0
     run = read_run(tmp_path / "out")
     assert run["data"]["rows"] == 96
@@ -103,6 +134,9 @@ def test_any_fsspec_url_takes_the_same_path(monkeypatch, tmp_path, tiny_model_di
 
 def test_a_store_without_its_package_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "gcsfs", None)  # as if not installed
-    with pytest.raises(UsageError, match=r"gs:// needs gcsfs, which is not installed; pip "
-                                         r"install 'toolkit\[remote\]'"):
+    with pytest.raises(
+        UsageError,
+        match=r"gs:// needs gcsfs, which is not installed; pip "
+        r"install 'toolkit\[remote\]'",
+    ):
         fetch("gs://bucket/chat.jsonl", None, "datasets[0]", log=print)

@@ -24,39 +24,68 @@ from toolkit.runtime import (
 
 
 def test_run_argv_is_exact():
-    spec = RunSpec(image="toolkit:cpu-abc", command=["toolkit", "train", "/c.yaml"],
-                   mounts=[Mount("/data", "/data"), Mount("/out", "/out", read_only=False)],
-                   user="1000:1000", workdir="/work", env={"A": "1", "HF_TOKEN": None},
-                   network="none", devices=Devices(shm_size="1g"))
+    spec = RunSpec(
+        image="toolkit:cpu-abc",
+        command=["toolkit", "train", "/c.yaml"],
+        mounts=[Mount("/data", "/data"), Mount("/out", "/out", read_only=False)],
+        user="1000:1000",
+        workdir="/work",
+        env={"A": "1", "HF_TOKEN": None},
+        network="none",
+        devices=Devices(shm_size="1g"),
+    )
     assert run_argv(spec) == [
-        "docker", "run", "--rm", "--init", "--user", "1000:1000", "--network", "none",
-        "--mount", "type=bind,source=/data,target=/data,readonly",
-        "--mount", "type=bind,source=/out,target=/out",
-        "--env", "A=1", "--env", "HF_TOKEN",
-        "--workdir", "/work", "--shm-size", "1g",
-        "toolkit:cpu-abc", "toolkit", "train", "/c.yaml"]
+        "docker",
+        "run",
+        "--rm",
+        "--init",
+        "--user",
+        "1000:1000",
+        "--network",
+        "none",
+        "--mount",
+        "type=bind,source=/data,target=/data,readonly",
+        "--mount",
+        "type=bind,source=/out,target=/out",
+        "--env",
+        "A=1",
+        "--env",
+        "HF_TOKEN",
+        "--workdir",
+        "/work",
+        "--shm-size",
+        "1g",
+        "toolkit:cpu-abc",
+        "toolkit",
+        "train",
+        "/c.yaml",
+    ]
 
 
 def test_mounts_fold_nested_paths_but_never_into_a_write(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
-    mounts = plan_mounts(reads=[data, data / "a.jsonl", out / "model"],
-                         writes=[out, out / "sub"])
-    assert mounts == [Mount(str(data), str(data), read_only=True),
-                      Mount(str(out), str(out), read_only=False),
-                      Mount(str(out / "model"), str(out / "model"), read_only=True)]
+    mounts = plan_mounts(reads=[data, data / "a.jsonl", out / "model"], writes=[out, out / "sub"])
+    assert mounts == [
+        Mount(str(data), str(data), read_only=True),
+        Mount(str(out), str(out), read_only=False),
+        Mount(str(out / "model"), str(out / "model"), read_only=True),
+    ]
 
 
 def test_a_read_equal_to_a_write_stays_read_only(tmp_path):
     assert plan_mounts(reads=[tmp_path / "m"], writes=[tmp_path / "m"]) == [
-        Mount(str(tmp_path / "m"), str(tmp_path / "m"), read_only=True)]
+        Mount(str(tmp_path / "m"), str(tmp_path / "m"), read_only=True)
+    ]
     # A read inside a read, with a write between them, keeps its own read-only mount.
     outer, out = tmp_path / "d", tmp_path / "d" / "out"
     mounts = plan_mounts(reads=[outer, out / "x.jsonl"], writes=[out])
     assert Mount(str(out / "x.jsonl"), str(out / "x.jsonl"), read_only=True) in mounts
 
 
-@pytest.mark.parametrize("path", ["/data/lr=1e-4,bs=8", '/q/"x",readonly=false',
-                                  "/n/a\nb", "/s/ lead", "/c/a,source=/etc"])
+@pytest.mark.parametrize(
+    "path",
+    ["/data/lr=1e-4,bs=8", '/q/"x",readonly=false', "/n/a\nb", "/s/ lead", "/c/a,source=/etc"],
+)
 def test_mount_option_text_is_one_field_per_value(path):
     """The --mount text the VM scripts use: the docker CLI reads it as one CSV record, so a
     path's commas and quotes stay in their field."""
@@ -95,33 +124,46 @@ def inspect_answer(present: dict[str, dict]):
     def answer(argv):
         info = present.get(argv[-1])
         return Result(0, f"[{__import__('json').dumps(info)}]") if info is not None else Result(1)
+
     return answer
 
 
 def test_base_falls_back_to_local_build_out_loud(capsys):
     variant = get_variant("cpu")
-    fake = FakeRuntime(script=[
-        (("docker", "image", "inspect"), inspect_answer({})),
-        (("docker", "pull"), Result(1, "", "dial tcp: lookup registry-1.docker.io: no such host")),
-        (("debootstrap",), Result(0)),
-        (("docker", "import"), Result(0, "sha256:abc")),
-    ], programs={"docker", "debootstrap"})
+    fake = FakeRuntime(
+        script=[
+            (("docker", "image", "inspect"), inspect_answer({})),
+            (
+                ("docker", "pull"),
+                Result(1, "", "dial tcp: lookup registry-1.docker.io: no such host"),
+            ),
+            (("debootstrap",), Result(0)),
+            (("docker", "import"), Result(0, "sha256:abc")),
+        ],
+        programs={"docker", "debootstrap"},
+    )
     if os.geteuid() != 0:
         pytest.skip("the local base needs root (debootstrap)")
     base = resolve_base(variant, fake.docker(), BuildOptions())
     assert base == variant.local_base_tag
     err = capsys.readouterr().err
-    assert f"could not pull {variant.base_ref} (dial tcp: lookup registry-1.docker.io: no such " \
-           "host); falling back to a base built from Debian's archive" in err
+    assert (
+        f"could not pull {variant.base_ref} (dial tcp: lookup registry-1.docker.io: no such "
+        "host); falling back to a base built from Debian's archive" in err
+    )
     debootstrap = next(c for c in fake.calls if c[0] == "debootstrap")
-    assert debootstrap[1:4] == ["--variant=minbase", "--include=python3,python3-venv,"
-                                "ca-certificates,make", "bookworm"]
+    assert debootstrap[1:4] == [
+        "--variant=minbase",
+        "--include=python3,python3-venv,ca-certificates,make",
+        "bookworm",
+    ]
 
 
 def test_explicit_base_is_used_without_pulling_others():
     variant = get_variant("cpu")
-    fake = FakeRuntime(script=[(("docker", "image", "inspect"),
-                                inspect_answer({"my/base:1": {"Id": "sha256:b"}}))])
+    fake = FakeRuntime(
+        script=[(("docker", "image", "inspect"), inspect_answer({"my/base:1": {"Id": "sha256:b"}}))]
+    )
     assert resolve_base(variant, fake.docker(), BuildOptions(base="my/base:1")) == "my/base:1"
     assert not any(c[:2] == ["docker", "pull"] for c in fake.calls)
 
@@ -140,15 +182,20 @@ def test_build_passes_labels_and_offline_pip(tmp_path, monkeypatch):
         staged["dockerfile"] = (context / "Dockerfile").read_text()
         return Result(0)
 
-    fake = FakeRuntime(script=[
-        (("docker", "version"), Result(0, "20.10.24\n")),
-        (("docker", "image", "inspect"), inspect_answer({variant.base_ref: {"Id": "sha256:b"}})),
-        (("docker", "buildx"), Result(1)),
-        (("docker", "build"), build),
-    ])
+    fake = FakeRuntime(
+        script=[
+            (("docker", "version"), Result(0, "20.10.24\n")),
+            (
+                ("docker", "image", "inspect"),
+                inspect_answer({variant.base_ref: {"Id": "sha256:b"}}),
+            ),
+            (("docker", "buildx"), Result(1)),
+            (("docker", "build"), build),
+        ]
+    )
     assert build_image(variant, fake, BuildOptions(wheelhouse=house)) == variant.tag
     argv = next(c for c in fake.calls if c[:2] == ["docker", "build"])
-    args = dict(a.split("=", 1) for a in argv[argv.index("--tag") + 3:-1:2])
+    args = dict(a.split("=", 1) for a in argv[argv.index("--tag") + 3 : -1 : 2])
     assert args["PIP_SOURCE"] == "--no-index --find-links /build/wheels"
     assert args["BASE_ID"] == "sha256:b" and args["BASE_IMAGE"] == variant.base_ref
     assert args["SOURCE_SHA256"] == images.source_sha256()
@@ -172,8 +219,9 @@ def test_tag_follows_the_lock(tmp_path):
 def test_stale_image_is_rebuilt(monkeypatch, capsys):
     variant = get_variant("cpu")
     stale = {"Id": "sha256:i", "Config": {"Labels": {"io.toolkit.source-sha256": "old"}}}
-    fake = FakeRuntime(script=[(("docker", "image", "inspect"),
-                                inspect_answer({variant.tag: stale}))])
+    fake = FakeRuntime(
+        script=[(("docker", "image", "inspect"), inspect_answer({variant.tag: stale}))]
+    )
     rebuilt = []
     monkeypatch.setattr(images.build, "build_image", lambda v, r, o: rebuilt.append(v) or v.tag)
     assert ensure_image(variant, fake) == variant.tag
@@ -183,12 +231,16 @@ def test_stale_image_is_rebuilt(monkeypatch, capsys):
 
 def test_current_image_is_reused(monkeypatch):
     variant = get_variant("cpu")
-    fresh = {"Id": "sha256:i",
-             "Config": {"Labels": {"io.toolkit.source-sha256": images.source_sha256()}}}
-    fake = FakeRuntime(script=[(("docker", "image", "inspect"),
-                                inspect_answer({variant.tag: fresh}))])
-    monkeypatch.setattr(images.build, "build_image",
-                        lambda *a: pytest.fail("rebuilt a fresh image"))
+    fresh = {
+        "Id": "sha256:i",
+        "Config": {"Labels": {"io.toolkit.source-sha256": images.source_sha256()}},
+    }
+    fake = FakeRuntime(
+        script=[(("docker", "image", "inspect"), inspect_answer({variant.tag: fresh}))]
+    )
+    monkeypatch.setattr(
+        images.build, "build_image", lambda *a: pytest.fail("rebuilt a fresh image")
+    )
     assert ensure_image(variant, fake) == variant.tag
 
 
@@ -196,22 +248,39 @@ def test_missing_engine_says_what_to_do(monkeypatch):
     from toolkit.errors import RuntimeFailure
 
     fake = FakeRuntime(script=[(("docker", "version"), Result(1, "", "Cannot connect"))])
-    with pytest.raises(RuntimeFailure, match=r"the Docker engine does not answer at the "
-                                             r"default socket /var/run/docker.sock \(Cannot "
-                                             r"connect\); start it"):
+    with pytest.raises(
+        RuntimeFailure,
+        match=r"the Docker engine does not answer at the "
+        r"default socket /var/run/docker.sock \(Cannot "
+        r"connect\); start it",
+    ):
         fake.docker().require()
-    denied = FakeRuntime(script=[(("docker", "version"), Result(
-        1, "", "permission denied while trying to connect to the Docker daemon socket"))])
+    denied = FakeRuntime(
+        script=[
+            (
+                ("docker", "version"),
+                Result(
+                    1, "", "permission denied while trying to connect to the Docker daemon socket"
+                ),
+            )
+        ]
+    )
     with pytest.raises(RuntimeFailure, match="permission denied .* docker group"):
         denied.docker().require()
     monkeypatch.setenv("DOCKER_HOST", "tcp://10.1.2.3:2375")
-    with pytest.raises(RuntimeFailure, match=r"DOCKER_HOST=tcp://10.1.2.3:2375 \(Cannot "
-                                             r"connect\); check"):
+    with pytest.raises(
+        RuntimeFailure,
+        match=r"DOCKER_HOST=tcp://10.1.2.3:2375 \(Cannot "
+        r"connect\); check",
+    ):
         fake.docker().require()
     # The real seam (the Docker API) says the same of an address nothing listens on.
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1")
-    with pytest.raises(RuntimeFailure, match=r"no Docker engine answers at "
-                                             r"DOCKER_HOST=tcp://127.0.0.1:1 \("):
+    with pytest.raises(
+        RuntimeFailure,
+        match=r"no Docker engine answers at "
+        r"DOCKER_HOST=tcp://127.0.0.1:1 \(",
+    ):
         Docker(Runtime()).require()
     assert Docker(Runtime()).server_version() is None
 
@@ -221,18 +290,22 @@ def test_preflight_failure_refuses_and_names_the_skip(monkeypatch):
     from toolkit.launch import choose_image
     from toolkit.probe import NVIDIA_QUERY
 
-    fake = FakeRuntime(script=[
-        (("docker", "version"), Result(0, "27.3.1\n")),
-        (("docker", "info"), Result(0, '/var/lib/docker|{"runc":{}}\n')),
-        (("nvidia-smi", f"--query-gpu={NVIDIA_QUERY}"),
-         Result(0, "0, NVIDIA H100 80GB HBM3, 9.0, 575.51.03, 81559 MiB, Disabled\n")),
-    ], programs={"docker", "nvidia-smi"})
+    fake = FakeRuntime(
+        script=[
+            (("docker", "version"), Result(0, "27.3.1\n")),
+            (("docker", "info"), Result(0, '/var/lib/docker|{"runc":{}}\n')),
+            (
+                ("nvidia-smi", f"--query-gpu={NVIDIA_QUERY}"),
+                Result(0, "0, NVIDIA H100 80GB HBM3, 9.0, 575.51.03, 81559 MiB, Disabled\n"),
+            ),
+        ],
+        programs={"docker", "nvidia-smi"},
+    )
     monkeypatch.delenv("TOOLKIT_SKIP_PREFLIGHT", raising=False)
     with pytest.raises(RuntimeFailure) as info:
         choose_image(fake, None, None)
     assert "set TOOLKIT_SKIP_PREFLIGHT=1 to run anyway" in str(info.value)
-    assert any(p.startswith("nvidia container toolkit: not installed") for p in
-               info.value.problems)
+    assert any(p.startswith("nvidia container toolkit: not installed") for p in info.value.problems)
 
     monkeypatch.setenv("TOOLKIT_SKIP_PREFLIGHT", "1")
     monkeypatch.setattr(images, "ensure_image", lambda v, r: v.tag)

@@ -25,8 +25,15 @@ def lora_run(tiny_model_dir, write_config):
 
 def test_lora_trains_and_writes_what_it_promises(lora_run):
     loaded, out = lora_run
-    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
-                 "tokenizer_config.json", "chat_template.jinja", "train.log", "run.json"):
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "train.log",
+        "run.json",
+    ):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-6"]
     weights = out / "adapter_model.safetensors"
@@ -69,8 +76,11 @@ def test_merge_matches_adapter_logits_and_is_idempotent(lora_run, capsys):
     assert not list(out.glob(".merged*")), "temporary folders left behind"
 
     tok = AutoTokenizer.from_pretrained(merged_dir)
-    text = tok.apply_chat_template([{"role": "user", "content": "What is 2 plus 3?"}],
-                                   tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2 plus 3?"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     ids = tok(text, return_tensors="pt")["input_ids"]
     base = AutoModelForCausalLM.from_pretrained(loaded.config.base_model)
     with_adapter = PeftModel.from_pretrained(base, str(out)).eval()
@@ -94,8 +104,11 @@ def test_merge_matches_adapter_logits_and_is_idempotent(lora_run, capsys):
 def test_full_fine_tune_saves_the_whole_model(tiny_model_dir, write_config, capsys):
     from transformers import AutoModelForCausalLM
 
-    loaded = load_config(write_config({**FAST, "base_model": str(tiny_model_dir),
-                                       "adapter": None, "learning_rate": 0.001}))
+    loaded = load_config(
+        write_config(
+            {**FAST, "base_model": str(tiny_model_dir), "adapter": None, "learning_rate": 0.001}
+        )
+    )
     out = train(loaded)
     run = read_run(out)
     assert run["adapter"] is None
@@ -107,27 +120,46 @@ def test_full_fine_tune_saves_the_whole_model(tiny_model_dir, write_config, caps
 
 
 def test_long_rows_are_dropped_and_counted(tiny_model_dir, write_config):
-    loaded = load_config(write_config({**FAST, "base_model": str(tiny_model_dir),
-                                       "sequence_len": 40}))
+    loaded = load_config(
+        write_config({**FAST, "base_model": str(tiny_model_dir), "sequence_len": 40})
+    )
     out = train(loaded)
     data = read_run(out)["data"]
     assert data["dropped_too_long"] > 0
     assert data["kept"] + data["dropped_too_long"] + data["dropped_no_trained_tokens"] == 96
-    assert f"dropped {data['dropped_too_long']} rows longer than sequence_len=40" in (
-        out / "train.log").read_text()
+    assert (
+        f"dropped {data['dropped_too_long']} rows longer than sequence_len=40"
+        in (out / "train.log").read_text()
+    )
 
 
 def test_long_rows_are_truncated_when_asked(tiny_model_dir, write_config):
-    loaded = load_config(write_config({**FAST, "base_model": str(tiny_model_dir),
-                                       "sequence_len": 40, "excess_length_strategy": "truncate"}))
+    loaded = load_config(
+        write_config(
+            {
+                **FAST,
+                "base_model": str(tiny_model_dir),
+                "sequence_len": 40,
+                "excess_length_strategy": "truncate",
+            }
+        )
+    )
     data = read_run(train(loaded))["data"]
     assert data["truncated"] > 0 and data["dropped_too_long"] == 0
     assert data["kept"] + data["dropped_no_trained_tokens"] == 96
 
 
 def test_long_rows_are_split_into_pieces_that_all_train(tiny_model_dir, write_config):
-    loaded = load_config(write_config({**FAST, "base_model": str(tiny_model_dir),
-                                       "sequence_len": 40, "excess_length_strategy": "split"}))
+    loaded = load_config(
+        write_config(
+            {
+                **FAST,
+                "base_model": str(tiny_model_dir),
+                "sequence_len": 40,
+                "excess_length_strategy": "split",
+            }
+        )
+    )
     out = train(loaded)
     data = read_run(out)["data"]
     assert data["split"] > 0 and data["pieces"] >= 2 * data["split"]
@@ -135,8 +167,10 @@ def test_long_rows_are_split_into_pieces_that_all_train(tiny_model_dir, write_co
     whole = 96 - data["split"]
     assert data["kept"] + data["dropped_no_trained_tokens"] == whole + data["pieces"]
     assert data["tokens"] > 3000  # little cut away: the demo has 3880 tokens in all
-    assert f"split {data['split']} rows longer than sequence_len=40 into {data['pieces']} " \
+    assert (
+        f"split {data['split']} rows longer than sequence_len=40 into {data['pieces']} "
         "pieces" in (out / "train.log").read_text()
+    )
 
 
 def test_unknown_role_stops_with_row_and_exit_2(tiny_model_dir, write_config, tmp_path, capsys):
@@ -154,13 +188,17 @@ def test_unknown_role_stops_with_row_and_exit_2(tiny_model_dir, write_config, tm
     assert not (tmp_path / "out" / "run.json").exists()
 
 
-@pytest.mark.parametrize("content, message", [
-    (b'{"messages": [}\n', "line 1 is not valid JSON"),
-    (b'{"messages": []}\n\xff\xfe\n', "line 2 is not UTF-8"),
-    (b"[1, 2]", "row 1 is a number; each row must be a JSON object"),
-])
-def test_unreadable_data_files_exit_2(tiny_model_dir, write_config, tmp_path, capsys,
-                                      content, message):
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"messages": [}\n', "line 1 is not valid JSON"),
+        (b'{"messages": []}\n\xff\xfe\n', "line 2 is not UTF-8"),
+        (b"[1, 2]", "row 1 is a number; each row must be a JSON object"),
+    ],
+)
+def test_unreadable_data_files_exit_2(
+    tiny_model_dir, write_config, tmp_path, capsys, content, message
+):
     data = tmp_path / "bad.jsonl"
     data.write_bytes(content)
     path = write_config({**FAST, "base_model": str(tiny_model_dir)})
@@ -170,9 +208,18 @@ def test_unreadable_data_files_exit_2(tiny_model_dir, write_config, tmp_path, ca
 
 
 def test_qlora_trains_on_cpu(tiny_model_dir, write_config):
-    loaded = load_config(write_config({**FAST, "base_model": str(tiny_model_dir),
-                                       "adapter": "qlora", "load_in_4bit": True,
-                                       "max_steps": 4, "save_steps": 4}))
+    loaded = load_config(
+        write_config(
+            {
+                **FAST,
+                "base_model": str(tiny_model_dir),
+                "adapter": "qlora",
+                "load_in_4bit": True,
+                "max_steps": 4,
+                "save_steps": 4,
+            }
+        )
+    )
     out = train(loaded)
     run = read_run(out)
     assert run["adapter"] == "qlora" and run["steps"] == 4
@@ -191,8 +238,9 @@ def test_moe_lora_trains(tmp_path, write_config):
     assert (merge_lora(loaded) / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("path", sorted((__import__("conftest").REPO / "configs").glob("*.yaml")),
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted((__import__("conftest").REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_example_configs_validate(path, monkeypatch):
     from conftest import REPO
 
@@ -204,11 +252,20 @@ def test_example_configs_validate(path, monkeypatch):
 
 
 def test_evals_per_epoch(tiny_model_dir, write_config):
-    loaded = load_config(write_config({"base_model": str(tiny_model_dir), "max_steps": 22,
-                                       "save_steps": 22, "logging_steps": 11,
-                                       "val_set_size": 0.1, "evals_per_epoch": 2}))
+    loaded = load_config(
+        write_config(
+            {
+                "base_model": str(tiny_model_dir),
+                "max_steps": 22,
+                "save_steps": 22,
+                "logging_steps": 11,
+                "val_set_size": 0.1,
+                "evals_per_epoch": 2,
+            }
+        )
+    )
     run = read_run(train(loaded))
-    assert [e["step"] for e in run["eval_history"]] == [11, 22]   # 86 rows / 4 = 22 steps
+    assert [e["step"] for e in run["eval_history"]] == [11, 22]  # 86 rows / 4 = 22 steps
 
 
 def test_bundled_demo_data_is_what_the_generator_writes(tmp_path):

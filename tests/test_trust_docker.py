@@ -30,24 +30,36 @@ TOOLKIT = str(Path(sys.executable).parent / "toolkit")
 
 # Characters that broke option text (comma, equals, quotes, newline) and others a shell or
 # a parser might trip on; any of them may appear in a folder name.
-PIECES = st.sampled_from(list(',="\'\n\t :;$`\\{}[]*?#!&|<>()~%@é字') +
-                        [",readonly=false", ",source=/etc", ",target=/", ",type=volume", '"",'])
-HOSTILE = st.lists(PIECES, min_size=1, max_size=6).map("".join).filter(
-    lambda s: s.strip(" ") not in ("", ".", ".."))
+PIECES = st.sampled_from(
+    list(",=\"'\n\t :;$`\\{}[]*?#!&|<>()~%@é字")
+    + [",readonly=false", ",source=/etc", ",target=/", ",type=volume", '"",']
+)
+HOSTILE = (
+    st.lists(PIECES, min_size=1, max_size=6)
+    .map("".join)
+    .filter(lambda s: s.strip(" ") not in ("", ".", ".."))
+)
 
 
 def probe_script(rw: str, ro: str, hidden: str) -> list[str]:
     """In the container: can we write the output, the input, and see the sibling?"""
-    return ["python3", "-c", (
-        "import json, os, sys; rw, ro, hidden = sys.argv[1:4]\n"
-        "def can_write(d):\n"
-        "    try:\n"
-        "        open(os.path.join(d, 'probe'), 'w').close(); return True\n"
-        "    except OSError: return False\n"
-        "print(json.dumps({'rw': can_write(rw), 'ro': can_write(ro), "
-        "'read': open(os.path.join(ro, 'rows.jsonl')).read(), "
-        "'hidden': os.path.exists(hidden)}))"),
-        rw, ro, hidden]
+    return [
+        "python3",
+        "-c",
+        (
+            "import json, os, sys; rw, ro, hidden = sys.argv[1:4]\n"
+            "def can_write(d):\n"
+            "    try:\n"
+            "        open(os.path.join(d, 'probe'), 'w').close(); return True\n"
+            "    except OSError: return False\n"
+            "print(json.dumps({'rw': can_write(rw), 'ro': can_write(ro), "
+            "'read': open(os.path.join(ro, 'rows.jsonl')).read(), "
+            "'hidden': os.path.exists(hidden)}))"
+        ),
+        rw,
+        ro,
+        hidden,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +72,11 @@ def hostile_root():
     shutil.rmtree(root, ignore_errors=True)
 
 
-@settings(max_examples=12, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(name=HOSTILE)
 def test_hostile_paths_mount_exactly_as_planned(image, hostile_root, name):
     case = Path(tempfile.mkdtemp(dir=hostile_root))
@@ -70,9 +85,14 @@ def test_hostile_paths_mount_exactly_as_planned(image, hostile_root, name):
     out.mkdir()
     (data / "rows.jsonl").write_text("row\n")
     plan = plan_mounts([data], [out])
-    spec = container_spec(image, "", probe_script(str(out), str(data),
-                                                  str(hostile_root / "secret")),
-                          [data], [out], network=False)
+    spec = container_spec(
+        image,
+        "",
+        probe_script(str(out), str(data), str(hostile_root / "secret")),
+        [data],
+        [out],
+        network=False,
+    )
     client = engine.client()
     name = f"toolkit-test-{uuid.uuid4().hex[:12]}"
     container = client.containers.create(**engine.create_kwargs(spec, name))
@@ -92,8 +112,17 @@ def test_hostile_paths_mount_exactly_as_planned(image, hostile_root, name):
 
 def demo_config(root: Path, out: Path, data: Path, **changes) -> Path:
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
-    raw.update({"base_model": str(root / "model"), "output_dir": str(out), "max_steps": 4,
-                "save_steps": 2, "logging_steps": 1, "val_set_size": 0.0, **changes})
+    raw.update(
+        {
+            "base_model": str(root / "model"),
+            "output_dir": str(out),
+            "max_steps": 4,
+            "save_steps": 2,
+            "logging_steps": 1,
+            "val_set_size": 0.0,
+            **changes,
+        }
+    )
     raw["datasets"][0]["path"] = str(data)
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -122,8 +151,10 @@ def test_a_training_with_hostile_paths_in_the_container(image, root, capfd):
     assert main(["train", str(config), "--runtime", "docker"]) == 0
     record = read_run(out)
     assert record["steps"] == 4 and record["environment"]["in_container"] is True
-    assert ((data_dir / "chat.jsonl").read_bytes(),
-            (data_dir / "chat.jsonl").stat().st_mode) == before
+    assert (
+        (data_dir / "chat.jsonl").read_bytes(),
+        (data_dir / "chat.jsonl").stat().st_mode,
+    ) == before
     assert sorted(p.name for p in data_dir.iterdir()) == ["chat.jsonl"]
     capfd.readouterr()
     assert main(["train", str(config), "--runtime", "docker"]) == 0
@@ -144,28 +175,36 @@ def wait_for(predicate, seconds: float, what: str) -> None:
 
 def ours() -> set[str]:
     """toolkit's containers on the engine, running or not."""
-    return set(subprocess.run(["docker", "ps", "-aq", "--filter", f"label={engine.LABEL}"],
-                              capture_output=True, text=True, check=True).stdout.split())
+    return set(
+        subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label={engine.LABEL}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    )
 
 
 def reached(log: Path, step: int) -> bool:
     return log.exists() and f"step {step}/" in log.read_text()
 
 
-def test_sigterm_to_the_cli_alone_checkpoints_and_a_second_writer_is_refused(image, root,
-                                                                             capfd):
+def test_sigterm_to_the_cli_alone_checkpoints_and_a_second_writer_is_refused(image, root, capfd):
     out = root / "out"
-    config = demo_config(root, out, DEMO_DATA, max_steps=400, save_steps=10000,
-                         learning_rate=0.001)
+    config = demo_config(root, out, DEMO_DATA, max_steps=400, save_steps=10000, learning_rate=0.001)
     before = ours()
-    cli = subprocess.Popen([TOOLKIT, "train", str(config), "--runtime", "docker"],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cli = subprocess.Popen(
+        [TOOLKIT, "train", str(config), "--runtime", "docker"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_for(lambda: reached(out / "train.log", 5), 300, "step 5")
         assert main(["train", str(config), "--runtime", "docker"]) == 2
         err = capfd.readouterr().err
         assert f"is in use by another toolkit run (`toolkit train`, pid {cli.pid}" in err
-        os.kill(cli.pid, signal.SIGTERM)   # the CLI alone, not its process group
+        os.kill(cli.pid, signal.SIGTERM)  # the CLI alone, not its process group
         output = cli.communicate(timeout=180)[0]
     finally:
         cli.kill()
@@ -178,11 +217,13 @@ def test_sigterm_to_the_cli_alone_checkpoints_and_a_second_writer_is_refused(ima
 
 def test_a_killed_cli_takes_its_container_down(image, root):
     out = root / "out"
-    config = demo_config(root, out, DEMO_DATA, max_steps=400, save_steps=10000,
-                         learning_rate=0.001)
+    config = demo_config(root, out, DEMO_DATA, max_steps=400, save_steps=10000, learning_rate=0.001)
     before = ours()
-    cli = subprocess.Popen([TOOLKIT, "train", str(config), "--runtime", "docker"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cli = subprocess.Popen(
+        [TOOLKIT, "train", str(config), "--runtime", "docker"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for(lambda: reached(out / "train.log", 5), 300, "step 5")
     assert len(ours() - before) == 1
     os.kill(cli.pid, signal.SIGKILL)
@@ -191,8 +232,19 @@ def test_a_killed_cli_takes_its_container_down(image, root):
     # It was stopped, not killed: it saved a checkpoint, and the lock is free again.
     [checkpoint] = list(out.glob("checkpoint-*"))
     assert (checkpoint / "toolkit-complete.json").exists()
-    resumed = subprocess.run([TOOLKIT, "train", str(config), "--runtime", "docker",
-                              "--max-steps", str(int(checkpoint.name.split("-")[1]) + 2)],
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [
+            TOOLKIT,
+            "train",
+            str(config),
+            "--runtime",
+            "docker",
+            "--max-steps",
+            str(int(checkpoint.name.split("-")[1]) + 2),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert f"resume: continuing from {checkpoint.name}" in resumed.stdout

@@ -13,15 +13,29 @@ import time
 from typing import Any
 
 
-def bar(total: int | None, what: str, unit: str = "it", scale: bool = False,
-        every: float = 10.0, stream=None) -> Any:
+def bar(
+    total: int | None,
+    what: str,
+    unit: str = "it",
+    scale: bool = False,
+    every: float = 10.0,
+    stream=None,
+) -> Any:
     """A progress bar (update(n), close(), a context manager) for `total` units of work."""
     stream = stream or sys.stderr
     if stream.isatty():
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=what, unit=unit, unit_scale=scale, file=stream,
-                    dynamic_ncols=True, mininterval=0.2, leave=False)
+        return tqdm(
+            total=total,
+            desc=what,
+            unit=unit,
+            unit_scale=scale,
+            file=stream,
+            dynamic_ncols=True,
+            mininterval=0.2,
+            leave=False,
+        )
     return Lines(total, what, unit, scale, every, stream)
 
 
@@ -50,10 +64,15 @@ class Lines:
         count = _amount(self.n, self.unit, self.scale)
         if self.total:
             share = min(1.0, self.n / self.total)
-            eta = "" if done or not self.n else \
-                f", eta {clock(elapsed * (self.total - self.n) / self.n)}"
-            text = (f"{self.what}: {100 * share:.0f}% ({count}/"
-                    f"{_amount(self.total, self.unit, self.scale)}), {clock(elapsed)}{eta}")
+            eta = (
+                ""
+                if done or not self.n
+                else f", eta {clock(elapsed * (self.total - self.n) / self.n)}"
+            )
+            text = (
+                f"{self.what}: {100 * share:.0f}% ({count}/"
+                f"{_amount(self.total, self.unit, self.scale)}), {clock(elapsed)}{eta}"
+            )
         else:
             text = f"{self.what}: {count}, {clock(elapsed)}"
         print(text + (" — done" if done else ""), file=self.stream, flush=True)

@@ -62,8 +62,14 @@ def needs_network(loaded: LoadedConfig) -> bool:
     return any(r and not is_local_ref(r) and not is_remote(r) for r in refs)
 
 
-def skypilot_task(loaded: LoadedConfig, image: str, config_file: Path, accelerators: str | None,
-                  nodes: int, outputs: str) -> dict:
+def skypilot_task(
+    loaded: LoadedConfig,
+    image: str,
+    config_file: Path,
+    accelerators: str | None,
+    nodes: int,
+    outputs: str,
+) -> dict:
     """A SkyPilot task: the image by digest, file mounts in, outputs to a bucket, the
     doctor as setup, torchrun over SkyPilot's nodes as run."""
     _data, copies = vm_config(loaded)
@@ -72,10 +78,12 @@ def skypilot_task(loaded: LoadedConfig, image: str, config_file: Path, accelerat
     resources: dict = {"image_id": f"docker:{image}"}
     if accelerators:
         resources["accelerators"] = accelerators
-    launch = ('toolkit train /toolkit/config.yaml --runtime local '
-              '--nproc-per-node "${SKYPILOT_NUM_GPUS_PER_NODE:-1}" '
-              '--nnodes "$SKYPILOT_NUM_NODES" --node-rank "$SKYPILOT_NODE_RANK" '
-              '--master-addr "$(echo "$SKYPILOT_NODE_IPS" | head -n1)" --master-port 29500')
+    launch = (
+        "toolkit train /toolkit/config.yaml --runtime local "
+        '--nproc-per-node "${SKYPILOT_NUM_GPUS_PER_NODE:-1}" '
+        '--nnodes "$SKYPILOT_NUM_NODES" --node-rank "$SKYPILOT_NODE_RANK" '
+        '--master-addr "$(echo "$SKYPILOT_NODE_IPS" | head -n1)" --master-port 29500'
+    )
     return {
         "name": f"toolkit-{Path(loaded.path).stem}",
         "resources": resources,
@@ -94,62 +102,86 @@ def cloud_init(loaded: LoadedConfig, image: str, accelerator: str, outputs: str)
     local = {target: src for target, src in copies.items() if not is_remote(src)}
     if local:
         names = ", ".join(sorted(local.values()))
-        raise UsageError(f"a VM cannot read this machine's files ({names}); upload them to "
-                         "object storage and point the config at s3://, gs:// or az:// URLs "
-                         "(or use `toolkit launch skypilot`, which copies local files)")
+        raise UsageError(
+            f"a VM cannot read this machine's files ({names}); upload them to "
+            "object storage and point the config at s3://, gs:// or az:// URLs "
+            "(or use `toolkit launch skypilot`, which copies local files)"
+        )
     host = Path("/opt/toolkit")
-    mounts = [Mount(str(host / "config.yaml"), str(VM / "config.yaml"), read_only=True),
-              Mount(str(host / "data"), str(VM / "data"), read_only=True),
-              Mount(str(host / "outputs"), str(VM / "outputs"), read_only=False)]
-    spec = RunSpec(image=image, command=["toolkit", "train", str(VM / "config.yaml"),
-                                         "--runtime", "local"],
-                   mounts=mounts, user="0:0", workdir="/", env={n: None for n in SECRET_ENV},
-                   network=None if needs_network(loaded) else "none",
-                   devices=device_flags(accelerator, None, ("video", "render")))
-    doctor = RunSpec(image=image, command=["toolkit", "doctor"], mounts=[], user="0:0",
-                     workdir="/", env={}, network="none",
-                     devices=device_flags(accelerator, None, ("video", "render")))
+    mounts = [
+        Mount(str(host / "config.yaml"), str(VM / "config.yaml"), read_only=True),
+        Mount(str(host / "data"), str(VM / "data"), read_only=True),
+        Mount(str(host / "outputs"), str(VM / "outputs"), read_only=False),
+    ]
+    spec = RunSpec(
+        image=image,
+        command=["toolkit", "train", str(VM / "config.yaml"), "--runtime", "local"],
+        mounts=mounts,
+        user="0:0",
+        workdir="/",
+        env={n: None for n in SECRET_ENV},
+        network=None if needs_network(loaded) else "none",
+        devices=device_flags(accelerator, None, ("video", "render")),
+    )
+    doctor = RunSpec(
+        image=image,
+        command=["toolkit", "doctor"],
+        mounts=[],
+        user="0:0",
+        workdir="/",
+        env={},
+        network="none",
+        devices=device_flags(accelerator, None, ("video", "render")),
+    )
     fetches = []
     for target, src in copies.items():
         dest = host / Path(target).relative_to(VM)
-        fetches += [f"mkdir -p {shlex.quote(str(dest.parent))}",
-                    f"fs_copy get {shlex.quote(src)} {shlex.quote(str(dest))}"]
-    script = "\n".join([
-        "#!/bin/bash",
-        "# Written by `toolkit launch cloud-init`; runs once, as root, on first boot.",
-        "set -euo pipefail",
-        "exec > >(tee -a /var/log/toolkit.log) 2>&1",
-        "export DEBIAN_FRONTEND=noninteractive",
-        "apt-get update -q",
-        "apt-get install -y -q docker.io python3-venv curl gnupg",
-        *(_nvidia_toolkit() if accelerator == "cuda" else []),
-        "systemctl enable --now docker",
-        "# Object-store copies in and out with fsspec, in a venv of its own.",
-        "python3 -m venv /opt/toolkit/fsspec",
-        "/opt/toolkit/fsspec/bin/pip install -q fsspec s3fs gcsfs adlfs",
-        "fs_copy() {",
-        "  /opt/toolkit/fsspec/bin/python -c 'import fsspec, sys; op, a, b = sys.argv[1:]; "
-        "fs, _ = fsspec.core.url_to_fs(a if op == \"get\" else b); "
-        "getattr(fs, op)(a, b, recursive=True)' \"$@\"",
-        "}",
-        "# Secrets by name: provision them in this file; it is never part of the user-data.",
-        "if [ -f /etc/toolkit/secrets.env ]; then set -a; . /etc/toolkit/secrets.env; set +a; fi",
-        f"docker pull {shlex.quote(image)}",
-        "# Preflight: the image must see its GPUs before anything heavy runs.",
-        shlex.join(run_argv(doctor)),
-        "mkdir -p /opt/toolkit/data /opt/toolkit/outputs",
-        *fetches,
-        "status=0",
-        shlex.join(run_argv(spec)) + " || status=$?",
-        f"fs_copy put /opt/toolkit/outputs {shlex.quote(outputs)}",
-        "exit $status",
-        "",
-    ])
+        fetches += [
+            f"mkdir -p {shlex.quote(str(dest.parent))}",
+            f"fs_copy get {shlex.quote(src)} {shlex.quote(str(dest))}",
+        ]
+    script = "\n".join(
+        [
+            "#!/bin/bash",
+            "# Written by `toolkit launch cloud-init`; runs once, as root, on first boot.",
+            "set -euo pipefail",
+            "exec > >(tee -a /var/log/toolkit.log) 2>&1",
+            "export DEBIAN_FRONTEND=noninteractive",
+            "apt-get update -q",
+            "apt-get install -y -q docker.io python3-venv curl gnupg",
+            *(_nvidia_toolkit() if accelerator == "cuda" else []),
+            "systemctl enable --now docker",
+            "# Object-store copies in and out with fsspec, in a venv of its own.",
+            "python3 -m venv /opt/toolkit/fsspec",
+            "/opt/toolkit/fsspec/bin/pip install -q fsspec s3fs gcsfs adlfs",
+            "fs_copy() {",
+            "  /opt/toolkit/fsspec/bin/python -c 'import fsspec, sys; op, a, b = sys.argv[1:]; "
+            'fs, _ = fsspec.core.url_to_fs(a if op == "get" else b); '
+            'getattr(fs, op)(a, b, recursive=True)\' "$@"',
+            "}",
+            "# Secrets by name: provision them in this file; it is never part of the user-data.",
+            "if [ -f /etc/toolkit/secrets.env ]; then "
+            "set -a; . /etc/toolkit/secrets.env; set +a; fi",
+            f"docker pull {shlex.quote(image)}",
+            "# Preflight: the image must see its GPUs before anything heavy runs.",
+            shlex.join(run_argv(doctor)),
+            "mkdir -p /opt/toolkit/data /opt/toolkit/outputs",
+            *fetches,
+            "status=0",
+            shlex.join(run_argv(spec)) + " || status=$?",
+            f"fs_copy put /opt/toolkit/outputs {shlex.quote(outputs)}",
+            "exit $status",
+            "",
+        ]
+    )
     document = {
         "package_update": True,
         "write_files": [
-            {"path": "/opt/toolkit/config.yaml", "permissions": "0644",
-             "content": yaml.safe_dump(data, sort_keys=False)},
+            {
+                "path": "/opt/toolkit/config.yaml",
+                "permissions": "0644",
+                "content": yaml.safe_dump(data, sort_keys=False),
+            },
             {"path": "/opt/toolkit/run.sh", "permissions": "0755", "content": script},
         ],
         "runcmd": [["/opt/toolkit/run.sh"]],

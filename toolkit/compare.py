@@ -32,8 +32,9 @@ def read_run(ref: str | Path) -> dict:
     try:
         run = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc.msg}); was it written by "
-                         "toolkit?") from None
+        raise UsageError(
+            f"{path}: not valid JSON ({exc.msg}); was it written by toolkit?"
+        ) from None
     if not run.get("loss_history"):
         raise UsageError(f"{path}: no loss_history; the run logged no training loss")
     return run
@@ -48,14 +49,17 @@ def compare(a: dict, b: dict, rtol: float, atol: float) -> Comparison:
     differences = config_differences(a.get("config") or {}, b.get("config") or {})
     if differences:
         shown = "; ".join(differences[:4]) + (
-            f" and {len(differences) - 4} more" if len(differences) > 4 else "")
+            f" and {len(differences) - 4} more" if len(differences) > 4 else ""
+        )
         notes.append(f"the two configs differ in {shown}; curves may differ for that alone")
     if set(la) != set(lb):
-        notes.append(f"compared the {len(steps)} steps both logged "
-                     f"({len(la)} and {len(lb)} logged)")
+        notes.append(
+            f"compared the {len(steps)} steps both logged ({len(la)} and {len(lb)} logged)"
+        )
     if not steps:
-        return Comparison([], float("inf"), float("inf"), None, False,
-                          [*notes, "no step was logged by both runs"])
+        return Comparison(
+            [], float("inf"), float("inf"), None, False, [*notes, "no step was logged by both runs"]
+        )
     worst, max_abs, max_rel, same = None, 0.0, 0.0, True
     for step in steps:
         diff = abs(la[step] - lb[step])
@@ -72,8 +76,10 @@ def describe(run: dict) -> str:
     resolved = run.get("resolved", {})
     libs = env.get("libraries", {})
     where = env.get("image") or "host"
-    return (f"{resolved.get('device_name', '?')} ({resolved.get('dtype', '?')}), {where}, "
-            f"torch {libs.get('torch', '?')}, final loss {run.get('final_loss')}")
+    return (
+        f"{resolved.get('device_name', '?')} ({resolved.get('dtype', '?')}), {where}, "
+        f"torch {libs.get('torch', '?')}, final loss {run.get('final_loss')}"
+    )
 
 
 def report(ref_a: str, ref_b: str, rtol: float, atol: float) -> tuple[str, bool]:
@@ -82,11 +88,12 @@ def report(ref_a: str, ref_b: str, rtol: float, atol: float) -> tuple[str, bool]
     lines = [f"A: {ref_a}: {describe(a)}", f"B: {ref_b}: {describe(b)}"]
     lines += [f"note: {n}" for n in result.notes]
     if result.steps and result.worst_step is None:
-        lines.append(f"{len(result.steps)} steps compared; the losses are identical at every "
-                     "step")
+        lines.append(f"{len(result.steps)} steps compared; the losses are identical at every step")
     elif result.steps:
-        lines.append(f"{len(result.steps)} steps compared; largest difference {result.max_abs:.3g} "
-                     f"at step {result.worst_step} (relative {result.max_rel:.3g})")
+        lines.append(
+            f"{len(result.steps)} steps compared; largest difference {result.max_abs:.3g} "
+            f"at step {result.worst_step} (relative {result.max_rel:.3g})"
+        )
     verdict = "SAME" if result.same else "DIFFERENT"
     lines.append(f"{verdict} within rtol={rtol:g}, atol={atol:g}")
     return "\n".join(lines), result.same

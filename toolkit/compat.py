@@ -32,17 +32,21 @@ class Finding:
     fix: str = ""
 
     def as_dict(self) -> dict:
-        return {"check": self.check, "status": self.status.name, "message": self.message,
-                "fix": self.fix}
+        return {
+            "check": self.check,
+            "status": self.status.name,
+            "message": self.message,
+            "fix": self.fix,
+        }
 
 
 @dataclass(frozen=True)
 class Gpu:
     index: int
-    vendor: str                     # "nvidia" or "amd"
+    vendor: str  # "nvidia" or "amd"
     name: str
     compute_cap: str | None = None  # NVIDIA, e.g. "9.0"
-    gfx: str | None = None          # AMD, e.g. "gfx942"
+    gfx: str | None = None  # AMD, e.g. "gfx942"
     memory_mib: int | None = None
     mig: bool = False
 
@@ -51,7 +55,7 @@ class Gpu:
 class HostFacts:
     gpus: tuple[Gpu, ...] = ()
     nvidia_driver: str | None = None
-    cuda_driver: str | None = None   # the highest CUDA the driver supports, e.g. "12.8"
+    cuda_driver: str | None = None  # the highest CUDA the driver supports, e.g. "12.8"
 
     @property
     def vendors(self) -> set[str]:
@@ -63,8 +67,8 @@ class VariantFacts:
     """What select needs to know of an image variant (a row of images/matrix.yaml)."""
 
     name: str
-    accelerator: str                 # "cpu", "cuda" or "rocm"
-    version: str | None = None       # CUDA or ROCm version of the torch build
+    accelerator: str  # "cpu", "cuda" or "rocm"
+    version: str | None = None  # CUDA or ROCm version of the torch build
     arch_list: tuple[str, ...] = ()  # torch.cuda.get_arch_list() of the build
     min_driver: str | None = None
 
@@ -97,9 +101,12 @@ def driver_status(driver: str | None, cuda: str) -> tuple[Status, str]:
             f"driver {driver} is below CUDA {cuda}'s floor {row['ga']} and runs it only under "
             "minor-version compatibility: PTX built by a newer toolchain fails to JIT "
             "('the provided PTX was compiled with an unsupported toolchain'), which breaks "
-            "Triton kernels and torch.compile")
-    return Status.FAIL, (f"driver {driver} is below {row['minor']}, the least any CUDA {cuda} "
-                         "build runs on ('CUDA driver version is insufficient')")
+            "Triton kernels and torch.compile"
+        )
+    return Status.FAIL, (
+        f"driver {driver} is below {row['minor']}, the least any CUDA {cuda} "
+        "build runs on ('CUDA driver version is insufficient')"
+    )
 
 
 def arch_status(compute_cap: str | None, arch_list: tuple[str, ...]) -> tuple[Status, str]:
@@ -122,13 +129,20 @@ def arch_status(compute_cap: str | None, arch_list: tuple[str, ...]) -> tuple[St
             return Status.OK, f"the build has {arch} kernels for this {sm} GPU"
     for arch in arch_list:
         kind, _, digits = arch.partition("_")
-        if kind == "compute" and digits[:-1].isdigit() and (
-                int(digits[:-1]), int(digits[-1])) <= (major, minor):
-            return Status.MARGINAL, (f"no {sm} kernels; {arch} PTX is compiled at first use "
-                                     "(slow start, and only with a driver at the toolkit's "
-                                     "own floor)")
-    return Status.FAIL, (f"the build has no kernels for {sm} ({' '.join(arch_list) or 'none'}): "
-                         "'no kernel image is available for execution on the device'")
+        if (
+            kind == "compute"
+            and digits[:-1].isdigit()
+            and (int(digits[:-1]), int(digits[-1])) <= (major, minor)
+        ):
+            return Status.MARGINAL, (
+                f"no {sm} kernels; {arch} PTX is compiled at first use "
+                "(slow start, and only with a driver at the toolkit's "
+                "own floor)"
+            )
+    return Status.FAIL, (
+        f"the build has no kernels for {sm} ({' '.join(arch_list) or 'none'}): "
+        "'no kernel image is available for execution on the device'"
+    )
 
 
 def gfx_status(gfx: str | None, rocm: str) -> tuple[Status, str]:
@@ -141,9 +155,11 @@ def gfx_status(gfx: str | None, rocm: str) -> tuple[Status, str]:
         return Status.OK, f"ROCm {rocm} builds for {gfx}"
     override = table()["rocm_override"]["rows"].get(gfx)
     if override:
-        return Status.MARGINAL, (f"ROCm {rocm} has no {gfx} build; it is known to run with "
-                                 f"HSA_OVERRIDE_GFX_VERSION={override} (unsupported by AMD; "
-                                 "toolkit never sets it for you)")
+        return Status.MARGINAL, (
+            f"ROCm {rocm} has no {gfx} build; it is known to run with "
+            f"HSA_OVERRIDE_GFX_VERSION={override} (unsupported by AMD; "
+            "toolkit never sets it for you)"
+        )
     return Status.FAIL, f"ROCm {rocm} has no {gfx} build ('hipErrorNoBinaryForGpu')"
 
 
@@ -203,10 +219,16 @@ def evaluate(host: HostFacts, variant: VariantFacts) -> Evaluation:
         for gpu in host.gpus:
             status, reason = arch_status(gpu.compute_cap, variant.arch_list)
             add(status, f"GPU {gpu.index} ({gpu.name}): {reason}")
-            if is_blackwell(gpu.compute_cap) and host.nvidia_driver and (
-                    version_tuple(host.nvidia_driver) < version_tuple(floor)):
-                add(Status.FAIL, f"GPU {gpu.index} ({gpu.name}) is a Blackwell GPU and needs "
-                                 f"an R{floor}+ driver")
+            if (
+                is_blackwell(gpu.compute_cap)
+                and host.nvidia_driver
+                and (version_tuple(host.nvidia_driver) < version_tuple(floor))
+            ):
+                add(
+                    Status.FAIL,
+                    f"GPU {gpu.index} ({gpu.name}) is a Blackwell GPU and needs "
+                    f"an R{floor}+ driver",
+                )
         return ev
     if "amd" not in host.vendors:
         add(Status.FAIL, "needs an AMD GPU")
@@ -222,24 +244,35 @@ def select(host: HostFacts, variants: list[VariantFacts]) -> Selection:
     if not host.gpus:
         return Selection("cpu", Status.OK, ["cpu: no GPU found, so the CPU image"])
     if len(host.vendors) > 1:
-        return Selection(None, Status.FAIL,
-                         ["this host has NVIDIA and AMD GPUs; one image serves one vendor"],
-                         fix="pick the GPUs of one vendor with --gpus")
+        return Selection(
+            None,
+            Status.FAIL,
+            ["this host has NVIDIA and AMD GPUs; one image serves one vendor"],
+            fix="pick the GPUs of one vendor with --gpus",
+        )
     vendor = next(iter(host.vendors))
     accel = "cuda" if vendor == "nvidia" else "rocm"
     candidates = [v for v in variants if v.accelerator == accel]
-    evaluations = sorted((evaluate(host, v) for v in candidates),
-                         key=lambda e: (e.status, tuple(-x for x in
-                                                        version_tuple(e.variant.version or "0"))))
+    evaluations = sorted(
+        (evaluate(host, v) for v in candidates),
+        key=lambda e: (e.status, tuple(-x for x in version_tuple(e.variant.version or "0"))),
+    )
     best = evaluations[0] if evaluations else None
     if best is None or best.status == Status.FAIL:
         lines = [f"{e.variant.name}: {'; '.join(r for r in e.reasons)}" for e in evaluations]
-        return Selection(None, Status.FAIL, ["no image fits this host:", *lines],
-                         fix=_fix_for(host, evaluations), evaluations=evaluations)
+        return Selection(
+            None,
+            Status.FAIL,
+            ["no image fits this host:", *lines],
+            fix=_fix_for(host, evaluations),
+            evaluations=evaluations,
+        )
     lines = [f"{best.variant.name}: {'; '.join(best.reasons)}"]
     for e in evaluations[1:]:
-        lines.append(f"not {e.variant.name} ({e.status.name}): "
-                     f"{'; '.join(r for r in e.reasons if 'OK' not in r)[:300]}")
+        lines.append(
+            f"not {e.variant.name} ({e.status.name}): "
+            f"{'; '.join(r for r in e.reasons if 'OK' not in r)[:300]}"
+        )
     return Selection(best.variant.name, best.status, lines, evaluations=evaluations)
 
 
@@ -247,12 +280,15 @@ def _fix_for(host: HostFacts, evaluations: list[Evaluation]) -> str:
     if not evaluations:
         return "no image variant for this vendor is in images/matrix.yaml"
     if host.vendors == {"nvidia"}:
-        floors = [(e.variant.min_driver, e.variant.name) for e in evaluations
-                  if e.variant.min_driver]
+        floors = [
+            (e.variant.min_driver, e.variant.name) for e in evaluations if e.variant.min_driver
+        ]
         if floors:
             lowest = min(floors, key=lambda f: version_tuple(f[0]))
-            return (f"upgrade the NVIDIA driver to ≥ {lowest[0]} (for {lowest[1]}), or to the "
-                    "floor of the variant whose arch list covers your GPU")
+            return (
+                f"upgrade the NVIDIA driver to ≥ {lowest[0]} (for {lowest[1]}), or to the "
+                "floor of the variant whose arch list covers your GPU"
+            )
     return "no variant covers this GPU; see the reasons above"
 
 

@@ -19,8 +19,9 @@ from toolkit.probe import Host
 
 SKIP_ENV = "TOOLKIT_SKIP_PREFLIGHT"
 SHM_MIN_GB = 1.0
-NVIDIA_TOOLKIT_URL = ("https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/"
-                      "latest/install-guide.html")
+NVIDIA_TOOLKIT_URL = (
+    "https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html"
+)
 
 
 def host_checks(host: Host, variants: list, wanted: str | None = None) -> list[Finding]:
@@ -32,22 +33,37 @@ def host_checks(host: Host, variants: list, wanted: str | None = None) -> list[F
     for gpu in facts.gpus:
         detail = (gpu.compute_cap and f"compute capability {gpu.compute_cap}") or gpu.gfx or "?"
         mig = ", MIG enabled (each MIG slice is a separate device)" if gpu.mig else ""
-        out.append(Finding(f"gpu {gpu.index}", Status.OK,
-                           f"{gpu.vendor} {gpu.name} ({detail}){mig}"))
+        out.append(
+            Finding(f"gpu {gpu.index}", Status.OK, f"{gpu.vendor} {gpu.name} ({detail}){mig}")
+        )
         if gpu.vendor == "nvidia" and gpu.compute_cap:
             if bf16_in_hardware(gpu.compute_cap) is False:
-                out.append(Finding(f"gpu {gpu.index} precision", Status.MARGINAL,
-                                   f"{gpu.name} has no bf16 in hardware and no "
-                                   "FlashAttention-2; bf16: auto picks fp32/fp16",
-                                   "set bf16: false and fp16: true; leave attn_implementation "
-                                   "at sdpa"))
+                out.append(
+                    Finding(
+                        f"gpu {gpu.index} precision",
+                        Status.MARGINAL,
+                        f"{gpu.name} has no bf16 in hardware and no "
+                        "FlashAttention-2; bf16: auto picks fp32/fp16",
+                        "set bf16: false and fp16: true; leave attn_implementation at sdpa",
+                    )
+                )
             elif flash_attention_2(gpu.compute_cap) is None:
-                out.append(Finding(f"gpu {gpu.index} precision", Status.UNKNOWN,
-                                   f"compute capability {gpu.compute_cap} is not in our table"))
+                out.append(
+                    Finding(
+                        f"gpu {gpu.index} precision",
+                        Status.UNKNOWN,
+                        f"compute capability {gpu.compute_cap} is not in our table",
+                    )
+                )
     if "nvidia" in facts.vendors:
-        out.append(Finding("nvidia driver", Status.OK if facts.nvidia_driver else Status.UNKNOWN,
-                           f"driver {facts.nvidia_driver or 'unknown'}, supports CUDA up to "
-                           f"{facts.cuda_driver or 'unknown'}"))
+        out.append(
+            Finding(
+                "nvidia driver",
+                Status.OK if facts.nvidia_driver else Status.UNKNOWN,
+                f"driver {facts.nvidia_driver or 'unknown'}, supports CUDA up to "
+                f"{facts.cuda_driver or 'unknown'}",
+            )
+        )
     out.append(_image_finding(host, variants, wanted))
     out += _docker_findings(host, variants, wanted)
     return out
@@ -60,8 +76,9 @@ def _image_finding(host: Host, variants: list, wanted: str | None) -> Finding:
 
         chosen = next((f for f in facts if f.name == wanted), None)
         if chosen is None:
-            return Finding("image", Status.FAIL, f"no variant {wanted!r}",
-                           "see `toolkit images list`")
+            return Finding(
+                "image", Status.FAIL, f"no variant {wanted!r}", "see `toolkit images list`"
+            )
         ev = evaluate(host.facts, chosen)
         if ev.status == Status.OK:
             return Finding("image", ev.status, f"{wanted}: {'; '.join(ev.reasons)}")
@@ -70,8 +87,9 @@ def _image_finding(host: Host, variants: list, wanted: str | None) -> Finding:
         driver_short = any(r.startswith("driver ") and "below" in r for r in ev.reasons)
         if chosen.min_driver and driver_short:
             fixes.append(f"upgrade the NVIDIA driver to ≥ {chosen.min_driver}")
-        return Finding("image", ev.status, f"{wanted}: {'; '.join(ev.reasons)}",
-                       ", or ".join(fixes))
+        return Finding(
+            "image", ev.status, f"{wanted}: {'; '.join(ev.reasons)}", ", or ".join(fixes)
+        )
     sel = select(host.facts, facts)
     return Finding("image", sel.status, " | ".join(sel.explanation), sel.fix)
 
@@ -79,10 +97,15 @@ def _image_finding(host: Host, variants: list, wanted: str | None) -> Finding:
 def _docker_findings(host: Host, variants: list, wanted: str | None) -> list[Finding]:
     out = []
     if host.docker_version is None:
-        out.append(Finding("docker", Status.FAIL,
-                           "the Docker engine does not answer: toolkit cannot run the image",
-                           "install Docker and start it (`sudo systemctl start docker`), or "
-                           "train with --runtime local"))
+        out.append(
+            Finding(
+                "docker",
+                Status.FAIL,
+                "the Docker engine does not answer: toolkit cannot run the image",
+                "install Docker and start it (`sudo systemctl start docker`), or "
+                "train with --runtime local",
+            )
+        )
         return out
     out.append(Finding("docker", Status.OK, f"engine {host.docker_version}"))
     vendors = host.facts.vendors
@@ -90,44 +113,69 @@ def _docker_findings(host: Host, variants: list, wanted: str | None) -> list[Fin
         if "nvidia" in host.docker_runtimes or host.nvidia_ctk:
             out.append(Finding("nvidia container toolkit", Status.OK, "installed"))
         else:
-            out.append(Finding(
-                "nvidia container toolkit", Status.FAIL,
-                "not installed: `docker run --gpus all` fails with 'could not select device "
-                "driver \"\" with capabilities: [[gpu]]'",
-                f"install the NVIDIA Container Toolkit ({NVIDIA_TOOLKIT_URL}), then "
-                "`sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl "
-                "restart docker`"))
+            out.append(
+                Finding(
+                    "nvidia container toolkit",
+                    Status.FAIL,
+                    "not installed: `docker run --gpus all` fails with 'could not select device "
+                    'driver "" with capabilities: [[gpu]]\'',
+                    f"install the NVIDIA Container Toolkit ({NVIDIA_TOOLKIT_URL}), then "
+                    "`sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl "
+                    "restart docker`",
+                )
+            )
     if "amd" in vendors:
-        missing = [d for d, ok in (("/dev/kfd", host.dev_kfd), ("/dev/dri", host.dev_dri))
-                   if not ok]
+        missing = [
+            d for d, ok in (("/dev/kfd", host.dev_kfd), ("/dev/dri", host.dev_dri)) if not ok
+        ]
         if missing:
-            out.append(Finding("amd devices", Status.FAIL,
-                               f"{' and '.join(missing)} missing: the ROCm driver (amdgpu) is "
-                               "not loaded, so no container can reach the GPU",
-                               "install the amdgpu driver (amdgpu-install --usecase=dkms) and "
-                               "reboot"))
+            out.append(
+                Finding(
+                    "amd devices",
+                    Status.FAIL,
+                    f"{' and '.join(missing)} missing: the ROCm driver (amdgpu) is "
+                    "not loaded, so no container can reach the GPU",
+                    "install the amdgpu driver (amdgpu-install --usecase=dkms) and reboot",
+                )
+            )
         elif not host.is_root and not {"video", "render"} & set(host.groups):
-            out.append(Finding("amd devices", Status.MARGINAL,
-                               "you are in neither the video nor the render group",
-                               "sudo usermod -aG video,render $USER, then log in again"))
+            out.append(
+                Finding(
+                    "amd devices",
+                    Status.MARGINAL,
+                    "you are in neither the video nor the render group",
+                    "sudo usermod -aG video,render $USER, then log in again",
+                )
+            )
         else:
             out.append(Finding("amd devices", Status.OK, "/dev/kfd and /dev/dri present"))
     # The image this host would run: the one asked for, else the one select picks (cpu on a
     # host without GPUs); the largest of the matrix only when nothing fits.
     target = wanted or select(host.facts, [v.facts() for v in variants]).variant
     size = next((v.size_gb for v in variants if v.name == target), None) or max(
-        (v.size_gb for v in variants), default=6.0)
+        (v.size_gb for v in variants), default=6.0
+    )
     if host.disk_free_gb is None:
         out.append(Finding("disk", Status.UNKNOWN, "cannot read free space of Docker's root"))
     elif host.disk_free_gb < size:
-        out.append(Finding("disk", Status.FAIL,
-                           f"{host.disk_free_gb:.1f} GB free in {host.docker_root or 'Docker'}"
-                           f"; the image needs about {size:.0f} GB",
-                           "free space (`docker system prune`) or move Docker's data-root"))
+        out.append(
+            Finding(
+                "disk",
+                Status.FAIL,
+                f"{host.disk_free_gb:.1f} GB free in {host.docker_root or 'Docker'}"
+                f"; the image needs about {size:.0f} GB",
+                "free space (`docker system prune`) or move Docker's data-root",
+            )
+        )
     elif host.disk_free_gb < 2 * size + 10:
-        out.append(Finding("disk", Status.MARGINAL,
-                           f"{host.disk_free_gb:.1f} GB free: the image fits, checkpoints "
-                           "may not", "free space or point output_dir elsewhere"))
+        out.append(
+            Finding(
+                "disk",
+                Status.MARGINAL,
+                f"{host.disk_free_gb:.1f} GB free: the image fits, checkpoints may not",
+                "free space or point output_dir elsewhere",
+            )
+        )
     else:
         out.append(Finding("disk", Status.OK, f"{host.disk_free_gb:.0f} GB free"))
     out.append(_shm_finding(host.shm_gb, in_container=False))
@@ -139,12 +187,17 @@ def _shm_finding(shm_gb: float | None, in_container: bool) -> Finding:
         return Finding("shm", Status.UNKNOWN, "no /dev/shm")
     if shm_gb >= SHM_MIN_GB:
         return Finding("shm", Status.OK, f"/dev/shm {shm_gb:.1f} GB")
-    fix = ("toolkit passes --shm-size or --ipc=host to its containers; start this one the "
-           "same way" if in_container else
-           "only --runtime local uses it: remount it larger (mount -o remount,size=8G /dev/shm)")
-    return Finding("shm", Status.MARGINAL,
-                   f"/dev/shm is {shm_gb * 1000:.0f} MB: DataLoader workers crash "
-                   "('bus error') when it fills", fix)
+    fix = (
+        "toolkit passes --shm-size or --ipc=host to its containers; start this one the same way"
+        if in_container
+        else "only --runtime local uses it: remount it larger (mount -o remount,size=8G /dev/shm)"
+    )
+    return Finding(
+        "shm",
+        Status.MARGINAL,
+        f"/dev/shm is {shm_gb * 1000:.0f} MB: DataLoader workers crash ('bus error') when it fills",
+        fix,
+    )
 
 
 def container_checks() -> list[Finding]:
@@ -155,15 +208,21 @@ def container_checks() -> list[Finding]:
     variant = os.environ.get("TOOLKIT_VARIANT", "unknown")
     hip, cuda = getattr(torch.version, "hip", None), torch.version.cuda
     build = f"HIP {hip}" if hip else f"CUDA {cuda}" if cuda else "CPU only"
-    out.append(Finding("torch", Status.OK, f"torch {torch.__version__} ({build}), "
-                                           f"image variant {variant}"))
+    out.append(
+        Finding("torch", Status.OK, f"torch {torch.__version__} ({build}), image variant {variant}")
+    )
     gpu_build = bool(hip or cuda)
     if gpu_build and not torch.cuda.is_available():
-        out.append(Finding("device", Status.FAIL,
-                           "no GPU is visible in the container",
-                           "start it with the GPU passed in (toolkit train does: --gpus all, "
-                           "or /dev/kfd and /dev/dri for AMD); check `nvidia-smi` or `rocm-smi` "
-                           "on the host"))
+        out.append(
+            Finding(
+                "device",
+                Status.FAIL,
+                "no GPU is visible in the container",
+                "start it with the GPU passed in (toolkit train does: --gpus all, "
+                "or /dev/kfd and /dev/dri for AMD); check `nvidia-smi` or `rocm-smi` "
+                "on the host",
+            )
+        )
     elif not gpu_build:
         out.append(Finding("device", Status.OK, "CPU image: training runs on the CPU"))
     else:
@@ -173,29 +232,68 @@ def container_checks() -> list[Finding]:
             if hip:
                 gfx = props.gcnArchName.split(":")[0]
                 ok = gfx in arch_list
-                out.append(Finding(f"gpu {i} arch", Status.OK if ok else Status.FAIL,
-                                   f"{props.name} {gfx}; the build has {' '.join(arch_list)}",
-                                   "" if ok else "use a ROCm variant whose targets include "
-                                   f"{gfx} (`toolkit images select`)"))
+                out.append(
+                    Finding(
+                        f"gpu {i} arch",
+                        Status.OK if ok else Status.FAIL,
+                        f"{props.name} {gfx}; the build has {' '.join(arch_list)}",
+                        ""
+                        if ok
+                        else "use a ROCm variant whose targets include "
+                        f"{gfx} (`toolkit images select`)",
+                    )
+                )
                 continue
             cc = f"{props.major}.{props.minor}"
             from toolkit.compat import arch_status
 
             status, reason = arch_status(cc, tuple(arch_list))
-            out.append(Finding(f"gpu {i} arch", status, f"{props.name}: {reason}",
-                               "" if status == Status.OK else
-                               "use the variant `toolkit images select` names"))
+            out.append(
+                Finding(
+                    f"gpu {i} arch",
+                    status,
+                    f"{props.name}: {reason}",
+                    "" if status == Status.OK else "use the variant `toolkit images select` names",
+                )
+            )
             bf16 = bf16_in_hardware(cc)
-            out.append(Finding(f"gpu {i} bf16", Status.OK if bf16 else Status.MARGINAL,
-                               f"bf16 in hardware: {'yes' if bf16 else 'no'} (compute "
-                               f"capability {cc}; is_bf16_supported() is not asked: it counts "
-                               "emulation)", "" if bf16 else "set bf16: false, fp16: true"))
-    out.append(_import_finding("flash-attn", "flash_attn", gpu_only=True, gpu=gpu_build,
-                               missing="not installed: attn_implementation falls back to sdpa"))
-    out.append(_import_finding("bitsandbytes", "bitsandbytes", gpu_only=False, gpu=gpu_build,
-                               missing="not installed: QLoRA and 8-bit optimizers unavailable"))
-    out.append(_import_finding("liger", "liger_kernel", gpu_only=True, gpu=gpu_build,
-                               missing="not installed: the liger_* keys are unavailable"))
+            out.append(
+                Finding(
+                    f"gpu {i} bf16",
+                    Status.OK if bf16 else Status.MARGINAL,
+                    f"bf16 in hardware: {'yes' if bf16 else 'no'} (compute "
+                    f"capability {cc}; is_bf16_supported() is not asked: it counts "
+                    "emulation)",
+                    "" if bf16 else "set bf16: false, fp16: true",
+                )
+            )
+    out.append(
+        _import_finding(
+            "flash-attn",
+            "flash_attn",
+            gpu_only=True,
+            gpu=gpu_build,
+            missing="not installed: attn_implementation falls back to sdpa",
+        )
+    )
+    out.append(
+        _import_finding(
+            "bitsandbytes",
+            "bitsandbytes",
+            gpu_only=False,
+            gpu=gpu_build,
+            missing="not installed: QLoRA and 8-bit optimizers unavailable",
+        )
+    )
+    out.append(
+        _import_finding(
+            "liger",
+            "liger_kernel",
+            gpu_only=True,
+            gpu=gpu_build,
+            missing="not installed: the liger_* keys are unavailable",
+        )
+    )
     try:
         st = os.statvfs("/dev/shm")
         shm = st.f_blocks * st.f_frsize / 1e9
@@ -213,9 +311,13 @@ def _import_finding(check: str, module: str, gpu_only: bool, gpu: bool, missing:
     except ImportError:
         return Finding(check, Status.MARGINAL, missing)
     except Exception as exc:  # an extension built for another torch fails here, not at ImportError
-        return Finding(check, Status.FAIL, f"import fails: {str(exc).splitlines()[0][:200]}",
-                       "the extension was built for another torch, C++ ABI or CUDA; rebuild "
-                       "the image from its lock")
+        return Finding(
+            check,
+            Status.FAIL,
+            f"import fails: {str(exc).splitlines()[0][:200]}",
+            "the extension was built for another torch, C++ ABI or CUDA; rebuild "
+            "the image from its lock",
+        )
     from importlib import metadata
 
     try:

@@ -36,8 +36,8 @@ from toolkit.runtime import ImageInfo, Result, RunSpec, unreachable
 if TYPE_CHECKING:
     from docker import DockerClient
 
-LABEL = "io.toolkit.run"          # every container toolkit starts carries it
-STOP_GRACE_S = 120                # time a stopped trainer gets to save its checkpoint
+LABEL = "io.toolkit.run"  # every container toolkit starts carries it
+STOP_GRACE_S = 120  # time a stopped trainer gets to save its checkpoint
 
 
 def client() -> DockerClient:
@@ -95,8 +95,15 @@ def build(context: str, tag: str, build_args: dict[str, str], no_cache: bool) ->
     from docker.errors import DockerException
 
     try:
-        for event in client().api.build(path=context, tag=tag, buildargs=build_args,
-                                        nocache=no_cache, rm=True, forcerm=True, decode=True):
+        for event in client().api.build(
+            path=context,
+            tag=tag,
+            buildargs=build_args,
+            nocache=no_cache,
+            rm=True,
+            forcerm=True,
+            decode=True,
+        ):
             if event.get("stream"):
                 sys.stdout.write(event["stream"])
                 sys.stdout.flush()
@@ -142,13 +149,16 @@ def push(local: str, remote: str) -> ImageInfo:
     repo, tag = _split_ref(remote)
     try:
         engine.images.get(local).tag(repo, tag)
-        error = _layer_progress(engine.api.push(repo, tag=tag, stream=True, decode=True),
-                                f"pushing {remote}")
+        error = _layer_progress(
+            engine.api.push(repo, tag=tag, stream=True, decode=True), f"pushing {remote}"
+        )
     except APIError as exc:
         error = exc.explanation or str(exc)
     if error:
-        raise RuntimeFailure(f"pushing {remote} failed: {error}; log in first (`docker login "
-                             f"{repo.split('/')[0]}`) if the registry needs it")
+        raise RuntimeFailure(
+            f"pushing {remote} failed: {error}; log in first (`docker login "
+            f"{repo.split('/')[0]}`) if the registry needs it"
+        )
     info = image_info(remote)
     if info is None:
         raise RuntimeFailure(f"pushed {remote}, but the engine no longer has it")
@@ -159,20 +169,35 @@ def create_kwargs(spec: RunSpec, name: str) -> dict:
     """The API's fields for a spec (pure, but for reading secret values by name)."""
     from docker.types import DeviceRequest, Mount, Ulimit
 
-    env = [f"{k}={os.environ[k] if v is None else v}" for k, v in spec.env.items()
-           if v is not None or k in os.environ]
+    env = [
+        f"{k}={os.environ[k] if v is None else v}"
+        for k, v in spec.env.items()
+        if v is not None or k in os.environ
+    ]
     env += [f"{k}={v}" for k, v in spec.devices.env]
     d = spec.devices
     kwargs: dict = dict(
-        image=spec.image, command=spec.command, name=name, labels={LABEL: "1"},
-        user=spec.user, working_dir=spec.workdir, environment=env, init=True, detach=True,
+        image=spec.image,
+        command=spec.command,
+        name=name,
+        labels={LABEL: "1"},
+        user=spec.user,
+        working_dir=spec.workdir,
+        environment=env,
+        init=True,
+        detach=True,
         network_mode=spec.network,
-        mounts=[Mount(target=m.container, source=m.host, type="bind", read_only=m.read_only)
-                for m in spec.mounts],
+        mounts=[
+            Mount(target=m.container, source=m.host, type="bind", read_only=m.read_only)
+            for m in spec.mounts
+        ],
     )
     if d.gpus:
-        request = (DeviceRequest(count=-1, capabilities=[["gpu"]]) if d.gpus == "all" else
-                   DeviceRequest(device_ids=d.gpus.split(","), capabilities=[["gpu"]]))
+        request = (
+            DeviceRequest(count=-1, capabilities=[["gpu"]])
+            if d.gpus == "all"
+            else DeviceRequest(device_ids=d.gpus.split(","), capabilities=[["gpu"]])
+        )
         kwargs["device_requests"] = [request]
     if d.devices:
         kwargs["devices"] = [f"{node}:{node}:rwm" for node in d.devices]
@@ -200,15 +225,19 @@ def run(spec: RunSpec, keep_fds: tuple[int, ...] = (), stdout: BinaryIO | None =
     try:
         container = engine.containers.create(**create_kwargs(spec, name))
     except ImageNotFound:
-        raise UsageError(f"image {spec.image}: not on this engine; build it with "
-                         "`toolkit images build VARIANT` or pull it") from None
+        raise UsageError(
+            f"image {spec.image}: not on this engine; build it with "
+            "`toolkit images build VARIANT` or pull it"
+        ) from None
     except APIError as exc:
-        raise RuntimeFailure(f"the engine refused to create the container: "
-                             f"{exc.explanation or exc}") from None
+        raise RuntimeFailure(
+            f"the engine refused to create the container: {exc.explanation or exc}"
+        ) from None
     with _reaper(container.id, keep_fds):
         try:
-            stream = engine.api.attach(container.id, stdout=True, stderr=True, stream=True,
-                                       logs=True, demux=True)
+            stream = engine.api.attach(
+                container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True
+            )
             with _forwarding(container):
                 container.start()
                 for out, err in stream:
@@ -222,8 +251,9 @@ def run(spec: RunSpec, keep_fds: tuple[int, ...] = (), stdout: BinaryIO | None =
                         sys.stderr.flush()
                 code = container.wait()["StatusCode"]
         except APIError as exc:
-            raise RuntimeFailure(f"the engine could not run {name}: "
-                                 f"{exc.explanation or exc}") from None
+            raise RuntimeFailure(
+                f"the engine could not run {name}: {exc.explanation or exc}"
+            ) from None
         finally:
             _remove(container)
     return code
@@ -237,8 +267,11 @@ def _remove(container) -> None:
     except NotFound:
         pass
     except APIError as exc:
-        print(f"toolkit: could not remove container {container.name}: {exc}; remove it with "
-              f"`docker rm -f {container.name}`", file=sys.stderr)
+        print(
+            f"toolkit: could not remove container {container.name}: {exc}; remove it with "
+            f"`docker rm -f {container.name}`",
+            file=sys.stderr,
+        )
 
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -278,8 +311,12 @@ def _reaper(container_id: str, keep_fds: tuple[int, ...]) -> Iterator[None]:
     read_end, write_end = os.pipe()
     proc = subprocess.Popen(
         [sys.executable, "-m", "toolkit.engine", "reap", container_id, str(read_end)],
-        pass_fds=(read_end, *keep_fds), start_new_session=True,
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pass_fds=(read_end, *keep_fds),
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(read_end)
     try:
         yield

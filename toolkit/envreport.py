@@ -1,6 +1,6 @@
 """Run inside an image by `toolkit images verify`: print what is installed, as JSON.
 
-    python -m toolkit.envreport
+python -m toolkit.envreport
 """
 
 from __future__ import annotations
@@ -10,8 +10,17 @@ import json
 from importlib import metadata
 
 # What the trainer imports; each must import cleanly in every image.
-TRAINER_MODULES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets",
-                   "bitsandbytes", "toolkit.trainer.sft", "toolkit.merge")
+TRAINER_MODULES = (
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "accelerate",
+    "datasets",
+    "bitsandbytes",
+    "toolkit.trainer.sft",
+    "toolkit.merge",
+)
 
 
 def report() -> dict:
@@ -27,9 +36,12 @@ def report() -> dict:
     if imports.get("torch") == "ok":
         import torch
 
-        torch_info = {"version": torch.__version__, "cuda": torch.version.cuda,
-                      "hip": getattr(torch.version, "hip", None),
-                      "arch_list": torch.cuda.get_arch_list() if torch.cuda.is_available() else []}
+        torch_info = {
+            "version": torch.__version__,
+            "cuda": torch.version.cuda,
+            "hip": getattr(torch.version, "hip", None),
+            "arch_list": torch.cuda.get_arch_list() if torch.cuda.is_available() else [],
+        }
     return {"distributions": dists, "imports": imports, "torch": torch_info}
 
 

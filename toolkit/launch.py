@@ -19,8 +19,14 @@ from toolkit.outputs import RUN_LOCK_ENV
 from toolkit.runtime import Devices, Mount, RunSpec, Runtime
 
 # Credentials a run may need; passed by name only, never by value.
-SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "AWS_ACCESS_KEY_ID",
-              "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+SECRET_ENV = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "WANDB_API_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+)
 
 
 def in_container() -> bool:
@@ -66,8 +72,11 @@ def plan_mounts(reads: list[Path], writes: list[Path]) -> list[Mount]:
         if path not in reads and not any(inside(path, w) for w in writes):
             mounts.append(Mount(str(path.resolve()), str(path), read_only=False))
     for path in reads:
-        covered = any(inside(path, r) and not any(
-            inside(w, r) and (w == path or inside(path, w)) for w in writes) for r in reads)
+        covered = any(
+            inside(path, r)
+            and not any(inside(w, r) and (w == path or inside(path, w)) for w in writes)
+            for r in reads
+        )
         if not covered:
             mounts.append(Mount(str(path.resolve()), str(path), read_only=True))
     return sorted(mounts, key=lambda m: (m.container.count("/"), m.container))
@@ -78,8 +87,9 @@ def host_user() -> str:
     return f"{os.getuid()}:{os.getgid()}"
 
 
-def device_flags(accelerator: str, gpus: str | None = None,
-                 amd_gids: tuple[int | str, ...] = ()) -> Devices:
+def device_flags(
+    accelerator: str, gpus: str | None = None, amd_gids: tuple[int | str, ...] = ()
+) -> Devices:
     """What a container needs to reach its GPUs, per vendor (pure).
 
     `gpus` is "all" (or None) or a comma list of indexes; NVIDIA maps it to a
@@ -89,14 +99,19 @@ def device_flags(accelerator: str, gpus: str | None = None,
     """
     some = gpus is not None and gpus != "all"
     if accelerator == "cuda":
-        return Devices(gpus=gpus if gpus is not None and some else "all", ipc_host=True,
-                       ulimits=(("memlock", -1), ("stack", 67108864)))
+        return Devices(
+            gpus=gpus if gpus is not None and some else "all",
+            ipc_host=True,
+            ulimits=(("memlock", -1), ("stack", 67108864)),
+        )
     if accelerator == "rocm":
-        return Devices(devices=("/dev/kfd", "/dev/dri"),
-                       group_add=tuple(str(g) for g in amd_gids or ("video",)),
-                       security_opt=("seccomp=unconfined",), ipc_host=True,
-                       env=(("HIP_VISIBLE_DEVICES", gpus),) if gpus is not None and some
-                       else ())
+        return Devices(
+            devices=("/dev/kfd", "/dev/dri"),
+            group_add=tuple(str(g) for g in amd_gids or ("video",)),
+            security_opt=("seccomp=unconfined",),
+            ipc_host=True,
+            env=(("HIP_VISIBLE_DEVICES", gpus),) if gpus is not None and some else (),
+        )
     return Devices(shm_size="1g")
 
 
@@ -106,9 +121,15 @@ def amd_group_ids() -> tuple[int, ...]:
     return tuple(sorted({p.stat().st_gid for p in paths if p.exists()}))
 
 
-def container_spec(image: str, image_id: str, command: list[str], reads: list[Path],
-                   writes: list[Path], network: bool | str, devices: Devices | None = None
-                   ) -> RunSpec:
+def container_spec(
+    image: str,
+    image_id: str,
+    command: list[str],
+    reads: list[Path],
+    writes: list[Path],
+    network: bool | str,
+    devices: Devices | None = None,
+) -> RunSpec:
     """`network`: True for the default bridge, False for none, "host" for multi-node runs
     (the ranks must reach each other's ports)."""
     env: dict[str, str | None] = {"TOOLKIT_IMAGE": image, "TOOLKIT_IMAGE_ID": image_id}
@@ -127,25 +148,38 @@ def container_spec(image: str, image_id: str, command: list[str], reads: list[Pa
     )
 
 
-def run_in_container(image: str, command: list[str], reads: list[Path], writes: list[Path],
-                     network: bool | str = False, gpus: str | None = None,
-                     keep_fds: tuple[int, ...] = ()) -> int:
+def run_in_container(
+    image: str,
+    command: list[str],
+    reads: list[Path],
+    writes: list[Path],
+    network: bool | str = False,
+    gpus: str | None = None,
+    keep_fds: tuple[int, ...] = (),
+) -> int:
     """Run `command` in `image` with the given paths mounted; stream logs; return its exit code."""
     from toolkit import engine
 
     info = engine.image_info(image)
     if info is None:
-        raise UsageError(f"image {image}: not on this engine; build it with "
-                         "`toolkit images build VARIANT` or pull it")
+        raise UsageError(
+            f"image {image}: not on this engine; build it with "
+            "`toolkit images build VARIANT` or pull it"
+        )
     accelerator = info.labels.get("io.toolkit.accelerator", "cpu")
     gids = amd_group_ids() if accelerator == "rocm" else ()
     for path in writes:
         path.mkdir(parents=True, exist_ok=True)
-    spec = container_spec(image, info.id, command, reads, writes, network,
-                          device_flags(accelerator, gpus, gids))
-    note = ("on the host's network (multi-node)" if network == "host" else
-            "with network access (a model or dataset is remote)" if network else
-            "without network")
+    spec = container_spec(
+        image, info.id, command, reads, writes, network, device_flags(accelerator, gpus, gids)
+    )
+    note = (
+        "on the host's network (multi-node)"
+        if network == "host"
+        else "with network access (a model or dataset is remote)"
+        if network
+        else "without network"
+    )
     print(f"toolkit: running in {image} as {spec.user}, {note}", file=sys.stderr, flush=True)
     return engine.run(spec, keep_fds)
 
@@ -167,13 +201,18 @@ def choose_image(runtime: Runtime, image: str | None, variant: str | None) -> st
     if image:
         info = docker.inspect_image(image)
         if info is None:
-            raise UsageError(f"--image {image}: no such image here; build one with "
-                             "`toolkit images build VARIANT` or `docker pull` it")
+            raise UsageError(
+                f"--image {image}: no such image here; build one with "
+                "`toolkit images build VARIANT` or `docker pull` it"
+            )
         variant = info.labels.get("io.toolkit.variant")
     if os.environ.get(doctor.SKIP_ENV) == "1":
         host_variant = variant or images.DEFAULT_VARIANT
-        print(f"toolkit: preflight skipped ({doctor.SKIP_ENV}=1); image variant "
-              f"{host_variant} (pass --variant or --image to choose)", file=sys.stderr)
+        print(
+            f"toolkit: preflight skipped ({doctor.SKIP_ENV}=1); image variant "
+            f"{host_variant} (pass --variant or --image to choose)",
+            file=sys.stderr,
+        )
     else:
         host = probe.gather(runtime)
         findings = doctor.host_checks(host, list(matrix.values()), wanted=variant)
@@ -181,12 +220,13 @@ def choose_image(runtime: Runtime, image: str | None, variant: str | None) -> st
         if failed:
             raise RuntimeFailure(
                 f"preflight failed; fix these or set {doctor.SKIP_ENV}=1 to run anyway",
-                [f"{f.check}: {f.message}" + (f"; fix: {f.fix}" if f.fix else "")
-                 for f in failed])
+                [f"{f.check}: {f.message}" + (f"; fix: {f.fix}" if f.fix else "") for f in failed],
+            )
         from toolkit.compat import select
 
-        host_variant = variant or select(host.facts,
-                                         [v.facts() for v in matrix.values()]).variant or ""
+        host_variant = (
+            variant or select(host.facts, [v.facts() for v in matrix.values()]).variant or ""
+        )
     if image:
         return image
     if host_variant not in matrix:
@@ -197,15 +237,27 @@ def choose_image(runtime: Runtime, image: str | None, variant: str | None) -> st
 def torchrun(runtime: Runtime, args, distributed: list[str], extra: list[str]) -> int:
     """Launch `toolkit train` once per process with torchrun (DDP; gloo on CPU, NCCL on GPU).
     Each process sees LOCAL_RANK and runs the recipe; rank 0 writes the outputs."""
-    argv = [sys.executable, "-m", "torch.distributed.run", *distributed,
-            "-m", "toolkit", "train", str(Path(args.config).absolute()), "--runtime", "local",
-            *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *distributed,
+        "-m",
+        "toolkit",
+        "train",
+        str(Path(args.config).absolute()),
+        "--runtime",
+        "local",
+        *extra,
+    ]
     print(f"toolkit: torchrun {' '.join(distributed)}", file=sys.stderr, flush=True)
     code, signalled = runtime.run_child(argv)
     if code and signalled is not None:
         from toolkit.errors import Preempted
 
-        raise Preempted(f"stopped by signal {signalled}: torchrun's processes saved a checkpoint "
-                        "where they could. Run the same command again to resume from the "
-                        "newest complete one")
+        raise Preempted(
+            f"stopped by signal {signalled}: torchrun's processes saved a checkpoint "
+            "where they could. Run the same command again to resume from the "
+            "newest complete one"
+        )
     return code

@@ -41,24 +41,32 @@ def check_inputs(loaded: LoadedConfig, allow_mismatch: bool = False) -> dict | N
     out = Path(loaded.config.output_dir)
     run = read_manifest(out)
     if run is None:
-        raise UsageError(f"{out / 'run.json'} not found: nothing has been trained into "
-                         f"output_dir {out}; run `toolkit train CONFIG` first")
-    differences = config_differences(run.get("config") or {},
-                                     loaded.config.model_dump(mode="json"))
+        raise UsageError(
+            f"{out / 'run.json'} not found: nothing has been trained into "
+            f"output_dir {out}; run `toolkit train CONFIG` first"
+        )
+    differences = config_differences(run.get("config") or {}, loaded.config.model_dump(mode="json"))
     if differences and not allow_mismatch:
         shown = "; ".join(differences[:6]) + (
-            f" and {len(differences) - 6} more" if len(differences) > 6 else "")
-        raise UsageError(f"the run in {out} was trained with another config (differs in: "
-                         f"{shown}); merge with the config it was trained with, train this "
-                         "one first, or pass --allow-config-mismatch to merge it anyway")
+            f" and {len(differences) - 6} more" if len(differences) > 6 else ""
+        )
+        raise UsageError(
+            f"the run in {out} was trained with another config (differs in: "
+            f"{shown}); merge with the config it was trained with, train this "
+            "one first, or pass --allow-config-mismatch to merge it anyway"
+        )
     if not run.get("adapter"):
-        print(f"nothing to merge: the run in {out} is a full fine-tune, and its model in "
-              "output_dir is already complete")
+        print(
+            f"nothing to merge: the run in {out} is a full fine-tune, and its model in "
+            "output_dir is already complete"
+        )
         return None
     missing = [name for name in ADAPTER_FILES if not (out / name).exists()]
     if missing:
-        raise UsageError(f"{out} lacks {', '.join(missing)}; training did not finish. "
-                         "Rerun `toolkit train CONFIG`")
+        raise UsageError(
+            f"{out} lacks {', '.join(missing)}; training did not finish. "
+            "Rerun `toolkit train CONFIG`"
+        )
     return run
 
 
@@ -70,8 +78,9 @@ def already_merged(out: Path) -> bool:
     fingerprint = adapter_sha256(out)
     if json.loads(record.read_text()).get("adapter_sha256") != fingerprint:
         return False
-    print(f"already merged: {out / 'merged'} holds this adapter ({fingerprint[:12]}); "
-          "nothing to do")
+    print(
+        f"already merged: {out / 'merged'} holds this adapter ({fingerprint[:12]}); nothing to do"
+    )
     return True
 
 
@@ -115,9 +124,15 @@ def merge_lora(loaded: LoadedConfig, allow_mismatch: bool = False) -> Path:
         with torch.no_grad():
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_json_atomic(tmp / "merge.json", {"adapter_sha256": fingerprint,
-                                               "base_model": base_ref, "head": head,
-                                               "dtype": str(model.dtype).removeprefix("torch.")})
+        write_json_atomic(
+            tmp / "merge.json",
+            {
+                "adapter_sha256": fingerprint,
+                "base_model": base_ref,
+                "head": head,
+                "dtype": str(model.dtype).removeprefix("torch."),
+            },
+        )
         make_readable(tmp)
         _replace_dir(tmp, merged)
     except BaseException:

@@ -30,30 +30,59 @@ from pathlib import Path
 
 from toolkit.errors import UsageError
 
-STATE_DIR = ".toolkit"            # toolkit's own files inside output_dir
+STATE_DIR = ".toolkit"  # toolkit's own files inside output_dir
 RUN_LOCK_ENV = "TOOLKIT_RUN_LOCK"
 MANIFEST = "run.json"
 ALLOW_KEY = "allow_existing_output_dir"
 # Config keys that cannot change the trained weights: a finished run whose config differs
 # only in these is the same run.
-WEIGHT_NEUTRAL = ("logging_steps", "dataset_processes", "resume_from_checkpoint",
-                  "save_steps", "saves_per_epoch", "save_total_limit", "eval_steps",
-                  "evals_per_epoch", "dataset_prepared_path", ALLOW_KEY)
+WEIGHT_NEUTRAL = (
+    "logging_steps",
+    "dataset_processes",
+    "resume_from_checkpoint",
+    "save_steps",
+    "saves_per_epoch",
+    "save_total_limit",
+    "eval_steps",
+    "evals_per_epoch",
+    "dataset_prepared_path",
+    ALLOW_KEY,
+)
 
 
 # What a run writes into output_dir (transformers, peft and toolkit), by name.
-WRITTEN = ("README.md", "adapter_config.json", "adapter_model.safetensors", "config.json",
-           "generation_config.json", "model.safetensors", "model-*.safetensors",
-           "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
-           "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt",
-           "added_tokens.json", "training_args.bin", "run.json", "train.log", "loss.png",
-           "tensorboard", "merged", "checkpoint-*", STATE_DIR)
+WRITTEN = (
+    "README.md",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "training_args.bin",
+    "run.json",
+    "train.log",
+    "loss.png",
+    "tensorboard",
+    "merged",
+    "checkpoint-*",
+    STATE_DIR,
+)
 
 
 def holds_toolkit_run(folder: Path) -> bool:
     """Whether toolkit has written into `folder` before (a run, finished or not)."""
     return any((folder / name).exists() for name in (STATE_DIR, MANIFEST, "train.log")) or any(
-        folder.glob("checkpoint-*"))
+        folder.glob("checkpoint-*")
+    )
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -66,10 +95,15 @@ def output_problems(raw: dict, inputs: list[tuple[str, Path]]) -> list[str]:
     out = []
     ref = raw.get("output_dir")
     if isinstance(ref, str) and Path(os.path.realpath(Path(ref).expanduser())) == Path("/"):
-        return [f"output_dir: {ref!r} is the root folder; choose a folder of its own, e.g. "
-                "outputs/my-run"]
-    writes = [(k, raw[k]) for k in ("output_dir", "dataset_prepared_path")
-              if isinstance(raw.get(k), str) and raw[k]]
+        return [
+            f"output_dir: {ref!r} is the root folder; choose a folder of its own, e.g. "
+            "outputs/my-run"
+        ]
+    writes = [
+        (k, raw[k])
+        for k in ("output_dir", "dataset_prepared_path")
+        if isinstance(raw.get(k), str) and raw[k]
+    ]
     for key, write in writes:
         real = Path(os.path.realpath(Path(write).expanduser()))
         for in_key, in_path in inputs:
@@ -82,27 +116,38 @@ def output_problems(raw: dict, inputs: list[tuple[str, Path]]) -> list[str]:
                 rel = "contains"
             else:
                 continue
-            out.append(f"{key}: {write!r} {rel} {in_key} ({in_path}); a run never writes "
-                       f"where it reads: choose a {key} outside every input")
+            out.append(
+                f"{key}: {write!r} {rel} {in_key} ({in_path}); a run never writes "
+                f"where it reads: choose a {key} outside every input"
+            )
     if not isinstance(ref, str) or any(p.startswith("output_dir:") for p in out):
         return out
     where = Path(os.path.realpath(Path(ref).expanduser()))
     if raw.get(ALLOW_KEY) is True:
-        clashes = [] if holds_toolkit_run(where) or not where.is_dir() else sorted(
-            p.name for p in where.iterdir() if any(fnmatch(p.name, n) for n in WRITTEN))
+        clashes = (
+            []
+            if holds_toolkit_run(where) or not where.is_dir()
+            else sorted(p.name for p in where.iterdir() if any(fnmatch(p.name, n) for n in WRITTEN))
+        )
         if clashes:
-            out.append(f"output_dir: {ref!r} holds {', '.join(clashes)}, which training would "
-                       "write over; move them away or choose another output_dir")
+            out.append(
+                f"output_dir: {ref!r} holds {', '.join(clashes)}, which training would "
+                "write over; move them away or choose another output_dir"
+            )
         return out
     if where == Path(os.path.realpath(Path.home())):
-        out.append(f"output_dir: {ref!r} is your home folder; choose a folder of its own (e.g. "
-                   f"~/runs/my-run), or set {ALLOW_KEY}: true to write there")
+        out.append(
+            f"output_dir: {ref!r} is your home folder; choose a folder of its own (e.g. "
+            f"~/runs/my-run), or set {ALLOW_KEY}: true to write there"
+        )
     elif where.is_dir() and not holds_toolkit_run(where) and any(where.iterdir()):
         names = sorted(p.name for p in where.iterdir())
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        out.append(f"output_dir: {ref!r} already holds files that are not a toolkit run "
-                   f"({shown}); choose an empty or new folder, or set {ALLOW_KEY}: true to "
-                   "write beside them (toolkit changes none of them)")
+        out.append(
+            f"output_dir: {ref!r} already holds files that are not a toolkit run "
+            f"({shown}); choose an empty or new folder, or set {ALLOW_KEY}: true to "
+            "write beside them (toolkit changes none of them)"
+        )
     return out
 
 
@@ -151,12 +196,19 @@ def acquire(output_dir: str | Path, command: str) -> RunLock:
         os.close(fd)
         if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
             raise
-        raise UsageError(f"output_dir {output_dir} is in use by another toolkit run "
-                         f"({describe_holder(path)}); wait for it to finish, stop it, or "
-                         "choose another output_dir") from None
+        raise UsageError(
+            f"output_dir {output_dir} is in use by another toolkit run "
+            f"({describe_holder(path)}); wait for it to finish, stop it, or "
+            "choose another output_dir"
+        ) from None
     token = secrets.token_hex(16)
-    holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-              "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": token}
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": command,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "token": token,
+    }
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
     return RunLock(path, fd, token)
@@ -167,8 +219,10 @@ def describe_holder(path: Path) -> str:
         holder = json.loads(path.read_text())
     except (OSError, ValueError):
         return "holder unknown"
-    return (f"`toolkit {holder.get('command', '?')}`, pid {holder.get('pid', '?')} on "
-            f"{holder.get('host', '?')}, since {holder.get('started_at', '?')}")
+    return (
+        f"`toolkit {holder.get('command', '?')}`, pid {holder.get('pid', '?')} on "
+        f"{holder.get('host', '?')}, since {holder.get('started_at', '?')}"
+    )
 
 
 _HELD: list[RunLock] = []
@@ -220,7 +274,7 @@ def release(lock: RunLock) -> None:
 
 @dataclass(frozen=True)
 class Previous:
-    kind: str          # "none", "finished" (this very run), "extend" (same training), "other"
+    kind: str  # "none", "finished" (this very run), "extend" (same training), "other"
     run: dict | None = None
     differences: tuple[str, ...] = ()
 
@@ -232,8 +286,10 @@ def read_manifest(output_dir: str | Path) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise UsageError(f"{path} cannot be read ({exc}); it was not written by toolkit, or "
-                         "was damaged: move it away, or choose another output_dir") from None
+        raise UsageError(
+            f"{path} cannot be read ({exc}); it was not written by toolkit, or "
+            "was damaged: move it away, or choose another output_dir"
+        ) from None
 
 
 def config_differences(recorded: dict, current: dict) -> list[str]:
@@ -272,14 +328,18 @@ def refuse_other_run(output_dir: str | Path, previous: Previous) -> None:
         return
     run = previous.run or {}
     shown = "; ".join(previous.differences[:6]) + (
-        f" and {len(previous.differences) - 6} more" if len(previous.differences) > 6 else "")
-    raise UsageError(f"output_dir {output_dir} holds a finished run of another config (written "
-                     f"{run.get('written_at', '?')}; differs in: {shown}); choose a new "
-                     "output_dir, or move that run away first. Nothing was changed")
+        f" and {len(previous.differences) - 6} more" if len(previous.differences) > 6 else ""
+    )
+    raise UsageError(
+        f"output_dir {output_dir} holds a finished run of another config (written "
+        f"{run.get('written_at', '?')}; differs in: {shown}); choose a new "
+        "output_dir, or move that run away first. Nothing was changed"
+    )
 
 
-def check_previous(output_dir: str | Path, config: dict, training_digest: str,
-                   what: str = "train") -> bool:
+def check_previous(
+    output_dir: str | Path, config: dict, training_digest: str, what: str = "train"
+) -> bool:
     """True when output_dir already holds this very run, finished (said so); raises when it
     holds another finished run; False when training should go on (fresh, or resumed)."""
     previous = previous_run(output_dir, config, training_digest)
@@ -312,7 +372,9 @@ def write_segments(output_dir: str | Path, segments: list[dict]) -> None:
 
 def report_finished(output_dir: str | Path, previous: Previous, what: str = "train") -> None:
     run = previous.run or {}
-    print(f"toolkit: {output_dir} already holds this run, complete: {run.get('steps')} steps, "
-          f"final loss {run.get('final_loss')}, finished {run.get('written_at')}; nothing to "
-          f"{what}. To train again, choose another output_dir or remove this one",
-          file=sys.stderr)
+    print(
+        f"toolkit: {output_dir} already holds this run, complete: {run.get('steps')} steps, "
+        f"final loss {run.get('final_loss')}, finished {run.get('written_at')}; nothing to "
+        f"{what}. To train again, choose another output_dir or remove this one",
+        file=sys.stderr,
+    )

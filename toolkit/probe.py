@@ -27,9 +27,22 @@ NVIDIA_QUERY_OLD = "index,name,driver_version,memory.total"
 
 # Compute capabilities by product name, for drivers whose nvidia-smi cannot report
 # compute_cap (470-era). Source: NVIDIA's CUDA GPUs list.
-CC_BY_NAME = {"V100": "7.0", "T4": "7.5", "A100": "8.0", "A10": "8.6", "A40": "8.6",
-              "A30": "8.0", "L4": "8.9", "L40": "8.9", "H100": "9.0", "H200": "9.0",
-              "B200": "10.0", "RTX 3090": "8.6", "RTX 4090": "8.9", "RTX 5090": "12.0"}
+CC_BY_NAME = {
+    "V100": "7.0",
+    "T4": "7.5",
+    "A100": "8.0",
+    "A10": "8.6",
+    "A40": "8.6",
+    "A30": "8.0",
+    "L4": "8.9",
+    "L40": "8.9",
+    "H100": "9.0",
+    "H200": "9.0",
+    "B200": "10.0",
+    "RTX 3090": "8.6",
+    "RTX 4090": "8.9",
+    "RTX 5090": "12.0",
+}
 
 
 def parse_proc_driver_version(text: str) -> str | None:
@@ -64,8 +77,16 @@ def parse_nvidia_smi(csv_text: str, with_compute_cap: bool = True) -> tuple[list
             mig_on = False
         else:
             continue
-        gpus.append(Gpu(index=int(index), vendor="nvidia", name=name, compute_cap=cc,
-                        memory_mib=_mib(memory), mig=mig_on))
+        gpus.append(
+            Gpu(
+                index=int(index),
+                vendor="nvidia",
+                name=name,
+                compute_cap=cc,
+                memory_mib=_mib(memory),
+                mig=mig_on,
+            )
+        )
     return gpus, driver
 
 
@@ -78,8 +99,11 @@ def _cc_from_name(name: str) -> str | None:
 
 def parse_rocm_agent_enumerator(text: str) -> list[str]:
     """One gfx name per agent; gfx000 is the CPU agent."""
-    return [ln.strip() for ln in text.splitlines() if ln.strip().startswith("gfx")
-            and ln.strip() != "gfx000"]
+    return [
+        ln.strip()
+        for ln in text.splitlines()
+        if ln.strip().startswith("gfx") and ln.strip() != "gfx000"
+    ]
 
 
 def parse_amd_smi_static(text: str) -> list[Gpu]:
@@ -91,9 +115,14 @@ def parse_amd_smi_static(text: str) -> list[Gpu]:
     for i, row in enumerate(rows):
         asic = row.get("asic", {})
         gfx = asic.get("target_graphics_version")
-        gpus.append(Gpu(index=int(row.get("gpu", i)), vendor="amd",
-                        name=asic.get("market_name", "AMD GPU"),
-                        gfx=gfx if gfx and gfx.startswith("gfx") else None))
+        gpus.append(
+            Gpu(
+                index=int(row.get("gpu", i)),
+                vendor="amd",
+                name=asic.get("market_name", "AMD GPU"),
+                gfx=gfx if gfx and gfx.startswith("gfx") else None,
+            )
+        )
     return gpus
 
 
@@ -106,9 +135,14 @@ def parse_rocm_smi_productname(text: str) -> list[Gpu]:
             continue
         row = {k.lower(): v for k, v in row.items()}  # "Card series" became "Card Series"
         gfx = row.get("gfx version")
-        gpus.append(Gpu(index=int(key[4:]), vendor="amd",
-                        name=row.get("card series") or row.get("card model", "AMD GPU"),
-                        gfx=gfx if gfx and gfx.startswith("gfx") else None))
+        gpus.append(
+            Gpu(
+                index=int(key[4:]),
+                vendor="amd",
+                name=row.get("card series") or row.get("card model", "AMD GPU"),
+                gfx=gfx if gfx and gfx.startswith("gfx") else None,
+            )
+        )
     return gpus
 
 
@@ -117,7 +151,7 @@ class Host:
     """Everything the host doctor looks at."""
 
     facts: HostFacts
-    sources: list[str] = field(default_factory=list)     # which probe answered what
+    sources: list[str] = field(default_factory=list)  # which probe answered what
     docker_version: str | None = None
     docker_root: str | None = None
     docker_runtimes: tuple[str, ...] = ()
@@ -137,8 +171,11 @@ def _read(path: str) -> str | None:
         return None
 
 
-def gather(runtime: Runtime, read_text: Callable[[str], str | None] = _read,
-           exists: Callable[[str], bool] = os.path.exists) -> Host:
+def gather(
+    runtime: Runtime,
+    read_text: Callable[[str], str | None] = _read,
+    exists: Callable[[str], bool] = os.path.exists,
+) -> Host:
     """Probe this host. Every probe may be missing; what is unknown stays None."""
     sources: list[str] = []
     driver = (read_text("/sys/module/nvidia/version") or "").strip() or None
@@ -152,17 +189,21 @@ def gather(runtime: Runtime, read_text: Callable[[str], str | None] = _read,
     gpus: list[Gpu] = []
     cuda = None
     if runtime.which("nvidia-smi"):
-        res = runtime.run(["nvidia-smi", f"--query-gpu={NVIDIA_QUERY}",
-                           "--format=csv,noheader"], timeout=30)
+        res = runtime.run(
+            ["nvidia-smi", f"--query-gpu={NVIDIA_QUERY}", "--format=csv,noheader"], timeout=30
+        )
         if res.ok:
             gpus, smi_driver = parse_nvidia_smi(res.stdout)
             sources.append("GPUs from nvidia-smi")
         elif "not a valid field" in (res.stdout + res.stderr):
-            res = runtime.run(["nvidia-smi", f"--query-gpu={NVIDIA_QUERY_OLD}",
-                               "--format=csv,noheader"], timeout=30)
+            res = runtime.run(
+                ["nvidia-smi", f"--query-gpu={NVIDIA_QUERY_OLD}", "--format=csv,noheader"],
+                timeout=30,
+            )
             gpus, smi_driver = parse_nvidia_smi(res.stdout, with_compute_cap=False)
-            sources.append("GPUs from nvidia-smi (an old driver: compute capability from the "
-                           "product name)")
+            sources.append(
+                "GPUs from nvidia-smi (an old driver: compute capability from the product name)"
+            )
         else:
             smi_driver = None
         driver = driver or smi_driver
@@ -187,8 +228,10 @@ def gather(runtime: Runtime, read_text: Callable[[str], str | None] = _read,
             amd = [Gpu(index=i, vendor="amd", name=t, gfx=t) for i, t in enumerate(targets)]
             sources.append("AMD GPUs from rocm_agent_enumerator")
         elif targets:
-            amd = [g if g.gfx or i >= len(targets) else replace(g, gfx=targets[i])
-                   for i, g in enumerate(amd)]
+            amd = [
+                g if g.gfx or i >= len(targets) else replace(g, gfx=targets[i])
+                for i, g in enumerate(amd)
+            ]
 
     docker = runtime.docker()
     version = docker.server_version()
@@ -196,11 +239,17 @@ def gather(runtime: Runtime, read_text: Callable[[str], str | None] = _read,
     disk = _free_gb(root) if root else _free_gb("/var/lib/docker")
     return Host(
         facts=HostFacts(gpus=tuple(gpus + amd), nvidia_driver=driver, cuda_driver=cuda),
-        sources=sources, docker_version=version, docker_root=root, docker_runtimes=runtimes,
+        sources=sources,
+        docker_version=version,
+        docker_root=root,
+        docker_runtimes=runtimes,
         nvidia_ctk=bool(runtime.which("nvidia-ctk") or runtime.which("nvidia-container-cli")),
-        dev_kfd=exists("/dev/kfd"), dev_dri=exists("/dev/dri"),
-        disk_free_gb=disk, shm_gb=_size_gb("/dev/shm"),
-        groups=_groups(), is_root=os.geteuid() == 0,
+        dev_kfd=exists("/dev/kfd"),
+        dev_dri=exists("/dev/dri"),
+        disk_free_gb=disk,
+        shm_gb=_size_gb("/dev/shm"),
+        groups=_groups(),
+        is_root=os.geteuid() == 0,
     )
 
 

@@ -28,8 +28,15 @@ from toolkit.config import DATA_SUFFIXES
 from toolkit.errors import DataError, UsageError
 
 # URL scheme → the package fsspec needs for it.
-BACKENDS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs",
-            "abfs": "adlfs", "abfss": "adlfs"}
+BACKENDS = {
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "gs": "gcsfs",
+    "gcs": "gcsfs",
+    "az": "adlfs",
+    "abfs": "adlfs",
+    "abfss": "adlfs",
+}
 
 
 def is_remote(ref: str) -> bool:
@@ -62,14 +69,19 @@ def fetch(url: str, data_files=None, where: str = "", log=print) -> Path:
     except FileNotFoundError:
         raise DataError(f"{where}: {url} does not exist; check the bucket and key") from None
     except PermissionError as exc:
-        raise DataError(f"{where}: access to {url} was refused ({exc}); check the "
-                        "credentials in the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS,"
-                        " AZURE_STORAGE_*)") from None
+        raise DataError(
+            f"{where}: access to {url} was refused ({exc}); check the "
+            "credentials in the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS,"
+            " AZURE_STORAGE_*)"
+        ) from None
     except OSError as exc:
-        raise DataError(f"{where}: could not list {url}: {exc}; check the URL, the network "
-                        "and the store's endpoint settings (e.g. AWS_ENDPOINT_URL)") from None
-    key = hashlib.sha256(json.dumps(
-        [url, [_fingerprint(info) for info in infos]], sort_keys=True).encode()).hexdigest()[:16]
+        raise DataError(
+            f"{where}: could not list {url}: {exc}; check the URL, the network "
+            "and the store's endpoint settings (e.g. AWS_ENDPOINT_URL)"
+        ) from None
+    key = hashlib.sha256(
+        json.dumps([url, [_fingerprint(info) for info in infos]], sort_keys=True).encode()
+    ).hexdigest()[:16]
     folder = cache_root() / key
     single = not fs.isdir(path)
     if (folder / ".complete").exists():
@@ -86,8 +98,9 @@ def _filesystem(url: str, where: str) -> Any:
     try:
         import fsspec
     except ImportError:
-        raise UsageError(f"{where}: remote datasets need fsspec; pip install "
-                         "'toolkit[remote]'") from None
+        raise UsageError(
+            f"{where}: remote datasets need fsspec; pip install 'toolkit[remote]'"
+        ) from None
     scheme = url.partition("://")[0]
     try:
         # A fresh filesystem: a cached one keeps the endpoint and credentials it was made
@@ -95,11 +108,15 @@ def _filesystem(url: str, where: str) -> Any:
         return fsspec.core.url_to_fs(url, skip_instance_cache=True)
     except ImportError:
         package = BACKENDS.get(scheme, f"the fsspec backend for {scheme}://")
-        raise UsageError(f"{where}: {scheme}:// needs {package}, which is not installed; "
-                         "pip install 'toolkit[remote]'") from None
+        raise UsageError(
+            f"{where}: {scheme}:// needs {package}, which is not installed; "
+            "pip install 'toolkit[remote]'"
+        ) from None
     except ValueError as exc:
-        raise UsageError(f"{where}: {url} is not a URL fsspec can open ({exc}); use s3://, "
-                         "gs://, az:// or a local path") from None
+        raise UsageError(
+            f"{where}: {url} is not a URL fsspec can open ({exc}); use s3://, "
+            "gs://, az:// or a local path"
+        ) from None
 
 
 def _remote_files(fs, path: str, data_files, where: str) -> list[str]:
@@ -107,20 +124,39 @@ def _remote_files(fs, path: str, data_files, where: str) -> list[str]:
         fs.info(path)  # raises FileNotFoundError when missing
         return [path]
     patterns = data_files if isinstance(data_files, list) else [data_files or "*"]
-    names = sorted(f for f in fs.find(path)
-                   if any(fnmatch.fnmatch(f[len(path.rstrip("/")) + 1:], p) for p in patterns)
-                   and Path(f).suffix in DATA_SUFFIXES)
+    names = sorted(
+        f
+        for f in fs.find(path)
+        if any(fnmatch.fnmatch(f[len(path.rstrip("/")) + 1 :], p) for p in patterns)
+        and Path(f).suffix in DATA_SUFFIXES
+    )
     if not names:
-        raise DataError(f"{where}: no data files under it (looked for {', '.join(patterns)} "
-                        f"with suffix {sorted(DATA_SUFFIXES)}); set data_files or point path "
-                        "at a file")
+        raise DataError(
+            f"{where}: no data files under it (looked for {', '.join(patterns)} "
+            f"with suffix {sorted(DATA_SUFFIXES)}); set data_files or point path "
+            "at a file"
+        )
     return names
 
 
 def _fingerprint(info: dict) -> list:
-    version = next((str(info[k]) for k in ("ETag", "etag", "md5Hash", "content_md5", "mtime",
-                                           "LastModified", "last_modified", "created")
-                    if info.get(k) is not None), "")
+    version = next(
+        (
+            str(info[k])
+            for k in (
+                "ETag",
+                "etag",
+                "md5Hash",
+                "content_md5",
+                "mtime",
+                "LastModified",
+                "last_modified",
+                "created",
+            )
+            if info.get(k) is not None
+        ),
+        "",
+    )
     return [info.get("name"), info.get("size"), version]
 
 
@@ -143,8 +179,7 @@ def _download(fs, root: str, files: list[str], folder: Path) -> None:
         try:
             prefix = root.rstrip("/") + "/"
             for remote in files:
-                relative = (remote[len(prefix):] if remote.startswith(prefix)
-                            else Path(remote).name)
+                relative = remote[len(prefix) :] if remote.startswith(prefix) else Path(remote).name
                 target = tmp / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 fs.get_file(remote, str(target), callback=Shown())

@@ -20,9 +20,9 @@ from toolkit.errors import UsageError
 
 @dataclass
 class Plan:
-    config: Path                  # the recorded config, written for the rerun
+    config: Path  # the recorded config, written for the rerun
     output_dir: Path
-    train_argv: list[str]         # `toolkit train …` for toolkit.cli.main
+    train_argv: list[str]  # `toolkit train …` for toolkit.cli.main
     notes: list[str] = field(default_factory=list)
 
 
@@ -44,8 +44,10 @@ def plan(run_ref: str, output_dir: str | None = None) -> Plan:
     path = out.parent / f"{out.name}.config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     env = run.get("environment") or {}
-    notes = [f"config: the recorded values of {run.get('config_path', run_ref)} "
-             f"(sha256 {str(run.get('config_sha256', ''))[:12]}), output_dir {out}"]
+    notes = [
+        f"config: the recorded values of {run.get('config_path', run_ref)} "
+        f"(sha256 {str(run.get('config_sha256', ''))[:12]}), output_dir {out}"
+    ]
     argv = ["train", str(path)]
     world = int(run.get("world_size") or 1)
     if world > 1:
@@ -74,18 +76,27 @@ def _image(env: dict, notes: list[str]) -> str:
         return tag
     variant = next((v for v in load_matrix().values() if v.tag == tag), None)
     if variant is None:
-        revision = (info.labels if info else {}).get("org.opencontainers.image.revision",
-                                                      "the run's revision")
-        raise UsageError(f"image {tag} is not here and today's images/locks build no image "
-                         f"of that tag (its lock changed); check out {revision} and run "
-                         "`toolkit reproduce` there")
+        revision = (info.labels if info else {}).get(
+            "org.opencontainers.image.revision", "the run's revision"
+        )
+        raise UsageError(
+            f"image {tag} is not here and today's images/locks build no image "
+            f"of that tag (its lock changed); check out {revision} and run "
+            "`toolkit reproduce` there"
+        )
     built = ensure_image(variant, runtime)
     rebuilt = runtime.docker().inspect_image(built)
     new_id = rebuilt.id if rebuilt else ""
     same = new_id == image_id
-    notes.append(f"image: {tag} {'is the same image' if same else 'rebuilt from the same lock'}"
-                 + ("" if same else f" (ID {new_id[:19]}, the run had {str(image_id)[:19]}: "
-                                    "same packages, other toolkit source or base)"))
+    notes.append(
+        f"image: {tag} {'is the same image' if same else 'rebuilt from the same lock'}"
+        + (
+            ""
+            if same
+            else f" (ID {new_id[:19]}, the run had {str(image_id)[:19]}: "
+            "same packages, other toolkit source or base)"
+        )
+    )
     return built
 
 
@@ -99,6 +110,8 @@ def _library_drift(recorded: dict) -> list[str]:
         except metadata.PackageNotFoundError:
             now = None
         if now != version:
-            out.append(f"warning: {name} is {now} here; the run had {version} (results may "
-                       "differ; rerun it in an image to pin every version)")
+            out.append(
+                f"warning: {name} is {now} here; the run had {version} (results may "
+                "differ; rerun it in an image to pin every version)"
+            )
     return out

@@ -30,13 +30,21 @@ class Result:
 class Runtime:
     """Runs commands for real."""
 
-    def run(self, argv: list[str], *, env: dict[str, str] | None = None, capture: bool = True,
-            timeout: float | None = None, cwd: str | None = None) -> Result:
+    def run(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        capture: bool = True,
+        timeout: float | None = None,
+        cwd: str | None = None,
+    ) -> Result:
         """Run `argv`. With capture=False its output streams to ours (used for logs)."""
         full_env = {**os.environ, **(env or {})}
         try:
-            proc = subprocess.run(argv, env=full_env, capture_output=capture, text=True,
-                                  timeout=timeout, cwd=cwd)
+            proc = subprocess.run(
+                argv, env=full_env, capture_output=capture, text=True, timeout=timeout, cwd=cwd
+            )
         except FileNotFoundError:
             return Result(127, "", f"{argv[0]}: command not found")
         except subprocess.TimeoutExpired:
@@ -97,18 +105,23 @@ def unreachable(detail: str) -> RuntimeFailure:
     where = f"DOCKER_HOST={host}" if host else "the default socket /var/run/docker.sock"
     line = (detail.strip().splitlines() or ["no answer"])[0][:160]
     if "permission denied" in detail.lower() or "permissionerror" in detail.lower():
-        return RuntimeFailure(f"permission denied on the Docker engine at {where}; add your "
-                              "user to the docker group (`sudo usermod -aG docker $USER`, then "
-                              "log in again) or run as a user that may use it"
-                              + ("; or unset DOCKER_HOST to use the default socket"
-                                 if host else ""))
+        return RuntimeFailure(
+            f"permission denied on the Docker engine at {where}; add your "
+            "user to the docker group (`sudo usermod -aG docker $USER`, then "
+            "log in again) or run as a user that may use it"
+            + ("; or unset DOCKER_HOST to use the default socket" if host else "")
+        )
     if host:
-        return RuntimeFailure(f"no Docker engine answers at DOCKER_HOST={host} ({line}); check "
-                              "the address, or unset DOCKER_HOST to use the default socket, or "
-                              "pass --runtime local")
-    return RuntimeFailure(f"the Docker engine does not answer at {where} ({line}); start it "
-                          "(`sudo systemctl start docker`, or `dockerd &`) and check "
-                          "`docker info`, or pass --runtime local")
+        return RuntimeFailure(
+            f"no Docker engine answers at DOCKER_HOST={host} ({line}); check "
+            "the address, or unset DOCKER_HOST to use the default socket, or "
+            "pass --runtime local"
+        )
+    return RuntimeFailure(
+        f"the Docker engine does not answer at {where} ({line}); start it "
+        "(`sudo systemctl start docker`, or `dockerd &`) and check "
+        "`docker info`, or pass --runtime local"
+    )
 
 
 @dataclass(frozen=True)
@@ -122,9 +135,11 @@ class ImageInfo:
     @classmethod
     def from_inspect(cls, data: dict) -> ImageInfo:
         """From the engine's inspect answer (the CLI's JSON and the API's are the same)."""
-        return cls(id=data.get("Id", ""),
-                   labels=dict((data.get("Config") or {}).get("Labels") or {}),
-                   digests=tuple(data.get("RepoDigests") or ()))
+        return cls(
+            id=data.get("Id", ""),
+            labels=dict((data.get("Config") or {}).get("Labels") or {}),
+            digests=tuple(data.get("RepoDigests") or ()),
+        )
 
 
 @dataclass(frozen=True)
@@ -140,8 +155,8 @@ class Devices:
     into API fields (toolkit.engine); `flags()` into `docker run` options for the shell
     scripts toolkit writes for VMs."""
 
-    gpus: str | None = None                     # NVIDIA device request: "all" or "0,1"
-    devices: tuple[str, ...] = ()               # host device nodes (AMD: /dev/kfd, /dev/dri)
+    gpus: str | None = None  # NVIDIA device request: "all" or "0,1"
+    devices: tuple[str, ...] = ()  # host device nodes (AMD: /dev/kfd, /dev/dri)
     group_add: tuple[str, ...] = ()
     security_opt: tuple[str, ...] = ()
     ipc_host: bool = False
@@ -263,8 +278,11 @@ class Docker:
 
         captured = io.BytesIO()
         code = engine.run(spec, stdout=captured)
-        return Result(code, captured.getvalue().decode("utf-8", "replace"),
-                      "" if code == 0 else f"exit {code} (its log is above)")
+        return Result(
+            code,
+            captured.getvalue().decode("utf-8", "replace"),
+            "" if code == 0 else f"exit {code} (its log is above)",
+        )
 
     def buildkit_env(self) -> tuple[dict[str, str], str | None]:
         """Environment for a build, and a note when we fall back.
@@ -273,15 +291,25 @@ class Docker:
         the build goes through the API's (classic) builder — the Dockerfile works with
         both — and we say so.
         """
-        if self.runtime.which("docker") and self.runtime.run(
-                ["docker", "buildx", "version"], timeout=20).ok:
+        if (
+            self.runtime.which("docker")
+            and self.runtime.run(["docker", "buildx", "version"], timeout=20).ok
+        ):
             return {"DOCKER_BUILDKIT": "1"}, None
-        return ({"DOCKER_BUILDKIT": "0"},
-                "the docker CLI has no buildx plugin; building with the engine's classic "
-                "builder. Install docker-buildx for BuildKit builds.")
+        return (
+            {"DOCKER_BUILDKIT": "0"},
+            "the docker CLI has no buildx plugin; building with the engine's classic "
+            "builder. Install docker-buildx for BuildKit builds.",
+        )
 
-    def build(self, context: str, tag: str, build_args: dict[str, str],
-              env: dict[str, str], no_cache: bool = False) -> Result:
+    def build(
+        self,
+        context: str,
+        tag: str,
+        build_args: dict[str, str],
+        env: dict[str, str],
+        no_cache: bool = False,
+    ) -> Result:
         if env.get("DOCKER_BUILDKIT") == "1":
             argv = ["docker", "build", "--tag", tag, *(["--no-cache"] if no_cache else [])]
             for key, value in build_args.items():

@@ -18,17 +18,33 @@ from toolkit.templates import template_text
 # Qwen3's added tokens, in Qwen3's order. The first three are "special" (skipped
 # when decoding); the tag tokens are plain added tokens, as in Qwen3.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-TAG_TOKENS = ["<think>", "</think>", "<tool_call>", "</tool_call>",
-              "<tool_response>", "</tool_response>"]
+TAG_TOKENS = [
+    "<think>",
+    "</think>",
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
+]
 
 # Qwen2/Qwen3's pre-tokenizer split pattern.
-_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-          r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 _NAMES = ["Ada", "Bo", "Cyd", "Dee", "Eli", "Fay", "Gus", "Hal"]
 _COLORS = ["red", "blue", "green", "amber", "violet", "white"]
-_CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Peru": "Lima", "Kenya": "Nairobi",
-             "Norway": "Oslo", "Chile": "Santiago", "Egypt": "Cairo", "Spain": "Madrid"}
+_CAPITALS = {
+    "France": "Paris",
+    "Japan": "Tokyo",
+    "Peru": "Lima",
+    "Kenya": "Nairobi",
+    "Norway": "Oslo",
+    "Chile": "Santiago",
+    "Egypt": "Cairo",
+    "Spain": "Madrid",
+}
 
 
 def demo_conversations(n: int = 96, seed: int = 0) -> list[dict]:
@@ -42,16 +58,25 @@ def demo_conversations(n: int = 96, seed: int = 0) -> list[dict]:
             turns = [("user", f"What is {a} plus {b}?"), ("assistant", f"{a} plus {b} is {a + b}.")]
         elif kind == 1:
             country = rng.choice(sorted(_CAPITALS))
-            turns = [("user", f"What is the capital of {country}?"),
-                     ("assistant", f"The capital of {country} is {_CAPITALS[country]}.")]
+            turns = [
+                ("user", f"What is the capital of {country}?"),
+                ("assistant", f"The capital of {country} is {_CAPITALS[country]}."),
+            ]
         elif kind == 2:
             word = rng.choice(_COLORS)
-            turns = [("user", f"Spell {word} backwards."), ("assistant", word[::-1]),
-                     ("user", "And forwards?"), ("assistant", word)]
+            turns = [
+                ("user", f"Spell {word} backwards."),
+                ("assistant", word[::-1]),
+                ("user", "And forwards?"),
+                ("assistant", word),
+            ]
         else:
             name = rng.choice(_NAMES)
-            turns = [("system", "You are a polite assistant."), ("user", f"My name is {name}."),
-                     ("assistant", f"Nice to meet you, {name}!")]
+            turns = [
+                ("system", "You are a polite assistant."),
+                ("user", f"My name is {name}."),
+                ("assistant", f"Nice to meet you, {name}!"),
+            ]
         rows.append({"messages": [{"role": r, "content": c} for r, c in turns]})
     return rows
 
@@ -63,9 +88,13 @@ def demo_preferences(n: int = 64, seed: int = 0) -> list[dict]:
     rows = []
     for _ in range(n):
         a, b = rng.randint(1, 9), rng.randint(1, 9)
-        rows.append({"messages": [{"role": "user", "content": f"What is {a} plus {b}?"}],
-                     "chosen": f"{a} plus {b} is {a + b}.",
-                     "rejected": "I do not know."})
+        rows.append(
+            {
+                "messages": [{"role": "user", "content": f"What is {a} plus {b}?"}],
+                "chosen": f"{a} plus {b} is {a + b}.",
+                "rejected": "I do not know.",
+            }
+        )
     return rows
 
 
@@ -77,10 +106,13 @@ def demo_stepwise(n: int = 48, seed: int = 0) -> list[dict]:
         a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
         good = rng.random() < 0.5
         second = a + b + c if good else a + b + c + rng.randint(1, 3)
-        rows.append({"prompt": f"What is {a} plus {b} plus {c}?",
-                     "completions": [f"{a} plus {b} is {a + b}.",
-                                     f"{a + b} plus {c} is {second}."],
-                     "labels": [True, good]})
+        rows.append(
+            {
+                "prompt": f"What is {a} plus {b} plus {c}?",
+                "completions": [f"{a} plus {b} is {a + b}.", f"{a + b} plus {c} is {second}."],
+                "labels": [True, good],
+            }
+        )
     return rows
 
 
@@ -99,14 +131,19 @@ def build_tokenizer(vocab_size: int = 512) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     corpus = [m["content"] for row in demo_conversations(400, seed=1) for m in row["messages"]]
     corpus += ["The quick brown fox jumps over the lazy dog.", "Hello, how are you today?"]
     tok.train_from_iterator(corpus, trainer=trainer)
@@ -123,24 +160,36 @@ def build_tokenizer(vocab_size: int = 512) -> Any:
     return fast
 
 
-def build_model(tokenizer, moe: bool = False, seed: int = 0, hidden: int = 64,
-                layers: int = 2) -> Any:
+def build_model(
+    tokenizer, moe: bool = False, seed: int = 0, hidden: int = 64, layers: int = 2
+) -> Any:
     """A random-init Qwen3 (or Qwen3-MoE) sized to the tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3MoeConfig
 
     common = dict(
-        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,
-        max_position_embeddings=4096, tie_word_embeddings=False,
-        bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden // 4,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     config: Qwen3Config | Qwen3MoeConfig
     if moe:
-        config = Qwen3MoeConfig(intermediate_size=2 * hidden, moe_intermediate_size=hidden // 2,
-                                num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1,
-                                **common)
+        config = Qwen3MoeConfig(
+            intermediate_size=2 * hidden,
+            moe_intermediate_size=hidden // 2,
+            num_experts=4,
+            num_experts_per_tok=2,
+            decoder_sparse_step=1,
+            **common,
+        )
     else:
         config = Qwen3Config(intermediate_size=2 * hidden, **common)
     torch.manual_seed(seed)

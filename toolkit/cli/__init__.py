@@ -28,18 +28,30 @@ from toolkit.cli.run import merge_lora, preprocess, tiny_model, train
 from toolkit.errors import ToolkitError
 
 
-@click.group(name="toolkit", context_settings={"help_option_names": ["-h", "--help"]},
-             epilog="Config keys can be overridden after the config path: "
-                    "toolkit train CONFIG --micro-batch-size 2. Shell completion: "
-                    'eval "$(_TOOLKIT_COMPLETE=bash_source toolkit)".')
-@click.version_option(__version__, "--version", prog_name="toolkit",
-                      message="%(prog)s %(version)s")
+@click.group(
+    name="toolkit",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Config keys can be overridden after the config path: "
+    "toolkit train CONFIG --micro-batch-size 2. Shell completion: "
+    'eval "$(_TOOLKIT_COMPLETE=bash_source toolkit)".',
+)
+@click.version_option(__version__, "--version", prog_name="toolkit", message="%(prog)s %(version)s")
 def cli() -> None:
     """Containerized, reproducible post-training for Qwen3 and Qwen3-MoE."""
 
 
-for command in (validate, train, preprocess, merge_lora, tiny_model, images, reproduce, launch,
-                compare, doctor):
+for command in (
+    validate,
+    train,
+    preprocess,
+    merge_lora,
+    tiny_model,
+    images,
+    reproduce,
+    launch,
+    compare,
+    doctor,
+):
     cli.add_command(command)
 
 
@@ -50,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return code if isinstance(code, int) else 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:   # a usage error: exit 2, with click's message
+    except click.ClickException as exc:  # a usage error: exit 2, with click's message
         exc.show()
         return exc.exit_code
     except click.exceptions.Abort:

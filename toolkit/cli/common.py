@@ -27,15 +27,21 @@ if TYPE_CHECKING:
     from toolkit.runtime import Runtime
 
 # Commands that take config overrides after the config path: --key value, as in axolotl.
-OVERRIDES = {"ignore_unknown_options": True, "allow_extra_args": False,
-             "help_option_names": ["-h", "--help"]}
+OVERRIDES = {
+    "ignore_unknown_options": True,
+    "allow_extra_args": False,
+    "help_option_names": ["-h", "--help"],
+}
 
 
 def complete_variants(ctx, param, incomplete: str) -> list[CompletionItem]:
     from toolkit.images import load_matrix
 
-    return [click.shell_completion.CompletionItem(name) for name in load_matrix()
-            if name.startswith(incomplete)]
+    return [
+        click.shell_completion.CompletionItem(name)
+        for name in load_matrix()
+        if name.startswith(incomplete)
+    ]
 
 
 def complete_keys(ctx, param, incomplete: str) -> list[CompletionItem]:
@@ -64,29 +70,51 @@ def config_argument(func) -> Callable[..., Any]:
 
 
 def overrides_argument(func) -> Callable[..., Any]:
-    return click.argument("overrides", nargs=-1, type=click.UNPROCESSED,
-                          metavar="[--KEY VALUE]...", shell_complete=complete_keys)(func)
+    return click.argument(
+        "overrides",
+        nargs=-1,
+        type=click.UNPROCESSED,
+        metavar="[--KEY VALUE]...",
+        shell_complete=complete_keys,
+    )(func)
 
 
 def json_option(func) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True,
-                        help="print the result as JSON")(func)
+    return click.option("--json", "as_json", is_flag=True, help="print the result as JSON")(func)
 
 
 def runtime_options(func) -> Callable[..., Any]:
     options = [
-        click.option("--runtime", type=click.Choice(["docker", "local"]), default=None,
-                     envvar="TOOLKIT_RUNTIME", show_envvar=True,
-                     help="where to run: the toolkit image (default outside a container) or "
-                          "this Python environment (default inside one)"),
-        click.option("--image", default=None,
-                     help="image tag to run in (default: the variant `toolkit images select` "
-                          "picks, built if missing)"),
-        click.option("--variant", default=None, envvar="TOOLKIT_VARIANT", show_envvar=True,
-                     shell_complete=complete_variants,
-                     help="image variant to run in (see `toolkit images list`)"),
-        click.option("--gpus", default=None, envvar="TOOLKIT_GPUS", show_envvar=True,
-                     help="GPUs for the container: all (default) or indexes like 0,1"),
+        click.option(
+            "--runtime",
+            type=click.Choice(["docker", "local"]),
+            default=None,
+            envvar="TOOLKIT_RUNTIME",
+            show_envvar=True,
+            help="where to run: the toolkit image (default outside a container) or "
+            "this Python environment (default inside one)",
+        ),
+        click.option(
+            "--image",
+            default=None,
+            help="image tag to run in (default: the variant `toolkit images select` "
+            "picks, built if missing)",
+        ),
+        click.option(
+            "--variant",
+            default=None,
+            envvar="TOOLKIT_VARIANT",
+            show_envvar=True,
+            shell_complete=complete_variants,
+            help="image variant to run in (see `toolkit images list`)",
+        ),
+        click.option(
+            "--gpus",
+            default=None,
+            envvar="TOOLKIT_GPUS",
+            show_envvar=True,
+            help="GPUs for the container: all (default) or indexes like 0,1",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -95,15 +123,20 @@ def runtime_options(func) -> Callable[..., Any]:
 
 def distributed_options(func) -> Callable[..., Any]:
     options = [
-        click.option("--nproc-per-node", type=click.IntRange(min=1), default=1,
-                     help="processes on this machine (torchrun); DDP across them"),
-        click.option("--nnodes", type=click.IntRange(min=1), default=1,
-                     help="machines in the run"),
-        click.option("--node-rank", type=click.IntRange(min=0), default=0,
-                     help="this machine's rank"),
+        click.option(
+            "--nproc-per-node",
+            type=click.IntRange(min=1),
+            default=1,
+            help="processes on this machine (torchrun); DDP across them",
+        ),
+        click.option("--nnodes", type=click.IntRange(min=1), default=1, help="machines in the run"),
+        click.option(
+            "--node-rank", type=click.IntRange(min=0), default=0, help="this machine's rank"
+        ),
         click.option("--master-addr", default="127.0.0.1", help="rank 0's address"),
-        click.option("--master-port", type=click.IntRange(1, 65535), default=29500,
-                     help="rank 0's port"),
+        click.option(
+            "--master-port", type=click.IntRange(1, 65535), default=29500, help="rank 0's port"
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -114,8 +147,10 @@ def checked_config(config: str) -> str:
     """An override given before the config path reads as the path: say what to do."""
     if config.startswith("--"):
         command = click.get_current_context().command_path
-        raise UsageError(f"{config}: the config path comes first, then the overrides: "
-                         f"{command} CONFIG {config} VALUE")
+        raise UsageError(
+            f"{config}: the config path comes first, then the overrides: "
+            f"{command} CONFIG {config} VALUE"
+        )
     return config
 
 
@@ -150,8 +185,10 @@ def runtime_of(args) -> str:
 
     chosen = args.runtime or default_runtime()
     if chosen == "docker" and in_container():
-        raise UsageError("--runtime docker inside the toolkit container: Docker is not "
-                         "available here; drop the flag (local is the default inside)")
+        raise UsageError(
+            "--runtime docker inside the toolkit container: Docker is not "
+            "available here; drop the flag (local is the default inside)"
+        )
     return chosen
 
 
@@ -180,24 +217,34 @@ def output_lock(output_dir: str, command: str) -> Iterator[RunLock]:
         outputs.release(lock)
 
 
-def in_container(command: str, args, extra, loaded, host_network: bool = False,
-                 keep_fds: tuple[int, ...] = ()) -> int:
+def in_container(
+    command: str, args, extra, loaded, host_network: bool = False, keep_fds: tuple[int, ...] = ()
+) -> int:
     """Run this same command in the image, with the config's paths mounted."""
     from toolkit.launch import config_paths, run_in_container
 
     reads, writes, network = config_paths(loaded.config)
     argv = ["toolkit", command, str(Path(args.config).absolute()), "--runtime", "local", *extra]
-    code = run_in_container(image_for(args), argv, [Path(args.config), *reads], writes,
-                            "host" if host_network else network, args.gpus, keep_fds)
+    code = run_in_container(
+        image_for(args),
+        argv,
+        [Path(args.config), *reads],
+        writes,
+        "host" if host_network else network,
+        args.gpus,
+        keep_fds,
+    )
     return container_failed(code) if code else 0
 
 
 def container_failed(code: int) -> int:
-    hint = {75: "it was preempted (SIGTERM) and saved a checkpoint; run the same command "
-                "again to resume",
-            137: "it was killed (out of memory, or a `docker stop` whose grace period ran out "
-                 "before the checkpoint was saved: give it more with `docker stop -t`)",
-            125: "docker could not start it (see the message above)"}.get(code, "see its log above")
+    hint = {
+        75: "it was preempted (SIGTERM) and saved a checkpoint; run the same command "
+        "again to resume",
+        137: "it was killed (out of memory, or a `docker stop` whose grace period ran out "
+        "before the checkpoint was saved: give it more with `docker stop -t`)",
+        125: "docker could not start it (see the message above)",
+    }.get(code, "see its log above")
     print(f"error: the container exited with code {code}: {hint}", file=sys.stderr)
     return code
 
@@ -226,19 +273,21 @@ def environment_error(exc: BaseException, where: str | None = None) -> ToolkitEr
         if not match:
             return None
         code = int(match.group(1))
-    where = (cause.filename if cause is not None and cause.filename else None) or where or \
-        "a file toolkit writes"
+    where = (
+        (cause.filename if cause is not None and cause.filename else None)
+        or where
+        or "a file toolkit writes"
+    )
     strerror = (cause.strerror if cause is not None else None) or os.strerror(code)
     fixes = {
         errno.ENOSPC: f"no space left on the device holding {where}; free some space "
-                      "(save_total_limit keeps fewer checkpoints) or choose an output_dir on "
-                      "a larger disk, then run the same command again to resume",
+        "(save_total_limit keeps fewer checkpoints) or choose an output_dir on "
+        "a larger disk, then run the same command again to resume",
         errno.EDQUOT: f"disk quota exceeded writing {where}; free some space or choose an "
-                      "output_dir elsewhere",
-        errno.EROFS: f"{where} is on a read-only filesystem; choose an output_dir you can "
-                     "write",
+        "output_dir elsewhere",
+        errno.EROFS: f"{where} is on a read-only filesystem; choose an output_dir you can write",
         errno.EACCES: f"permission denied: {where}; make it writable for you "
-                      f"(uid {os.getuid()}) or choose another output_dir",
+        f"(uid {os.getuid()}) or choose another output_dir",
         errno.EPERM: f"operation not permitted on {where}; check its owner and permissions",
     }
     return RuntimeFailure(fixes.get(code, f"{strerror}: {where}"))

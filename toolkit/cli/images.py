@@ -54,10 +54,19 @@ def select(as_json) -> int:
     host = gather(common.new_runtime())
     sel = choose(host.facts, [v.facts() for v in load_matrix().values()])
     if as_json:
-        print(json.dumps({"variant": sel.variant, "status": sel.status.name,
-                          "explanation": sel.explanation, "fix": sel.fix,
-                          "gpus": [g.__dict__ for g in host.facts.gpus],
-                          "nvidia_driver": host.facts.nvidia_driver}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "variant": sel.variant,
+                    "status": sel.status.name,
+                    "explanation": sel.explanation,
+                    "fix": sel.fix,
+                    "gpus": [g.__dict__ for g in host.facts.gpus],
+                    "nvidia_driver": host.facts.nvidia_driver,
+                },
+                indent=2,
+            )
+        )
     else:
         print(sel.variant or "none")
         for line in sel.explanation:
@@ -79,8 +88,11 @@ def render(variant) -> int:
 
 @images.command()
 @variant_argument
-@click.option("--find-links", type=click.Path(path_type=Path),
-              help="a folder of wheels the indexes would serve")
+@click.option(
+    "--find-links",
+    type=click.Path(path_type=Path),
+    help="a folder of wheels the indexes would serve",
+)
 def lock(variant, find_links) -> int:
     """Resolve a variant's lock for its platform, every package pinned with its hash."""
     from toolkit.images import get_variant, lock_variant
@@ -92,13 +104,18 @@ def lock(variant, find_links) -> int:
 @images.command()
 @variant_argument
 @click.option("--base", help="build on this base image instead of the matrix's")
-@click.option("--local-base", is_flag=True,
-              help="build the base from Debian's archive (debootstrap; for air-gapped hosts)")
-@click.option("--wheelhouse", type=click.Path(path_type=Path),
-              help="install from these wheels, offline")
+@click.option(
+    "--local-base",
+    is_flag=True,
+    help="build the base from Debian's archive (debootstrap; for air-gapped hosts)",
+)
+@click.option(
+    "--wheelhouse", type=click.Path(path_type=Path), help="install from these wheels, offline"
+)
 @click.option("--online", is_flag=True, help="let pip reach the package index in the build")
-@click.option("--ca-bundle", type=click.Path(path_type=Path),
-              help="CA bundle for pip inside the build")
+@click.option(
+    "--ca-bundle", type=click.Path(path_type=Path), help="CA bundle for pip inside the build"
+)
 @click.option("--no-cache", is_flag=True, help="rebuild every layer")
 @click.option("--tag", help="tag the image so instead of with the variant's tag")
 def build(variant, base, local_base, wheelhouse, online, ca_bundle, no_cache, tag) -> int:
@@ -108,8 +125,15 @@ def build(variant, base, local_base, wheelhouse, online, ca_bundle, no_cache, ta
     for flag, path in (("wheelhouse", wheelhouse), ("ca-bundle", ca_bundle)):
         if path is not None and not path.exists():
             raise UsageError(f"--{flag} {path}: does not exist")
-    opts = BuildOptions(base=base, local_base=local_base, wheelhouse=wheelhouse,
-                        online=online, ca_bundle=ca_bundle, no_cache=no_cache, tag=tag)
+    opts = BuildOptions(
+        base=base,
+        local_base=local_base,
+        wheelhouse=wheelhouse,
+        online=online,
+        ca_bundle=ca_bundle,
+        no_cache=no_cache,
+        tag=tag,
+    )
     print(build_image(get_variant(variant), common.new_runtime(), opts))
     return 0
 

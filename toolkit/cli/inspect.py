@@ -23,9 +23,12 @@ from toolkit.cli.common import (
 
 @click.command(cls=OverridesCommand, context_settings=OVERRIDES)
 @config_argument
-@click.option("--explain", is_flag=True,
-              help="say where every value comes from: file, command line, default, mapped "
-                   "from a deprecated key, derived, or decided at train time")
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="say where every value comes from: file, command line, default, mapped "
+    "from a deprecated key, derived, or decided at train time",
+)
 @json_option
 @overrides_argument
 def validate(config, overrides, explain, as_json) -> int:
@@ -36,8 +39,17 @@ def validate(config, overrides, explain, as_json) -> int:
     if as_json:
         values = loaded.config.model_dump(mode="json")
         values["gradient_accumulation_steps"] = loaded.config.accumulation_steps
-        print(json.dumps({"config": str(loaded.path), "values": values,
-                          "sources": loaded.sources, "warnings": loaded.warnings}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "config": str(loaded.path),
+                    "values": values,
+                    "sources": loaded.sources,
+                    "warnings": loaded.warnings,
+                },
+                indent=2,
+            )
+        )
     else:
         sys.stdout.write(dump_resolved(loaded, explain=explain))
     return 0
@@ -45,8 +57,13 @@ def validate(config, overrides, explain, as_json) -> int:
 
 @click.command()
 @json_option
-@click.option("--variant", default=None, envvar="TOOLKIT_VARIANT", show_envvar=True,
-              help="judge this image variant for the host")
+@click.option(
+    "--variant",
+    default=None,
+    envvar="TOOLKIT_VARIANT",
+    show_envvar=True,
+    help="judge this image variant for the host",
+)
 def doctor(as_json, variant) -> int:
     """Will training work here? Each check with its fix (inside the image: what torch sees)."""
     from toolkit import doctor as checks
@@ -58,16 +75,27 @@ def doctor(as_json, variant) -> int:
         from toolkit.images import load_matrix
         from toolkit.probe import gather
 
-        findings = checks.host_checks(gather(common.new_runtime()),
-                                      list(load_matrix().values()), wanted=variant)
+        findings = checks.host_checks(
+            gather(common.new_runtime()), list(load_matrix().values()), wanted=variant
+        )
     return report(findings, as_json)
 
 
 def tolerances(func) -> Callable[..., Any]:
-    func = click.option("--atol", type=click.FloatRange(min=0), default=1e-3,
-                        show_default=True, help="absolute tolerance")(func)
-    return click.option("--rtol", type=click.FloatRange(min=0), default=0.01,
-                        show_default=True, help="relative tolerance")(func)
+    func = click.option(
+        "--atol",
+        type=click.FloatRange(min=0),
+        default=1e-3,
+        show_default=True,
+        help="absolute tolerance",
+    )(func)
+    return click.option(
+        "--rtol",
+        type=click.FloatRange(min=0),
+        default=0.01,
+        show_default=True,
+        help="relative tolerance",
+    )(func)
 
 
 @click.command()
@@ -84,11 +112,21 @@ def compare(run_a, run_b, rtol, atol, as_json) -> int:
 
     if as_json:
         result = judge(read_run(run_a), read_run(run_b), rtol, atol)
-        print(json.dumps({"same": result.same, "steps_compared": len(result.steps),
-                          "max_abs": result.max_abs if result.steps else None,
-                          "max_rel": result.max_rel if result.steps else None,
-                          "worst_step": result.worst_step, "notes": result.notes,
-                          "rtol": rtol, "atol": atol}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "same": result.same,
+                    "steps_compared": len(result.steps),
+                    "max_abs": result.max_abs if result.steps else None,
+                    "max_rel": result.max_rel if result.steps else None,
+                    "worst_step": result.worst_step,
+                    "notes": result.notes,
+                    "rtol": rtol,
+                    "atol": atol,
+                },
+                indent=2,
+            )
+        )
         return 0 if result.same else 1
     text, same = describe(run_a, run_b, rtol, atol)
     print(text)

@@ -25,13 +25,22 @@ if TYPE_CHECKING:
 
 def launch_options(func) -> Callable[..., Any]:
     options = [
-        click.option("--variant", required=True, envvar="TOOLKIT_VARIANT", show_envvar=True,
-                     shell_complete=complete_variants,
-                     help="the pushed image variant (toolkit images push VARIANT)"),
-        click.option("--outputs-url", "--outputs", "outputs", required=True,
-                     help="where output_dir goes: an s3://, gs:// or az:// URL"),
-        click.option("-o", "--output", type=click.Path(path_type=Path),
-                     help="the file to write"),
+        click.option(
+            "--variant",
+            required=True,
+            envvar="TOOLKIT_VARIANT",
+            show_envvar=True,
+            shell_complete=complete_variants,
+            help="the pushed image variant (toolkit images push VARIANT)",
+        ),
+        click.option(
+            "--outputs-url",
+            "--outputs",
+            "outputs",
+            required=True,
+            help="where output_dir goes: an s3://, gs:// or az:// URL",
+        ),
+        click.option("-o", "--output", type=click.Path(path_type=Path), help="the file to write"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -43,14 +52,17 @@ def launch() -> None:
     """Files that run a config on cloud VMs."""
 
 
-def _inputs(config, overrides, variant_name: str,
-            outputs: str) -> tuple[LoadedConfig, Variant, str]:
+def _inputs(
+    config, overrides, variant_name: str, outputs: str
+) -> tuple[LoadedConfig, Variant, str]:
     from toolkit.images import get_variant, pushed_image
     from toolkit.remote import is_remote
 
     if not is_remote(outputs):
-        raise UsageError(f"--outputs-url {outputs!r}: a VM's disk goes away with it; give an "
-                         "object-store URL (s3://bucket/prefix, gs://…, az://…)")
+        raise UsageError(
+            f"--outputs-url {outputs!r}: a VM's disk goes away with it; give an "
+            "object-store URL (s3://bucket/prefix, gs://…, az://…)"
+        )
     loaded = load(config, overrides)
     variant = get_variant(variant_name)
     return loaded, variant, pushed_image(variant.name)["image"]
@@ -70,15 +82,19 @@ def skypilot(config, overrides, variant, outputs, output, accelerators, nodes) -
 
     loaded, chosen, image = _inputs(config, overrides, variant, outputs)
     if chosen.accelerator != "cpu" and not accelerators:
-        raise UsageError(f"--accelerators: the {chosen.name} image needs GPUs; say which, "
-                         "e.g. --accelerators H100:8")
+        raise UsageError(
+            f"--accelerators: the {chosen.name} image needs GPUs; say which, "
+            "e.g. --accelerators H100:8"
+        )
     out = output or Path(f"{Path(config).stem}.sky.yaml")
     config_file = out.with_name(f"{Path(config).stem}.vm.yaml")
     config_file.write_text(yaml.safe_dump(vm_config(loaded)[0], sort_keys=False))
     task = skypilot_task(loaded, image, config_file, accelerators, nodes, outputs)
     out.write_text(yaml.safe_dump(task, sort_keys=False, width=1000))
-    print(f"wrote {out} (and {config_file}); run it with `sky launch {out}`, adding "
-          "--secret NAME for each secret the run needs (e.g. --secret HF_TOKEN)")
+    print(
+        f"wrote {out} (and {config_file}); run it with `sky launch {out}`, adding "
+        "--secret NAME for each secret the run needs (e.g. --secret HF_TOKEN)"
+    )
     return 0
 
 
@@ -93,6 +109,8 @@ def cloud_init(config, overrides, variant, outputs, output) -> int:
     loaded, chosen, image = _inputs(config, overrides, variant, outputs)
     out = output or Path(f"{Path(config).stem}.cloud-init.yaml")
     out.write_text(user_data(loaded, image, chosen.accelerator, outputs))
-    print(f"wrote {out}; pass it as the VM's user-data (secrets go in /etc/toolkit/secrets.env "
-          "on the VM, never in this file)")
+    print(
+        f"wrote {out}; pass it as the VM's user-data (secrets go in /etc/toolkit/secrets.env "
+        "on the VM, never in this file)"
+    )
     return 0

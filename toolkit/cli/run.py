@@ -51,15 +51,22 @@ def train(config, overrides, as_json, **options) -> int:
     distributed = _distributed_args(args)
     runtime = runtime_of(args)
     code = 0
-    if outputs.check_previous(cfg.output_dir, cfg.model_dump(mode="json"),
-                              cfg.training_digest()):
+    if outputs.check_previous(cfg.output_dir, cfg.model_dump(mode="json"), cfg.training_digest()):
         return _summary(cfg, as_json, "already complete")
     # With --json, stdout carries the summary alone; the training log goes to stderr.
-    with output_lock(cfg.output_dir, "train") as lock, \
-            redirect_stdout(sys.stderr) if as_json else nullcontext():
+    with (
+        output_lock(cfg.output_dir, "train") as lock,
+        redirect_stdout(sys.stderr) if as_json else nullcontext(),
+    ):
         if runtime == "docker":
-            code = in_container("train", args, [*distributed, *extra], loaded,
-                                host_network=args.nnodes > 1, keep_fds=lock.fds)
+            code = in_container(
+                "train",
+                args,
+                [*distributed, *extra],
+                loaded,
+                host_network=args.nnodes > 1,
+                keep_fds=lock.fds,
+            )
         elif distributed:
             from toolkit.launch import torchrun
 
@@ -86,12 +93,29 @@ def _summary(cfg, as_json: bool, status: str) -> int:
         record = {}
         if (out / "run.json").exists():
             record = json.loads((out / "run.json").read_text())
-        print(json.dumps({"status": status, "output_dir": str(out),
-                          "manifest": str(out / "run.json"), "log": str(out / "train.log"),
-                          **{k: record.get(k) for k in ("steps", "final_loss", "eval_loss",
-                                                        "tokens_per_second", "mfu",
-                                                        "train_seconds", "segments")}},
-                         indent=2))
+        print(
+            json.dumps(
+                {
+                    "status": status,
+                    "output_dir": str(out),
+                    "manifest": str(out / "run.json"),
+                    "log": str(out / "train.log"),
+                    **{
+                        k: record.get(k)
+                        for k in (
+                            "steps",
+                            "final_loss",
+                            "eval_loss",
+                            "tokens_per_second",
+                            "mfu",
+                            "train_seconds",
+                            "segments",
+                        )
+                    },
+                },
+                indent=2,
+            )
+        )
     elif status == "trained":
         what = "adapter" if cfg.uses_lora else "model"
         print(f"{what} and tokenizer: {out}\nmanifest: {out}/run.json\nlog: {out}/train.log")
@@ -102,9 +126,18 @@ def _distributed_args(args) -> list[str]:
     """The launch flags to pass on, or [] for one process on one machine."""
     if args.nproc_per_node == 1 and args.nnodes == 1:
         return []
-    return ["--nproc-per-node", str(args.nproc_per_node), "--nnodes", str(args.nnodes),
-            "--node-rank", str(args.node_rank), "--master-addr", args.master_addr,
-            "--master-port", str(args.master_port)]
+    return [
+        "--nproc-per-node",
+        str(args.nproc_per_node),
+        "--nnodes",
+        str(args.nnodes),
+        "--node-rank",
+        str(args.node_rank),
+        "--master-addr",
+        args.master_addr,
+        "--master-port",
+        str(args.master_port),
+    ]
 
 
 @click.command(cls=OverridesCommand, context_settings=OVERRIDES)
@@ -125,9 +158,12 @@ def preprocess(config, overrides, **options) -> int:
 
 @click.command("merge-lora", cls=OverridesCommand, context_settings=OVERRIDES)
 @config_argument
-@click.option("--allow-config-mismatch", is_flag=True,
-              help="merge even though run.json says the adapter was trained with a config "
-                   "that differs from this one")
+@click.option(
+    "--allow-config-mismatch",
+    is_flag=True,
+    help="merge even though run.json says the adapter was trained with a config "
+    "that differs from this one",
+)
 @runtime_options
 @overrides_argument
 def merge_lora(config, overrides, allow_config_mismatch, **options) -> int:
@@ -167,13 +203,23 @@ def tiny_model(out_dir, moe, seed, **options) -> int:
     if runtime_of(args) == "docker":
         from toolkit.launch import run_in_container
 
-        command = ["toolkit", "tiny-model", str(out.absolute()), "--runtime", "local",
-                   "--seed", str(seed), *(["--moe"] if moe else [])]
+        command = [
+            "toolkit",
+            "tiny-model",
+            str(out.absolute()),
+            "--runtime",
+            "local",
+            "--seed",
+            str(seed),
+            *(["--moe"] if moe else []),
+        ]
         code = run_in_container(image_for(args), command, [], [out], gpus=args.gpus)
         return container_failed(code) if code else 0
     from toolkit.tiny import write_tiny_model
 
     write_tiny_model(out, moe=moe, seed=seed)
-    print(f"wrote a tiny {'Qwen3-MoE' if moe else 'Qwen3'} and its tokenizer to {out}",
-          file=sys.stdout)
+    print(
+        f"wrote a tiny {'Qwen3-MoE' if moe else 'Qwen3'} and its tokenizer to {out}",
+        file=sys.stdout,
+    )
     return 0

@@ -27,6 +27,18 @@ from toolkit.config.schema import (
     recipe_of,
 )
 
-__all__ = ["DATA_SUFFIXES", "DECIDED_AT_TRAIN_TIME", "DEEPSPEED_BUNDLED", "OPTIMIZERS", "Config",
-           "DatasetConfig", "FSDPConfig", "LoadedConfig", "dump_resolved", "is_local_ref",
-           "load_config", "parse_overrides", "recipe_of"]
+__all__ = [
+    "DATA_SUFFIXES",
+    "DECIDED_AT_TRAIN_TIME",
+    "DEEPSPEED_BUNDLED",
+    "OPTIMIZERS",
+    "Config",
+    "DatasetConfig",
+    "FSDPConfig",
+    "LoadedConfig",
+    "dump_resolved",
+    "is_local_ref",
+    "load_config",
+    "parse_overrides",
+    "recipe_of",
+]

@@ -20,34 +20,55 @@ UNSUPPORTED_KEYS = {
     "group_by_length": "batches are drawn in random order; set it false",
     "lora_model_dir": "starting from a trained adapter is not implemented yet; remove the key",
     "fsdp": "give FSDP as fsdp_version: 2 with fsdp_config (axolotl's list form, e.g. "
-            "fsdp: [full_shard, auto_wrap], is read too)",
+    "fsdp: [full_shard, auto_wrap], is read too)",
     "use_sonicmoe": "SonicMoE kernels are not implemented; remove it (Qwen3-MoE experts run "
-                    "through transformers' fused expert weights)",
+    "through transformers' fused expert weights)",
     "nvfp4_merge_aware": "NVFP4 checkpoints are not supported; remove it and train on a bf16 "
-                         "base (QLoRA for 4-bit)",
+    "base (QLoRA for 4-bit)",
     "fused_attn_kernel": "axolotl's fused attention kernel is not implemented; remove it "
-                         "(attention runs through flash-attention or sdpa, see "
-                         "attn_implementation)",
+    "(attention runs through flash-attention or sdpa, see "
+    "attn_implementation)",
 }
 OFF_VALUES: tuple[object, ...] = (None, False, "", [], {})
 
 # Keys that only mean something for a LoRA adapter.
-LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear",
-             "lora_modules_to_save", "lora_target_parameters", "lora_mlp_kernel",
-             "lora_qkv_kernel", "lora_o_kernel")
+LORA_KEYS = (
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "lora_target_linear",
+    "lora_modules_to_save",
+    "lora_target_parameters",
+    "lora_mlp_kernel",
+    "lora_qkv_kernel",
+    "lora_o_kernel",
+)
 
 # Keys that cannot change what is trained (experiment trackers, run names, axolotl's
 # own switches, memory-only settings): accepted, with a warning saying why.
 IGNORED_PREFIXES = ("wandb_", "mlflow_", "comet_")
 NOT_USED = "not used by toolkit (it cannot change what is trained); ignored"
 IGNORED_KEYS = {
-    **dict.fromkeys(("strict", "debug", "local_rank",
-                     "eval_max_new_tokens", "eval_table_size",
-                     "use_tensorboard", "hub_model_id", "remove_unused_columns",
-                     "dataloader_num_workers", "dataloader_pin_memory",
-                     "dataloader_prefetch_factor", "save_safetensors"), NOT_USED),
+    **dict.fromkeys(
+        (
+            "strict",
+            "debug",
+            "local_rank",
+            "eval_max_new_tokens",
+            "eval_table_size",
+            "use_tensorboard",
+            "hub_model_id",
+            "remove_unused_columns",
+            "dataloader_num_workers",
+            "dataloader_pin_memory",
+            "dataloader_prefetch_factor",
+            "save_safetensors",
+        ),
+        NOT_USED,
+    ),
     "model_type": "ignored: the recipe picks the model class (causal LM, or a classification "
-                  "head for reward_model / process_reward_model)",
+    "head for reward_model / process_reward_model)",
     "tokenizer_type": "ignored: the tokenizer is loaded with AutoTokenizer",
 }
 
@@ -72,8 +93,11 @@ class _Mapping:
 
 def _attention(m: _Mapping) -> None:
     """flash_attention / sdp_attention / eager_attention: true → attn_implementation."""
-    for old, new in (("flash_attention", "flash_attention_2"), ("sdp_attention", "sdpa"),
-                     ("eager_attention", "eager")):
+    for old, new in (
+        ("flash_attention", "flash_attention_2"),
+        ("sdp_attention", "sdpa"),
+        ("eager_attention", "eager"),
+    ):
         if m.raw.get(old) is True:
             m.move(old, "attn_implementation", new)
         elif m.raw.get(old) is False:
@@ -99,8 +123,10 @@ def _fsdp_list(m: _Mapping) -> None:
     if raw.get("fsdp_version") is None:
         raw["fsdp_version"] = 1
         m.sources["fsdp_version"] = "mapped from fsdp (a list means FSDP1)"
-    m.notes.append(f"fsdp: {fsdp_list} is deprecated; read as fsdp_version: "
-                   f"{raw['fsdp_version']} with fsdp_config (FSDP2 is fsdp_version: 2)")
+    m.notes.append(
+        f"fsdp: {fsdp_list} is deprecated; read as fsdp_version: "
+        f"{raw['fsdp_version']} with fsdp_config (FSDP2 is fsdp_version: 2)"
+    )
 
 
 def _fsdp_config(m: _Mapping) -> None:
@@ -112,8 +138,10 @@ def _fsdp_config(m: _Mapping) -> None:
         renamed = {k: k.removeprefix("fsdp_") for k in fsdp if k.startswith("fsdp_")}
         if renamed:
             fsdp = raw["fsdp_config"] = {renamed.get(k, k): v for k, v in fsdp.items()}
-            m.notes.append("fsdp_config: the fsdp_ prefix is deprecated; read "
-                           + ", ".join(f"{old} as {new}" for old, new in renamed.items()))
+            m.notes.append(
+                "fsdp_config: the fsdp_ prefix is deprecated; read "
+                + ", ".join(f"{old} as {new}" for old, new in renamed.items())
+            )
         if "version" in fsdp:  # axolotl's fsdp_config.fsdp_version
             version = fsdp.pop("version")
             if raw.get("fsdp_version") is None:
@@ -124,16 +152,25 @@ def _fsdp_config(m: _Mapping) -> None:
             strategy = fsdp.pop("sharding_strategy")
             if strategy in ("FULL_SHARD", "SHARD_GRAD_OP"):
                 fsdp["reshard_after_forward"] = strategy == "FULL_SHARD"
-                m.notes.append(f"fsdp_config.sharding_strategy: {strategy} is FSDP1's; read as "
-                               f"reshard_after_forward: {strategy == 'FULL_SHARD'}")
+                m.notes.append(
+                    f"fsdp_config.sharding_strategy: {strategy} is FSDP1's; read as "
+                    f"reshard_after_forward: {strategy == 'FULL_SHARD'}"
+                )
             else:
                 fsdp["sharding_strategy"] = strategy  # refused by name
-        for gone in ("use_orig_params", "sync_module_states", "limit_all_gathers",
-                     "forward_prefetch", "backward_prefetch"):
+        for gone in (
+            "use_orig_params",
+            "sync_module_states",
+            "limit_all_gathers",
+            "forward_prefetch",
+            "backward_prefetch",
+        ):
             if gone in fsdp:
                 value = fsdp.pop(gone)
-                m.notes.append(f"fsdp_config.{gone}: {value!r} is not used (transformers and "
-                               "accelerate choose it for FSDP); ignored")
+                m.notes.append(
+                    f"fsdp_config.{gone}: {value!r} is not used (transformers and "
+                    "accelerate choose it for FSDP); ignored"
+                )
     if raw.get("fsdp_config") and raw.get("fsdp_version") is None:
         raw["fsdp_version"] = 2
         m.sources["fsdp_version"] = "derived: fsdp_config without fsdp_version"
@@ -142,8 +179,11 @@ def _fsdp_config(m: _Mapping) -> None:
 def _plugins(m: _Mapping) -> None:
     """axolotl's Cut Cross Entropy plugin turns its key on by default."""
     plugins = m.raw.get("plugins")
-    if (isinstance(plugins, list) and "cut_cross_entropy" not in m.raw
-            and "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin" in plugins):
+    if (
+        isinstance(plugins, list)
+        and "cut_cross_entropy" not in m.raw
+        and "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin" in plugins
+    ):
         m.raw["cut_cross_entropy"] = True
         m.sources["cut_cross_entropy"] = "derived: the CutCrossEntropyPlugin is listed"
 
@@ -156,8 +196,10 @@ def _checkpointing(m: _Mapping) -> None:
     if m.raw.get("activation_offloading") in (None, False):
         m.raw["activation_offloading"] = True
         m.sources["activation_offloading"] = "mapped from gradient_checkpointing: offload"
-    m.notes.append("gradient_checkpointing: 'offload' is deprecated; read as "
-                   "gradient_checkpointing: true with activation_offloading: true")
+    m.notes.append(
+        "gradient_checkpointing: 'offload' is deprecated; read as "
+        "gradient_checkpointing: true with activation_offloading: true"
+    )
 
 
 def _message_fields(m: _Mapping) -> None:
@@ -171,8 +213,10 @@ def _message_fields(m: _Mapping) -> None:
                 mapping = dict(ds.get("message_property_mappings") or {})
                 mapping.setdefault(part, ds.pop(old))
                 ds["message_property_mappings"] = mapping
-                m.notes.append(f"datasets[{i}].{old}: deprecated; read as "
-                               f"message_property_mappings.{part}: {mapping[part]!r}")
+                m.notes.append(
+                    f"datasets[{i}].{old}: deprecated; read as "
+                    f"message_property_mappings.{part}: {mapping[part]!r}"
+                )
 
 
 FAMILIES = (_attention, _fsdp_list, _fsdp_config, _plugins, _checkpointing, _message_fields)
@@ -191,12 +235,16 @@ def map_deprecated(raw: dict, sources: dict[str, str]) -> tuple[dict, list[str]]
 def drop_nulls(raw: dict) -> dict:
     out = {k: v for k, v in raw.items() if v is not None}
     if isinstance(out.get("datasets"), list):
-        out["datasets"] = [{k: v for k, v in d.items() if v is not None}
-                           if isinstance(d, dict) else d for d in out["datasets"]]
+        out["datasets"] = [
+            {k: v for k, v in d.items() if v is not None} if isinstance(d, dict) else d
+            for d in out["datasets"]
+        ]
     return out
 
 
 def unsupported_problems(raw: dict) -> list[str]:
-    return [f"{key}: got {show(raw[key])}; not supported by toolkit ({why})"
-            for key, why in UNSUPPORTED_KEYS.items()
-            if key in raw and raw[key] not in OFF_VALUES]
+    return [
+        f"{key}: got {show(raw[key])}; not supported by toolkit ({why})"
+        for key, why in UNSUPPORTED_KEYS.items()
+        if key in raw and raw[key] not in OFF_VALUES
+    ]

@@ -8,13 +8,12 @@ from toolkit.config.schema import LoadedConfig
 
 # Values the trainer decides on the device, at the start of a run (its resolve step).
 DECIDED_AT_TRAIN_TIME = {
-    "bf16": "auto: on where the GPU has bf16 in hardware (compute capability ≥ 8.0), "
-            "else off",
+    "bf16": "auto: on where the GPU has bf16 in hardware (compute capability ≥ 8.0), else off",
     "tf32": "on only on an NVIDIA GPU",
     "attn_implementation": "flash_attention_2 falls back to sdpa without flash-attn or a GPU "
-                           "of compute capability ≥ 8.0",
+    "of compute capability ≥ 8.0",
     "lora_target_modules": "unset: every attention and MLP projection (all-linear with "
-                           "lora_target_linear)",
+    "lora_target_linear)",
 }
 
 
@@ -29,8 +28,11 @@ def dump_resolved(loaded: LoadedConfig, explain: bool = False) -> str:
         block = yaml.safe_dump({key: value}, sort_keys=False, allow_unicode=True).rstrip()
         source = loaded.sources.get(key, "default")
         note = [] if source == "file" and not explain else [source]
-        if explain and key in DECIDED_AT_TRAIN_TIME and (
-                key != "lora_target_modules" or value is None):
+        if (
+            explain
+            and key in DECIDED_AT_TRAIN_TIME
+            and (key != "lora_target_modules" or value is None)
+        ):
             note.append("at train time: " + DECIDED_AT_TRAIN_TIME[key])
         first, *rest = block.splitlines()
         if not note:

@@ -41,8 +41,10 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         try:
             _set_dotted(raw, dotted, value)
         except (KeyError, IndexError, TypeError) as exc:
-            problems.append(f"--{dotted.replace('_', '-')}: cannot override ({exc}); "
-                            "use a top-level key or a path like datasets.0.path")
+            problems.append(
+                f"--{dotted.replace('_', '-')}: cannot override ({exc}); "
+                "use a top-level key or a path like datasets.0.path"
+            )
             continue
         sources[dotted.split(".")[0]] = "command line"
 
@@ -52,8 +54,11 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         del sources[key]
     raw, mapped = map_deprecated(raw, sources)
     problems += unsupported_problems(raw)
-    ignored = [k for k in raw if (k in IGNORED_KEYS or k.startswith(IGNORED_PREFIXES))
-               and k not in UNSUPPORTED_KEYS]
+    ignored = [
+        k
+        for k in raw
+        if (k in IGNORED_KEYS or k.startswith(IGNORED_PREFIXES)) and k not in UNSUPPORTED_KEYS
+    ]
     known = {k: v for k, v in raw.items() if k not in UNSUPPORTED_KEYS and k not in ignored}
     config = None
     try:
@@ -67,13 +72,17 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         raise ConfigError(f"{path}: {len(problems)} {noun}", problems)
     for name in Config.model_fields:
         sources.setdefault(name, "default")
-    warnings = mapped + [f"{key}: {IGNORED_KEYS.get(key, NOT_USED)}"
-                         for key in ignored if raw[key] not in OFF_VALUES]
+    warnings = mapped + [
+        f"{key}: {IGNORED_KEYS.get(key, NOT_USED)}" for key in ignored if raw[key] not in OFF_VALUES
+    ]
     if not config.uses_lora:
-        warnings += [f"{key}: set to {show(raw[key])} but adapter is {show(raw.get('adapter'))}"
-                     ", so there is no LoRA and it has no effect; set adapter: lora (or qlora) "
-                     "to train an adapter, or remove the key" for key in LORA_KEYS
-                     if key in raw and raw[key] not in OFF_VALUES]
+        warnings += [
+            f"{key}: set to {show(raw[key])} but adapter is {show(raw.get('adapter'))}"
+            ", so there is no LoRA and it has no effect; set adapter: lora (or qlora) "
+            "to train an adapter, or remove the key"
+            for key in LORA_KEYS
+            if key in raw and raw[key] not in OFF_VALUES
+        ]
     derive(config, sources)
     return LoadedConfig(config=config, path=path, sources=sources, warnings=warnings)
 
@@ -82,30 +91,38 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError(f"{path} is a directory; pass the YAML config file inside it")
     if not path.exists():
-        raise ConfigError(f"{path} does not exist; pass the path of a YAML config "
-                          "(examples are in configs/)")
+        raise ConfigError(
+            f"{path} does not exist; pass the path of a YAML config (examples are in configs/)"
+        )
     size = path.stat().st_size
     if size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path} is {size:,} bytes; a config is at most "
-                          f"{MAX_CONFIG_BYTES:,}: is it the right file?")
+        raise ConfigError(
+            f"{path} is {size:,} bytes; a config is at most "
+            f"{MAX_CONFIG_BYTES:,}: is it the right file?"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); "
-                          "save it as UTF-8") from None
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
     try:
         raw = bounded_yaml(text, path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path} is not valid YAML{where}: {problem}; fix the syntax "
-                          "(indentation, a missing ':' or an unclosed quote)") from None
+        raise ConfigError(
+            f"{path} is not valid YAML{where}: {problem}; fix the syntax "
+            "(indentation, a missing ':' or an unclosed quote)"
+        ) from None
     if raw is None:
         raise ConfigError(f"{path} is empty; start from an example in configs/")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must be a YAML mapping of keys to values, "
-                          f"got a {type(raw).__name__}; start from an example in configs/")
+        raise ConfigError(
+            f"{path} must be a YAML mapping of keys to values, "
+            f"got a {type(raw).__name__}; start from an example in configs/"
+        )
     return raw
 
 
@@ -127,9 +144,11 @@ def bounded_yaml(text: str, path: Path) -> Any:
             depth += 1
             if depth > MAX_DEPTH:
                 mark = event.start_mark
-                raise ConfigError(f"{path}: nested more than {MAX_DEPTH} levels deep (line "
-                                  f"{mark.line + 1}); a config is a few levels deep: "
-                                  "flatten it")
+                raise ConfigError(
+                    f"{path}: nested more than {MAX_DEPTH} levels deep (line "
+                    f"{mark.line + 1}); a config is a few levels deep: "
+                    "flatten it"
+                )
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
     raw = yaml.safe_load(text)
@@ -140,8 +159,9 @@ def bounded_yaml(text: str, path: Path) -> Any:
             return 1
         key = id(node)
         if key in open_:
-            raise ConfigError(f"{path}: an alias refers to itself (a recursive anchor); "
-                              "write the value out")
+            raise ConfigError(
+                f"{path}: an alias refers to itself (a recursive anchor); write the value out"
+            )
         if key not in sizes:
             children = node.values() if isinstance(node, dict) else node
             total = 1
@@ -153,8 +173,10 @@ def bounded_yaml(text: str, path: Path) -> Any:
         return sizes[key]
 
     if expanded(raw, frozenset()) > MAX_NODES:
-        raise ConfigError(f"{path}: its aliases expand to more than {MAX_NODES:,} values "
-                          "(a YAML alias bomb?); write the config without nested aliases")
+        raise ConfigError(
+            f"{path}: its aliases expand to more than {MAX_NODES:,} values "
+            "(a YAML alias bomb?); write the config without nested aliases"
+        )
     return raw
 
 
@@ -172,8 +194,10 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--") or arg == "--":
-            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --key value "
-                              "(e.g. --micro-batch-size 2)")
+            raise ConfigError(
+                f"unexpected argument {arg!r}; overrides look like --key value "
+                "(e.g. --micro-batch-size 2)"
+            )
         name = arg[2:]
         value: Any
         if "=" in name:
@@ -185,15 +209,18 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         elif _is_switch(name.replace("-", "_")):
             value = True
         else:
-            problems.append(f"{arg}: needs a value (e.g. {arg} VALUE); only true/false keys "
-                            "may stand alone")
+            problems.append(
+                f"{arg}: needs a value (e.g. {arg} VALUE); only true/false keys may stand alone"
+            )
             i += 1
             continue
         out[name.replace("-", "_")] = value
         i += 1
     if problems:
-        raise ConfigError("command line: " + ("1 problem" if len(problems) == 1 else
-                                              f"{len(problems)} problems"), problems)
+        raise ConfigError(
+            "command line: " + ("1 problem" if len(problems) == 1 else f"{len(problems)} problems"),
+            problems,
+        )
     return out
 
 
@@ -217,8 +244,8 @@ def derive(config: Config | None, sources: dict[str, str]) -> None:
     """Record values derived from others (the explicit resolve step, not a validator)."""
     if config is not None and config.batch_size is not None:
         sources["gradient_accumulation_steps"] = (
-            f"derived: batch_size {config.batch_size} / micro_batch_size "
-            f"{config.micro_batch_size}")
+            f"derived: batch_size {config.batch_size} / micro_batch_size {config.micro_batch_size}"
+        )
 
 
 def _yaml_scalar(text: str) -> Any:

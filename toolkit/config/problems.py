@@ -59,7 +59,15 @@ def _clean_loc(loc: tuple) -> tuple:
 
 def _is_branch(part: str) -> bool:
     return part.startswith(("literal[", "list[", "dict[", "function-")) or part in (
-        "str", "int", "bool", "float", "none", "MessageMapping", "DatasetConfig", "FSDPConfig")
+        "str",
+        "int",
+        "bool",
+        "float",
+        "none",
+        "MessageMapping",
+        "DatasetConfig",
+        "FSDPConfig",
+    )
 
 
 def _expected(err: dict) -> str:
@@ -67,11 +75,22 @@ def _expected(err: dict) -> str:
     if kind == "literal_error":
         return str(ctx.get("expected"))
     if kind.startswith("greater_than") or kind.startswith("less_than"):
-        sign = {"greater_than": ">", "greater_than_equal": "≥", "less_than": "<",
-                "less_than_equal": "≤"}[kind]
+        sign = {
+            "greater_than": ">",
+            "greater_than_equal": "≥",
+            "less_than": "<",
+            "less_than_equal": "≤",
+        }[kind]
         return f"a number {sign} {next(iter(ctx.values()))}"
-    names = {"bool": "true or false", "int": "a whole number", "float": "a number",
-             "string": "a string", "list": "a list", "dict": "a mapping", "model": "a mapping"}
+    names = {
+        "bool": "true or false",
+        "int": "a whole number",
+        "float": "a number",
+        "string": "a string",
+        "list": "a list",
+        "dict": "a mapping",
+        "model": "a mapping",
+    }
     for prefix, words in names.items():
         if kind.startswith(prefix):
             return words
@@ -98,6 +117,8 @@ def describe_all(errors: list[dict]) -> list[str]:
         else:
             accepted = " or ".join(dict.fromkeys(_expected(e) for e in errs))
             wanted = "one of those" if " or " in accepted else accepted
-            out.append(f"{key}: got {show(first.get('input'))}; accepted: {accepted}; "
-                       f"fix: set {key.split('.')[-1]} to {wanted}")
+            out.append(
+                f"{key}: got {show(first.get('input'))}; accepted: {accepted}; "
+                f"fix: set {key.split('.')[-1]} to {wanted}"
+            )
     return out

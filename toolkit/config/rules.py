@@ -29,8 +29,18 @@ ACCEPTED_TYPES = {"sft": SFT_TYPES, "reward": RM_TYPES, "prm": PRM_TYPES}
 def cross_field_problems(raw: dict) -> list[str]:
     """Rules that span fields, one small function per family. They read the raw values
     and only judge well-typed ones."""
-    return [p for rules in (_recipe_rules, _kernel_rules, _adapter_rules, _batch_rules,
-                            _exclusive_rules, _template_rules) for p in rules(raw)]
+    return [
+        p
+        for rules in (
+            _recipe_rules,
+            _kernel_rules,
+            _adapter_rules,
+            _batch_rules,
+            _exclusive_rules,
+            _template_rules,
+        )
+        for p in rules(raw)
+    ]
 
 
 def _recipe_rules(raw: dict) -> list[str]:
@@ -49,42 +59,63 @@ def _recipe_rules(raw: dict) -> list[str]:
     for i, ds in enumerate(datasets if isinstance(datasets, list) else []):
         kind = ds.get("type", "chat_template") if isinstance(ds, dict) else None
         if kind in DATASET_TYPES and kind not in accepted:
-            what = f"rl: {raw['rl']}" if raw.get("rl") else recipe.upper() if recipe != "sft" \
+            what = (
+                f"rl: {raw['rl']}"
+                if raw.get("rl")
+                else recipe.upper()
+                if recipe != "sft"
                 else "SFT (no rl, reward_model or process_reward_model)"
-            out.append(f"datasets[{i}].type: {kind!r} cannot feed {what}; accepted: "
-                       f"{', '.join(accepted)}")
+            )
+            out.append(
+                f"datasets[{i}].type: {kind!r} cannot feed {what}; accepted: {', '.join(accepted)}"
+            )
     if raw.get("rl") and raw.get("sample_packing"):
-        out.append(f"sample_packing with rl: {raw['rl']}: packing would mix the chosen and "
-                   "rejected sequences; remove sample_packing")
+        out.append(
+            f"sample_packing with rl: {raw['rl']}: packing would mix the chosen and "
+            "rejected sequences; remove sample_packing"
+        )
     if raw.get("sample_packing") is True and recipe in ("reward", "prm"):
-        out.append(f"sample_packing with {recipe} training: its heads score whole sequences; "
-                   "remove sample_packing")
+        out.append(
+            f"sample_packing with {recipe} training: its heads score whole sequences; "
+            "remove sample_packing"
+        )
     if raw.get("early_stopping_patience") and not raw.get("val_set_size"):
         out.append("early_stopping_patience needs held-out rows to watch; set val_set_size")
     if raw.get("dpo_loss_type") and raw.get("rl") not in ("dpo", "ipo"):
         out.append(f"dpo_loss_type is set but rl is {show(raw.get('rl'))}; it needs rl: dpo")
     if raw.get("reward_model") and raw.get("num_labels") not in (None, 1):
-        out.append(f"num_labels: {raw['num_labels']} with reward_model: a reward model has "
-                   "one output; remove num_labels")
+        out.append(
+            f"num_labels: {raw['num_labels']} with reward_model: a reward model has "
+            "one output; remove num_labels"
+        )
     return out
 
 
 def _kernel_rules(raw: dict) -> list[str]:
     """Loss replacements and fused LoRA kernels."""
     out: list[str] = []
-    losses = [k for k in ("cut_cross_entropy", "liger_fused_linear_cross_entropy",
-                          "liger_cross_entropy") if raw.get(k) is True]
+    losses = [
+        k
+        for k in ("cut_cross_entropy", "liger_fused_linear_cross_entropy", "liger_cross_entropy")
+        if raw.get(k) is True
+    ]
     if len(losses) > 1:
-        out.append(f"{' and '.join(losses)} are all set; each replaces the cross-entropy "
-                   "loss, so keep one")
-    kernels = [k for k in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")
-               if raw.get(k) is True]
+        out.append(
+            f"{' and '.join(losses)} are all set; each replaces the cross-entropy loss, so keep one"
+        )
+    kernels = [
+        k for k in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel") if raw.get(k) is True
+    ]
     if kernels and raw.get("adapter") not in ("lora", "qlora"):
-        out.append(f"{', '.join(kernels)} need adapter: lora or qlora (got adapter: "
-                   f"{show(raw.get('adapter'))}); set them false for a full fine-tune")
+        out.append(
+            f"{', '.join(kernels)} need adapter: lora or qlora (got adapter: "
+            f"{show(raw.get('adapter'))}); set them false for a full fine-tune"
+        )
     elif kernels and raw.get("lora_dropout") not in (None, 0, 0.0):
-        out.append(f"{', '.join(kernels)} need lora_dropout: 0 (got "
-                   f"{show(raw.get('lora_dropout'))}); the fused path has no dropout")
+        out.append(
+            f"{', '.join(kernels)} need lora_dropout: 0 (got "
+            f"{show(raw.get('lora_dropout'))}); the fused path has no dropout"
+        )
     return out
 
 
@@ -93,11 +124,15 @@ def _adapter_rules(raw: dict) -> list[str]:
     out: list[str] = []
     adapter = raw.get("adapter")
     if adapter == "qlora" and raw.get("load_in_4bit") is not True:
-        out.append("adapter: 'qlora' needs load_in_4bit: true; add `load_in_4bit: true` "
-                   "or use adapter: lora")
+        out.append(
+            "adapter: 'qlora' needs load_in_4bit: true; add `load_in_4bit: true` "
+            "or use adapter: lora"
+        )
     if raw.get("load_in_4bit") is True and adapter != "qlora":
-        out.append(f"load_in_4bit: true needs adapter: qlora (got adapter: {show(adapter)}); "
-                   "a 4-bit base can only be trained through an adapter")
+        out.append(
+            f"load_in_4bit: true needs adapter: qlora (got adapter: {show(adapter)}); "
+            "a 4-bit base can only be trained through an adapter"
+        )
     if raw.get("load_in_4bit") is True and raw.get("load_in_8bit") is True:
         out.append("load_in_4bit and load_in_8bit are both true; keep one")
     return out
@@ -106,17 +141,26 @@ def _adapter_rules(raw: dict) -> list[str]:
 def _batch_rules(raw: dict) -> list[str]:
     """micro_batch_size, gradient_accumulation_steps and batch_size: two of three."""
     out: list[str] = []
-    given = [k for k in ("micro_batch_size", "gradient_accumulation_steps", "batch_size")
-             if k in raw]
+    given = [
+        k for k in ("micro_batch_size", "gradient_accumulation_steps", "batch_size") if k in raw
+    ]
     if len(given) == 3:
-        out.append("micro_batch_size, gradient_accumulation_steps and batch_size are all set; "
-                   "give two of them (batch_size = micro_batch_size × "
-                   "gradient_accumulation_steps)")
-    elif "batch_size" in raw and isinstance(raw["batch_size"], int) and isinstance(
-            raw.get("micro_batch_size", 1), int) and raw.get("micro_batch_size", 1) > 0 and \
-            raw["batch_size"] % raw.get("micro_batch_size", 1):
-        out.append(f"batch_size {raw['batch_size']} is not a multiple of micro_batch_size "
-                   f"{raw.get('micro_batch_size', 1)}; change one of them")
+        out.append(
+            "micro_batch_size, gradient_accumulation_steps and batch_size are all set; "
+            "give two of them (batch_size = micro_batch_size × "
+            "gradient_accumulation_steps)"
+        )
+    elif (
+        "batch_size" in raw
+        and isinstance(raw["batch_size"], int)
+        and isinstance(raw.get("micro_batch_size", 1), int)
+        and raw.get("micro_batch_size", 1) > 0
+        and raw["batch_size"] % raw.get("micro_batch_size", 1)
+    ):
+        out.append(
+            f"batch_size {raw['batch_size']} is not a multiple of micro_batch_size "
+            f"{raw.get('micro_batch_size', 1)}; change one of them"
+        )
     return out
 
 
@@ -124,11 +168,14 @@ def _exclusive_rules(raw: dict) -> list[str]:
     """Keys that exclude each other."""
     out: list[str] = []
     if raw.get("deepspeed") not in OFF_VALUES and any(
-            raw.get(k) not in OFF_VALUES for k in ("fsdp_config", "fsdp_version")):
+        raw.get(k) not in OFF_VALUES for k in ("fsdp_config", "fsdp_version")
+    ):
         out.append("deepspeed and fsdp are both set; they exclude each other: keep one")
     if raw.get("warmup_steps") is not None and raw.get("warmup_ratio") is not None:
-        out.append(f"warmup_steps ({show(raw['warmup_steps'])}) and warmup_ratio "
-                   f"({show(raw['warmup_ratio'])}) are both set; keep one")
+        out.append(
+            f"warmup_steps ({show(raw['warmup_steps'])}) and warmup_ratio "
+            f"({show(raw['warmup_ratio'])}) are both set; keep one"
+        )
     if raw.get("eval_steps") is not None and raw.get("evals_per_epoch") is not None:
         out.append("eval_steps and evals_per_epoch are both set; keep one")
     if raw.get("save_steps") is not None and raw.get("saves_per_epoch") is not None:
@@ -143,14 +190,17 @@ def _template_rules(raw: dict) -> list[str]:
     out: list[str] = []
     template = raw.get("chat_template", "tokenizer_default")
     if template == "jinja" and not raw.get("chat_template_jinja"):
-        out.append("chat_template: 'jinja' needs chat_template_jinja (the template text); "
-                   "add it or pick qwen3 / chatml / tokenizer_default")
+        out.append(
+            "chat_template: 'jinja' needs chat_template_jinja (the template text); "
+            "add it or pick qwen3 / chatml / tokenizer_default"
+        )
     if raw.get("chat_template_jinja") and template != "jinja":
-        out.append(f"chat_template_jinja is set but chat_template is {show(template)}; "
-                   "set chat_template: jinja to use it")
+        out.append(
+            f"chat_template_jinja is set but chat_template is {show(template)}; "
+            "set chat_template: jinja to use it"
+        )
     val = raw.get("val_set_size")
-    if isinstance(val, (int, float)) and math.isfinite(val) and val >= 1 and \
-            float(val) != int(val):
+    if isinstance(val, (int, float)) and math.isfinite(val) and val >= 1 and float(val) != int(val):
         out.append(f"val_set_size: got {val}; use a fraction below 1 or a whole number of rows")
     return out
 
@@ -160,21 +210,26 @@ def path_problems(raw: dict) -> list[str]:
     out = []
     datasets = raw.get("datasets")
     for key, ref in [(k, raw.get(k)) for k in ("base_model", "tokenizer_config", "output_dir")] + [
-            (f"datasets[{i}].path", d.get("path")) for i, d in enumerate(
-                datasets if isinstance(datasets, list) else []) if isinstance(d, dict)]:
+        (f"datasets[{i}].path", d.get("path"))
+        for i, d in enumerate(datasets if isinstance(datasets, list) else [])
+        if isinstance(d, dict)
+    ]:
         if isinstance(ref, str) and "\x00" in ref:
-            out.append(f"{key}: {ref!r} contains a NUL byte, which no path can hold; "
-                       "remove it")
+            out.append(f"{key}: {ref!r} contains a NUL byte, which no path can hold; remove it")
     if out:
         return out
     for key in ("base_model", "tokenizer_config"):
         ref = raw.get(key)
         if isinstance(ref, str) and is_local_ref(ref) and not Path(ref).expanduser().exists():
-            hint = (f"; for the bundled demo run `toolkit tiny-model {ref}` (or `make train`)"
-                    if "tiny" in ref else
-                    "; give an existing model folder or a hub id like Qwen/Qwen3-8B")
-            out.append(f"{key}: {ref!r} does not exist (looked in "
-                       f"{Path(ref).expanduser().resolve()}){hint}")
+            hint = (
+                f"; for the bundled demo run `toolkit tiny-model {ref}` (or `make train`)"
+                if "tiny" in ref
+                else "; give an existing model folder or a hub id like Qwen/Qwen3-8B"
+            )
+            out.append(
+                f"{key}: {ref!r} does not exist (looked in "
+                f"{Path(ref).expanduser().resolve()}){hint}"
+            )
         elif isinstance(ref, str) and is_local_ref(ref):
             out += _model_folder_problems(key, ref)
     datasets = raw.get("datasets")
@@ -184,19 +239,28 @@ def path_problems(raw: dict) -> list[str]:
             continue
         where = Path(ref).expanduser()
         if not where.exists():
-            out.append(f"datasets[{i}].path: {ref!r} does not exist (looked in "
-                       f"{where.resolve()}); fix the path (relative paths start at the "
-                       "directory you run toolkit from)")
+            out.append(
+                f"datasets[{i}].path: {ref!r} does not exist (looked in "
+                f"{where.resolve()}); fix the path (relative paths start at the "
+                "directory you run toolkit from)"
+            )
         elif where.is_file() and ds.get("ds_type") is None and where.suffix not in DATA_SUFFIXES:
-            out.append(f"datasets[{i}].path: cannot tell the format of {ref!r}; "
-                       f"set ds_type to one of {sorted(set(DATA_SUFFIXES.values()))}")
+            out.append(
+                f"datasets[{i}].path: cannot tell the format of {ref!r}; "
+                f"set ds_type to one of {sorted(set(DATA_SUFFIXES.values()))}"
+            )
         elif where.is_file():
             out += _data_file_problems(f"datasets[{i}].path", ref, where)
     ds_file = raw.get("deepspeed")
-    if isinstance(ds_file, str) and ds_file not in DEEPSPEED_BUNDLED and not Path(
-            ds_file).expanduser().is_file():
-        out.append(f"deepspeed: {ds_file!r} is not a file; give a DeepSpeed JSON config or "
-                   f"one of toolkit's: {', '.join(DEEPSPEED_BUNDLED)}")
+    if (
+        isinstance(ds_file, str)
+        and ds_file not in DEEPSPEED_BUNDLED
+        and not Path(ds_file).expanduser().is_file()
+    ):
+        out.append(
+            f"deepspeed: {ds_file!r} is not a file; give a DeepSpeed JSON config or "
+            f"one of toolkit's: {', '.join(DEEPSPEED_BUNDLED)}"
+        )
     out_dir = raw.get("output_dir")
     if isinstance(out_dir, str) and Path(out_dir).expanduser().is_file():
         out.append(f"output_dir: {out_dir!r} is a file; choose a directory path")
@@ -211,36 +275,51 @@ def local_inputs(raw: dict) -> list[tuple[str, Path]]:
     """(key, absolute path) of every local file or folder a config reads."""
     refs = [(k, raw.get(k)) for k in ("base_model", "tokenizer_config")]
     datasets = raw.get("datasets")
-    refs += [(f"datasets[{i}].path", d.get("path")) for i, d in enumerate(
-        datasets if isinstance(datasets, list) else []) if isinstance(d, dict)]
+    refs += [
+        (f"datasets[{i}].path", d.get("path"))
+        for i, d in enumerate(datasets if isinstance(datasets, list) else [])
+        if isinstance(d, dict)
+    ]
     if raw.get("deepspeed") not in DEEPSPEED_BUNDLED:
         refs.append(("deepspeed", raw.get("deepspeed")))
-    return [(key, Path(os.path.abspath(Path(ref).expanduser()))) for key, ref in refs
-            if isinstance(ref, str) and ref and is_local_ref(ref)]
+    return [
+        (key, Path(os.path.abspath(Path(ref).expanduser())))
+        for key, ref in refs
+        if isinstance(ref, str) and ref and is_local_ref(ref)
+    ]
 
 
 def _model_folder_problems(key: str, ref: str) -> list[str]:
     """A local model folder must hold a model: config.json (an adapter folder is not one)."""
     where = Path(ref).expanduser()
     if not where.is_dir():
-        return [f"{key}: {ref!r} is a file; give the folder that holds the model "
-                "(config.json, the weights, the tokenizer)"]
+        return [
+            f"{key}: {ref!r} is a file; give the folder that holds the model "
+            "(config.json, the weights, the tokenizer)"
+        ]
     adapter = where / "adapter_config.json"
     if adapter.is_file() and not (where / "config.json").is_file():
         try:
             base = json.loads(adapter.read_text()).get("base_model_name_or_path")
         except (OSError, ValueError):
             base = None
-        return [f"{key}: {ref!r} is a LoRA adapter, not a model; set {key} to the model it "
-                f"was trained on ({base!r} says its adapter_config.json) and merge the "
-                "adapter first (`toolkit merge-lora`) if you want to train on top of it"]
+        return [
+            f"{key}: {ref!r} is a LoRA adapter, not a model; set {key} to the model it "
+            f"was trained on ({base!r} says its adapter_config.json) and merge the "
+            "adapter first (`toolkit merge-lora`) if you want to train on top of it"
+        ]
     if key == "base_model" and not (where / "config.json").is_file():
-        return [f"{key}: {ref!r} holds no model (no config.json); give the folder a model was "
-                "saved to (save_pretrained) or a hub id like Qwen/Qwen3-8B"]
+        return [
+            f"{key}: {ref!r} holds no model (no config.json); give the folder a model was "
+            "saved to (save_pretrained) or a hub id like Qwen/Qwen3-8B"
+        ]
     if key == "tokenizer_config" and not any(
-            (where / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
-        return [f"{key}: {ref!r} holds no tokenizer (no tokenizer.json or "
-                "tokenizer_config.json); give the folder a tokenizer was saved to"]
+        (where / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")
+    ):
+        return [
+            f"{key}: {ref!r} holds no tokenizer (no tokenizer.json or "
+            "tokenizer_config.json); give the folder a tokenizer was saved to"
+        ]
     return []
 
 
@@ -253,11 +332,17 @@ def _data_file_problems(key: str, ref: str, where: Path) -> list[str]:
         return [f"{key}: {ref!r} cannot be read ({exc.strerror}); check its permissions"]
     if not head:
         return [f"{key}: {ref!r} is empty (0 bytes); point it at the file with your rows"]
-    compressed = {b"\x1f\x8b": ("gzip", "gunzip -c"), b"PK\x03\x04": ("zip", "unzip -p"),
-                  b"\x28\xb5\x2f\xfd": ("zstd", "zstd -dc"), b"BZh": ("bzip2", "bunzip2 -c")}
+    compressed = {
+        b"\x1f\x8b": ("gzip", "gunzip -c"),
+        b"PK\x03\x04": ("zip", "unzip -p"),
+        b"\x28\xb5\x2f\xfd": ("zstd", "zstd -dc"),
+        b"BZh": ("bzip2", "bunzip2 -c"),
+    }
     for magic, (kind, tool) in compressed.items():
         if head.startswith(magic) and where.suffix != ".parquet":
-            return [f"{key}: {ref!r} is {kind}-compressed but named {where.suffix}; "
-                    f"decompress it first (`{tool} {where.name} > rows{where.suffix}`) and "
-                    "point the path at that file"]
+            return [
+                f"{key}: {ref!r} is {kind}-compressed but named {where.suffix}; "
+                f"decompress it first (`{tool} {where.name} > rows{where.suffix}`) and "
+                "point the path at that file"
+            ]
     return []

@@ -54,8 +54,13 @@ DEEPSPEED_BUNDLED = ("zero1", "zero2", "zero3")
 # Here those keys work without the plugin; listing it is accepted and checked.
 PLUGINS = {
     "axolotl.integrations.liger.LigerPlugin": (
-        "liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm",
-        "liger_fused_linear_cross_entropy", "liger_cross_entropy"),
+        "liger_rope",
+        "liger_rms_norm",
+        "liger_glu_activation",
+        "liger_layer_norm",
+        "liger_fused_linear_cross_entropy",
+        "liger_cross_entropy",
+    ),
     "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin": ("cut_cross_entropy",),
 }
 
@@ -79,8 +84,9 @@ class FSDPConfig(_Strict):
     offload_params: bool = False
     cpu_ram_efficient_loading: bool = False
     activation_checkpointing: bool = False
-    auto_wrap_policy: Literal["TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP",
-                              "NO_WRAP"] = "TRANSFORMER_BASED_WRAP"
+    auto_wrap_policy: Literal["TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP", "NO_WRAP"] = (
+        "TRANSFORMER_BASED_WRAP"
+    )
     transformer_layer_cls_to_wrap: str | list[str] | None = None
     min_num_params: NonNegInt = 0
     state_dict_type: Literal["FULL_STATE_DICT", "SHARDED_STATE_DICT"] = "FULL_STATE_DICT"
@@ -88,8 +94,12 @@ class FSDPConfig(_Strict):
 
 # Dataset types by the recipe that reads them (axolotl's names where axolotl has one).
 SFT_TYPES = ("chat_template", "alpaca")
-PAIR_TYPES = ("chat_template.default", "chat_template.argilla_chat", "chat_template.argilla",
-              "preference")
+PAIR_TYPES = (
+    "chat_template.default",
+    "chat_template.argilla_chat",
+    "chat_template.argilla",
+    "preference",
+)
 KTO_TYPES = ("kto",)
 RM_TYPES = ("bradley_terry.chat_template", *PAIR_TYPES)
 PRM_TYPES = ("stepwise_supervised",)
@@ -241,8 +251,9 @@ class Config(_Strict):
     # auto: on where a GPU is present.
     torch_compile: bool | Literal["auto"] = False
     torch_compile_backend: str | None = None
-    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune",
-                                "max-autotune-no-cudagraphs"] | None = None
+    torch_compile_mode: (
+        Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None
+    ) = None
     # Triton kernels from liger-kernel for Qwen3 and Qwen3-MoE (GPU only).
     plugins: list[Literal[tuple(PLUGINS)]] | None = None  # type: ignore[valid-type]
     liger_rope: bool = False
@@ -260,8 +271,9 @@ class Config(_Strict):
     # Stop when the eval loss has not improved for this many evaluations.
     early_stopping_patience: PositiveInt | None = None
     # Tokens the tokenizer must use for these roles; each must already be in its vocabulary.
-    special_tokens: dict[Literal["pad_token", "eos_token", "bos_token", "unk_token"],
-                         str] | None = None
+    special_tokens: (
+        dict[Literal["pad_token", "eos_token", "bos_token", "unk_token"], str] | None
+    ) = None
 
     logging_steps: PositiveInt = 1
     # Evaluation on the held-out rows (val_set_size): every eval_steps, or so many times an
@@ -301,9 +313,20 @@ class Config(_Strict):
         """A hash of what decides the weights up to any step: a checkpoint written under
         another one is not resumed automatically. Lengths, saving, logging and
         evaluation cadence may change between a run and its resumption."""
-        free = {"max_steps", "num_epochs", "logging_steps", "save_steps", "saves_per_epoch",
-                "save_total_limit", "eval_steps", "evals_per_epoch", "resume_from_checkpoint",
-                "output_dir", "dataset_prepared_path", "dataset_processes"}
+        free = {
+            "max_steps",
+            "num_epochs",
+            "logging_steps",
+            "save_steps",
+            "saves_per_epoch",
+            "save_total_limit",
+            "eval_steps",
+            "evals_per_epoch",
+            "resume_from_checkpoint",
+            "output_dir",
+            "dataset_prepared_path",
+            "dataset_processes",
+        }
         data = {k: v for k, v in self.model_dump(mode="json").items() if k not in free}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

@@ -36,8 +36,28 @@ from toolkit.images.registry import push_image, pushed_file, pushed_image
 from toolkit.images.render import render_dockerfile
 from toolkit.images.verify import verify_image
 
-__all__ = ["CACHE_DIR", "CHECKOUT", "DEFAULT_VARIANT", "IMAGES_DIR", "REPO_ROOT", "BuildOptions",
-           "Variant", "build_image", "ensure_image", "fill_wheelhouse", "get_variant",
-           "list_rows", "load_matrix", "lock_variant", "push_image", "pushed_file",
-           "pushed_image", "render_dockerfile", "resolve_base", "say", "source_sha256",
-           "verify_image", "wheelhouse_dir"]
+__all__ = [
+    "CACHE_DIR",
+    "CHECKOUT",
+    "DEFAULT_VARIANT",
+    "IMAGES_DIR",
+    "REPO_ROOT",
+    "BuildOptions",
+    "Variant",
+    "build_image",
+    "ensure_image",
+    "fill_wheelhouse",
+    "get_variant",
+    "list_rows",
+    "load_matrix",
+    "lock_variant",
+    "push_image",
+    "pushed_file",
+    "pushed_image",
+    "render_dockerfile",
+    "resolve_base",
+    "say",
+    "source_sha256",
+    "verify_image",
+    "wheelhouse_dir",
+]

@@ -27,13 +27,13 @@ from toolkit.runtime import Docker, Runtime
 
 @dataclass(frozen=True)
 class BuildOptions:
-    base: str | None = None          # an explicit base image
-    local_base: bool = False         # build the base from Debian's archive
-    wheelhouse: Path | None = None   # wheels to install from, offline
-    online: bool = False             # let pip reach the index inside the build
-    ca_bundle: Path | None = None    # CA bundle for pip inside the build (TLS proxies)
-    no_cache: bool = False           # rebuild every layer (e.g. to check a build repeats)
-    tag: str | None = None           # tag the result so, not with the variant's tag
+    base: str | None = None  # an explicit base image
+    local_base: bool = False  # build the base from Debian's archive
+    wheelhouse: Path | None = None  # wheels to install from, offline
+    online: bool = False  # let pip reach the index inside the build
+    ca_bundle: Path | None = None  # CA bundle for pip inside the build (TLS proxies)
+    no_cache: bool = False  # rebuild every layer (e.g. to check a build repeats)
+    tag: str | None = None  # tag the result so, not with the variant's tag
 
 
 def ensure_image(variant: Variant, runtime: Runtime) -> str:
@@ -43,8 +43,10 @@ def ensure_image(variant: Variant, runtime: Runtime) -> str:
     if info is not None:
         if info.labels.get("io.toolkit.source-sha256") == source_sha256():
             return variant.tag
-        say(f"image {variant.tag} was built from other toolkit source; rebuilding "
-            "(only the source layer changes)")
+        say(
+            f"image {variant.tag} was built from other toolkit source; rebuilding "
+            "(only the source layer changes)"
+        )
     else:
         say(f"image {variant.tag} not found; building it (toolkit images build {variant.name})")
     return build_image(variant, runtime, BuildOptions())
@@ -76,21 +78,25 @@ def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
         say(f"building {tag} from {base}")
         res = docker.build(str(context), tag, args, env, no_cache=opts.no_cache)
     if not res.ok:
-        raise RuntimeFailure(f"building {tag} failed (exit {res.returncode}); the "
-                             "build log above shows the failing step")
+        raise RuntimeFailure(
+            f"building {tag} failed (exit {res.returncode}); the "
+            "build log above shows the failing step"
+        )
     say(f"built {tag} in {time.monotonic() - started:.0f} s")
     return tag
 
 
-def _stage_context(variant: Variant, context: Path, opts: BuildOptions,
-                   runtime: Runtime) -> str:
+def _stage_context(variant: Variant, context: Path, opts: BuildOptions, runtime: Runtime) -> str:
     """Lay out the build context; return pip's source options for the Dockerfile."""
     (context / "Dockerfile").write_text(render_dockerfile(variant))
     shutil.copy(variant.lock, context / "lock.txt")
     (context / "ca-bundle.crt").write_bytes(opts.ca_bundle.read_bytes() if opts.ca_bundle else b"")
     src = context / "src"
-    shutil.copytree(REPO_ROOT / "toolkit", src / "toolkit",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        REPO_ROOT / "toolkit",
+        src / "toolkit",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
     if (REPO_ROOT / "pyproject.toml").is_file():
         shutil.copy(REPO_ROOT / "pyproject.toml", src / "pyproject.toml")
     wheels = context / "wheels"
@@ -115,8 +121,10 @@ def resolve_base(variant: Variant, docker: Docker, opts: BuildOptions) -> str:
     """The base image to build on: explicit, local, present, pulled — or, out loud, local."""
     if opts.base:
         if docker.inspect_image(opts.base) is None and not docker.pull(opts.base).ok:
-            raise RuntimeFailure(f"--base {opts.base}: not present and cannot be pulled; "
-                                 "`docker images` lists what you have")
+            raise RuntimeFailure(
+                f"--base {opts.base}: not present and cannot be pulled; "
+                "`docker images` lists what you have"
+            )
         return opts.base
     if opts.local_base:
         return make_local_base(variant, docker)
@@ -126,12 +134,16 @@ def resolve_base(variant: Variant, docker: Docker, opts: BuildOptions) -> str:
     if pulled.ok:
         return variant.base_ref
     if docker.inspect_image(variant.local_base_tag) is not None:
-        say(f"could not pull {variant.base_ref}; using the local base "
-            f"{variant.local_base_tag} built earlier from Debian's archive")
+        say(
+            f"could not pull {variant.base_ref}; using the local base "
+            f"{variant.local_base_tag} built earlier from Debian's archive"
+        )
         return variant.local_base_tag
     reason = (pulled.stderr.strip().splitlines() or ["no answer"])[-1]
-    say(f"could not pull {variant.base_ref} ({reason}); falling back to a base built from "
-        f"Debian's archive ({variant.local_base_tag}). Pass --base IMAGE to use another.")
+    say(
+        f"could not pull {variant.base_ref} ({reason}); falling back to a base built from "
+        f"Debian's archive ({variant.local_base_tag}). Pass --base IMAGE to use another."
+    )
     return make_local_base(variant, docker)
 
 
@@ -142,36 +154,55 @@ def make_local_base(variant: Variant, docker: Docker) -> str:
         return tag
     runtime = docker.runtime
     if runtime.which("debootstrap") is None:
-        raise RuntimeFailure("building a local base needs debootstrap; install it "
-                             "(`sudo apt-get install debootstrap`) or pass --base IMAGE")
+        raise RuntimeFailure(
+            "building a local base needs debootstrap; install it "
+            "(`sudo apt-get install debootstrap`) or pass --base IMAGE"
+        )
     if os.geteuid() != 0:
-        raise RuntimeFailure("debootstrap must run as root; run `sudo toolkit images build "
-                             f"{variant.name} --local-base` once, or pass --base IMAGE")
+        raise RuntimeFailure(
+            "debootstrap must run as root; run `sudo toolkit images build "
+            f"{variant.name} --local-base` once, or pass --base IMAGE"
+        )
     mirror = os.environ.get("TOOLKIT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
     say(f"building {tag} with debootstrap from {mirror} (about a minute)")
     with tempfile.TemporaryDirectory(prefix="toolkit-rootfs-") as tmp:
         root = Path(tmp) / "root"
-        res = runtime.run(["debootstrap", "--variant=minbase",
-                           "--include=" + ",".join(variant.local_base_packages),
-                           variant.local_base_suite, str(root), mirror], timeout=1800)
+        res = runtime.run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--include=" + ",".join(variant.local_base_packages),
+                variant.local_base_suite,
+                str(root),
+                mirror,
+            ],
+            timeout=1800,
+        )
         if not res.ok:
-            raise RuntimeFailure(f"debootstrap failed: {res.stderr.strip()[-400:]}\n"
-                                 "Set TOOLKIT_DEBIAN_MIRROR to a reachable mirror, or pass "
-                                 "--base IMAGE")
+            raise RuntimeFailure(
+                f"debootstrap failed: {res.stderr.strip()[-400:]}\n"
+                "Set TOOLKIT_DEBIAN_MIRROR to a reachable mirror, or pass "
+                "--base IMAGE"
+            )
         for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for item in (root / cache).glob("*"):
                 if item.is_file():
                     item.unlink()
         tarball = Path(tmp) / "rootfs.tar"
-        tar = runtime.run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(tarball), "."],
-                          timeout=600)
+        tar = runtime.run(
+            ["tar", "--numeric-owner", "-C", str(root), "-cf", str(tarball), "."], timeout=600
+        )
         if not tar.ok:
             raise RuntimeFailure(f"packing the base failed: {tar.stderr.strip()[-400:]}")
-        imported = docker.import_rootfs(str(tarball), tag, [
-            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "ENV LANG=C.UTF-8",
-            'CMD ["python3"]',
-        ])
+        imported = docker.import_rootfs(
+            str(tarball),
+            tag,
+            [
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "ENV LANG=C.UTF-8",
+                'CMD ["python3"]',
+            ],
+        )
         if not imported.ok:
             raise RuntimeFailure(f"docker import failed: {imported.stderr.strip()[-400:]}")
     return tag

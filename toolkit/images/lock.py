@@ -34,8 +34,17 @@ def fill_wheelhouse(variant: Variant, runtime: Runtime) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
     house.mkdir(parents=True, exist_ok=True)
     say(f"downloading the {variant.name} lock's wheels with this machine's pip into {house}")
-    argv = [sys.executable, "-m", "pip", "download", *_target_options(variant),
-            "--dest", str(house), "--requirement", str(variant.lock)]
+    argv = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        *_target_options(variant),
+        "--dest",
+        str(house),
+        "--requirement",
+        str(variant.lock),
+    ]
     if variant.lock_complete:
         argv.append("--no-deps")
     # First with the host's own pip configuration only: an index that is unreachable
@@ -46,9 +55,11 @@ def fill_wheelhouse(variant: Variant, runtime: Runtime) -> Path:
         res = runtime.run([*argv, "--extra-index-url", variant.torch_index], timeout=3600)
     if not res.ok:
         tail = "\n".join(res.stderr.strip().splitlines()[-3:])
-        raise RuntimeFailure(f"could not download the wheels for {variant.name}:\n{tail}\n"
-                             "Check that pip reaches your index (pip config list), pass "
-                             "--wheelhouse DIR with the lock's wheels, or --online.")
+        raise RuntimeFailure(
+            f"could not download the wheels for {variant.name}:\n{tail}\n"
+            "Check that pip reaches your index (pip config list), pass "
+            "--wheelhouse DIR with the lock's wheels, or --online."
+        )
     done.write_text(variant.lock_sha256 + "\n")
     return house
 
@@ -58,9 +69,19 @@ def _target_options(variant: Variant) -> list[str]:
     arch = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}[variant.platform]
     # Every manylinux tag a Debian 12 (glibc 2.36) base can run.
     tags = [f"manylinux_2_{minor}_{arch}" for minor in range(36, 16, -1)]
-    options = ["--only-binary=:all:", "--python-version", variant.python,
-               "--implementation", "cp", "--abi", "cp" + variant.python.replace(".", ""),
-               "--abi", "abi3", "--abi", "none"]
+    options = [
+        "--only-binary=:all:",
+        "--python-version",
+        variant.python,
+        "--implementation",
+        "cp",
+        "--abi",
+        "cp" + variant.python.replace(".", ""),
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+    ]
     for tag in [*tags, f"manylinux2014_{arch}", f"linux_{arch}"]:
         options += ["--platform", tag]
     return options
@@ -73,26 +94,49 @@ def lock_variant(variant: Variant, runtime: Runtime, find_links: Path | None = N
     leak into a GPU lock), against PyPI and the variant's torch index, plus
     `find_links` when given (a folder holding wheels those indexes serve).
     """
-    requirements = [f"torch=={variant.torch}",
-                    *(f"{k}=={v}" for k, v in variant.extensions.items()),
-                    *variant.requirements]
+    requirements = [
+        f"torch=={variant.torch}",
+        *(f"{k}=={v}" for k, v in variant.extensions.items()),
+        *variant.requirements,
+    ]
     with tempfile.TemporaryDirectory(prefix="toolkit-lock-") as tmp:
         report = Path(tmp) / "report.json"
-        argv = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet",
-                "--ignore-installed", "--report", str(report), "--target", str(Path(tmp) / "t"),
-                "--retries", "1", "--timeout", "30", *_target_options(variant),
-                "--extra-index-url", variant.torch_index, *requirements]
+        argv = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--quiet",
+            "--ignore-installed",
+            "--report",
+            str(report),
+            "--target",
+            str(Path(tmp) / "t"),
+            "--retries",
+            "1",
+            "--timeout",
+            "30",
+            *_target_options(variant),
+            "--extra-index-url",
+            variant.torch_index,
+            *requirements,
+        ]
         env = {"PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": str(find_links or "")}
         res = runtime.run(argv, env=env, timeout=1800)
         if not res.ok:
             tail = "\n".join(res.stderr.strip().splitlines()[-3:])
-            raise RuntimeFailure(f"could not resolve the {variant.name} lock:\n{tail}\n"
-                                 f"Its index ({variant.torch_index}) must be reachable, or "
-                                 "pass --find-links DIR with the wheels it would serve. "
-                                 f"{variant.lock} is unchanged.")
+            raise RuntimeFailure(
+                f"could not resolve the {variant.name} lock:\n{tail}\n"
+                f"Its index ({variant.torch_index}) must be reachable, or "
+                "pass --find-links DIR with the wheels it would serve. "
+                f"{variant.lock} is unchanged."
+            )
         installs = json.loads(report.read_text())["install"]
-    lines = [f"# Exact pins of the {variant.name} image, with hashes: written by",
-             f"# `toolkit images lock {variant.name}`. Same lock, same image tag."]
+    lines = [
+        f"# Exact pins of the {variant.name} image, with hashes: written by",
+        f"# `toolkit images lock {variant.name}`. Same lock, same image tag.",
+    ]
     for item in sorted(installs, key=lambda i: i["metadata"]["name"].lower()):
         meta, archive = item["metadata"], item["download_info"].get("archive_info", {})
         digest = archive.get("hashes", {}).get("sha256")

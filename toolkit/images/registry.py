@@ -30,8 +30,10 @@ def push_image(variant: Variant, runtime: Runtime, registry: str) -> dict:
     record its digest; return the record. Launches refer to the image by that digest."""
     registry = registry.rstrip("/")
     if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)*", registry):
-        raise UsageError(f"--registry {registry!r}: expected HOST[:PORT][/NAMESPACE], e.g. "
-                         "ghcr.io/acme or 127.0.0.1:5000")
+        raise UsageError(
+            f"--registry {registry!r}: expected HOST[:PORT][/NAMESPACE], e.g. "
+            "ghcr.io/acme or 127.0.0.1:5000"
+        )
     from toolkit import engine
 
     runtime.docker().require()
@@ -42,10 +44,16 @@ def push_image(variant: Variant, runtime: Runtime, registry: str) -> dict:
     digest = next((d for d in info.digests if d.startswith(repo + "@")), None)
     if digest is None:
         raise RuntimeFailure(f"pushed {remote}, but the engine reports no digest for it")
-    record = {"variant": variant.name, "registry": registry, "tag": remote, "image": digest,
-              "image_id": info.id, "lock_sha256": variant.lock_sha256,
-              "source_sha256": info.labels.get("io.toolkit.source-sha256"),
-              "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    record = {
+        "variant": variant.name,
+        "registry": registry,
+        "tag": remote,
+        "image": digest,
+        "image_id": info.id,
+        "lock_sha256": variant.lock_sha256,
+        "source_sha256": info.labels.get("io.toolkit.source-sha256"),
+        "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     path = pushed_file()
     records = json.loads(path.read_text()) if path.exists() else {}
     records[variant.name] = record
@@ -61,7 +69,9 @@ def pushed_image(variant_name: str) -> dict:
     path = pushed_file()
     records = json.loads(path.read_text()) if path.exists() else {}
     if variant_name not in records:
-        raise UsageError(f"no pushed image for {variant_name} in {path}; a VM pulls its image "
-                         f"from a registry: run `toolkit images push {variant_name} --registry "
-                         "HOST[/NAMESPACE]` first")
+        raise UsageError(
+            f"no pushed image for {variant_name} in {path}; a VM pulls its image "
+            f"from a registry: run `toolkit images push {variant_name} --registry "
+            "HOST[/NAMESPACE]` first"
+        )
     return records[variant_name]

@@ -33,8 +33,11 @@ def plain_renderer(template: str) -> Any:
 
     sandboxed = _compile_jinja_template(template).environment
     # Chat text, not HTML: escaping would change the tokens (the same as transformers').
-    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True,  # noqa: S701
-                             extensions=[jinja2.ext.loopcontrols])
+    env = jinja2.Environment(  # noqa: S701
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=[jinja2.ext.loopcontrols],
+    )
     env.filters.update(sandboxed.filters)
     env.globals.update(sandboxed.globals)
     return env.from_string(template).render

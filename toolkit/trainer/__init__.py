@@ -13,6 +13,7 @@ from pathlib import Path
 for _name in ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
+
 def quiet_libraries() -> None:
     """Keep our logs readable: no per-file progress bars, no deprecation chatter
     from inside the libraries (their real warnings still show)."""
@@ -50,8 +51,9 @@ def run(loaded) -> Path:
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     lock = outputs.ensure_held(cfg.output_dir, "train")
     try:
-        if outputs.check_previous(cfg.output_dir, cfg.model_dump(mode="json"),
-                                  cfg.training_digest()):
+        if outputs.check_previous(
+            cfg.output_dir, cfg.model_dump(mode="json"), cfg.training_digest()
+        ):
             return Path(cfg.output_dir)
         out = import_module(f"toolkit.trainer.{RECIPES[cfg.recipe]}").train(loaded)
         _close_process_group()

@@ -12,29 +12,36 @@ from toolkit.trainer.optimize import compile_args, deepspeed_args, fsdp_args
 
 def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) -> dict:
     """TrainingArguments keywords every recipe shares (TRL's configs extend them)."""
-    steps_per_epoch = max(1, math.ceil(n_rows / cfg.micro_batch_size
-                                       / cfg.accumulation_steps))
+    steps_per_epoch = max(1, math.ceil(n_rows / cfg.micro_batch_size / cfg.accumulation_steps))
     save: dict[str, Any]
     evaluation: dict[str, Any]
     if cfg.save_steps:
         save = {"save_strategy": "steps", "save_steps": cfg.save_steps}
     elif cfg.saves_per_epoch:
-        save = {"save_strategy": "steps",
-                "save_steps": max(1, steps_per_epoch // cfg.saves_per_epoch)}
+        save = {
+            "save_strategy": "steps",
+            "save_steps": max(1, steps_per_epoch // cfg.saves_per_epoch),
+        }
     else:
         save = {"save_strategy": "epoch"}
     if not has_eval:
         evaluation = {"eval_strategy": "no"}
     elif cfg.eval_steps or cfg.evals_per_epoch:
-        evaluation = {"eval_strategy": "steps", "eval_steps": cfg.eval_steps or max(
-            1, steps_per_epoch // (cfg.evals_per_epoch or 1))}
+        evaluation = {
+            "eval_strategy": "steps",
+            "eval_steps": cfg.eval_steps or max(1, steps_per_epoch // (cfg.evals_per_epoch or 1)),
+        }
     else:
         evaluation = {"eval_strategy": "epoch"}
     if cfg.early_stopping_patience and has_eval:
         # transformers' early stopping keeps the best checkpoint, so saving follows evaluation.
-        save = {"save_strategy": evaluation["eval_strategy"],
-                "save_steps": evaluation.get("eval_steps"), "load_best_model_at_end": True,
-                "metric_for_best_model": "eval_loss", "greater_is_better": False}
+        save = {
+            "save_strategy": evaluation["eval_strategy"],
+            "save_steps": evaluation.get("eval_steps"),
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "eval_loss",
+            "greater_is_better": False,
+        }
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else (cfg.warmup_ratio or 0)
     return dict(
         output_dir=cfg.output_dir,

@@ -45,9 +45,11 @@ def resolve_template(cfg: Config, tokenizer) -> str:
         path = Path(text)
         return path.read_text() if "\n" not in text and path.is_file() else text
     if not getattr(tokenizer, "chat_template", None):
-        raise DataError(f"chat_template: 'tokenizer_default' but the tokenizer of "
-                        f"{cfg.tokenizer_config or cfg.base_model} has no chat template; set "
-                        "chat_template: qwen3 (or chatml, or jinja with chat_template_jinja)")
+        raise DataError(
+            f"chat_template: 'tokenizer_default' but the tokenizer of "
+            f"{cfg.tokenizer_config or cfg.base_model} has no chat template; set "
+            "chat_template: qwen3 (or chatml, or jinja with chat_template_jinja)"
+        )
     return tokenizer.chat_template
 
 
@@ -79,45 +81,55 @@ def normalize_messages(row: dict, ds: DatasetConfig) -> list[dict]:
     """Map a dataset row to [{'role', 'content', ...}] with canonical roles, or raise RowError."""
     field = ds.field_messages
     if field not in row:
-        raise RowError(f"has no {field!r} field (field_messages); its fields are "
-                       f"{sorted(row)[:8]}")
+        raise RowError(f"has no {field!r} field (field_messages); its fields are {sorted(row)[:8]}")
     return normalize_turns(row[field], ds, field)
 
 
 def normalize_turns(turns, ds: DatasetConfig, field: str) -> list[dict]:
     """A list of messages, mapped through message_property_mappings and roles."""
     if not isinstance(turns, list) or not turns:
-        raise RowError(f"{field} is {'empty' if turns == [] else type(turns).__name__}; "
-                       "expected a non-empty list of messages")
+        raise RowError(
+            f"{field} is {'empty' if turns == [] else type(turns).__name__}; "
+            "expected a non-empty list of messages"
+        )
     role_key = ds.message_property_mappings.role
     content_key = ds.message_property_mappings.content
-    aliases = ({alias: role for role, names in ds.roles.items() for alias in names}
-               if ds.roles is not None else DEFAULT_ROLE_ALIASES)
+    aliases = (
+        {alias: role for role, names in ds.roles.items() for alias in names}
+        if ds.roles is not None
+        else DEFAULT_ROLE_ALIASES
+    )
     out = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
             raise RowError(f"{field}[{i}] is {type(turn).__name__}; expected a mapping")
         if role_key not in turn or content_key not in turn:
             missing = role_key if role_key not in turn else content_key
-            raise RowError(f"{field}[{i}] has no {missing!r} (message_property_mappings); "
-                           f"it has {sorted(turn)}")
+            raise RowError(
+                f"{field}[{i}] has no {missing!r} (message_property_mappings); "
+                f"it has {sorted(turn)}"
+            )
         role = turn[role_key]
         role = aliases.get(role, role) if isinstance(role, str) else role
         if role not in ("system", "user", "assistant", "tool"):
-            raise RowError(f"{field}[{i}].{role_key} is {turn[role_key]!r}; accepted: system, "
-                           "user, assistant, tool; map other names with the dataset's `roles:` "
-                           "(e.g. roles: {assistant: [gpt]})")
+            raise RowError(
+                f"{field}[{i}].{role_key} is {turn[role_key]!r}; accepted: system, "
+                "user, assistant, tool; map other names with the dataset's `roles:` "
+                "(e.g. roles: {assistant: [gpt]})"
+            )
         content = turn[content_key]
         if not isinstance(content, str):
-            raise RowError(f"{field}[{i}].{content_key} is {type(content).__name__}; "
-                           "expected text")
+            raise RowError(f"{field}[{i}].{content_key} is {type(content).__name__}; expected text")
         message = {"role": role, "content": content}
         if isinstance(turn.get("reasoning_content"), str):
             message["reasoning_content"] = turn["reasoning_content"]
         elif ds.split_thinking and role == "assistant" and "</think>" in content:
             thought, _, answer = content.partition("</think>")
-            message = {"role": role, "content": answer.lstrip("\n"),
-                       "reasoning_content": thought.replace("<think>", "", 1).strip("\n")}
+            message = {
+                "role": role,
+                "content": answer.lstrip("\n"),
+                "reasoning_content": thought.replace("<think>", "", 1).strip("\n"),
+            }
         out.append(message)
     return out
 
@@ -125,8 +137,9 @@ def normalize_turns(turns, ds: DatasetConfig, field: str) -> list[dict]:
 class ChatEncoder:
     """Renders conversations with one template and labels the trained spans."""
 
-    def __init__(self, tokenizer, template: str, eot_tokens: list[str],
-                 template_kwargs: dict | None = None) -> None:
+    def __init__(
+        self, tokenizer, template: str, eot_tokens: list[str], template_kwargs: dict | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.template = template
         self.eot_tokens = eot_tokens
@@ -138,24 +151,31 @@ class ChatEncoder:
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         if self._plain is not None:
-            return self._plain(messages=messages, add_generation_prompt=add_generation_prompt,
-                               **self._variables)
+            return self._plain(
+                messages=messages, add_generation_prompt=add_generation_prompt, **self._variables
+            )
         return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.template, tokenize=False,
-            add_generation_prompt=add_generation_prompt, **self.template_kwargs)
+            messages,
+            chat_template=self.template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **self.template_kwargs,
+        )
 
     def encode(self, messages: list[dict], rule: TurnRule) -> tuple[list[int], list[int]]:
         """Token ids and labels (IGNORE_INDEX where no loss) for one conversation."""
         [(ids, labels)] = self.encode_many([messages], rule)
         return ids, labels
 
-    def encode_many(self, conversations: list[list[dict]], rule: TurnRule
-                    ) -> list[tuple[list[int], list[int]]]:
+    def encode_many(
+        self, conversations: list[list[dict]], rule: TurnRule
+    ) -> list[tuple[list[int], list[int]]]:
         """`encode` for many conversations: their texts are tokenized in one batch."""
         texts = [self.render(messages) for messages in conversations]
         out = []
-        for messages, text, (ids, first_at) in zip(conversations, texts, self._tokenize(texts),
-                                                   strict=True):
+        for messages, text, (ids, first_at) in zip(
+            conversations, texts, self._tokenize(texts), strict=True
+        ):
             if rule.train_on_inputs:
                 out.append((ids, list(ids)))
                 continue
@@ -180,12 +200,16 @@ class ChatEncoder:
                 starts = [a for a, _ in enc["offset_mapping"]]
                 out.append((list(enc["input_ids"]), partial(bisect.bisect_left, starts)))
             return out
-        return [(enc.ids, partial(_first_token_at, enc, len(text)))
-                for enc, text in zip(backend.encode_batch(texts, add_special_tokens=False),
-                                     texts, strict=True)]
+        return [
+            (enc.ids, partial(_first_token_at, enc, len(text)))
+            for enc, text in zip(
+                backend.encode_batch(texts, add_special_tokens=False), texts, strict=True
+            )
+        ]
 
-    def _trained_spans(self, messages: list[dict], text: str, rule: TurnRule
-                       ) -> list[tuple[int, int]]:
+    def _trained_spans(
+        self, messages: list[dict], text: str, rule: TurnRule
+    ) -> list[tuple[int, int]]:
         spans: list[tuple[int, int]] = []
         eot_spans: list[tuple[int, int, bool]] = []  # (start, end, belongs to a trained turn)
         cursor = 0
@@ -195,9 +219,11 @@ class ChatEncoder:
             body = _visible_content(msg)
             found = text.find(body, start) if body else start
             if found < 0:
-                raise RowError(f"messages[{i}]: the chat template does not render this turn's "
-                               "text verbatim, so its tokens cannot be found; use chat_template: "
-                               "chatml or qwen3, or a template that keeps message text")
+                raise RowError(
+                    f"messages[{i}]: the chat template does not render this turn's "
+                    "text verbatim, so its tokens cannot be found; use chat_template: "
+                    "chatml or qwen3, or a template that keeps message text"
+                )
             eot_at, eot = self._next_eot(text, found + len(body))
             end = eot_at if eot_at >= 0 else len(text)
             if trained:
@@ -240,28 +266,36 @@ class ChatEncoder:
 
 
 # The Alpaca prompt, as axolotl's `type: alpaca` writes it.
-ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that "
-                     "provides further context. Write a response that appropriately completes "
-                     "the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}"
-                     "\n\n### Response:\n")
-ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately "
-          "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that "
+    "provides further context. Write a response that appropriately completes "
+    "the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}"
+    "\n\n### Response:\n"
+)
+ALPACA = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
 
 
 def encode_alpaca(tokenizer, row: dict, train_on_inputs: bool) -> tuple[list[int], list[int]]:
     """Ids and labels of an Alpaca row: the prompt, then the output and EOS (trained)."""
     for key in ("instruction", "output"):
         if not isinstance(row.get(key), str):
-            raise RowError(f"{key} is {'missing' if key not in row else type(row[key]).__name__}"
-                           "; alpaca rows need instruction and output text (input optional)")
+            raise RowError(
+                f"{key} is {'missing' if key not in row else type(row[key]).__name__}"
+                "; alpaca rows need instruction and output text (input optional)"
+            )
     extra = row.get("input") or ""
     if not isinstance(extra, str):
         raise RowError(f"input is {type(extra).__name__}; expected text")
-    prompt = (ALPACA_WITH_INPUT if extra else ALPACA).format(instruction=row["instruction"],
-                                                            input=extra)
+    prompt = (ALPACA_WITH_INPUT if extra else ALPACA).format(
+        instruction=row["instruction"], input=extra
+    )
     head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     tail = tokenizer(row["output"], add_special_tokens=False)["input_ids"] + [
-        tokenizer.eos_token_id]
+        tokenizer.eos_token_id
+    ]
     labels = (list(head) if train_on_inputs else [IGNORE_INDEX] * len(head)) + tail
     return head + tail, labels
 
@@ -292,6 +326,7 @@ def build_encoder(cfg: Config) -> tuple[Any, ChatEncoder]:
     tokenizer = load_tokenizer(cfg)
     template = resolve_template(cfg, tokenizer)
     tokenizer.chat_template = template
-    encoder = ChatEncoder(tokenizer, template, resolve_eot_tokens(cfg, tokenizer),
-                          cfg.chat_template_kwargs)
+    encoder = ChatEncoder(
+        tokenizer, template, resolve_eot_tokens(cfg, tokenizer), cfg.chat_template_kwargs
+    )
     return tokenizer, encoder

@@ -37,11 +37,19 @@ class CheckpointMarker(TrainerCallback):
     def on_save(self, args, state, control, **kwargs) -> None:
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir() and state.is_world_process_zero:
-            files = {str(p.relative_to(folder)): p.stat().st_size
-                     for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER}
-            write_json_atomic(folder / MARKER, {"step": state.global_step,
-                                                "training_digest": self.training_digest,
-                                                "files": files})
+            files = {
+                str(p.relative_to(folder)): p.stat().st_size
+                for p in sorted(folder.rglob("*"))
+                if p.is_file() and p.name != MARKER
+            }
+            write_json_atomic(
+                folder / MARKER,
+                {
+                    "step": state.global_step,
+                    "training_digest": self.training_digest,
+                    "files": files,
+                },
+            )
 
 
 def incomplete(folder: Path) -> str | None:
@@ -99,33 +107,41 @@ def find_resume(cfg: Config, log) -> str | None:
     if setting is False:
         found = sorted(p.name for p in Path(cfg.output_dir).glob("checkpoint-*"))
         if found:
-            log(f"resume: off (resume_from_checkpoint: false); starting at step 0 beside "
-                f"{', '.join(found)}")
+            log(
+                f"resume: off (resume_from_checkpoint: false); starting at step 0 beside "
+                f"{', '.join(found)}"
+            )
         return None
     if isinstance(setting, str) and setting != "auto":
         folder = Path(setting).expanduser()
         if not (folder / "trainer_state.json").exists():
-            raise UsageError(f"resume_from_checkpoint: {setting!r} is not a complete checkpoint "
-                             "(no trainer_state.json); point it at a checkpoint-N folder or use "
-                             "auto")
+            raise UsageError(
+                f"resume_from_checkpoint: {setting!r} is not a complete checkpoint "
+                "(no trainer_state.json); point it at a checkpoint-N folder or use "
+                "auto"
+            )
         log(f"resume: from {folder} (resume_from_checkpoint)")
         return str(folder)
     if setting is True:
         setting = "auto"
     out = Path(cfg.output_dir)
-    folders = sorted((p for p in out.glob("checkpoint-*") if _step(p) >= 0), key=_step,
-                     reverse=True)
+    folders = sorted(
+        (p for p in out.glob("checkpoint-*") if _step(p) >= 0), key=_step, reverse=True
+    )
     for folder in folders:
         why = incomplete(folder)
         if why:
             log(f"resume: skipping {folder.name}: {why}")
             continue
-        if json.loads((folder / MARKER).read_text()).get(
-                "training_digest") != cfg.training_digest():
+        if (
+            json.loads((folder / MARKER).read_text()).get("training_digest")
+            != cfg.training_digest()
+        ):
             raise UsageError(
                 f"output_dir {out} holds {folder.name}, written by another training setup; "
                 "choose a new output_dir, move the old checkpoints away, or set "
-                f"resume_from_checkpoint: {folder} to continue from it anyway")
+                f"resume_from_checkpoint: {folder} to continue from it anyway"
+            )
         log(f"resume: continuing from {folder.name} (step {_step(folder)})")
         return str(folder)
     return None

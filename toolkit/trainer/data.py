@@ -42,8 +42,8 @@ class DataReport:
     rows: int = 0
     kept: int = 0
     truncated: int = 0
-    split: int = 0                  # rows cut into pieces (excess_length_strategy: split)
-    pieces: int = 0                 # the pieces those rows became
+    split: int = 0  # rows cut into pieces (excess_length_strategy: split)
+    pieces: int = 0  # the pieces those rows became
     dropped_too_long: int = 0
     dropped_no_trained_tokens: int = 0
     tokens: int = 0
@@ -51,23 +51,33 @@ class DataReport:
     per_dataset: list[dict] = field(default_factory=list)
 
     def lines(self, cfg: Config) -> list[str]:
-        out = [f"data: {self.rows} rows read, {self.kept} kept, "
-               f"{self.tokens} tokens ({self.trained_tokens} with loss)"]
+        out = [
+            f"data: {self.rows} rows read, {self.kept} kept, "
+            f"{self.tokens} tokens ({self.trained_tokens} with loss)"
+        ]
         if self.dropped_too_long:
-            out.append(f"data: dropped {self.dropped_too_long} rows longer than sequence_len="
-                       f"{cfg.sequence_len} ({100 * self.dropped_too_long / self.rows:.1f}%; "
-                       "excess_length_strategy: drop). Set excess_length_strategy: truncate "
-                       "or split, or raise sequence_len, to keep them.")
+            out.append(
+                f"data: dropped {self.dropped_too_long} rows longer than sequence_len="
+                f"{cfg.sequence_len} ({100 * self.dropped_too_long / self.rows:.1f}%; "
+                "excess_length_strategy: drop). Set excess_length_strategy: truncate "
+                "or split, or raise sequence_len, to keep them."
+            )
         if self.truncated:
-            out.append(f"data: truncated {self.truncated} rows to sequence_len="
-                       f"{cfg.sequence_len} (excess_length_strategy: truncate)")
+            out.append(
+                f"data: truncated {self.truncated} rows to sequence_len="
+                f"{cfg.sequence_len} (excess_length_strategy: truncate)"
+            )
         if self.split:
-            out.append(f"data: split {self.split} rows longer than sequence_len="
-                       f"{cfg.sequence_len} into {self.pieces} pieces (excess_length_strategy: "
-                       "split; each piece is an example)")
+            out.append(
+                f"data: split {self.split} rows longer than sequence_len="
+                f"{cfg.sequence_len} into {self.pieces} pieces (excess_length_strategy: "
+                "split; each piece is an example)"
+            )
         if self.dropped_no_trained_tokens:
-            out.append(f"data: dropped {self.dropped_no_trained_tokens} rows (or pieces) with "
-                       "no token to train on (no turn of roles_to_train within sequence_len)")
+            out.append(
+                f"data: dropped {self.dropped_no_trained_tokens} rows (or pieces) with "
+                "no token to train on (no turn of roles_to_train within sequence_len)"
+            )
         return out
 
     def as_dict(self) -> dict:
@@ -95,13 +105,18 @@ def read_rows(ds: DatasetConfig, index: int) -> list[dict]:
             rows = _read_saved(path, name, where)
         else:
             if name != "train":
-                raise DataError(f"{where}: split {ds.split!r}: local files hold one split, "
-                                "'train'; use train, or a slice of it like train[:20%]")
+                raise DataError(
+                    f"{where}: split {ds.split!r}: local files hold one split, "
+                    "'train'; use train, or a slice of it like train[:20%]"
+                )
             rows = []
             for file in _data_files(path, ds, where):
                 kind = ds.ds_type or DATA_SUFFIXES.get(file.suffix)
-                rows += (_read_json(file, where) if kind == "json"
-                         else _read_with_datasets(kind, [file], where))
+                rows += (
+                    _read_json(file, where)
+                    if kind == "json"
+                    else _read_with_datasets(kind, [file], where)
+                )
         rows = apply_split(rows, ds.split, where)
     if ds.shards:
         rows = shard(rows, ds.shards, ds.shards_idx, where)
@@ -115,8 +130,10 @@ def parse_split(split: str, where: str = "split") -> tuple[str, tuple[str, str] 
     """`train[:20%]` → ("train", ("", "20%")); `train` → ("train", None)."""
     match = _SPLIT.match(split.replace(" ", ""))
     if not match:
-        raise DataError(f"{where}: split {split!r} is not a split expression; write e.g. "
-                        "train, train[:20%], train[100:200] or test[10%:]")
+        raise DataError(
+            f"{where}: split {split!r} is not a split expression; write e.g. "
+            "train, train[:20%], train[100:200] or test[10%:]"
+        )
     bounds = (match["start"], match["end"]) if match["start"] is not None else None
     return match["name"], bounds
 
@@ -134,7 +151,7 @@ def apply_split(rows: list, split: str, where: str = "split") -> list:
             return round(len(rows) * int(text[:-1]) / 100)
         return int(text)
 
-    return rows[index(bounds[0]):index(bounds[1])]
+    return rows[index(bounds[0]) : index(bounds[1])]
 
 
 def shard(rows: list, shards: int, index: int, where: str = "shards") -> list:
@@ -143,7 +160,7 @@ def shard(rows: list, shards: int, index: int, where: str = "shards") -> list:
         raise DataError(f"{where}: shards_idx {index} is outside 0…{shards - 1}; lower it")
     size, extra = divmod(len(rows), shards)
     start = index * size + min(index, extra)
-    return rows[start:start + size + (1 if index < extra else 0)]
+    return rows[start : start + size + (1 if index < extra else 0)]
 
 
 def _is_saved_dataset(path: Path) -> bool:
@@ -157,12 +174,15 @@ def _read_saved(path: Path, name: str, where: str) -> list[dict]:
     try:
         saved = datasets.load_from_disk(str(path))
     except Exception as exc:  # datasets raises many types; the message is what matters
-        raise DataError(f"{where}: could not load the saved dataset: "
-                        f"{str(exc).splitlines()[0]}") from None
+        raise DataError(
+            f"{where}: could not load the saved dataset: {str(exc).splitlines()[0]}"
+        ) from None
     if isinstance(saved, datasets.DatasetDict):
         if name not in saved:
-            raise DataError(f"{where}: the saved dataset has splits {sorted(saved)}, not "
-                            f"{name!r}; set split to one of them")
+            raise DataError(
+                f"{where}: the saved dataset has splits {sorted(saved)}, not "
+                f"{name!r}; set split to one of them"
+            )
         saved = saved[name]
     return list(saved)
 
@@ -171,12 +191,20 @@ def _data_files(path: Path, ds: DatasetConfig, where: str) -> list[Path]:
     if path.is_file():
         return [path]
     patterns = ds.data_files if isinstance(ds.data_files, list) else [ds.data_files or "*"]
-    files = sorted({f for pat in patterns for f in path.glob(pat)
-                    if f.is_file() and (ds.ds_type or f.suffix in DATA_SUFFIXES)})
+    files = sorted(
+        {
+            f
+            for pat in patterns
+            for f in path.glob(pat)
+            if f.is_file() and (ds.ds_type or f.suffix in DATA_SUFFIXES)
+        }
+    )
     if not files:
-        raise DataError(f"{where}: no data files in the folder (looked for "
-                        f"{', '.join(patterns)} with suffix {sorted(DATA_SUFFIXES)}); set "
-                        "data_files or point path at a file")
+        raise DataError(
+            f"{where}: no data files in the folder (looked for "
+            f"{', '.join(patterns)} with suffix {sorted(DATA_SUFFIXES)}); set "
+            "data_files or point path at a file"
+        )
     return files
 
 
@@ -185,16 +213,18 @@ def _read_json(file: Path, where: str) -> list[dict]:
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        bad_line = file.read_bytes()[:exc.start].count(b"\n") + 1
-        raise DataError(f"{where}: {file.name} line {bad_line} is not UTF-8; re-encode the file "
-                        "as UTF-8") from None
+        bad_line = file.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{where}: {file.name} line {bad_line} is not UTF-8; re-encode the file as UTF-8"
+        ) from None
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: {file.name} is not valid JSON at line {exc.lineno}: "
-                            f"{exc.msg}") from None
+            raise DataError(
+                f"{where}: {file.name} is not valid JSON at line {exc.lineno}: {exc.msg}"
+            ) from None
         rows = data
     else:
         rows = []
@@ -204,18 +234,27 @@ def _read_json(file: Path, where: str) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: {file.name} line {n} is not valid JSON ({exc.msg}); "
-                                "each line must be one JSON object") from None
+                raise DataError(
+                    f"{where}: {file.name} line {n} is not valid JSON ({exc.msg}); "
+                    "each line must be one JSON object"
+                ) from None
     for n, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
-            raise DataError(f"{where}: {file.name} row {n} is {_json_kind(row)}; each row "
-                            "must be a JSON object")
+            raise DataError(
+                f"{where}: {file.name} row {n} is {_json_kind(row)}; each row must be a JSON object"
+            )
     return rows
 
 
 def _json_kind(value) -> str:
-    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
-             str: "a string", list: "an array"}
+    names = {
+        type(None): "null",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -235,9 +274,11 @@ def _read_hub(ds: DatasetConfig, where: str) -> list[dict]:
     try:
         table = datasets.load_dataset(ds.path, data_files=ds.data_files, split=ds.split)
     except Exception as exc:
-        raise DataError(f"{where}: could not load from the Hugging Face Hub: "
-                        f"{str(exc).splitlines()[0]}; check the id, your network and HF_TOKEN, "
-                        "or download it and point path at the files") from None
+        raise DataError(
+            f"{where}: could not load from the Hugging Face Hub: "
+            f"{str(exc).splitlines()[0]}; check the id, your network and HF_TOKEN, "
+            "or download it and point path at the files"
+        ) from None
     return list(table)
 
 
@@ -249,8 +290,9 @@ def build_examples(cfg: Config, encoder: ChatEncoder) -> tuple[list[Example], Da
         rows = read_rows(ds, index)
         bad: list[str] = []
         before = len(examples)
-        encoded = encode_rows(encoder, ds, TurnRule.from_config(cfg, ds), rows,
-                              processes_for(cfg, len(rows)))
+        encoded = encode_rows(
+            encoder, ds, TurnRule.from_config(cfg, ds), rows, processes_for(cfg, len(rows))
+        )
         for n, result in enumerate(encoded, start=1):
             report.rows += 1
             if isinstance(result, str):
@@ -267,8 +309,9 @@ def build_examples(cfg: Config, encoder: ChatEncoder) -> tuple[list[Example], Da
                     pieces = [(ids[:step], labels[:step])]
                     report.truncated += 1
                 else:
-                    pieces = [(ids[i:i + step], labels[i:i + step])
-                              for i in range(0, len(ids), step)]
+                    pieces = [
+                        (ids[i : i + step], labels[i : i + step]) for i in range(0, len(ids), step)
+                    ]
                     report.split += 1
                     report.pieces += len(pieces)
             for ids, labels in pieces:
@@ -282,10 +325,13 @@ def build_examples(cfg: Config, encoder: ChatEncoder) -> tuple[list[Example], Da
         if bad:
             raise bad_rows_error(index, ds, bad, len(rows))
         if not rows:
-            raise DataError(f"datasets[{index}].path: {ds.path!r} holds no rows (only blank "
-                            "lines, or an empty table); point it at the file with your rows")
-        report.per_dataset.append({"path": ds.path, "rows": len(rows),
-                                   "kept": len(examples) - before})
+            raise DataError(
+                f"datasets[{index}].path: {ds.path!r} holds no rows (only blank "
+                "lines, or an empty table); point it at the file with your rows"
+            )
+        report.per_dataset.append(
+            {"path": ds.path, "rows": len(rows), "kept": len(examples) - before}
+        )
     report.kept = len(examples)
     if not examples:
         raise DataError("no usable rows after tokenization; " + " ".join(report.lines(cfg)))
@@ -312,12 +358,13 @@ def processes_for(cfg: Config, rows: int) -> int:
 _JOB: tuple | None = None
 
 
-def encode_rows(encoder: ChatEncoder, ds: DatasetConfig, rule: TurnRule, rows: list[dict],
-                processes: int) -> list[tuple[array, array] | str]:
+def encode_rows(
+    encoder: ChatEncoder, ds: DatasetConfig, rule: TurnRule, rows: list[dict], processes: int
+) -> list[tuple[array, array] | str]:
     """Each row's (ids, labels) as int arrays, or the reason it cannot be used — in row
     order, over `processes` forked workers when more than one."""
     global _JOB
-    chunks = [rows[i:i + CHUNK] for i in range(0, len(rows), CHUNK)]
+    chunks = [rows[i : i + CHUNK] for i in range(0, len(rows), CHUNK)]
     _JOB = (encoder, ds, rule)
     # Encoding makes millions of small objects and frees few: the collector's full
     # passes over them would take a fifth of the time, and find nothing to free.
@@ -327,8 +374,11 @@ def encode_rows(encoder: ChatEncoder, ds: DatasetConfig, rule: TurnRule, rows: l
     done = []
     try:
         with ExitStack() as stack:
-            shown = stack.enter_context(bar(len(rows), f"tokenizing {Path(ds.path).name}",
-                                            unit="rows")) if len(chunks) > 1 and main else None
+            shown = (
+                stack.enter_context(bar(len(rows), f"tokenizing {Path(ds.path).name}", unit="rows"))
+                if len(chunks) > 1 and main
+                else None
+            )
             work: Iterable[list[tuple[array, array] | str]]
             if processes == 1:
                 work = map(_encode_chunk, chunks)
@@ -380,8 +430,9 @@ def _encode_chunk(rows: list[dict]) -> list[tuple[array, array] | str]:
             except RowError as exc:
                 encoded.append(str(exc))
     for (i, _), result in zip(good, encoded, strict=True):
-        out[i] = result if isinstance(result, str) else (array("i", result[0]),
-                                                         array("i", result[1]))
+        out[i] = (
+            result if isinstance(result, str) else (array("i", result[0]), array("i", result[1]))
+        )
     return out
 
 
@@ -389,8 +440,11 @@ def bad_rows_error(index: int, ds: DatasetConfig, bad: list[str], total: int) ->
     """One error naming the bad rows of a dataset (the first MAX_REPORTED_ROWS of them)."""
     shown = bad[:MAX_REPORTED_ROWS]
     more = f" (and {len(bad) - len(shown)} more)" if len(bad) > len(shown) else ""
-    return DataError(f"datasets[{index}] ({ds.path}): {len(bad)} of {total} rows cannot be "
-                     f"used{more}; fix them or remove them", shown)
+    return DataError(
+        f"datasets[{index}] ({ds.path}): {len(bad)} of {total} rows cannot be "
+        f"used{more}; fix them or remove them",
+        shown,
+    )
 
 
 def split_validation(examples: list[T], size: float, seed: int) -> tuple[list[T], list[T]]:
@@ -399,8 +453,9 @@ def split_validation(examples: list[T], size: float, seed: int) -> tuple[list[T]
         return examples, []
     count = int(size) if size >= 1 else max(1, round(len(examples) * size))
     if count >= len(examples):
-        raise DataError(f"val_set_size={size} leaves no training rows out of {len(examples)}; "
-                        "lower it")
+        raise DataError(
+            f"val_set_size={size} leaves no training rows out of {len(examples)}; lower it"
+        )
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     held = set(order[:count])
@@ -426,5 +481,8 @@ class Collator:
             ids.append(b["input_ids"] + [self.pad_token_id] * pad)
             labels.append(b["labels"] + [IGNORE_INDEX] * pad)
             mask.append([1] * len(b["input_ids"]) + [0] * pad)
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-                "attention_mask": torch.tensor(mask)}
+        return {
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "attention_mask": torch.tensor(mask),
+        }

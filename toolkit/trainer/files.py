@@ -53,8 +53,11 @@ def make_written_readable(root: str | Path, before: Snapshot) -> None:
     """make_readable for what was created or rewritten under `root` since `before`;
     files and folders that were there untouched keep their modes."""
     after = snapshot(root)
-    _chmod(p for p, ident in after.items()
-           if before.get(p) != ident and not (p.is_dir() and p in before))
+    _chmod(
+        p
+        for p, ident in after.items()
+        if before.get(p) != ident and not (p.is_dir() and p in before)
+    )
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:

@@ -44,7 +44,7 @@ class LoRAProjection(torch.autograd.Function):
     def backward(ctx, dy) -> Any:
         x, xa = ctx.saved_tensors
         a, b, scale = ctx.a, ctx.b, ctx.scale
-        dyb = dy @ b.to(dy.dtype)                               # (..., r)
+        dyb = dy @ b.to(dy.dtype)  # (..., r)
         flat_x, flat_dy = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
         da = (scale * dyb.reshape(-1, dyb.shape[-1]).t() @ flat_x).to(a.dtype)
         db = (scale * flat_dy.t() @ xa.reshape(-1, xa.shape[-1])).to(b.dtype)
@@ -60,8 +60,9 @@ def _fused_forward(self, x, *args, **kwargs) -> Any:
     if self.disable_adapters or self.merged or len(self.active_adapters) != 1:
         return type(self).forward(self, x, *args, **kwargs)
     name = self.active_adapters[0]
-    return LoRAProjection.apply(x, self.base_layer, self.lora_A[name].weight,
-                                self.lora_B[name].weight, self.scaling[name])
+    return LoRAProjection.apply(
+        x, self.base_layer, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]
+    )
 
 
 def fuse_lora_projections(model, decisions: dict[str, str]) -> int:
@@ -69,8 +70,12 @@ def fuse_lora_projections(model, decisions: dict[str, str]) -> int:
     how many were changed."""
     from peft.tuners.lora import LoraLayer
 
-    wanted = {m for key, names in LORA_KERNELS.items()
-              if decisions.get(key, "").startswith("on") for m in names}
+    wanted = {
+        m
+        for key, names in LORA_KERNELS.items()
+        if decisions.get(key, "").startswith("on")
+        for m in names
+    }
     count = 0
     for name, module in model.named_modules():
         # peft's lora.Linear, and its bitsandbytes 4-bit/8-bit twins for QLoRA.

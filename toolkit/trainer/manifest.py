@@ -18,8 +18,17 @@ from toolkit.config import LoadedConfig
 from toolkit.trainer.files import write_json_atomic
 
 MANIFEST = "run.json"
-LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers",
-             "safetensors", "bitsandbytes")
+LIBRARIES = (
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "accelerate",
+    "datasets",
+    "tokenizers",
+    "safetensors",
+    "bitsandbytes",
+)
 
 
 def library_versions() -> dict[str, str | None]:
@@ -45,8 +54,7 @@ def environment() -> dict:
     }
 
 
-def write_manifest(output_dir: str | Path, loaded: LoadedConfig, recipe: str,
-                   **facts) -> Path:
+def write_manifest(output_dir: str | Path, loaded: LoadedConfig, recipe: str, **facts) -> Path:
     cfg = loaded.config
     data = {
         "toolkit_version": __version__,
@@ -55,7 +63,8 @@ def write_manifest(output_dir: str | Path, loaded: LoadedConfig, recipe: str,
         "config_path": str(Path(loaded.path).resolve()),
         "config_sha256": cfg.digest(),
         "config": cfg.model_dump(mode="json"),
-        "base_model": str(Path(cfg.base_model).resolve()) if Path(cfg.base_model).exists()
+        "base_model": str(Path(cfg.base_model).resolve())
+        if Path(cfg.base_model).exists()
         else cfg.base_model,
         "adapter": cfg.adapter if cfg.uses_lora else None,
         "seed": cfg.seed,

@@ -35,7 +35,7 @@ class Resolved:
     dtype: str
     lora_target_modules: list[str] | str | None
     attn_implementation: str = "sdpa"
-    notes: tuple[str, ...] = ()        # what the resolve step decided against the config
+    notes: tuple[str, ...] = ()  # what the resolve step decided against the config
     # Each speed or memory option the config asks for: "on…" or "off: why" (optimize.decide).
     optimizations: dict = field(default_factory=dict)
 
@@ -54,41 +54,62 @@ def resolve(cfg: Config) -> Resolved:
     cuda = torch.cuda.is_available()
     name = torch.cuda.get_device_name(0) if cuda else "cpu"
     hip = getattr(torch.version, "hip", None)
-    capable = cuda and (bool(hip) or bf16_in_hardware(
-        "{}.{}".format(*torch.cuda.get_device_capability(0))) is True)
+    capable = cuda and (
+        bool(hip) or bf16_in_hardware("{}.{}".format(*torch.cuda.get_device_capability(0))) is True
+    )
     if cfg.bf16 == "auto":
         bf16 = capable and not cfg.fp16
     else:
         bf16 = bool(cfg.bf16)
         if bf16 and cuda and not capable:
-            raise UsageError(f"bf16: true but {name} has no bf16 support in hardware "
-                             "(compute capability < 8.0); set bf16: false and fp16: true")
+            raise UsageError(
+                f"bf16: true but {name} has no bf16 support in hardware "
+                "(compute capability < 8.0); set bf16: false and fp16: true"
+            )
     if cfg.fp16 and not cuda:
-        raise UsageError("fp16: true needs a GPU (mixed precision on CPU is bf16 only); "
-                         "set fp16: false")
+        raise UsageError(
+            "fp16: true needs a GPU (mixed precision on CPU is bf16 only); set fp16: false"
+        )
     tf32 = bool(cfg.tf32) and cuda and not hip
     dtype = "bfloat16" if bf16 else "float16" if cfg.fp16 else "float32"
     if cfg.uses_lora:
-        targets = cfg.lora_target_modules or ("all-linear" if cfg.lora_target_linear
-                                              else QWEN3_LINEAR)
+        targets = cfg.lora_target_modules or (
+            "all-linear" if cfg.lora_target_linear else QWEN3_LINEAR
+        )
     else:
         targets = None
     attn, notes = cfg.attn_implementation, []
     if attn == "flash_attention_2":
         import importlib.util
 
-        missing = ("no CUDA GPU" if not cuda or hip else
-                   "compute capability below 8.0" if not capable else
-                   "flash-attn is not installed" if importlib.util.find_spec("flash_attn") is None
-                   else None)
+        missing = (
+            "no CUDA GPU"
+            if not cuda or hip
+            else "compute capability below 8.0"
+            if not capable
+            else "flash-attn is not installed"
+            if importlib.util.find_spec("flash_attn") is None
+            else None
+        )
         if missing:
             attn = "sdpa"
-            notes.append(f"attn_implementation: flash_attention_2 unavailable ({missing}); "
-                         "using sdpa, the same attention with more memory on long sequences")
+            notes.append(
+                f"attn_implementation: flash_attention_2 unavailable ({missing}); "
+                "using sdpa, the same attention with more memory on long sequences"
+            )
     decisions = decide(cfg, Machine.here(cuda, bool(hip)))
-    return Resolved(device="cuda" if cuda else "cpu", device_name=name, bf16=bf16,
-                    fp16=cfg.fp16, tf32=tf32, dtype=dtype, lora_target_modules=targets,
-                    attn_implementation=attn, notes=tuple(notes), optimizations=decisions)
+    return Resolved(
+        device="cuda" if cuda else "cpu",
+        device_name=name,
+        bf16=bf16,
+        fp16=cfg.fp16,
+        tf32=tf32,
+        dtype=dtype,
+        lora_target_modules=targets,
+        attn_implementation=attn,
+        notes=tuple(notes),
+        optimizations=decisions,
+    )
 
 
 def load_tokenizer(cfg: Config) -> Any:
@@ -99,9 +120,11 @@ def load_tokenizer(cfg: Config) -> Any:
     vocab = tokenizer.get_vocab()
     for role, token in (cfg.special_tokens or {}).items():
         if token not in vocab:
-            raise UsageError(f"special_tokens.{role}: {token!r} is not in the tokenizer's "
-                             "vocabulary; adding tokens is not supported. Use one it has "
-                             "(Qwen3: <|endoftext|>, <|im_end|>) or remove the key")
+            raise UsageError(
+                f"special_tokens.{role}: {token!r} is not in the tokenizer's "
+                "vocabulary; adding tokens is not supported. Use one it has "
+                "(Qwen3: <|endoftext|>, <|im_end|>) or remove the key"
+            )
         setattr(tokenizer, role, token)
     if tokenizer.pad_token is None:
         # Qwen3 ships <|endoftext|> as its pad token; fall back to EOS elsewhere.
@@ -128,8 +151,11 @@ def load_base(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labe
         kwargs["num_labels"] = num_labels
     if cfg.adapter == "qlora":
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
     elif cfg.load_in_8bit:
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(load_in_8bit=True)
     auto = getattr(transformers, HEADS[head][0])
@@ -155,15 +181,21 @@ def check_lora_targets(model, targets: list[str] | str | None) -> None:
     if isinstance(targets, str):
         missing = [] if any(re.fullmatch(targets, n) for n in names) else [targets]
     else:
-        missing = [t for t in targets
-                   if not any(n == t or n.endswith("." + t) for n in names)]
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                         if type(m).__name__.startswith("Linear") and n})
-        raise UsageError(f"lora_target_modules: {', '.join(map(repr, missing))} "
-                         f"{'matches' if len(missing) == 1 else 'match'} no module of "
-                         f"{cfg_name(model)}; its projections are {', '.join(linear)}. "
-                         "Fix the spelling, or use lora_target_linear: true for all of them")
+        linear = sorted(
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in model.named_modules()
+                if type(m).__name__.startswith("Linear") and n
+            }
+        )
+        raise UsageError(
+            f"lora_target_modules: {', '.join(map(repr, missing))} "
+            f"{'matches' if len(missing) == 1 else 'match'} no module of "
+            f"{cfg_name(model)}; its projections are {', '.join(linear)}. "
+            "Fix the spelling, or use lora_target_linear: true for all of them"
+        )
 
 
 def cfg_name(model) -> str:
@@ -180,14 +212,21 @@ def lora_config(cfg: Config, resolved: Resolved, head: str = "causal_lm") -> Any
     # A classification head (Qwen3 calls it `score`) is new and trained in full, so no
     # adapter goes on it; "all-linear" would otherwise put one there too.
     exclude = ["score"] if head != "causal_lm" else None
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=resolved.lora_target_modules, exclude_modules=exclude,
-                      modules_to_save=cfg.lora_modules_to_save, task_type=HEADS[head][1],
-                      target_parameters=cfg.lora_target_parameters)
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=resolved.lora_target_modules,
+        exclude_modules=exclude,
+        modules_to_save=cfg.lora_modules_to_save,
+        task_type=HEADS[head][1],
+        target_parameters=cfg.lora_target_parameters,
+    )
 
 
-def load_model(cfg: Config, resolved: Resolved, head: str = "causal_lm",
-               num_labels: int = 0) -> Any:
+def load_model(
+    cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labels: int = 0
+) -> Any:
     """The base with the adapter attached (for recipes that drive transformers' Trainer)."""
     model = load_base(cfg, resolved, head, num_labels)
     if head == "causal_lm":
@@ -198,7 +237,8 @@ def load_model(cfg: Config, resolved: Resolved, head: str = "causal_lm",
 
         if cfg.adapter == "qlora" or cfg.load_in_8bit:
             model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+                model, use_gradient_checkpointing=cfg.gradient_checkpointing
+            )
         elif cfg.gradient_checkpointing:
             model.enable_input_require_grads()
         model = get_peft_model(model, lora)

@@ -17,35 +17,49 @@ from typing import Any
 from toolkit.config import Config
 from toolkit.errors import UsageError
 
-LIGER = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm",
-         "liger_fused_linear_cross_entropy", "liger_cross_entropy")
-LORA_KERNELS = {"lora_mlp_kernel": ("gate_proj", "up_proj", "down_proj"),
-                "lora_qkv_kernel": ("q_proj", "k_proj", "v_proj"),
-                "lora_o_kernel": ("o_proj",)}
+LIGER = (
+    "liger_rope",
+    "liger_rms_norm",
+    "liger_glu_activation",
+    "liger_layer_norm",
+    "liger_fused_linear_cross_entropy",
+    "liger_cross_entropy",
+)
+LORA_KERNELS = {
+    "lora_mlp_kernel": ("gate_proj", "up_proj", "down_proj"),
+    "lora_qkv_kernel": ("q_proj", "k_proj", "v_proj"),
+    "lora_o_kernel": ("o_proj",),
+}
 
 
 @dataclass(frozen=True)
 class Machine:
-    cuda: bool = False          # a CUDA or ROCm device torch can use
+    cuda: bool = False  # a CUDA or ROCm device torch can use
     hip: bool = False
-    compiler: bool = False      # a C compiler for torch.compile's CPU code
+    compiler: bool = False  # a C compiler for torch.compile's CPU code
     installed: frozenset[str] = frozenset()
-    world_size: int = 1         # processes in this (torchrun) launch
+    world_size: int = 1  # processes in this (torchrun) launch
 
     @classmethod
     def here(cls, cuda: bool, hip: bool) -> Machine:
         names = ("liger_kernel", "cut_cross_entropy", "torchao", "flash_attn", "deepspeed")
-        return cls(cuda=cuda, hip=hip,
-                   compiler=shutil.which(os.environ.get("CC", "cc")) is not None,
-                   installed=frozenset(n for n in names if importlib.util.find_spec(n)),
-                   world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        return cls(
+            cuda=cuda,
+            hip=hip,
+            compiler=shutil.which(os.environ.get("CC", "cc")) is not None,
+            installed=frozenset(n for n in names if importlib.util.find_spec(n)),
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        )
 
 
 def decide(cfg: Config, machine: Machine) -> dict[str, str]:
     """One entry per option the config asks for: "on…" or "off: why" (or a UsageError
     for an optimizer the machine cannot run), one small function per family."""
-    return {k: v for family in (_kernels, _compile_and_memory, _sharding, _optimizer)
-            for k, v in family(cfg, machine).items()}
+    return {
+        k: v
+        for family in (_kernels, _compile_and_memory, _sharding, _optimizer)
+        for k, v in family(cfg, machine).items()
+    }
 
 
 def _kernels(cfg: Config, machine: Machine) -> dict[str, str]:
@@ -54,22 +68,34 @@ def _kernels(cfg: Config, machine: Machine) -> dict[str, str]:
     gpu = "on" if machine.cuda else "off: no GPU"
     liger = [k for k in LIGER if getattr(cfg, k)]
     for key in liger:
-        out[key] = (gpu if not machine.cuda else
-                    "on" if "liger_kernel" in machine.installed else
-                    "off: liger-kernel is not installed (the cu* and rocm images have it)")
+        out[key] = (
+            gpu
+            if not machine.cuda
+            else "on"
+            if "liger_kernel" in machine.installed
+            else "off: liger-kernel is not installed (the cu* and rocm images have it)"
+        )
     if cfg.liger_layer_norm:
         out["liger_layer_norm"] = "off: Qwen3 has no LayerNorm (its norms are RMSNorm)"
-    losses = [k for k in ("cut_cross_entropy", "liger_fused_linear_cross_entropy",
-                          "liger_cross_entropy") if getattr(cfg, k)]
+    losses = [
+        k
+        for k in ("cut_cross_entropy", "liger_fused_linear_cross_entropy", "liger_cross_entropy")
+        if getattr(cfg, k)
+    ]
     if cfg.recipe != "sft" and losses:
         for key in losses:
-            out[key] = (f"off: the {cfg.recipe} recipe computes its own loss from the "
-                        "logits; only SFT's cross-entropy is replaced")
+            out[key] = (
+                f"off: the {cfg.recipe} recipe computes its own loss from the "
+                "logits; only SFT's cross-entropy is replaced"
+            )
     elif cfg.cut_cross_entropy:
         out["cut_cross_entropy"] = (
-            "off: no CUDA GPU (its Triton kernels are CUDA only)" if not machine.cuda or
-            machine.hip else "on" if "cut_cross_entropy" in machine.installed else
-            "off: cut-cross-entropy is not installed (the cu* images have it)")
+            "off: no CUDA GPU (its Triton kernels are CUDA only)"
+            if not machine.cuda or machine.hip
+            else "on"
+            if "cut_cross_entropy" in machine.installed
+            else "off: cut-cross-entropy is not installed (the cu* images have it)"
+        )
     return out
 
 
@@ -82,12 +108,16 @@ def _compile_and_memory(cfg: Config, machine: Machine) -> dict[str, str]:
         elif cfg.torch_compile == "auto":
             out["torch_compile"] = "off: auto compiles on a GPU only"
         else:
-            out["torch_compile"] = ("on (CPU)" if machine.compiler else
-                                    "off: no C compiler for torch.compile's CPU code "
-                                    "(install gcc, or set torch_compile: false)")
+            out["torch_compile"] = (
+                "on (CPU)"
+                if machine.compiler
+                else "off: no C compiler for torch.compile's CPU code "
+                "(install gcc, or set torch_compile: false)"
+            )
     if cfg.activation_offloading:
         out["activation_offloading"] = (
-            "on" if machine.cuda else "off: no GPU (activations already live in host memory)")
+            "on" if machine.cuda else "off: no GPU (activations already live in host memory)"
+        )
     if cfg.gradient_checkpointing:
         reentrant = (cfg.gradient_checkpointing_kwargs or {}).get("use_reentrant")
         out["gradient_checkpointing"] = f"on (use_reentrant={reentrant})"
@@ -105,22 +135,29 @@ def _sharding(cfg: Config, machine: Machine) -> dict[str, str]:
     if cfg.fsdp_version:
         # accelerate builds its FSDP plugin for multi-GPU launches only; on CPUs the
         # same launch is DDP (the same training, every process holding the whole model).
-        out["fsdp"] = ("off: one process (FSDP shards across the processes of a launch with "
-                       "--nproc-per-node N)" if machine.world_size == 1 else
-                       "off: accelerate shards with FSDP on GPUs only; this CPU launch runs "
-                       "DDP" if not machine.cuda else
-                       f"on (FSDP{cfg.fsdp_version}, {machine.world_size} processes)")
+        out["fsdp"] = (
+            "off: one process (FSDP shards across the processes of a launch with "
+            "--nproc-per-node N)"
+            if machine.world_size == 1
+            else "off: accelerate shards with FSDP on GPUs only; this CPU launch runs DDP"
+            if not machine.cuda
+            else f"on (FSDP{cfg.fsdp_version}, {machine.world_size} processes)"
+        )
     if cfg.deepspeed:
         if machine.world_size == 1:
-            out["deepspeed"] = ("off: one process (ZeRO shards across the processes of a "
-                                "launch with --nproc-per-node N)")
+            out["deepspeed"] = (
+                "off: one process (ZeRO shards across the processes of a "
+                "launch with --nproc-per-node N)"
+            )
         elif not machine.cuda:
             out["deepspeed"] = "off: DeepSpeed needs GPUs; this CPU launch runs DDP"
         elif "deepspeed" not in machine.installed:
-            raise UsageError("deepspeed: the deepspeed package is not installed in this "
-                             "environment (toolkit's images leave it out: it compiles its "
-                             "ops with a CUDA toolkit they do not carry); use fsdp_version: 2, "
-                             "which shards as ZeRO-3 does")
+            raise UsageError(
+                "deepspeed: the deepspeed package is not installed in this "
+                "environment (toolkit's images leave it out: it compiles its "
+                "ops with a CUDA toolkit they do not carry); use fsdp_version: 2, "
+                "which shards as ZeRO-3 does"
+            )
         else:
             out["deepspeed"] = f"on ({cfg.deepspeed}, {machine.world_size} processes)"
     return out
@@ -133,12 +170,16 @@ def _optimizer(cfg: Config, machine: Machine) -> dict[str, str]:
         out["qlora"] = "on (bitsandbytes 4-bit nf4, double quantization)"
     if cfg.optimizer == "adamw_torch_4bit":
         if "torchao" not in machine.installed:
-            raise UsageError("optimizer: adamw_torch_4bit needs torchao, which is not "
-                             "installed; install toolkit[train] or pick adamw_bnb_8bit")
+            raise UsageError(
+                "optimizer: adamw_torch_4bit needs torchao, which is not "
+                "installed; install toolkit[train] or pick adamw_bnb_8bit"
+            )
         if not machine.cuda and not machine.compiler:
-            raise UsageError("optimizer: adamw_torch_4bit compiles its update with "
-                             "torch.compile, which on CPU needs a C compiler (none found); "
-                             "install gcc or pick adamw_torch")
+            raise UsageError(
+                "optimizer: adamw_torch_4bit compiles its update with "
+                "torch.compile, which on CPU needs a C compiler (none found); "
+                "install gcc or pick adamw_torch"
+            )
         out["optimizer"] = "adamw_torch_4bit (torchao)"
     return out
 
@@ -155,15 +196,22 @@ def apply_liger(base_model: str, decisions: dict[str, str]) -> None:
     from transformers import AutoConfig
 
     model_type = AutoConfig.from_pretrained(base_model).model_type
-    patch = {"qwen3": apply_liger_kernel_to_qwen3,
-             "qwen3_moe": apply_liger_kernel_to_qwen3_moe}.get(model_type)
+    patch = {
+        "qwen3": apply_liger_kernel_to_qwen3,
+        "qwen3_moe": apply_liger_kernel_to_qwen3_moe,
+    }.get(model_type)
     if patch is None:
-        raise UsageError(f"liger kernels are wired for qwen3 and qwen3_moe, not {model_type!r}; "
-                         "set the liger_* keys false")
-    patch(rope="liger_rope" in chosen, rms_norm="liger_rms_norm" in chosen,
-          swiglu="liger_glu_activation" in chosen,
-          cross_entropy="liger_cross_entropy" in chosen,
-          fused_linear_cross_entropy="liger_fused_linear_cross_entropy" in chosen)
+        raise UsageError(
+            f"liger kernels are wired for qwen3 and qwen3_moe, not {model_type!r}; "
+            "set the liger_* keys false"
+        )
+    patch(
+        rope="liger_rope" in chosen,
+        rms_norm="liger_rms_norm" in chosen,
+        swiglu="liger_glu_activation" in chosen,
+        cross_entropy="liger_cross_entropy" in chosen,
+        fused_linear_cross_entropy="liger_fused_linear_cross_entropy" in chosen,
+    )
 
 
 def apply_cut_cross_entropy(model, decisions: dict[str, str]) -> Any:
@@ -183,8 +231,13 @@ def apply_cut_cross_entropy(model, decisions: dict[str, str]) -> Any:
         weight = model.lm_head.weight
         # Summed then divided by the batch's label count when the Trainer gives it, so
         # gradient accumulation weighs every token alike (as transformers' own loss does).
-        loss = linear_cross_entropy(hidden.to(weight.dtype), weight, labels, shift=True,
-                                    reduction="sum" if num_items_in_batch else "mean")
+        loss = linear_cross_entropy(
+            hidden.to(weight.dtype),
+            weight,
+            labels,
+            shift=True,
+            reduction="sum" if num_items_in_batch else "mean",
+        )
         if num_items_in_batch:
             loss = loss / num_items_in_batch
         return CausalLMOutputWithPast(loss=loss)
@@ -213,9 +266,11 @@ def compile_args(cfg: Config, decisions: dict[str, str]) -> dict:
     """TrainingArguments keywords for torch.compile, if it is on."""
     if not decisions.get("torch_compile", "off").startswith("on"):
         return {}
-    return {"torch_compile": True,
-            "torch_compile_backend": cfg.torch_compile_backend or "inductor",
-            "torch_compile_mode": cfg.torch_compile_mode}
+    return {
+        "torch_compile": True,
+        "torch_compile_backend": cfg.torch_compile_backend or "inductor",
+        "torch_compile_mode": cfg.torch_compile_mode,
+    }
 
 
 def fsdp_args(cfg: Config, decisions: dict[str, str]) -> dict:
@@ -226,11 +281,14 @@ def fsdp_args(cfg: Config, decisions: dict[str, str]) -> dict:
 
     c = cfg.fsdp_config or FSDPConfig()
     options: dict[str, Any] = {
-               "version": cfg.fsdp_version, "reshard_after_forward": c.reshard_after_forward,
-               "cpu_ram_efficient_loading": c.cpu_ram_efficient_loading,
-               "activation_checkpointing": c.activation_checkpointing,
-               "auto_wrap_policy": c.auto_wrap_policy, "min_num_params": c.min_num_params,
-               "state_dict_type": c.state_dict_type}
+        "version": cfg.fsdp_version,
+        "reshard_after_forward": c.reshard_after_forward,
+        "cpu_ram_efficient_loading": c.cpu_ram_efficient_loading,
+        "activation_checkpointing": c.activation_checkpointing,
+        "auto_wrap_policy": c.auto_wrap_policy,
+        "min_num_params": c.min_num_params,
+        "state_dict_type": c.state_dict_type,
+    }
     if c.transformer_layer_cls_to_wrap:
         layers = c.transformer_layer_cls_to_wrap
         options["transformer_layer_cls_to_wrap"] = [layers] if isinstance(layers, str) else layers
@@ -247,6 +305,7 @@ def deepspeed_args(cfg: Config, decisions: dict[str, str]) -> dict:
     from toolkit.config import DEEPSPEED_BUNDLED
 
     if cfg.deepspeed in DEEPSPEED_BUNDLED:
-        return {"deepspeed": str(resources.files("toolkit").joinpath(
-            f"deepspeed/{cfg.deepspeed}.json"))}
+        return {
+            "deepspeed": str(resources.files("toolkit").joinpath(f"deepspeed/{cfg.deepspeed}.json"))
+        }
     return {"deepspeed": cfg.deepspeed}

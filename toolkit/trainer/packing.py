@@ -25,15 +25,18 @@ class Packed:
     position_ids: list[int]
 
     def as_row(self) -> dict:
-        return {"input_ids": self.input_ids, "labels": self.labels,
-                "position_ids": self.position_ids}
+        return {
+            "input_ids": self.input_ids,
+            "labels": self.labels,
+            "position_ids": self.position_ids,
+        }
 
 
 def bins(lengths: list[int], capacity: int) -> list[list[int]]:
     """Indices of `lengths` grouped into bins of at most `capacity` tokens (best-fit
     decreasing). Deterministic: ties keep the input order."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    free: list[tuple[int, int]] = []     # (room left, bin number), kept sorted
+    free: list[tuple[int, int]] = []  # (room left, bin number), kept sorted
     out: list[list[int]] = []
     for i in order:
         size = lengths[i]
@@ -77,10 +80,15 @@ class PackedCollator:
     flash_attention_2: the rows concatenated into one, as its varlen path wants.
     Unpacked rows (no position ids: e.g. held-out rows left unpacked) go to `plain`."""
 
-    def __init__(self, pad_token_id: int, plain, flatten: bool = False,
-                 pad_to: int | None = None) -> None:
+    def __init__(
+        self, pad_token_id: int, plain, flatten: bool = False, pad_to: int | None = None
+    ) -> None:
         self.pad_token_id, self.plain, self.flatten, self.pad_to = (
-            pad_token_id, plain, flatten, pad_to)
+            pad_token_id,
+            plain,
+            flatten,
+            pad_to,
+        )
 
     def __call__(self, batch: list[dict]) -> dict:
         import torch
@@ -98,5 +106,8 @@ class PackedCollator:
             ids.append(b["input_ids"] + [self.pad_token_id] * pad)
             labels.append(b["labels"] + [IGNORE_INDEX] * pad)
             positions.append(b["position_ids"] + list(range(pad)))
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-                "position_ids": torch.tensor(positions)}
+        return {
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "position_ids": torch.tensor(positions),
+        }

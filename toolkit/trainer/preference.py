@@ -39,20 +39,38 @@ def train(loaded: LoadedConfig) -> Path:
     model = load_base(cfg, resolved)
     trainer_cls, args = method(cfg, common_args(cfg, resolved, len(train_rows), bool(val_rows)))
     trainer = trainer_cls(
-        model=model, args=args, processing_class=tokenizer,
+        model=model,
+        args=args,
+        processing_class=tokenizer,
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
-        peft_config=lora_config(cfg, resolved), callbacks=[progress])
+        peft_config=lora_config(cfg, resolved),
+        callbacks=[progress],
+    )
     finish_model(cfg, resolved, trainer.model)
     dropped = len(train_rows) - len(trainer.train_dataset)
     if dropped:
-        log(f"data: the {cfg.rl} trainer dropped {dropped} rows whose prompt alone fills "
-            f"sequence_len={cfg.sequence_len}; raise sequence_len to keep them")
+        log(
+            f"data: the {cfg.rl} trainer dropped {dropped} rows whose prompt alone fills "
+            f"sequence_len={cfg.sequence_len}; raise sequence_len to keep them"
+        )
 
-    return train_and_save(trainer, tokenizer, loaded, progress, "preference",
-                          method=cfg.rl, beta=beta_of(cfg), resolved=resolved.as_dict(),
-                          data={"rows": len(rows), "train_rows": len(train_rows),
-                                "val_rows": len(val_rows), "dropped_by_trainer": dropped})
+    return train_and_save(
+        trainer,
+        tokenizer,
+        loaded,
+        progress,
+        "preference",
+        method=cfg.rl,
+        beta=beta_of(cfg),
+        resolved=resolved.as_dict(),
+        data={
+            "rows": len(rows),
+            "train_rows": len(train_rows),
+            "val_rows": len(val_rows),
+            "dropped_by_trainer": dropped,
+        },
+    )
 
 
 def beta_of(cfg: Config) -> float:
@@ -74,9 +92,13 @@ def method(cfg: Config, common: dict[str, Any]) -> tuple[Any, Any]:
         from trl import KTOConfig, KTOTrainer
 
         _refuse_prompt_len(cfg, KTOConfig)
-        return KTOTrainer, KTOConfig(**common, **seq, beta=beta_of(cfg),
-                                     desirable_weight=cfg.kto_desirable_weight,
-                                     undesirable_weight=cfg.kto_undesirable_weight)
+        return KTOTrainer, KTOConfig(
+            **common,
+            **seq,
+            beta=beta_of(cfg),
+            desirable_weight=cfg.kto_desirable_weight,
+            undesirable_weight=cfg.kto_undesirable_weight,
+        )
     # ORPO and CPO batch prompt/chosen/rejected ids under their own names, which
     # transformers cannot count tokens in; tokens/s is not reported for them.
     common = {**common, "include_num_input_tokens_seen": "no"}
@@ -86,14 +108,21 @@ def method(cfg: Config, common: dict[str, Any]) -> tuple[Any, Any]:
     if cfg.rl == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        return ORPOTrainer, ORPOConfig(**common, **seq, **_known(ORPOConfig, extra),
-                                       beta=beta_of(cfg))
+        return ORPOTrainer, ORPOConfig(
+            **common, **seq, **_known(ORPOConfig, extra), beta=beta_of(cfg)
+        )
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
     # SimPO is CPO's simpo loss; cpo_alpha 0 (the default here) is pure SimPO.
-    return CPOTrainer, CPOConfig(**common, **seq, **_known(CPOConfig, extra), loss_type="simpo",
-                                 beta=beta_of(cfg), simpo_gamma=cfg.simpo_gamma,
-                                 cpo_alpha=cfg.cpo_alpha)
+    return CPOTrainer, CPOConfig(
+        **common,
+        **seq,
+        **_known(CPOConfig, extra),
+        loss_type="simpo",
+        beta=beta_of(cfg),
+        simpo_gamma=cfg.simpo_gamma,
+        cpo_alpha=cfg.cpo_alpha,
+    )
 
 
 def _known(config_cls, extra: dict) -> dict:
@@ -107,7 +136,10 @@ def _refuse_prompt_len(cfg: Config, config_cls) -> None:
     import dataclasses
 
     if cfg.max_prompt_len and "max_prompt_length" not in {
-            f.name for f in dataclasses.fields(config_cls)}:
-        raise UsageError(f"max_prompt_len: TRL's {str(cfg.rl).upper()} trainer has no prompt "
-                         f"limit; sequences are cut at sequence_len={cfg.sequence_len}. Remove "
-                         "max_prompt_len (or lower sequence_len)")
+        f.name for f in dataclasses.fields(config_cls)
+    }:
+        raise UsageError(
+            f"max_prompt_len: TRL's {str(cfg.rl).upper()} trainer has no prompt "
+            f"limit; sequences are cut at sequence_len={cfg.sequence_len}. Remove "
+            "max_prompt_len (or lower sequence_len)"
+        )

@@ -24,18 +24,38 @@ from toolkit.trainer.data import DataReport, Example, build_examples
 from toolkit.trainer.files import make_readable
 
 # Config keys that change the tokens of an SFT example.
-TOKENIZATION_KEYS = ("datasets", "sequence_len", "excess_length_strategy", "train_on_inputs",
-                     "chat_template", "chat_template_jinja", "chat_template_kwargs",
-                     "eot_tokens", "special_tokens", "base_model", "tokenizer_config")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-                   "special_tokens_map.json", "vocab.json", "merges.txt")
+TOKENIZATION_KEYS = (
+    "datasets",
+    "sequence_len",
+    "excess_length_strategy",
+    "train_on_inputs",
+    "chat_template",
+    "chat_template_jinja",
+    "chat_template_kwargs",
+    "eot_tokens",
+    "special_tokens",
+    "base_model",
+    "tokenizer_config",
+)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 def cache_key(cfg: Config, template: str) -> str:
     h = hashlib.sha256()
     settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k in TOKENIZATION_KEYS}
-    h.update(json.dumps({"toolkit": __version__, "format": ARRAYS, "settings": settings,
-                         "template": template}, sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {"toolkit": __version__, "format": ARRAYS, "settings": settings, "template": template},
+            sort_keys=True,
+        ).encode()
+    )
     for ds in cfg.datasets:
         if is_local_ref(ds.path):
             _hash_tree(h, Path(ds.path).expanduser())
@@ -118,11 +138,15 @@ def preprocess(loaded) -> Path:
 
     cfg = loaded.config
     if cfg.recipe != "sft":
-        raise UsageError(f"preprocess caches SFT data; this config trains {cfg.recipe}, whose "
-                         "trainer tokenizes its rows itself. Run `toolkit train` directly")
+        raise UsageError(
+            f"preprocess caches SFT data; this config trains {cfg.recipe}, whose "
+            "trainer tokenizes its rows itself. Run `toolkit train` directly"
+        )
     if not cfg.dataset_prepared_path:
-        raise UsageError("dataset_prepared_path is not set; set it to the folder that holds "
-                         "prepared data (e.g. dataset_prepared_path: ./prepared)")
+        raise UsageError(
+            "dataset_prepared_path is not set; set it to the folder that holds "
+            "prepared data (e.g. dataset_prepared_path: ./prepared)"
+        )
     quiet_libraries()
     _, encoder = build_encoder(cfg)
     _examples, report = load_or_build(cfg, encoder, print)

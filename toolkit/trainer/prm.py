@@ -38,12 +38,15 @@ class StepCounts:
 
 def encode_steps(tokenizer, row: dict, cfg: Config) -> tuple[list[int], list[int], bool]:
     """Token ids and per-token labels for one stepwise row; and whether it was cut."""
+
     def setting(name) -> Any:
         return row[name] if row.get(name) is not None else getattr(cfg, name)
 
-    separator, last_only, max_completion = (setting("step_separator"),
-                                            setting("train_on_last_step_only"),
-                                            setting("max_completion_length"))
+    separator, last_only, max_completion = (
+        setting("step_separator"),
+        setting("train_on_last_step_only"),
+        setting("max_completion_length"),
+    )
     sep = tokenizer(separator, add_special_tokens=False)["input_ids"]
     ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"] + sep
     labels = [IGNORE_INDEX] * len(ids)
@@ -61,7 +64,7 @@ def encode_steps(tokenizer, row: dict, cfg: Config) -> tuple[list[int], list[int
         cut = True
     ids, labels = ids + completion_ids, labels + completion_labels
     if len(ids) > cfg.sequence_len:
-        ids, labels, cut = ids[:cfg.sequence_len], labels[:cfg.sequence_len], True
+        ids, labels, cut = ids[: cfg.sequence_len], labels[: cfg.sequence_len], True
     return ids, labels, cut
 
 
@@ -72,8 +75,7 @@ def step_accuracy(eval_pred) -> dict:
     logits, labels = eval_pred
     mask = labels != IGNORE_INDEX
     predicted = np.argmax(logits, axis=-1)
-    return {"step_accuracy": float((predicted[mask] == labels[mask]).mean()) if mask.any()
-            else 0.0}
+    return {"step_accuracy": float((predicted[mask] == labels[mask]).mean()) if mask.any() else 0.0}
 
 
 def train(loaded: LoadedConfig) -> Path:
@@ -97,8 +99,10 @@ def train(loaded: LoadedConfig) -> Path:
     if counts.truncated:
         log(f"data: truncated {counts.truncated} rows to max_completion_length / sequence_len")
     if counts.dropped_no_label:
-        log(f"data: dropped {counts.dropped_no_label} rows whose labelled steps were all cut; "
-            "raise sequence_len or max_completion_length to keep them")
+        log(
+            f"data: dropped {counts.dropped_no_label} rows whose labelled steps were all cut; "
+            "raise sequence_len or max_completion_length to keep them"
+        )
     if not examples:
         raise DataError("no row keeps a labelled step within sequence_len")
     train_rows, val_rows = split_validation(examples, cfg.val_set_size, cfg.seed)
@@ -107,13 +111,30 @@ def train(loaded: LoadedConfig) -> Path:
     model = load_model(cfg, resolved, HEAD, num_labels=2)
     model.config.pad_token_id = tokenizer.pad_token_id
     args = TrainingArguments(**common_args(cfg, resolved, len(train_rows), bool(val_rows)))
-    trainer = Trainer(model=model, args=args, train_dataset=train_rows,
-                      eval_dataset=val_rows or None, data_collator=Collator(
-                          tokenizer.pad_token_id),
-                      compute_metrics=step_accuracy, callbacks=[progress])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=val_rows or None,
+        data_collator=Collator(tokenizer.pad_token_id),
+        compute_metrics=step_accuracy,
+        callbacks=[progress],
+    )
 
-    return train_and_save(trainer, tokenizer, loaded, progress, "prm",
-                          head=HEAD, num_labels=2, resolved=resolved.as_dict(),
-                          data={"rows": counts.rows, "truncated": counts.truncated,
-                                "dropped_no_label": counts.dropped_no_label,
-                                "train_rows": len(train_rows), "val_rows": len(val_rows)})
+    return train_and_save(
+        trainer,
+        tokenizer,
+        loaded,
+        progress,
+        "prm",
+        head=HEAD,
+        num_labels=2,
+        resolved=resolved.as_dict(),
+        data={
+            "rows": counts.rows,
+            "truncated": counts.truncated,
+            "dropped_no_label": counts.dropped_no_label,
+            "train_rows": len(train_rows),
+            "val_rows": len(val_rows),
+        },
+    )

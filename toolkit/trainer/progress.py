@@ -45,8 +45,8 @@ class ProgressLog(TrainerCallback):
         self.log = log
         self.losses: list[tuple[int, float]] = []
         self.eval_losses: list[tuple[int, float]] = []
-        self.metrics: list[dict] = []   # every logged training value, by step
-        self.evals: list[dict] = []     # every evaluation, by step
+        self.metrics: list[dict] = []  # every logged training value, by step
+        self.evals: list[dict] = []  # every evaluation, by step
         self.tokens_seen = 0
         self.rates: list[tuple[int, float]] = []
         self._last = (time.monotonic(), 0)
@@ -55,8 +55,9 @@ class ProgressLog(TrainerCallback):
         self.device = "cpu"
         self.board = None
 
-    def measure(self, flops_per_token: float | None, peak_flops: float | None, device: str,
-                board) -> None:
+    def measure(
+        self, flops_per_token: float | None, peak_flops: float | None, device: str, board
+    ) -> None:
         """What MFU and memory are computed from, and where scalars go (TensorBoard)."""
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.device, self.board = device, board
@@ -70,16 +71,21 @@ class ProgressLog(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs) -> None:
         self._last = (time.monotonic(), 0)
         self._began = (time.monotonic(), state.global_step)  # a resumed run starts past 0
-        self.log(f"train: {state.max_steps} steps, batch {args.per_device_train_batch_size} x "
-                 f"accumulation {args.gradient_accumulation_steps}")
+        self.log(
+            f"train: {state.max_steps} steps, batch {args.per_device_train_batch_size} x "
+            f"accumulation {args.gradient_accumulation_steps}"
+        )
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs) -> None:
         """A bar (or plain lines) over the evaluation batches, rank 0 only."""
         if not self.log.main:
             return
         if getattr(self, "_eval_bar", None) is None:
-            total = len(eval_dataloader) if eval_dataloader is not None and hasattr(
-                eval_dataloader, "__len__") else None
+            total = (
+                len(eval_dataloader)
+                if eval_dataloader is not None and hasattr(eval_dataloader, "__len__")
+                else None
+            )
             self._eval_bar = bar(total, "evaluation", unit="batch")
         self._eval_bar.update(1)
 
@@ -94,10 +100,10 @@ class ProgressLog(TrainerCallback):
             if "eval_loss" in logs:
                 self.eval_losses.append((state.global_step, float(logs["eval_loss"])))
                 self.evals.append({"step": state.global_step, **_numbers(logs)})
-                shown = "".join(f" eval_{k} {logs['eval_' + k]:.4f}" for k in SHOWN
-                                if "eval_" + k in logs)
-                self.log(f"eval: step {state.global_step} eval_loss {logs['eval_loss']:.4f}"
-                         f"{shown}")
+                shown = "".join(
+                    f" eval_{k} {logs['eval_' + k]:.4f}" for k in SHOWN if "eval_" + k in logs
+                )
+                self.log(f"eval: step {state.global_step} eval_loss {logs['eval_loss']:.4f}{shown}")
                 if self.board:
                     self.board.scalars(state.global_step, {"eval/loss": logs["eval_loss"]})
             return
@@ -110,28 +116,45 @@ class ProgressLog(TrainerCallback):
         mfu = self.mfu(rate, args.world_size)
         memory, _ = peak_memory_gib(self.device)
         self.losses.append((step, float(logs["loss"])))
-        self.metrics.append({"step": step, **_numbers(logs), "tokens_per_second": rate,
-                             "mfu": mfu, "peak_memory_gib": memory})
+        self.metrics.append(
+            {
+                "step": step,
+                **_numbers(logs),
+                "tokens_per_second": rate,
+                "mfu": mfu,
+                "peak_memory_gib": memory,
+            }
+        )
         if tokens:
             self.rates.append((step, rate))
         shown = "".join(f" {k} {logs[k]:.3f}" for k in SHOWN if k in logs)
         began, first = getattr(self, "_began", (now, 0))
         elapsed = now - began
         eta = elapsed / (step - first) * (state.max_steps - step) if step > first else None
-        timing = (f" epoch {float(state.epoch or 0):.2f} elapsed {clock(elapsed)}"
-                  + (f" eta {clock(eta)}" if eta is not None else ""))
-        self.log(f"step {step}/{state.max_steps} loss {logs['loss']:.4f} "
-                 f"lr {logs.get('learning_rate', 0):.2e} grad_norm "
-                 f"{float(logs.get('grad_norm', 0)):.3f}{shown}"
-                 + (f" tokens/s {rate:,.0f}" if tokens else "")
-                 + (f" mfu {100 * mfu:.1f}%" if mfu else "") + f" mem {memory:.2f} GiB"
-                 + timing)
+        timing = f" epoch {float(state.epoch or 0):.2f} elapsed {clock(elapsed)}" + (
+            f" eta {clock(eta)}" if eta is not None else ""
+        )
+        self.log(
+            f"step {step}/{state.max_steps} loss {logs['loss']:.4f} "
+            f"lr {logs.get('learning_rate', 0):.2e} grad_norm "
+            f"{float(logs.get('grad_norm', 0)):.3f}{shown}"
+            + (f" tokens/s {rate:,.0f}" if tokens else "")
+            + (f" mfu {100 * mfu:.1f}%" if mfu else "")
+            + f" mem {memory:.2f} GiB"
+            + timing
+        )
         if self.board:
-            self.board.scalars(step, {"train/loss": logs["loss"],
-                                      "train/learning_rate": logs.get("learning_rate"),
-                                      "train/grad_norm": logs.get("grad_norm"),
-                                      "train/tokens_per_second": rate if tokens else None,
-                                      "train/mfu": mfu, "train/peak_memory_gib": memory})
+            self.board.scalars(
+                step,
+                {
+                    "train/loss": logs["loss"],
+                    "train/learning_rate": logs.get("learning_rate"),
+                    "train/grad_norm": logs.get("grad_norm"),
+                    "train/tokens_per_second": rate if tokens else None,
+                    "train/mfu": mfu,
+                    "train/peak_memory_gib": memory,
+                },
+            )
 
 
 # What preference and reward trainers log that tells whether training works.
@@ -165,12 +188,19 @@ class Divergence(TrainerCallback):
             self.last_finite = (state.global_step, float(logs["loss"]))
 
     def message(self, cfg) -> str:
-        last = (f"the last finite loss was {self.last_finite[1]:.4f} at step "
-                f"{self.last_finite[0]}" if self.last_finite else "no finite loss was logged")
-        cause = ("fp16 overflow: use bf16 (or bf16: auto) on a GPU that has it"
-                 if cfg.fp16 else
-                 f"learning_rate {cfg.learning_rate:g} is likely too high: lower it"
-                 if cfg.learning_rate > 1e-2 else
-                 "try a lower learning_rate, warmup_steps, or max_grad_norm: 1.0")
-        return (f"training diverged: {self.what} at step {self.step}; {last}. Likely cause: "
-                f"{cause}. Nothing was saved as the result")
+        last = (
+            f"the last finite loss was {self.last_finite[1]:.4f} at step {self.last_finite[0]}"
+            if self.last_finite
+            else "no finite loss was logged"
+        )
+        cause = (
+            "fp16 overflow: use bf16 (or bf16: auto) on a GPU that has it"
+            if cfg.fp16
+            else f"learning_rate {cfg.learning_rate:g} is likely too high: lower it"
+            if cfg.learning_rate > 1e-2
+            else "try a lower learning_rate, warmup_steps, or max_grad_norm: 1.0"
+        )
+        return (
+            f"training diverged: {self.what} at step {self.step}; {last}. Likely cause: "
+            f"{cause}. Nothing was saved as the result"
+        )

@@ -36,21 +36,41 @@ def train(loaded: LoadedConfig) -> Path:
 
     model = load_base(cfg, resolved, HEAD, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
-    args = RewardConfig(**common_args(cfg, resolved, len(train_rows), bool(val_rows)),
-                        max_length=cfg.sequence_len,
-                        center_rewards_coefficient=cfg.center_rewards_coefficient)
+    args = RewardConfig(
+        **common_args(cfg, resolved, len(train_rows), bool(val_rows)),
+        max_length=cfg.sequence_len,
+        center_rewards_coefficient=cfg.center_rewards_coefficient,
+    )
     trainer = RewardTrainer(
-        model=model, args=args, processing_class=tokenizer,
+        model=model,
+        args=args,
+        processing_class=tokenizer,
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
-        peft_config=lora_config(cfg, resolved, HEAD), callbacks=[progress])
+        peft_config=lora_config(cfg, resolved, HEAD),
+        callbacks=[progress],
+    )
     finish_model(cfg, resolved, trainer.model)
     dropped = len(train_rows) - len(trainer.train_dataset)  # type: ignore[arg-type]
     if dropped:
-        log(f"data: the reward trainer dropped {dropped} pairs longer than "
-            f"sequence_len={cfg.sequence_len}; raise sequence_len to keep them")
+        log(
+            f"data: the reward trainer dropped {dropped} pairs longer than "
+            f"sequence_len={cfg.sequence_len}; raise sequence_len to keep them"
+        )
 
-    return train_and_save(trainer, tokenizer, loaded, progress, "reward",
-                          head=HEAD, num_labels=1, resolved=resolved.as_dict(),
-                          data={"rows": len(rows), "train_rows": len(train_rows),
-                                "val_rows": len(val_rows), "dropped_by_trainer": dropped})
+    return train_and_save(
+        trainer,
+        tokenizer,
+        loaded,
+        progress,
+        "reward",
+        head=HEAD,
+        num_labels=1,
+        resolved=resolved.as_dict(),
+        data={
+            "rows": len(rows),
+            "train_rows": len(train_rows),
+            "val_rows": len(val_rows),
+            "dropped_by_trainer": dropped,
+        },
+    )

@@ -54,25 +54,31 @@ def pair_default(row: dict, ds: DatasetConfig) -> dict:
     chosen_field = "chosen" if ds.type == "preference" else ds.field_chosen
     rejected_field = "rejected" if ds.type == "preference" else ds.field_rejected
     prompt = _prompt(_field(row, field, "the prompt"), ds, field)
-    return {"prompt": prompt,
-            "chosen": [_reply(_field(row, chosen_field, "field_chosen"), ds, chosen_field)],
-            "rejected": [_reply(_field(row, rejected_field, "field_rejected"), ds,
-                                rejected_field)]}
+    return {
+        "prompt": prompt,
+        "chosen": [_reply(_field(row, chosen_field, "field_chosen"), ds, chosen_field)],
+        "rejected": [_reply(_field(row, rejected_field, "field_rejected"), ds, rejected_field)],
+    }
 
 
 def pair_conversations(row: dict, ds: DatasetConfig) -> dict:
     """argilla_chat / argilla: chosen and rejected are whole conversations sharing a prompt."""
     chosen = normalize_turns(_field(row, ds.field_chosen, "field_chosen"), ds, ds.field_chosen)
-    rejected = normalize_turns(_field(row, ds.field_rejected, "field_rejected"), ds,
-                               ds.field_rejected)
+    rejected = normalize_turns(
+        _field(row, ds.field_rejected, "field_rejected"), ds, ds.field_rejected
+    )
     if chosen[:-1] != rejected[:-1]:
-        raise RowError(f"{ds.field_chosen} and {ds.field_rejected} have different prompts "
-                       "(every message before the last must be the same)")
+        raise RowError(
+            f"{ds.field_chosen} and {ds.field_rejected} have different prompts "
+            "(every message before the last must be the same)"
+        )
     if len(chosen) < 2:
         raise RowError(f"{ds.field_chosen} has no prompt before its reply")
-    return {"prompt": chosen[:-1],
-            "chosen": [_reply(chosen[-1], ds, ds.field_chosen)],
-            "rejected": [_reply(rejected[-1], ds, ds.field_rejected)]}
+    return {
+        "prompt": chosen[:-1],
+        "chosen": [_reply(chosen[-1], ds, ds.field_chosen)],
+        "rejected": [_reply(rejected[-1], ds, ds.field_rejected)],
+    }
 
 
 def bradley_terry(row: dict, ds: DatasetConfig) -> dict:
@@ -81,18 +87,22 @@ def bradley_terry(row: dict, ds: DatasetConfig) -> dict:
     if isinstance(row.get("system"), str) and row["system"].strip():
         prompt.append({"role": "system", "content": row["system"]})
     prompt += _prompt(_field(row, "input", "the user turn"), ds, "input")
-    return {"prompt": prompt, "chosen": [_reply(_field(row, "chosen", "chosen"), ds, "chosen")],
-            "rejected": [_reply(_field(row, "rejected", "rejected"), ds, "rejected")]}
+    return {
+        "prompt": prompt,
+        "chosen": [_reply(_field(row, "chosen", "chosen"), ds, "chosen")],
+        "rejected": [_reply(_field(row, "rejected", "rejected"), ds, "rejected")],
+    }
 
 
 def kto(row: dict, ds: DatasetConfig) -> dict:
     label = _field(row, "label", "KTO needs a label: true for a desirable completion")
     if not isinstance(label, bool):
         raise RowError(f"label is {label!r}; expected true or false")
-    return {"prompt": _prompt(_field(row, "prompt", "the prompt"), ds, "prompt"),
-            "completion": [_reply(_field(row, "completion", "the completion"), ds,
-                                  "completion")],
-            "label": label}
+    return {
+        "prompt": _prompt(_field(row, "prompt", "the prompt"), ds, "prompt"),
+        "completion": [_reply(_field(row, "completion", "the completion"), ds, "completion")],
+        "label": label,
+    }
 
 
 def stepwise(row: dict, ds: DatasetConfig) -> dict:
@@ -106,13 +116,19 @@ def stepwise(row: dict, ds: DatasetConfig) -> dict:
     if not isinstance(labels, list) or not all(isinstance(x, bool) for x in labels):
         raise RowError("labels must be a list of true/false, one per step")
     if len(labels) != len(steps):
-        raise RowError(f"labels has {len(labels)} entries but completions has {len(steps)} "
-                       "steps; give one label per step")
+        raise RowError(
+            f"labels has {len(labels)} entries but completions has {len(steps)} "
+            "steps; give one label per step"
+        )
     # Dataset-level settings travel with the row; None falls back to the top level.
-    return {"prompt": prompt, "completions": steps, "labels": labels,
-            "step_separator": ds.step_separator,
-            "train_on_last_step_only": ds.train_on_last_step_only,
-            "max_completion_length": ds.max_completion_length}
+    return {
+        "prompt": prompt,
+        "completions": steps,
+        "labels": labels,
+        "step_separator": ds.step_separator,
+        "train_on_last_step_only": ds.train_on_last_step_only,
+        "max_completion_length": ds.max_completion_length,
+    }
 
 
 NORMALIZERS = {
@@ -145,8 +161,9 @@ def read_all(cfg: Config) -> list[dict]:
     return out
 
 
-def tokenizer_and_rows(cfg: Config, log, noun: str = "rows"
-                       ) -> tuple[Any, list[dict], list[dict], list[dict]]:
+def tokenizer_and_rows(
+    cfg: Config, log, noun: str = "rows"
+) -> tuple[Any, list[dict], list[dict], list[dict]]:
     """The tokenizer with the config's chat template set, and the rows split into
     training and held-out sets (for the recipes whose TRL trainer tokenizes)."""
     from toolkit.trainer.chat import resolve_template

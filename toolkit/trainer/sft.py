@@ -40,10 +40,13 @@ def train(loaded: LoadedConfig) -> Path:
         packed, fill = pack(train_rows, cfg.sequence_len)
         train_set = [p.as_row() for p in packed]
         packing["train"] = {"rows": len(train_rows), "packed_rows": len(packed), "fill": fill}
-        log(f"packing: {len(train_rows)} rows into {len(packed)} rows of {cfg.sequence_len} "
-            f"tokens, {100 * fill:.1f}% real tokens")
-    if val_rows and (cfg.sample_packing if cfg.eval_sample_packing is None
-                     else cfg.eval_sample_packing):
+        log(
+            f"packing: {len(train_rows)} rows into {len(packed)} rows of {cfg.sequence_len} "
+            f"tokens, {100 * fill:.1f}% real tokens"
+        )
+    if val_rows and (
+        cfg.sample_packing if cfg.eval_sample_packing is None else cfg.eval_sample_packing
+    ):
         packed, fill = pack(val_rows, cfg.sequence_len)
         val_set = [p.as_row() for p in packed]
         packing["eval"] = {"rows": len(val_rows), "packed_rows": len(packed), "fill": fill}
@@ -56,16 +59,32 @@ def train(loaded: LoadedConfig) -> Path:
 
     args = TrainingArguments(**common_args(cfg, resolved, len(train_set), bool(val_set)))
     pad_to = cfg.sequence_len if cfg.pad_to_sequence_len else None
-    collator = PackedCollator(tokenizer.pad_token_id, Collator(tokenizer.pad_token_id, pad_to),
-                              flatten=resolved.attn_implementation == "flash_attention_2",
-                              pad_to=pad_to)
+    collator = PackedCollator(
+        tokenizer.pad_token_id,
+        Collator(tokenizer.pad_token_id, pad_to),
+        flatten=resolved.attn_implementation == "flash_attention_2",
+        pad_to=pad_to,
+    )
     trainer = Trainer(
-        model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set or None,
         # The tokenizer lets transformers count real tokens in packed batches, which carry
         # no attention mask (it counts the non-pad ones).
-        data_collator=collator, processing_class=tokenizer, callbacks=[progress],
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[progress],
     )
-    return train_and_save(trainer, tokenizer, loaded, progress, "sft",
-                          resolved=resolved.as_dict(), data=report.as_dict(),
-                          train_rows=len(train_rows), val_rows=len(val_rows),
-                          packing=packing or None)
+    return train_and_save(
+        trainer,
+        tokenizer,
+        loaded,
+        progress,
+        "sft",
+        resolved=resolved.as_dict(),
+        data=report.as_dict(),
+        train_rows=len(train_rows),
+        val_rows=len(val_rows),
+        packing=packing or None,
+    )

@@ -37,10 +37,12 @@ def start_run(cfg: Config) -> tuple[RunLog, ProgressLog, Resolved]:
     log = RunLog(out / "train.log")
     transformers.set_seed(cfg.seed)
     resolved = resolve(cfg)
-    log(f"resolved: recipe={cfg.recipe}{f' ({cfg.rl})' if cfg.rl else ''} "
+    log(
+        f"resolved: recipe={cfg.recipe}{f' ({cfg.rl})' if cfg.rl else ''} "
         f"device={resolved.device} ({resolved.device_name}) dtype={resolved.dtype} "
         f"attention={resolved.attn_implementation} tf32={resolved.tf32} "
-        f"lora_targets={resolved.lora_target_modules}")
+        f"lora_targets={resolved.lora_target_modules}"
+    )
     if resolved.optimizations:
         log("optimizations: " + "; ".join(f"{k} {v}" for k, v in resolved.optimizations.items()))
     for note in resolved.notes:
@@ -48,8 +50,9 @@ def start_run(cfg: Config) -> tuple[RunLog, ProgressLog, Resolved]:
     return log, ProgressLog(log), resolved
 
 
-def train_and_save(trainer, tokenizer, loaded: LoadedConfig, progress: ProgressLog,
-                   recipe: str, **facts) -> Path:
+def train_and_save(
+    trainer, tokenizer, loaded: LoadedConfig, progress: ProgressLog, recipe: str, **facts
+) -> Path:
     """Train (resuming where the run stopped); save the adapter (or model) with the
     tokenizer; write run.json for the whole run, every segment of it."""
     from transformers.trainer_callback import PrinterCallback
@@ -75,9 +78,12 @@ def train_and_save(trainer, tokenizer, loaded: LoadedConfig, progress: ProgressL
     trainer.add_callback(divergence)
     resolved = facts["resolved"]
     board = TensorBoard(out / "tensorboard") if main else None
-    progress.measure(_flops_per_token(cfg, trainer.model, facts.get("data")),
-                     peak_flops(resolved["device"], resolved["device_name"], resolved["dtype"]),
-                     resolved["device"], board)
+    progress.measure(
+        _flops_per_token(cfg, trainer.model, facts.get("data")),
+        peak_flops(resolved["device"], resolved["device_name"], resolved["dtype"]),
+        resolved["device"],
+        board,
+    )
     started = time.monotonic()
     try:
         with preemption.installed():
@@ -91,8 +97,10 @@ def train_and_save(trainer, tokenizer, loaded: LoadedConfig, progress: ProgressL
         progress.log(f"preempted: SIGTERM at step {step}; checkpoint saved")
         _end_segment(out, segments, step, "preempted")
         make_written_readable(out, before)
-        raise Preempted(f"stopped by SIGTERM at step {step}; checkpoint {out}/checkpoint-{step} "
-                        "was saved. Run the same command again to resume from it")
+        raise Preempted(
+            f"stopped by SIGTERM at step {step}; checkpoint {out}/checkpoint-{step} "
+            "was saved. Run the same command again to resume from it"
+        )
     if divergence.step is None and trainer.args.world_size == 1 and not _finite(trainer.model):
         divergence.step, divergence.what = step, "a trainable weight that is not finite"
     if divergence.step is not None:
@@ -106,27 +114,41 @@ def train_and_save(trainer, tokenizer, loaded: LoadedConfig, progress: ProgressL
     tokenizer.save_pretrained(str(out))
     rate = progress.tokens_seen / elapsed if elapsed and progress.tokens_seen else None
     memory, memory_kind = peak_memory_gib(resolved["device"])
-    losses, evals, metrics, eval_history = _whole_run_history(trainer.state.log_history,
-                                                              progress, resume)
+    losses, evals, metrics, eval_history = _whole_run_history(
+        trainer.state.log_history, progress, resume
+    )
     charted = write_chart(out / "loss.png", losses, evals, progress.rates)
     segments = _end_segment(out, segments, step, "complete")
     manifest = write_manifest(
-        out, loaded, recipe=recipe, **facts,
-        status="complete", training_digest=cfg.training_digest(), segments=segments,
-        steps=step, epochs=trainer.state.epoch,
+        out,
+        loaded,
+        recipe=recipe,
+        **facts,
+        status="complete",
+        training_digest=cfg.training_digest(),
+        segments=segments,
+        steps=step,
+        epochs=trainer.state.epoch,
         final_loss=losses[-1][1] if losses else None,
         mean_loss=result.training_loss,
         eval_loss=evals[-1][1] if evals else None,
-        loss_history=losses, metrics_history=metrics, eval_history=eval_history,
+        loss_history=losses,
+        metrics_history=metrics,
+        eval_history=eval_history,
         tokens_per_second=rate,
         mfu=progress.mfu(rate, trainer.args.world_size) if rate else None,
         flops_per_token=progress.flops_per_token,
-        peak_memory_gib=memory, peak_memory_of=memory_kind,
-        train_seconds=elapsed, world_size=trainer.args.world_size,
+        peak_memory_gib=memory,
+        peak_memory_of=memory_kind,
+        train_seconds=elapsed,
+        world_size=trainer.args.world_size,
         chart="loss.png" if charted else None,
-        tensorboard="tensorboard" if board and board.writer else None)
-    progress.log(f"saved {'adapter' if cfg.uses_lora else 'model'} and tokenizer to {out}; "
-                 f"manifest {manifest}; log {out / 'train.log'}")
+        tensorboard="tensorboard" if board and board.writer else None,
+    )
+    progress.log(
+        f"saved {'adapter' if cfg.uses_lora else 'model'} and tokenizer to {out}; "
+        f"manifest {manifest}; log {out / 'train.log'}"
+    )
     make_written_readable(out, before)
     return out
 
@@ -138,12 +160,16 @@ def _start_segment(out: Path, resume: str | None) -> list[dict]:
         if earlier.get("outcome", "running") == "running":
             earlier["outcome"] = "interrupted"
     resumed = int(Path(resume).name.rsplit("-", 1)[-1]) if resume else None
-    segments.append({
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "resumed_from_step": resumed, "host": socket.gethostname(),
-        "image": os.environ.get("TOOLKIT_IMAGE"), "image_id": os.environ.get("TOOLKIT_IMAGE_ID"),
-        "outcome": "running",
-    })
+    segments.append(
+        {
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "resumed_from_step": resumed,
+            "host": socket.gethostname(),
+            "image": os.environ.get("TOOLKIT_IMAGE"),
+            "image_id": os.environ.get("TOOLKIT_IMAGE_ID"),
+            "outcome": "running",
+        }
+    )
     write_segments(out, segments)
     return segments
 
@@ -155,17 +181,22 @@ def _end_segment(out: Path, segments: list[dict], step: int, outcome: str) -> li
     return segments
 
 
-def _whole_run_history(log_history: list[dict], progress: ProgressLog,
-                       resume: str | None) -> tuple[list, list, list, list]:
+def _whole_run_history(
+    log_history: list[dict], progress: ProgressLog, resume: str | None
+) -> tuple[list, list, list, list]:
     """Losses, eval losses and logged values of the whole run: what the checkpoint resumed
     from recorded (transformers keeps it in trainer_state.json) and what this segment
     logged."""
     resumed = int(Path(resume).name.rsplit("-", 1)[-1]) if resume else 0
     earlier = [e for e in log_history if e.get("step", 0) <= resumed]
-    metrics = [{k: v for k, v in e.items() if isinstance(v, (int, float))}
-               for e in earlier if "loss" in e] + progress.metrics
-    eval_history = [{k: v for k, v in e.items() if isinstance(v, (int, float))}
-                    for e in earlier if "eval_loss" in e] + progress.evals
+    metrics = [
+        {k: v for k, v in e.items() if isinstance(v, (int, float))} for e in earlier if "loss" in e
+    ] + progress.metrics
+    eval_history = [
+        {k: v for k, v in e.items() if isinstance(v, (int, float))}
+        for e in earlier
+        if "eval_loss" in e
+    ] + progress.evals
     losses = [(m["step"], m["loss"]) for m in metrics]
     evals = [(m["step"], m["eval_loss"]) for m in eval_history]
     return losses, evals, metrics, eval_history
