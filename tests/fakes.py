@@ -83,21 +83,6 @@ class ScriptedDocker(Docker):
         data = json.loads(res.stdout or "[]")
         return ImageInfo.from_inspect(data[0]) if data else None
 
-    def buildkit_env(self) -> tuple[dict[str, str], str | None]:
-        """Environment for `docker build`, and a note when we fall back.
-
-        A modern Docker builds with BuildKit through the buildx plugin. A CLI
-        without buildx cannot use BuildKit, so we ask for the classic builder
-        (the Dockerfile works with both) and say so.
-        """
-        if self.runtime.run(["docker", "buildx", "version"], timeout=20).ok:
-            return {"DOCKER_BUILDKIT": "1"}, None
-        return (
-            {"DOCKER_BUILDKIT": "0"},
-            "the docker CLI has no buildx plugin; building with the classic builder "
-            "(DOCKER_BUILDKIT=0). Install docker-buildx for BuildKit builds.",
-        )
-
     def build(
         self,
         context: str,
@@ -106,10 +91,9 @@ class ScriptedDocker(Docker):
         env: dict[str, str],
         no_cache: bool = False,
     ) -> Result:
-        argv = ["docker", "build", "--tag", tag, *(["--no-cache"] if no_cache else [])]
-        for key, value in build_args.items():
-            argv += ["--build-arg", f"{key}={value}"]
-        return self.runtime.run([*argv, context], env=env, capture=False)
+        """Every build as the CLI command it stands for (BuildKit or not)."""
+        argv = Docker.cli_build_argv(context, tag, build_args, no_cache)
+        return self.runtime.run(argv, env=env, capture=False)
 
     def pull(self, ref: str, timeout: float = 600) -> Result:
         return self.runtime.run(["docker", "pull", ref], timeout=timeout)

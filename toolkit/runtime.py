@@ -311,13 +311,21 @@ class Docker:
         no_cache: bool = False,
     ) -> Result:
         if env.get("DOCKER_BUILDKIT") == "1":
-            argv = ["docker", "build", "--tag", tag, *(["--no-cache"] if no_cache else [])]
-            for key, value in build_args.items():
-                argv += ["--build-arg", f"{key}={value}"]
-            return self.runtime.run([*argv, context], env=env, capture=False)
+            argv = self.cli_build_argv(context, tag, build_args, no_cache)
+            return self.runtime.run(argv, env=env, capture=False)
         from toolkit import engine
 
         return engine.build(context, tag, build_args, no_cache)
+
+    @staticmethod
+    def cli_build_argv(
+        context: str, tag: str, build_args: dict[str, str], no_cache: bool
+    ) -> list[str]:
+        """`docker build` for a BuildKit build through the CLI."""
+        argv = ["docker", "build", "--tag", tag, *(["--no-cache"] if no_cache else [])]
+        for key, value in build_args.items():
+            argv += ["--build-arg", f"{key}={value}"]
+        return [*argv, context]
 
     def pull(self, ref: str, timeout: float = 600) -> Result:
         from toolkit import engine
