@@ -244,6 +244,8 @@ def container_failed(code: int) -> int:
         137: "it was killed (out of memory, or a `docker stop` whose grace period ran out "
         "before the checkpoint was saved: give it more with `docker stop -t`)",
         125: "docker could not start it (see the message above)",
+        130: "it was interrupted (Ctrl-C); run the same command again to resume from its "
+        "last complete checkpoint (SIGTERM, not Ctrl-C, saves one on the way out)",
     }.get(code, "see its log above")
     print(f"error: the container exited with code {code}: {hint}", file=sys.stderr)
     return code
