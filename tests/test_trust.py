@@ -604,3 +604,27 @@ def test_prepared_data_path_does_not_hide_the_output_checks(tiny_model_dir, writ
         )
     )
     assert "already holds files that are not a toolkit run (x)" in found[0]
+
+
+def test_a_lock_held_after_its_command_ended_says_so(tmp_path):
+    """The reaper keeps the lock while a killed CLI's container checkpoints: say so."""
+    import socket
+
+    from toolkit import outputs
+
+    lock = outputs.acquire(tmp_path / "out", "train")
+    try:
+        record = json.loads(lock.path.read_text())
+        dead = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        record.update(pid=int(dead), host=socket.gethostname())
+        lock.path.write_text(json.dumps(record))
+        assert "that command has ended and its container is being stopped" in (
+            outputs.describe_holder(lock.path)
+        )
+    finally:
+        lock.release()

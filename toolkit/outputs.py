@@ -219,10 +219,27 @@ def describe_holder(path: Path) -> str:
         holder = json.loads(path.read_text())
     except (OSError, ValueError):
         return "holder unknown"
-    return (
+    text = (
         f"`toolkit {holder.get('command', '?')}`, pid {holder.get('pid', '?')} on "
         f"{holder.get('host', '?')}, since {holder.get('started_at', '?')}"
     )
+    if holder.get("host") == socket.gethostname() and not _alive(holder.get("pid")):
+        # The command is gone but its container's reaper still holds the lock.
+        text += "; that command has ended and its container is being stopped (it saves a "
+        text += "checkpoint first): try again in a minute"
+    return text
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 _HELD: list[RunLock] = []
