@@ -3,7 +3,7 @@
     .venv/bin/python bench/cli_startup.py [RUNS]
 
 Prints the median and the fastest of RUNS (default 15) runs of each command, in
-seconds, against the target (≤ 0.3 s for --help).
+seconds, against the target (≤ 0.1 s for --help).
 """
 
 from __future__ import annotations
