@@ -222,18 +222,20 @@ def run(spec: RunSpec, keep_fds: tuple[int, ...] = (), stdout: BinaryIO | None =
 
     engine = client()
     name = f"toolkit-{uuid.uuid4().hex[:12]}"
-    try:
-        container = engine.containers.create(**create_kwargs(spec, name))
-    except ImageNotFound:
-        raise UsageError(
-            f"image {spec.image}: not on this engine; build it with "
-            "`toolkit images build VARIANT` or pull it"
-        ) from None
-    except APIError as exc:
-        raise RuntimeFailure(
-            f"the engine refused to create the container: {exc.explanation or exc}"
-        ) from None
-    with _reaper(container.id, keep_fds):
+    # The reaper starts first and finds the container by name: a CLI killed between
+    # creating it and starting it leaves nothing behind either.
+    with _reaper(name, keep_fds):
+        try:
+            container = engine.containers.create(**create_kwargs(spec, name))
+        except ImageNotFound:
+            raise UsageError(
+                f"image {spec.image}: not on this engine; build it with "
+                "`toolkit images build VARIANT` or pull it"
+            ) from None
+        except APIError as exc:
+            raise RuntimeFailure(
+                f"the engine refused to create the container: {exc.explanation or exc}"
+            ) from None
         try:
             stream = engine.api.attach(
                 container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True
@@ -306,11 +308,11 @@ def _kill(container, signum: int) -> None:
 
 
 @contextmanager
-def _reaper(container_id: str, keep_fds: tuple[int, ...]) -> Iterator[None]:
-    """Start the reaper for `container_id`; on leaving, let it go and wait for it."""
+def _reaper(container: str, keep_fds: tuple[int, ...]) -> Iterator[None]:
+    """Start the reaper for `container` (a name or ID); on leaving, let it go and wait."""
     read_end, write_end = os.pipe()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "toolkit.engine", "reap", container_id, str(read_end)],
+        [sys.executable, "-m", "toolkit.engine", "reap", container, str(read_end)],
         pass_fds=(read_end, *keep_fds),
         start_new_session=True,
         stdin=subprocess.DEVNULL,
