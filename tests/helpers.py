@@ -23,3 +23,18 @@ def sigterm_at(monkeypatch, step: int) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(ProgressLog, "on_step_end", on_step_end, raising=False)
+
+
+def preempt_at(monkeypatch, config_path: Path, step: int) -> None:
+    """Train `config_path` in-process until SIGTERM at `step` stops it with a checkpoint
+    (exit 75's Preempted), then lift the patch so the next run goes to the end."""
+    import pytest
+
+    from toolkit.config import load_config
+    from toolkit.errors import Preempted
+    from toolkit.trainer import run
+
+    with monkeypatch.context() as patch:
+        sigterm_at(patch, step)
+        with pytest.raises(Preempted):
+            run(load_config(config_path))

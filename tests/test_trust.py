@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import read_run, sigterm_at
+from helpers import preempt_at, read_run
 
 from toolkit.cli import main
 from toolkit.config import load_config
@@ -228,20 +228,17 @@ def test_a_longer_run_continues_a_finished_one(tiny_model_dir, write_config, tmp
 def test_a_resumed_run_records_the_whole_run(
     tiny_model_dir, write_config, tmp_path, monkeypatch, capsys
 ):
-    """Preempted at step 5 (after checkpoint-3), resumed: train.log, run.json and loss.png
-    cover all 6 steps, and `compare` finds it the same as an uninterrupted run."""
-    from toolkit.errors import Preempted
-
+    """Preempted at step 5 (checkpoint-5 saved on the way out), resumed: train.log and
+    run.json (which loss.png is drawn from) cover all 6 steps, and `compare` finds it the
+    same as an uninterrupted run."""
     base = {**FAST, "base_model": str(tiny_model_dir), "logging_steps": 1}
     whole = write_config({**base, "output_dir": str(tmp_path / "whole")}, name="whole.yaml")
     run(load_config(whole))
     path = write_config({**base, "output_dir": str(tmp_path / "cut")}, name="cut.yaml")
-    sigterm_at(monkeypatch, 5)
-    with pytest.raises(Preempted):
-        run(load_config(path))
-    monkeypatch.undo()
+    preempt_at(monkeypatch, path, 5)
     assert main(["train", str(path), "--runtime", "local"]) == 0
     cut, full = read_run(tmp_path / "cut"), read_run(tmp_path / "whole")
+    assert cut["chart"] == "loss.png" and (tmp_path / "cut" / "loss.png").stat().st_size
     assert [s for s, _ in cut["loss_history"]] == [1, 2, 3, 4, 5, 6]
     assert [m["step"] for m in cut["metrics_history"]] == [1, 2, 3, 4, 5, 6]
     assert [
@@ -261,14 +258,9 @@ def test_a_resumed_run_records_the_whole_run(
 def test_resume_false_starts_at_step_zero_beside_a_checkpoint(
     tiny_model_dir, write_config, tmp_path, monkeypatch, capsys
 ):
-    from toolkit.errors import Preempted
-
     base = {**FAST, "base_model": str(tiny_model_dir), "logging_steps": 1}
     path = write_config(base)
-    sigterm_at(monkeypatch, 4)
-    with pytest.raises(Preempted):
-        run(load_config(path))
-    monkeypatch.undo()
+    preempt_at(monkeypatch, path, 4)
     capsys.readouterr()
     run(load_config(path, {"resume_from_checkpoint": False}))
     printed = capsys.readouterr().out
@@ -282,14 +274,9 @@ def test_resume_trusts_the_files_not_the_marker(
     tiny_model_dir, write_config, tmp_path, monkeypatch, capsys
 ):
     """An interrupted rotation: checkpoint-6's marker is there, its weights are not."""
-    from toolkit.errors import Preempted
-
     base = {**FAST, "base_model": str(tiny_model_dir), "max_steps": 8}
     path = write_config(base)
-    sigterm_at(monkeypatch, 7)
-    with pytest.raises(Preempted):
-        run(load_config(path))
-    monkeypatch.undo()
+    preempt_at(monkeypatch, path, 7)
     out = tmp_path / "out"
     (out / "checkpoint-7" / "adapter_model.safetensors").unlink()
     with (out / "checkpoint-6" / "optimizer.pt").open("ab") as f:
@@ -310,13 +297,8 @@ def test_resume_trusts_the_files_not_the_marker(
 def test_checkpoints_of_another_setup_are_not_trained_over(
     tiny_model_dir, write_config, tmp_path, monkeypatch
 ):
-    from toolkit.errors import Preempted
-
     path = write_config({**FAST, "base_model": str(tiny_model_dir)})
-    sigterm_at(monkeypatch, 4)
-    with pytest.raises(Preempted):
-        run(load_config(path))
-    monkeypatch.undo()
+    preempt_at(monkeypatch, path, 4)
     with pytest.raises(UsageError, match="holds checkpoint-4, written by another training setup"):
         run(load_config(path, {"learning_rate": 0.001}))
 
