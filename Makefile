@@ -20,8 +20,13 @@ TOOLKIT := $(VENV)/bin/toolkit
 HOST_ENV := $(VENV)/.host
 endif
 DEV_ENV := $(VENV)/.dev
+# axolotl's own code, read by the tests that compare masks with it and by the key
+# inventory (make axolotl-keys); kept out of the venv's packages, without its
+# dependencies (its chat-template code needs only what the trainer's stack has).
+AXOLOTL_VERSION := 0.19.0
+AXOLOTL_REF := $(VENV)/axolotl-$(AXOLOTL_VERSION)
 
-.PHONY: help train merge image tiny-model test test-fast test-gpu lint clean
+.PHONY: help train merge image tiny-model test test-fast test-gpu lint axolotl-keys clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
@@ -36,7 +41,9 @@ $(VENV)/.host: pyproject.toml
 # torch is pinned in the same command so pip takes the CPU build, not a CUDA one.
 $(VENV)/.dev: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet torch==2.13.0 -e '.[train,dev]'
+	$(VENV)/bin/pip install --quiet torch==2.13.0 -e '.[train,trackers,dev]'
+	$(VENV)/bin/pip install --quiet --no-deps --target $(AXOLOTL_REF) \
+		axolotl==$(AXOLOTL_VERSION) addict==2.4.0 colorama==0.4.6 fire==0.7.1 termcolor==3.1.0
 	touch $@ $(VENV)/.host
 
 train: $(HOST_ENV)  ## the bundled tiny demo end to end (CONFIG=… ARGS=… for others)
@@ -68,6 +75,10 @@ lint: $(DEV_ENV)  ## ruff (rules and format) over toolkit, tests and bench; mypy
 	$(VENV)/bin/ruff check toolkit tests bench
 	$(VENV)/bin/ruff format --check toolkit tests bench
 	$(VENV)/bin/mypy
+
+axolotl-keys: $(DEV_ENV)  ## reread toolkit/config/axolotl_keys.yaml's key lists from axolotl (AXOLOTL_VERSION=…)
+	$(VENV)/bin/pip install --quiet --no-deps --upgrade --target $(AXOLOTL_REF) axolotl==$(AXOLOTL_VERSION)
+	$(VENV)/bin/python -m toolkit.config.inventory $(AXOLOTL_REF)
 
 clean:  ## remove outputs and pytest's cache
 	rm -rf outputs .pytest_cache

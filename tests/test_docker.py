@@ -414,3 +414,31 @@ def test_two_builds_from_one_lock_freeze_and_label_alike(image):
         assert labels(again) == labels(built)
     finally:
         runtime.run(["docker", "rmi", "-f", first, again], timeout=120)
+
+
+def test_trackers_run_in_the_offline_container(image, shared, monkeypatch, capfd):
+    """W&B offline and a local MLflow store, from an axolotl-style config, in the image:
+    the container has no network, the store is mounted writable, and both record the run."""
+    as_user(monkeypatch, shared)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    store = shared / "mlruns"
+    store.mkdir(mode=0o777)
+    store.chmod(0o777)
+    config = demo_config(
+        shared,
+        max_steps=4,
+        save_steps=4,
+        wandb_project="qwen3",
+        wandb_mode="offline",
+        mlflow_tracking_uri=str(store),
+        mlflow_experiment_name="qwen3",
+    )
+    assert main(["train", str(config), "--runtime", "docker"]) == 0
+    assert "without network" in capfd.readouterr().err
+    assert list((shared / "out" / "wandb").glob("offline-run-*/run-*.wandb"))
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=store.as_uri())
+    [run] = client.search_runs([client.get_experiment_by_name("qwen3").experiment_id])
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 2

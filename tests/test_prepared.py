@@ -45,10 +45,19 @@ def test_preprocess_then_train_reuses_and_changes_invalidate(
     assert not [p for p in prepared.iterdir() if p.name.startswith(".")], "temporary left"
 
 
-def test_preprocess_needs_a_folder_and_sft(write_config, tiny_model_dir, capsys):
-    path = write_config({"base_model": str(tiny_model_dir)})
+def test_preprocess_is_for_sft(write_config, tiny_model_dir, tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    path = write_config(
+        {
+            "base_model": str(tiny_model_dir),
+            "rl": "dpo",
+            "dataset_prepared_path": str(tmp_path / "prepared"),
+            "datasets": [{"path": str(pairs), "type": "chat_template.default"}],
+        }
+    )
     assert main(["preprocess", str(path), "--runtime", "local"]) == 2
-    assert "dataset_prepared_path is not set; set it" in capsys.readouterr().err
+    assert "preprocess caches SFT data; this config trains preference" in capsys.readouterr().err
 
 
 def test_worker_processes_encode_exactly_as_one_process(tiny_model_dir, write_config, tmp_path):

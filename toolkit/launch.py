@@ -17,12 +17,16 @@ from toolkit.config import Config, is_local_ref
 from toolkit.errors import UsageError
 from toolkit.outputs import RUN_LOCK_ENV
 from toolkit.runtime import Devices, Mount, RunSpec, Runtime
+from toolkit.trainer import trackers
 
 # Credentials a run may need; passed by name only, never by value.
 SECRET_ENV = (
     "HF_TOKEN",
     "HUGGING_FACE_HUB_TOKEN",
     "WANDB_API_KEY",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
@@ -50,7 +54,10 @@ def config_paths(cfg: Config) -> tuple[list[Path], list[Path], bool]:
     writes = [Path(cfg.output_dir).expanduser()]
     if cfg.dataset_prepared_path:
         writes.append(Path(cfg.dataset_prepared_path).expanduser())
-    return reads, writes, remote
+    store = trackers.local_store(cfg)  # a local MLflow store the run writes to
+    if store is not None:
+        writes.append(store)
+    return reads, writes, remote or trackers.needs_network(cfg)
 
 
 def plan_mounts(reads: list[Path], writes: list[Path]) -> list[Mount]:
@@ -176,7 +183,7 @@ def run_in_container(
     note = (
         "on the host's network (multi-node)"
         if network == "host"
-        else "with network access (a model or dataset is remote)"
+        else "with network access (a remote model, dataset or tracker)"
         if network
         else "without network"
     )

@@ -24,7 +24,7 @@ from toolkit.cli.common import environment_error
 from toolkit.cli.images import images
 from toolkit.cli.inspect import compare, doctor, reproduce, validate
 from toolkit.cli.launch import launch
-from toolkit.cli.run import merge_lora, preprocess, tiny_model, train
+from toolkit.cli.run import inference, merge_lora, preprocess, tiny_model, train
 from toolkit.errors import ToolkitError
 
 
@@ -45,6 +45,7 @@ for command in (
     train,
     preprocess,
     merge_lora,
+    inference,
     tiny_model,
     images,
     reproduce,

@@ -161,6 +161,11 @@ def load(config: str, overrides: tuple[str, ...] | list[str]) -> LoadedConfig:
     loaded = load_config(checked_config(config), parse_overrides(list(overrides)))
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    for line in loaded.hardware.values():
+        print(
+            f"note: {line}; it needs several GPUs or GPU kernels: checked when the run starts",
+            file=sys.stderr,
+        )
     return loaded
 
 
@@ -218,12 +223,21 @@ def output_lock(output_dir: str, command: str) -> Iterator[RunLock]:
 
 
 def in_container(
-    command: str, args, extra, loaded, host_network: bool = False, keep_fds: tuple[int, ...] = ()
+    command: str,
+    args,
+    extra,
+    loaded,
+    host_network: bool = False,
+    keep_fds: tuple[int, ...] = (),
+    read_only: bool = False,
 ) -> int:
-    """Run this same command in the image, with the config's paths mounted."""
+    """Run this same command in the image, with the config's paths mounted (the outputs
+    read-only too when the command only reads them)."""
     from toolkit.launch import config_paths, run_in_container
 
     reads, writes, network = config_paths(loaded.config)
+    if read_only:
+        reads, writes = [*reads, *writes], []
     argv = ["toolkit", command, str(Path(args.config).absolute()), "--runtime", "local", *extra]
     code = run_in_container(
         image_for(args),

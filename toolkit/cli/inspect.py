@@ -46,6 +46,7 @@ def validate(config, overrides, explain, as_json) -> int:
                     "values": values,
                     "sources": loaded.sources,
                     "warnings": loaded.warnings,
+                    "needs_hardware": loaded.hardware,
                 },
                 indent=2,
             )

@@ -3,6 +3,7 @@ in the image (default outside a container) or in this Python environment."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from contextlib import nullcontext, redirect_stdout
@@ -29,6 +30,7 @@ from toolkit.cli.common import (
     runtime_options,
     with_local_data,
 )
+from toolkit.errors import UsageError
 
 
 @click.command(cls=OverridesCommand, context_settings=OVERRIDES)
@@ -142,17 +144,58 @@ def _distributed_args(args) -> list[str]:
 
 @click.command(cls=OverridesCommand, context_settings=OVERRIDES)
 @config_argument
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="print the first rows as tokenized, the trained tokens marked (axolotl's --debug)",
+)
+@click.option(
+    "--debug-num-examples",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="how many rows --debug prints",
+)
+@click.option(
+    "--color",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="mark trained tokens in colour (auto: when printing to a terminal)",
+)
 @runtime_options
 @overrides_argument
-def preprocess(config, overrides, **options) -> int:
-    """Tokenize SFT data into dataset_prepared_path (train reuses it)."""
+def preprocess(config, overrides, debug, debug_num_examples, color, **options) -> int:
+    """Tokenize SFT data into dataset_prepared_path (train reuses it); unset, it is
+    ./last_run_prepared, as in axolotl."""
+    from toolkit.trainer.prepared import DEFAULT_PREPARED_PATH
+
     args = args_of(config=config, **options)
-    loaded, extra = with_local_data(config, list(overrides))
+    overrides = list(overrides)
+    loaded, extra = with_local_data(config, overrides)
+    if not loaded.config.dataset_prepared_path:
+        print(
+            f"note: dataset_prepared_path is not set; writing to ./{DEFAULT_PREPARED_PATH} "
+            "as axolotl does (set dataset_prepared_path, and train reads it from there)",
+            file=sys.stderr,
+        )
+        extra = [*extra, f"--dataset_prepared_path={DEFAULT_PREPARED_PATH}"]
+        loaded = dataclasses.replace(
+            loaded,
+            config=loaded.config.model_copy(
+                update={"dataset_prepared_path": DEFAULT_PREPARED_PATH}
+            ),
+        )
+    colored = color == "always" or (color == "auto" and sys.stdout.isatty())
     if runtime_of(args) == "docker":
-        return in_container("preprocess", args, extra, loaded)
+        flags = ["--color", "always" if colored else "never"]
+        if debug:
+            flags += ["--debug", "--debug-num-examples", str(debug_num_examples)]
+        return in_container("preprocess", args, [*flags, *extra], loaded)
     from toolkit.trainer.prepared import preprocess as build
 
-    print(f"prepared data: {build(loaded)}")
+    where = build(loaded, debug_num_examples if debug else 0, colored)
+    print(f"prepared data: {where}")
     return 0
 
 
@@ -222,4 +265,56 @@ def tiny_model(out_dir, moe, seed, **options) -> int:
         f"wrote a tiny {'Qwen3-MoE' if moe else 'Qwen3'} and its tokenizer to {out}",
         file=sys.stdout,
     )
+    return 0
+
+
+@click.command(cls=OverridesCommand, context_settings=OVERRIDES)
+@config_argument
+@click.option(
+    "--prompt",
+    "prompts",
+    multiple=True,
+    help="a prompt to answer (repeat for a conversation); none: read prompts from stdin",
+)
+@click.option(
+    "--model",
+    "use",
+    type=click.Choice(["auto", "merged", "adapter"]),
+    default="auto",
+    show_default=True,
+    help="auto: output_dir/merged when merge-lora made it, else the trained adapter on the base",
+)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="0 answers greedily (the same answer each time)",
+)
+@runtime_options
+@overrides_argument
+def inference(config, overrides, prompts, use, max_new_tokens, temperature, **options) -> int:
+    """Answer prompts with the trained model, streaming tokens as they come."""
+    from toolkit.inference import model_source
+
+    args = args_of(config=config, **options)
+    loaded = load(config, overrides)
+    model_source(loaded, use)  # nothing trained yet, or no merged model: say so here
+    if runtime_of(args) == "docker":
+        if not prompts:
+            raise UsageError(
+                "in the container, give the prompts with --prompt (repeat it for a "
+                "conversation), or run with --runtime local to type them"
+            )
+        flags = ["--model", use, "--max-new-tokens", str(max_new_tokens)]
+        flags += ["--temperature", str(temperature)]
+        for prompt in prompts:
+            flags += ["--prompt", prompt]
+        return in_container("inference", args, [*flags, *overrides], loaded, read_only=True)
+    from toolkit.inference import run, stdin_prompts
+
+    asked = list(prompts) or stdin_prompts(sys.stdin.isatty())
+    for _ in run(loaded, asked, use, max_new_tokens, temperature):
+        print()
     return 0

@@ -5,30 +5,12 @@ rewritten."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from toolkit.config.problems import show
 
-# axolotl keys we know but do not implement yet. Holding their "off" value (null,
-# false, empty) they ask for nothing and are accepted; any other value is refused
-# by name with what to do instead.
-UNSUPPORTED_KEYS = {
-    "xformers_attention": "xformers is not supported; set it false (sdpa is used)",
-    "sdp_attention": "sdpa is already the attention used; remove the key",
-    "trust_remote_code": "remote code is never run; Qwen3 needs none. Set it false",
-    "group_by_length": "batches are drawn in random order; set it false",
-    "lora_model_dir": "starting from a trained adapter is not implemented yet; remove the key",
-    "fsdp": "give FSDP as fsdp_version: 2 with fsdp_config (axolotl's list form, e.g. "
-    "fsdp: [full_shard, auto_wrap], is read too)",
-    "use_sonicmoe": "SonicMoE kernels are not implemented; remove it (Qwen3-MoE experts run "
-    "through transformers' fused expert weights)",
-    "nvfp4_merge_aware": "NVFP4 checkpoints are not supported; remove it and train on a bf16 "
-    "base (QLoRA for 4-bit)",
-    "fused_attn_kernel": "axolotl's fused attention kernel is not implemented; remove it "
-    "(attention runs through flash-attention or sdpa, see "
-    "attn_implementation)",
-}
 OFF_VALUES: tuple[object, ...] = (None, False, "", [], {})
 
 # Keys that only mean something for a LoRA adapter.
@@ -44,33 +26,6 @@ LORA_KEYS = (
     "lora_qkv_kernel",
     "lora_o_kernel",
 )
-
-# Keys that cannot change what is trained (experiment trackers, run names, axolotl's
-# own switches, memory-only settings): accepted, with a warning saying why.
-IGNORED_PREFIXES = ("wandb_", "mlflow_", "comet_")
-NOT_USED = "not used by toolkit (it cannot change what is trained); ignored"
-IGNORED_KEYS = {
-    **dict.fromkeys(
-        (
-            "strict",
-            "debug",
-            "local_rank",
-            "eval_max_new_tokens",
-            "eval_table_size",
-            "use_tensorboard",
-            "hub_model_id",
-            "remove_unused_columns",
-            "dataloader_num_workers",
-            "dataloader_pin_memory",
-            "dataloader_prefetch_factor",
-            "save_safetensors",
-        ),
-        NOT_USED,
-    ),
-    "model_type": "ignored: the recipe picks the model class (causal LM, or a classification "
-    "head for reward_model / process_reward_model)",
-    "tokenizer_type": "ignored: the tokenizer is loaded with AutoTokenizer",
-}
 
 
 @dataclass
@@ -89,6 +44,70 @@ class _Mapping:
         self.raw[new] = value
         self.sources[new] = f"mapped from {old} ({self.sources.pop(old, 'file')})"
         self.notes.append(f"{old}: deprecated; read as {new}: {value!r}")
+
+
+# axolotl's other names for a key: read as the key, with a warning.
+RENAMES = {
+    "dataset_num_proc": "dataset_processes",
+    "model_revision": "revision_of_model",
+    "noisy_embedding_alpha": "neftune_noise_alpha",
+    "evaluation_strategy": "eval_strategy",
+    "dpo_beta": "rl_beta",
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "liger_swiglu": "liger_glu_activation",
+}
+
+
+def _renames(m: _Mapping) -> None:
+    for old, new in RENAMES.items():
+        if old in m.raw:
+            m.move(old, new, m.raw[old])
+    auto = m.raw.get("auto_resume_from_checkpoints")
+    if isinstance(auto, bool):
+        m.raw.pop("auto_resume_from_checkpoints")
+        if "resume_from_checkpoint" not in m.raw:
+            m.raw["resume_from_checkpoint"] = "auto" if auto else False
+            m.sources["resume_from_checkpoint"] = "mapped from auto_resume_from_checkpoints"
+        m.notes.append(
+            f"auto_resume_from_checkpoints: read as resume_from_checkpoint: "
+            f"{m.raw['resume_from_checkpoint']!r}"
+        )
+    final = m.raw.pop("fsdp_final_state_dict_type", None)
+    if final is not None:
+        fsdp = m.raw.get("fsdp_config")
+        fsdp = dict(fsdp) if isinstance(fsdp, dict) else {}
+        fsdp.setdefault("state_dict_type", final)
+        m.raw["fsdp_config"] = fsdp
+        m.notes.append(
+            f"fsdp_final_state_dict_type: read as fsdp_config.state_dict_type: {final!r}"
+        )
+
+
+# axolotl's bundled DeepSpeed files (deepspeed_configs/ in its repository), read as
+# toolkit's bundled stage of the same name when the path is not a file here.
+DEEPSPEED_FILES = {
+    "zero1.json": "zero1",
+    "zero1_torch_compile.json": "zero1",
+    "zero2.json": "zero2",
+    "zero2_torch_compile.json": "zero2",
+    "zero3.json": "zero3",
+    "zero3_bf16.json": "zero3",
+}
+
+
+def _deepspeed(m: _Mapping) -> None:
+    """`deepspeed: deepspeed_configs/zero1.json` (axolotl's examples) → zero1."""
+    value = m.raw.get("deepspeed")
+    if not isinstance(value, str) or os.path.isfile(os.path.expanduser(value)):
+        return
+    name = value.replace("\\", "/").rsplit("/", 1)[-1]
+    if name in DEEPSPEED_FILES and "deepspeed_configs" in value:
+        m.move("deepspeed", "deepspeed", DEEPSPEED_FILES[name])
+        m.notes[-1] = (
+            f"deepspeed: {value!r} is axolotl's bundled file, not a file here; read as "
+            f"toolkit's bundled {DEEPSPEED_FILES[name]} (give a path to use your own)"
+        )
 
 
 def _attention(m: _Mapping) -> None:
@@ -219,7 +238,16 @@ def _message_fields(m: _Mapping) -> None:
                 )
 
 
-FAMILIES = (_attention, _fsdp_list, _fsdp_config, _plugins, _checkpointing, _message_fields)
+FAMILIES = (
+    _renames,
+    _deepspeed,
+    _attention,
+    _fsdp_list,
+    _fsdp_config,
+    _plugins,
+    _checkpointing,
+    _message_fields,
+)
 
 
 def map_deprecated(raw: dict, sources: dict[str, str]) -> tuple[dict, list[str]]:
@@ -242,9 +270,75 @@ def drop_nulls(raw: dict) -> dict:
     return out
 
 
-def unsupported_problems(raw: dict) -> list[str]:
+@dataclass
+class Triage:
+    """A config's keys sorted by what toolkit does with them (axolotl_keys.yaml)."""
+
+    known: dict  # what validation reads: toolkit's keys, and any it does not know
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    # Keys whose settings need hardware or processes: checked when the run starts.
+    hardware: dict[str, str] = field(default_factory=dict)
+
+
+def _is_off(value: Any) -> bool:
+    """Null, false, empty, or a size of 1: the setting asks for nothing."""
+    return value in OFF_VALUES or (value == 1 and not isinstance(value, bool))
+
+
+def triage(raw: dict, fields: set[str], dataset_fields: set[str]) -> Triage:
+    """Sort a (mapped) config's keys: toolkit's own go to validation; axolotl's others are
+    warned about, refused, or kept for the hardware check, as the inventory says."""
+    from toolkit.config import inventory
+
+    out = Triage(known={})
+    book = {**inventory.inventory()["plugins"], **inventory.inventory()["top"]}
+    for key, value in raw.items():
+        if key in fields or key not in book:
+            out.known[key] = value
+        else:
+            _sort(key, key, value, book[key], out)
+    datasets = out.known.get("datasets")
+    if isinstance(datasets, list):
+        per_dataset = inventory.inventory()["datasets"]
+        kept = []
+        for i, ds in enumerate(datasets):
+            if isinstance(ds, dict):
+                ds = dict(ds)
+                for key in [k for k in ds if k not in dataset_fields and k in per_dataset]:
+                    _sort(f"datasets[{i}].{key}", key, ds.pop(key), per_dataset[key], out)
+            kept.append(ds)
+        out.known["datasets"] = kept
+    return out
+
+
+def _sort(where: str, key: str, value: Any, entry: dict, out: Triage) -> None:
+    kind, why = entry["class"], entry.get("why", "")
+    if _is_off(value):
+        return
+    if kind == "ignored":
+        out.warnings.append(f"{where}: {why}; ignored")
+    elif kind == "speed":
+        out.warnings.append(
+            f"{where}: a speed or memory setting toolkit does not apply yet ({why}); "
+            "the run trains the same without it"
+        )
+    elif kind == "hardware":
+        out.hardware[where] = f"{where}: {show(value)}: {why}"
+    else:  # refused, or a mapped key whose value no mapping reads
+        out.problems.append(f"{where}: got {show(value)}; not supported by toolkit ({why})")
+
+
+def hardware_refusals(hardware: dict[str, str], gpus: int) -> list[str]:
+    """What a run cannot do on this machine, one line each: the settings that need
+    several GPUs (parallelism) or GPU kernels (QAT, FP8)."""
+    where = (
+        f"this machine has {gpus} GPU{'s' if gpus != 1 else ''}"
+        if gpus
+        else "this machine has no GPU"
+    )
     return [
-        f"{key}: got {show(raw[key])}; not supported by toolkit ({why})"
-        for key, why in UNSUPPORTED_KEYS.items()
-        if key in raw and raw[key] not in OFF_VALUES
+        f"{line}; {where}, and toolkit does not run it yet on any hardware. Remove the key "
+        "(or set it to 1 / false) to train here"
+        for line in hardware.values()
     ]

@@ -10,20 +10,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from toolkit.config.axolotl import (
-    IGNORED_KEYS,
-    IGNORED_PREFIXES,
-    LORA_KEYS,
-    NOT_USED,
-    OFF_VALUES,
-    UNSUPPORTED_KEYS,
-    drop_nulls,
-    map_deprecated,
-    unsupported_problems,
-)
+from toolkit.config.axolotl import LORA_KEYS, OFF_VALUES, drop_nulls, map_deprecated, triage
 from toolkit.config.problems import describe_all, nested_model, show
 from toolkit.config.rules import cross_field_problems, path_problems
-from toolkit.config.schema import Config, LoadedConfig
+from toolkit.config.schema import Config, DatasetConfig, LoadedConfig
 from toolkit.errors import ConfigError
 
 # ---------------------------------------------------------------------------
@@ -53,13 +43,11 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     for key in [k for k, v in sources.items() if k not in raw]:
         del sources[key]
     raw, mapped = map_deprecated(raw, sources)
-    problems += unsupported_problems(raw)
-    ignored = [
-        k
-        for k in raw
-        if (k in IGNORED_KEYS or k.startswith(IGNORED_PREFIXES)) and k not in UNSUPPORTED_KEYS
-    ]
-    known = {k: v for k, v in raw.items() if k not in UNSUPPORTED_KEYS and k not in ignored}
+    # axolotl's keys toolkit does not read are warned about, refused, or kept for the
+    # hardware check (toolkit/config/axolotl_keys.yaml); the rest are validated.
+    sorted_ = triage(raw, set(Config.model_fields), set(DatasetConfig.model_fields))
+    problems += sorted_.problems
+    known = sorted_.known
     config = None
     try:
         config = Config.model_validate(known)
@@ -72,9 +60,7 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         raise ConfigError(f"{path}: {len(problems)} {noun}", problems)
     for name in Config.model_fields:
         sources.setdefault(name, "default")
-    warnings = mapped + [
-        f"{key}: {IGNORED_KEYS.get(key, NOT_USED)}" for key in ignored if raw[key] not in OFF_VALUES
-    ]
+    warnings = mapped + sorted_.warnings
     if not config.uses_lora:
         warnings += [
             f"{key}: set to {show(raw[key])} but adapter is {show(raw.get('adapter'))}"
@@ -84,7 +70,9 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
             if key in raw and raw[key] not in OFF_VALUES
         ]
     derive(config, sources)
-    return LoadedConfig(config=config, path=path, sources=sources, warnings=warnings)
+    return LoadedConfig(
+        config=config, path=path, sources=sources, warnings=warnings, hardware=sorted_.hardware
+    )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

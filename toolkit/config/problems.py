@@ -42,6 +42,20 @@ def fields_at(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+def names_at(loc: tuple) -> list[str]:
+    """The names a misspelt key may have meant: toolkit's keys at its level, and
+    axolotl's there (which toolkit answers even when it does not read them)."""
+    from toolkit.config import inventory
+
+    names = fields_at(loc)
+    level = [p for p in loc[:-1] if not isinstance(p, int)]
+    if level == []:
+        names += [*inventory.axolotl_keys("top"), *inventory.axolotl_keys("plugins")]
+    elif level == ["datasets"]:
+        names += inventory.axolotl_keys("datasets")
+    return sorted(set(names))
+
+
 def nested_model(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
@@ -107,7 +121,7 @@ def describe_all(errors: list[dict]) -> list[str]:
         first = errs[0]
         loc = _clean_loc(first["loc"])
         if first["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(loc[-1]), fields_at(loc), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(str(loc[-1]), names_at(loc), n=1, cutoff=0.8)
             fix = f"did you mean '{close[0]}'?" if close else "remove it or check the spelling"
             out.append(f"{key}: unknown key; {fix}")
         elif first["type"] == "missing":

@@ -38,6 +38,7 @@ def cross_field_problems(raw: dict) -> list[str]:
             _batch_rules,
             _exclusive_rules,
             _template_rules,
+            _turn_rules,
         )
         for p in rules(raw)
     ]
@@ -135,6 +136,17 @@ def _adapter_rules(raw: dict) -> list[str]:
         )
     if raw.get("load_in_4bit") is True and raw.get("load_in_8bit") is True:
         out.append("load_in_4bit and load_in_8bit are both true; keep one")
+    lora = adapter in ("lora", "qlora")
+    if raw.get("unfrozen_parameters") and lora:
+        out.append(
+            "unfrozen_parameters chooses what a full fine-tune trains; with adapter: "
+            f"{adapter} use lora_modules_to_save for whole modules, or set adapter: none"
+        )
+    for key in ("loraplus_lr_ratio", "loraplus_lr_embedding", "peft_use_dora", "peft_use_rslora"):
+        if raw.get(key) not in OFF_VALUES and not lora:
+            out.append(f"{key} is a LoRA setting but adapter is {show(adapter)}; set adapter: lora")
+    if raw.get("loraplus_lr_embedding") is not None and raw.get("loraplus_lr_ratio") is None:
+        out.append("loraplus_lr_embedding needs loraplus_lr_ratio (LoRA+'s ratio); add it")
     return out
 
 
@@ -176,6 +188,19 @@ def _exclusive_rules(raw: dict) -> list[str]:
             f"warmup_steps ({show(raw['warmup_steps'])}) and warmup_ratio "
             f"({show(raw['warmup_ratio'])}) are both set; keep one"
         )
+    for key in ("cosine_min_lr_ratio", "cosine_constant_lr_ratio"):
+        if raw.get(key) is not None and raw.get("lr_scheduler", "cosine") not in (
+            "cosine",
+            "cosine_with_min_lr",
+        ):
+            out.append(
+                f"{key} shapes the cosine schedule but lr_scheduler is "
+                f"{show(raw.get('lr_scheduler'))}; set lr_scheduler: cosine"
+            )
+    if raw.get("load_best_model_at_end") is True and not raw.get("val_set_size"):
+        out.append("load_best_model_at_end needs held-out rows to compare; set val_set_size")
+    if raw.get("save_strategy") == "best" and not raw.get("val_set_size"):
+        out.append("save_strategy: best saves on evaluation; set val_set_size")
     if raw.get("eval_steps") is not None and raw.get("evals_per_epoch") is not None:
         out.append("eval_steps and evals_per_epoch are both set; keep one")
     if raw.get("save_steps") is not None and raw.get("saves_per_epoch") is not None:
@@ -202,6 +227,40 @@ def _template_rules(raw: dict) -> list[str]:
     val = raw.get("val_set_size")
     if isinstance(val, (int, float)) and math.isfinite(val) and val >= 1 and float(val) != int(val):
         out.append(f"val_set_size: got {val}; use a fraction below 1 or a whole number of rows")
+    return out
+
+
+ROLES = ("system", "user", "assistant", "tool")
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}
+
+
+def _turn_rules(raw: dict) -> list[str]:
+    """Each dataset's roles_to_train names a role (or a source name its `roles` maps),
+    and its own chat_template is complete."""
+    out: list[str] = []
+    datasets = raw.get("datasets")
+    for i, ds in enumerate(datasets if isinstance(datasets, list) else []):
+        if not isinstance(ds, dict):
+            continue
+        roles = ds.get("roles")
+        aliases = (
+            {a: r for r, names in roles.items() if isinstance(names, list) for a in names}
+            if isinstance(roles, dict)
+            else SHAREGPT_ROLES
+        )
+        wanted = ds.get("roles_to_train")
+        for role in wanted if isinstance(wanted, list) else []:
+            if isinstance(role, str) and role not in ROLES and role not in aliases:
+                out.append(
+                    f"datasets[{i}].roles_to_train: {role!r} is not a role; accepted: "
+                    f"{', '.join(ROLES)}, or a source name mapped by the dataset's roles "
+                    f"(now: {', '.join(aliases) or 'none'})"
+                )
+        if ds.get("chat_template") == "jinja" and not ds.get("chat_template_jinja"):
+            out.append(
+                f"datasets[{i}].chat_template: 'jinja' needs the dataset's "
+                "chat_template_jinja (the template text or file); add it"
+            )
     return out
 
 

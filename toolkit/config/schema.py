@@ -30,6 +30,7 @@ OPTIMIZERS = (
     "adamw_torch",
     "adamw_torch_fused",
     "adamw_torch_4bit",
+    "adamw_torch_8bit",
     "adamw_bnb_8bit",
     "paged_adamw_8bit",
     "adamw_8bit",
@@ -70,9 +71,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+# Chat templates by name: toolkit's bundled ones, the tokenizer's own, a jinja text,
+# or the tokenizer's own falling back to a bundled one (axolotl's names).
+BUNDLED_TEMPLATES = ("qwen3", "qwen_25", "qwen3_5", "chatml")
+CHAT_TEMPLATES = (
+    "tokenizer_default",
+    "jinja",
+    *BUNDLED_TEMPLATES,
+    *(f"tokenizer_default_fallback_{name}" for name in BUNDLED_TEMPLATES),
+)
+EndTokens = Literal["turn", "all", "last", "none"]
+
+
 class MessageMapping(_Strict):
+    """Where each message property is read from. Besides role and content, any other
+    property may be mapped (e.g. reasoning_content: thinking), as in axolotl."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
     role: str = "role"
     content: str = "content"
+
+    def extras(self) -> dict[str, str]:
+        return {k: v for k, v in (self.model_extra or {}).items() if isinstance(v, str)}
 
 
 class FSDPConfig(_Strict):
@@ -133,6 +153,17 @@ class DatasetConfig(_Strict):
     shards_idx: NonNegInt = 0
     field_messages: str = "messages"
     message_property_mappings: MessageMapping = MessageMapping()
+    # Row fields read beside the messages: the tool schemas given to the template, a
+    # system prompt put first when the conversation has none, a message's reasoning.
+    field_tools: str = "tools"
+    field_system: str = "system"
+    field_thinking: str = "reasoning_content"
+    # A per-message boolean field that says whether that turn trains (over roles_to_train).
+    message_field_training: str | None = None
+    drop_system_message: bool = False
+    # This dataset's own chat template (else the config's).
+    chat_template: Literal[CHAT_TEMPLATES] | None = None  # type: ignore[valid-type]
+    chat_template_jinja: str | None = None
     # Source role names mapped onto the canonical roles: {user: [human], assistant: [gpt]}.
     roles: dict[Literal["system", "user", "assistant", "tool"], list[str]] | None = None
     field_chosen: str = "chosen"
@@ -143,9 +174,17 @@ class DatasetConfig(_Strict):
     max_completion_length: PositiveInt | None = None
     # Move `<think>…</think>` at the start of an assistant message into reasoning_content.
     split_thinking: bool = False
-    roles_to_train: list[Literal["system", "user", "assistant", "tool"]] = ["assistant"]
-    # Which end-of-turn tokens carry loss: each trained turn's, every turn's, the last one's, none.
-    train_on_eos: Literal["turn", "all", "last", "none"] = "turn"
+    # Roles whose turns carry loss; source names (gpt, human) are read through `roles`.
+    roles_to_train: list[str] = ["assistant"]
+    # Which end tokens carry loss: each trained turn's, every turn's, the last trained
+    # turn's, none. train_on_eos is for the EOS token, train_on_eot for eot_tokens
+    # (unset: as train_on_eos); for Qwen3 both are <|im_end|>.
+    train_on_eos: EndTokens = "turn"
+    train_on_eot: EndTokens | None = None
+    # A name for the dataset (axolotl passes it to `datasets` as the configuration).
+    name: str | None = None
+    # A Hub dataset's revision (branch, tag or commit).
+    revision: str | None = None
 
 
 class Config(_Strict):
@@ -154,16 +193,26 @@ class Config(_Strict):
     base_model: str
     tokenizer_config: str | None = None
     # null means the tokenizer's own template, as in axolotl.
-    chat_template: Literal["tokenizer_default", "qwen3", "chatml", "jinja"] | None = None
+    chat_template: Literal[CHAT_TEMPLATES] | None = None  # type: ignore[valid-type]
     chat_template_jinja: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     eot_tokens: list[str] | None = None
+    # A system message put first in conversations that start without one.
+    default_system_message: str | None = None
 
     datasets: Annotated[list[DatasetConfig], Field(min_length=1)]
     # Where tokenized SFT data is cached, keyed by everything that decides the tokens.
     dataset_prepared_path: str | None = None
     # Processes that tokenize SFT data; unset: one per CPU (shared among local ranks).
     dataset_processes: PositiveInt | None = None
+    # Shuffle each dataset's rows before they are put together, and the whole after
+    # (false keeps file order: the held-out rows are the last ones, packing follows it).
+    shuffle_before_merging_datasets: bool = False
+    shuffle_merged_datasets: bool = True
+    # Drop rows whose tokens and labels repeat an earlier row exactly.
+    dataset_exact_deduplication: bool = False
+    # Drop rows shorter than this many tokens.
+    min_sample_len: PositiveInt | None = None
     val_set_size: Annotated[float, Field(ge=0)] = 0.0
     output_dir: str = "./outputs/model-out"
     # Write into a folder that already holds files other than a toolkit run (or into the
@@ -214,6 +263,21 @@ class Config(_Strict):
     # nn.Parameters (not Linear layers) that get an adapter: Qwen3-MoE's fused experts,
     # e.g. [mlp.experts.gate_up_proj, mlp.experts.down_proj].
     lora_target_parameters: list[str] | None = None
+    peft_use_dora: bool = False
+    peft_use_rslora: bool = False
+    # Per-module ranks and alphas, by module-name pattern (peft's rank_pattern/alpha_pattern).
+    lora_rank_pattern: dict[str, PositiveInt] | None = None
+    lora_alpha_pattern: dict[str, PositiveInt] | None = None
+    # LoRA+: the B matrices learn this many times faster (and the embeddings' at this rate).
+    loraplus_lr_ratio: Annotated[float, Field(gt=0)] | None = None
+    loraplus_lr_embedding: Annotated[float, Field(gt=0)] | None = None
+    # Full fine-tuning of only the parameters whose names match one of these regexes.
+    unfrozen_parameters: list[str] | None = None
+    # The model's RoPE scaling (e.g. {rope_type: yarn, factor: 4.0,
+    # original_max_position_embeddings: 32768}) for contexts beyond its training length.
+    rope_scaling: dict[str, Any] | None = None
+    # A Hub model's revision (branch, tag or commit).
+    revision_of_model: str | None = None
 
     # Fully sharded data parallel over the processes of a distributed launch; with
     # fsdp_config alone, version 2.
@@ -233,8 +297,24 @@ class Config(_Strict):
     learning_rate: Annotated[float, Field(gt=0)] = 2e-4
     optimizer: Literal[OPTIMIZERS] = "adamw_torch"  # type: ignore[valid-type]
     lr_scheduler: Literal[LR_SCHEDULERS] = "cosine"  # type: ignore[valid-type]
-    warmup_steps: NonNegInt | None = None
+    # A number of steps, or below 1 a fraction of them (as transformers 5 reads it).
+    warmup_steps: Annotated[float, Field(ge=0)] | None = None
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = None
+    adam_beta1: Annotated[float, Field(ge=0, lt=1)] | None = None
+    adam_beta2: Annotated[float, Field(ge=0, lt=1)] | None = None
+    adam_epsilon: Annotated[float, Field(gt=0)] | None = None
+    # Extra optimizer arguments: "key=value,key=value" or a mapping.
+    optim_args: str | dict[str, Any] | None = None
+    lr_scheduler_kwargs: dict[str, Any] | None = None
+    # Cosine decay to this fraction of the peak learning rate (lr_scheduler: cosine)…
+    cosine_min_lr_ratio: Annotated[float, Field(ge=0, le=1)] | None = None
+    # …reached at this fraction of the steps, then held there.
+    cosine_constant_lr_ratio: Annotated[float, Field(gt=0, le=1)] | None = None
+    # Noise added to the embeddings in training (NEFTune).
+    neftune_noise_alpha: Annotated[float, Field(gt=0)] | None = None
+    # Stop when the training loss stays above this for loss_watchdog_patience logs in a row.
+    loss_watchdog_threshold: Annotated[float, Field(gt=0)] | None = None
+    loss_watchdog_patience: PositiveInt = 3
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
 
@@ -283,10 +363,40 @@ class Config(_Strict):
     save_steps: PositiveInt | None = None
     saves_per_epoch: PositiveInt | None = None
     save_total_limit: PositiveInt | None = None
+    # transformers' strategies; unset: from eval_steps / evals_per_epoch and save_steps /
+    # saves_per_epoch (else once an epoch).
+    eval_strategy: Literal["no", "steps", "epoch"] | None = None
+    save_strategy: Literal["no", "steps", "epoch", "best"] | None = None
+    save_only_model: bool = False
+    save_first_step: bool = False
+    load_best_model_at_end: bool = False
+    metric_for_best_model: str | None = None
+    greater_is_better: bool | None = None
     # auto: continue from the newest complete checkpoint in output_dir written by this
     # same training setup; a path: from that checkpoint; false: start fresh.
     resume_from_checkpoint: Literal["auto"] | bool | str = "auto"
     seed: int = 42
+    # Multi-process launches: the collective timeout (seconds) and DDP's unused-parameter search.
+    ddp_timeout: PositiveInt = 1800
+    ddp_find_unused_parameters: bool | None = None
+
+    # Experiment trackers (credentials by environment name only: WANDB_API_KEY, …).
+    report_to: list[Literal["wandb", "mlflow", "tensorboard"]] | None = None
+    # unset: on when wandb_project is set (mlflow: mlflow_experiment_name), as in axolotl.
+    use_wandb: bool | None = None
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
+    wandb_name: str | None = None
+    wandb_run_id: str | None = None
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None
+    wandb_watch: Literal["false", "gradients", "parameters", "all"] | bool | None = None
+    wandb_log_model: Literal["false", "checkpoint", "end"] | bool | None = None
+    use_mlflow: bool | None = None
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment_name: str | None = None
+    mlflow_run_name: str | None = None
+    hf_mlflow_log_artifacts: bool = False
+    use_tensorboard: bool = False
 
     @property
     def uses_lora(self) -> bool:
@@ -314,6 +424,14 @@ class Config(_Strict):
         another one is not resumed automatically. Lengths, saving, logging and
         evaluation cadence may change between a run and its resumption."""
         free = {
+            *TRACKER_KEYS,
+            "save_strategy",
+            "save_only_model",
+            "save_first_step",
+            "eval_strategy",
+            "ddp_timeout",
+            "loss_watchdog_threshold",
+            "loss_watchdog_patience",
             "max_steps",
             "num_epochs",
             "logging_steps",
@@ -331,6 +449,25 @@ class Config(_Strict):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+TRACKER_KEYS = (
+    "report_to",
+    "use_wandb",
+    "wandb_project",
+    "wandb_entity",
+    "wandb_name",
+    "wandb_run_id",
+    "wandb_mode",
+    "wandb_watch",
+    "wandb_log_model",
+    "use_mlflow",
+    "mlflow_tracking_uri",
+    "mlflow_experiment_name",
+    "mlflow_run_name",
+    "hf_mlflow_log_artifacts",
+    "use_tensorboard",
+)
+
+
 @dataclass(frozen=True)
 class LoadedConfig:
     """A validated config plus where each top-level value came from."""
@@ -339,6 +476,9 @@ class LoadedConfig:
     path: Path
     sources: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # axolotl settings that need several GPUs or GPU kernels (key: what it is), which
+    # the run checks when it starts.
+    hardware: dict[str, str] = field(default_factory=dict)
 
 
 def recipe_of(raw: dict) -> str:

@@ -7,13 +7,13 @@ from typing import Any
 
 
 def template_text(name: str) -> str:
-    """The Jinja source of a bundled template: 'qwen3' or 'chatml'."""
+    """The Jinja source of a bundled template (one of BUNDLED)."""
     text = resources.files(__package__).joinpath(f"{name}.jinja").read_text(encoding="utf-8")
     # A trailing newline in the file would be rendered after every conversation.
     return text.strip()
 
 
-BUNDLED = ("qwen3", "chatml")
+BUNDLED = ("qwen3", "qwen_25", "qwen3_5", "chatml")
 
 
 def plain_renderer(template: str) -> Any:

@@ -48,6 +48,7 @@ def run(loaded) -> Path:
     from toolkit import outputs
 
     cfg = loaded.config
+    check_hardware(loaded)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     lock = outputs.ensure_held(cfg.output_dir, "train")
     try:
@@ -61,6 +62,21 @@ def run(loaded) -> Path:
     finally:
         if lock:
             lock.release()
+
+
+def check_hardware(loaded) -> None:
+    """Refuse, before anything is written, axolotl settings this machine cannot run
+    (several GPUs for tensor/context/expert parallelism, GPU kernels for QAT or FP8)."""
+    if not loaded.hardware:
+        return
+    import torch
+
+    from toolkit.config.axolotl import hardware_refusals
+    from toolkit.errors import ConfigError
+
+    problems = hardware_refusals(loaded.hardware, torch.cuda.device_count())
+    noun = "setting" if len(problems) == 1 else "settings"
+    raise ConfigError(f"{loaded.path}: {len(problems)} {noun} this run cannot use", problems)
 
 
 def _close_process_group() -> None:

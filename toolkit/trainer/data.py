@@ -9,6 +9,7 @@ are counted in the report, as are rows left with no trained token.
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import os
 import random
@@ -29,7 +30,8 @@ from toolkit.trainer.chat import (
     RowError,
     TurnRule,
     encode_alpaca,
-    normalize_messages,
+    normalize_conversation,
+    resolve_template,
 )
 
 MAX_REPORTED_ROWS = 10
@@ -46,6 +48,10 @@ class DataReport:
     pieces: int = 0  # the pieces those rows became
     dropped_too_long: int = 0
     dropped_no_trained_tokens: int = 0
+    dropped_duplicates: int = 0  # dataset_exact_deduplication
+    dropped_too_short: int = 0  # min_sample_len
+    # Turns of a trained role with nothing rendered (no text, no tool call): no loss.
+    empty_turns: int = 0
     tokens: int = 0
     trained_tokens: int = 0
     per_dataset: list[dict] = field(default_factory=list)
@@ -72,6 +78,22 @@ class DataReport:
                 f"data: split {self.split} rows longer than sequence_len="
                 f"{cfg.sequence_len} into {self.pieces} pieces (excess_length_strategy: "
                 "split; each piece is an example)"
+            )
+        if self.empty_turns:
+            out.append(
+                f"data: {self.empty_turns} turns of a trained role are empty (no text, no "
+                "tool call) and train nothing, their end token included; an empty reply "
+                "would teach the model to answer with nothing"
+            )
+        if self.dropped_duplicates:
+            out.append(
+                f"data: dropped {self.dropped_duplicates} rows repeating an earlier row "
+                "exactly (dataset_exact_deduplication)"
+            )
+        if self.dropped_too_short:
+            out.append(
+                f"data: dropped {self.dropped_too_short} rows shorter than min_sample_len="
+                f"{cfg.min_sample_len} tokens"
             )
         if self.dropped_no_trained_tokens:
             out.append(
@@ -286,42 +308,31 @@ def build_examples(cfg: Config, encoder: ChatEncoder) -> tuple[list[Example], Da
     """Tokenize every dataset; raise DataError naming the bad rows, if any."""
     report = DataReport()
     examples: list[Example] = []
+    seen: set[bytes] = set()
     for index, ds in enumerate(cfg.datasets):
         rows = read_rows(ds, index)
+        if cfg.shuffle_before_merging_datasets:
+            random.Random(cfg.seed + index).shuffle(rows)
         bad: list[str] = []
         before = len(examples)
         encoded = encode_rows(
-            encoder, ds, TurnRule.from_config(cfg, ds), rows, processes_for(cfg, len(rows))
+            encoder_for(cfg, ds, encoder),
+            ds,
+            TurnRule.from_config(cfg, ds),
+            rows,
+            processes_for(cfg, len(rows)),
+            cfg.default_system_message,
         )
         for n, result in enumerate(encoded, start=1):
             report.rows += 1
             if isinstance(result, str):
                 bad.append(f"row {n}: {result}")
                 continue
-            ids, labels = result
-            pieces = [(ids, labels)]
-            if len(ids) > cfg.sequence_len:
-                if cfg.excess_length_strategy == "drop":
-                    report.dropped_too_long += 1
-                    continue
-                step = cfg.sequence_len
-                if cfg.excess_length_strategy == "truncate":
-                    pieces = [(ids[:step], labels[:step])]
-                    report.truncated += 1
-                else:
-                    pieces = [
-                        (ids[i : i + step], labels[i : i + step]) for i in range(0, len(ids), step)
-                    ]
-                    report.split += 1
-                    report.pieces += len(pieces)
-            for ids, labels in pieces:
-                trained = len(labels) - labels.count(IGNORE_INDEX)
-                if not trained:
-                    report.dropped_no_trained_tokens += 1
-                    continue
-                report.tokens += len(ids)
-                report.trained_tokens += trained
-                examples.append(Example(ids, labels))
+            row_ids, row_labels, empty = result
+            report.empty_turns += empty
+            for ids, labels in _pieces(cfg, row_ids, row_labels, report):
+                if _keep(cfg, ids, labels, report, seen):
+                    examples.append(Example(ids, labels))
         if bad:
             raise bad_rows_error(index, ds, bad, len(rows))
         if not rows:
@@ -336,6 +347,53 @@ def build_examples(cfg: Config, encoder: ChatEncoder) -> tuple[list[Example], Da
     if not examples:
         raise DataError("no usable rows after tokenization; " + " ".join(report.lines(cfg)))
     return examples, report
+
+
+def encoder_for(cfg: Config, ds: DatasetConfig, encoder: ChatEncoder) -> ChatEncoder:
+    """The encoder of a dataset with its own chat_template; else the config's."""
+    if not ds.chat_template:
+        return encoder
+    template = resolve_template(cfg, encoder.tokenizer, ds)
+    return ChatEncoder(encoder.tokenizer, template, encoder.eot_tokens, encoder.template_kwargs)
+
+
+def _pieces(cfg: Config, ids, labels, report: DataReport) -> list:
+    """A row as it trains: whole, or as excess_length_strategy says when too long."""
+    if len(ids) <= cfg.sequence_len:
+        return [(ids, labels)]
+    step = cfg.sequence_len
+    if cfg.excess_length_strategy == "drop":
+        report.dropped_too_long += 1
+        return []
+    if cfg.excess_length_strategy == "truncate":
+        report.truncated += 1
+        return [(ids[:step], labels[:step])]
+    pieces = [(ids[i : i + step], labels[i : i + step]) for i in range(0, len(ids), step)]
+    report.split += 1
+    report.pieces += len(pieces)
+    return pieces
+
+
+def _keep(cfg: Config, ids, labels, report: DataReport, seen: set[bytes]) -> bool:
+    """Whether an example trains: it has a trained token, min_sample_len tokens, and
+    (dataset_exact_deduplication) no earlier example with the same ids and labels."""
+    trained = len(labels) - labels.count(IGNORE_INDEX)
+    if not trained:
+        report.dropped_no_trained_tokens += 1
+        return False
+    if cfg.min_sample_len and len(ids) < cfg.min_sample_len:
+        report.dropped_too_short += 1
+        return False
+    if cfg.dataset_exact_deduplication:
+        both = array("i", ids).tobytes() + b"|" + array("i", labels).tobytes()
+        key = hashlib.blake2b(both, digest_size=16).digest()
+        if key in seen:
+            report.dropped_duplicates += 1
+            return False
+        seen.add(key)
+    report.tokens += len(ids)
+    report.trained_tokens += trained
+    return True
 
 
 # Rows per task a worker process takes; below PARALLEL_FROM rows one process does all.
@@ -358,14 +416,22 @@ def processes_for(cfg: Config, rows: int) -> int:
 _JOB: tuple | None = None
 
 
+Encoded = tuple[array, array, int]  # ids, labels, empty turns
+
+
 def encode_rows(
-    encoder: ChatEncoder, ds: DatasetConfig, rule: TurnRule, rows: list[dict], processes: int
-) -> list[tuple[array, array] | str]:
+    encoder: ChatEncoder,
+    ds: DatasetConfig,
+    rule: TurnRule,
+    rows: list[dict],
+    processes: int,
+    default_system: str | None = None,
+) -> list[Encoded | str]:
     """Each row's (ids, labels) as int arrays, or the reason it cannot be used — in row
     order, over `processes` forked workers when more than one."""
     global _JOB
     chunks = [rows[i : i + CHUNK] for i in range(0, len(rows), CHUNK)]
-    _JOB = (encoder, ds, rule)
+    _JOB = (encoder, ds, rule, default_system)
     # Encoding makes millions of small objects and frees few: the collector's full
     # passes over them would take a fifth of the time, and find nothing to free.
     collecting = gc.isenabled()
@@ -379,7 +445,7 @@ def encode_rows(
                 if len(chunks) > 1 and main
                 else None
             )
-            work: Iterable[list[tuple[array, array] | str]]
+            work: Iterable[list[Encoded | str]]
             if processes == 1:
                 work = map(_encode_chunk, chunks)
             else:
@@ -401,37 +467,39 @@ def encode_rows(
     return [result for chunk in done for result in chunk]
 
 
-def _encode_chunk(rows: list[dict]) -> list[tuple[array, array] | str]:
+def _encode_chunk(rows: list[dict]) -> list[Encoded | str]:
     if _JOB is None:
         raise RuntimeError("encode_rows sets the job before any chunk runs")
-    encoder, ds, rule = _JOB
+    encoder, ds, rule, default_system = _JOB
     out: list = [None] * len(rows)
     if ds.type == "alpaca":
         for i, row in enumerate(rows):
             try:
                 ids, labels = encode_alpaca(encoder.tokenizer, row, rule.train_on_inputs)
-                out[i] = (array("i", ids), array("i", labels))
+                out[i] = (array("i", ids), array("i", labels), 0)
             except RowError as exc:
                 out[i] = str(exc)
         return out
-    good: list[tuple[int, list[dict]]] = []
+    good = []
     for i, row in enumerate(rows):
         try:
-            good.append((i, normalize_messages(row, ds)))
+            good.append((i, normalize_conversation(row, ds, default_system)))
         except RowError as exc:
             out[i] = str(exc)
     try:
-        encoded = encoder.encode_many([m for _, m in good], rule)
-    except RowError:  # one row's turns cannot be found: encode alone to name it
+        encoded: list = encoder.encode_many([c for _, c in good], rule)
+    except RowError:  # one row cannot be encoded: encode each alone to name it
         encoded = []
-        for _, messages in good:
+        for _, conversation in good:
             try:
-                encoded.append(encoder.encode(messages, rule))
+                encoded.append(encoder.encode(conversation, rule))
             except RowError as exc:
                 encoded.append(str(exc))
     for (i, _), result in zip(good, encoded, strict=True):
         out[i] = (
-            result if isinstance(result, str) else (array("i", result[0]), array("i", result[1]))
+            result
+            if isinstance(result, str)
+            else (array("i", result.ids), array("i", result.labels), result.empty_turns)
         )
     return out
 
@@ -447,8 +515,11 @@ def bad_rows_error(index: int, ds: DatasetConfig, bad: list[str], total: int) ->
     )
 
 
-def split_validation(examples: list[T], size: float, seed: int) -> tuple[list[T], list[T]]:
-    """Hold out a fraction (size < 1) or a count (size ≥ 1) of rows, chosen by `seed`."""
+def split_validation(
+    examples: list[T], size: float, seed: int, shuffle: bool = True
+) -> tuple[list[T], list[T]]:
+    """Hold out a fraction (size < 1) or a count (size ≥ 1) of rows, chosen by `seed`
+    (shuffle_merged_datasets: false holds out the last rows, in file order)."""
     if size <= 0:
         return examples, []
     count = int(size) if size >= 1 else max(1, round(len(examples) * size))
@@ -456,6 +527,8 @@ def split_validation(examples: list[T], size: float, seed: int) -> tuple[list[T]
         raise DataError(
             f"val_set_size={size} leaves no training rows out of {len(examples)}; lower it"
         )
+    if not shuffle:
+        return examples[: len(examples) - count], examples[len(examples) - count :]
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     held = set(order[:count])

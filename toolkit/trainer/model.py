@@ -116,7 +116,8 @@ def load_tokenizer(cfg: Config) -> Any:
     from transformers import AutoTokenizer
 
     source = cfg.tokenizer_config or cfg.base_model
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    revision = cfg.revision_of_model if source == cfg.base_model else None
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     vocab = tokenizer.get_vocab()
     for role, token in (cfg.special_tokens or {}).items():
         if token not in vocab:
@@ -147,6 +148,10 @@ def load_base(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labe
 
     dtype = getattr(torch, resolved.dtype)
     kwargs: dict = {"dtype": dtype, "attn_implementation": resolved.attn_implementation}
+    if cfg.revision_of_model:
+        kwargs["revision"] = cfg.revision_of_model
+    if cfg.rope_scaling:
+        kwargs["config"] = rope_scaled_config(cfg)
     if num_labels:
         kwargs["num_labels"] = num_labels
     if cfg.adapter == "qlora":
@@ -166,7 +171,41 @@ def load_base(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labe
     if resolved.device == "cuda" and "quantization_config" not in kwargs:
         model = model.to("cuda")
     model.config.use_cache = False
+    freeze_except(model, cfg.unfrozen_parameters)
     return model
+
+
+def rope_scaled_config(cfg: Config) -> Any:
+    """The model's config with rope_scaling applied (transformers 5 keeps RoPE settings
+    in rope_parameters; the older rope_scaling spelling is read into it)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(cfg.base_model, revision=cfg.revision_of_model)
+    scaling = dict(cfg.rope_scaling or {})
+    if "type" in scaling and "rope_type" not in scaling:
+        scaling["rope_type"] = scaling.pop("type")
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    params.update(scaling)
+    config.rope_parameters = params
+    return config
+
+
+def freeze_except(model, patterns: list[str] | None) -> None:
+    """unfrozen_parameters: train only the parameters whose names match a pattern."""
+    if not patterns:
+        return
+    import re
+
+    compiled = [re.compile(p) for p in patterns]
+    kept = 0
+    for name, param in model.named_parameters():
+        param.requires_grad = any(p.search(name) for p in compiled)
+        kept += param.requires_grad
+    if not kept:
+        raise UsageError(
+            f"unfrozen_parameters: {patterns} matches no parameter of {cfg_name(model)}; "
+            "its names look like model.layers.0.mlp.down_proj.weight"
+        )
 
 
 def check_lora_targets(model, targets: list[str] | str | None) -> None:
@@ -221,6 +260,10 @@ def lora_config(cfg: Config, resolved: Resolved, head: str = "causal_lm") -> Any
         modules_to_save=cfg.lora_modules_to_save,
         task_type=HEADS[head][1],
         target_parameters=cfg.lora_target_parameters,
+        use_dora=cfg.peft_use_dora,
+        use_rslora=cfg.peft_use_rslora,
+        rank_pattern=dict(cfg.lora_rank_pattern or {}),
+        alpha_pattern=dict(cfg.lora_alpha_pattern or {}),
     )
 
 

@@ -22,6 +22,7 @@ from toolkit.trainer.model import (
     lora_config,
 )
 from toolkit.trainer.rows import tokenizer_and_rows
+from toolkit.trainer.schedule import customized
 from toolkit.trainer.steps import start_run, train_and_save
 
 # Defaults where axolotl's configs usually leave them out (TRL's own defaults).
@@ -38,7 +39,7 @@ def train(loaded: LoadedConfig) -> Path:
 
     model = load_base(cfg, resolved)
     trainer_cls, args = method(cfg, common_args(cfg, resolved, len(train_rows), bool(val_rows)))
-    trainer = trainer_cls(
+    trainer = customized(trainer_cls, cfg)(
         model=model,
         args=args,
         processing_class=tokenizer,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from toolkit import __version__
 from toolkit.config import Config, is_local_ref
+from toolkit.trainer.chat import LABEL_RULES
 from toolkit.trainer.data import DataReport, Example, build_examples
 from toolkit.trainer.files import make_readable
 
@@ -33,6 +34,10 @@ TOKENIZATION_KEYS = (
     "chat_template_jinja",
     "chat_template_kwargs",
     "eot_tokens",
+    "default_system_message",
+    "shuffle_before_merging_datasets",
+    "dataset_exact_deduplication",
+    "min_sample_len",
     "special_tokens",
     "base_model",
     "tokenizer_config",
@@ -50,9 +55,17 @@ TOKENIZER_FILES = (
 def cache_key(cfg: Config, template: str) -> str:
     h = hashlib.sha256()
     settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k in TOKENIZATION_KEYS}
+    if cfg.shuffle_before_merging_datasets:  # the order then depends on the seed
+        settings["seed"] = cfg.seed
     h.update(
         json.dumps(
-            {"toolkit": __version__, "format": ARRAYS, "settings": settings, "template": template},
+            {
+                "toolkit": __version__,
+                "format": ARRAYS,
+                "labels": LABEL_RULES,
+                "settings": settings,
+                "template": template,
+            },
             sort_keys=True,
         ).encode()
     )
@@ -130,8 +143,13 @@ def _write(folder: Path, examples: list[Example], report: DataReport) -> None:
         raise
 
 
-def preprocess(loaded) -> Path:
-    """`toolkit preprocess`: tokenize into dataset_prepared_path (or find it done)."""
+# Where `toolkit preprocess` writes when the config names no folder: axolotl's default.
+DEFAULT_PREPARED_PATH = "last_run_prepared"
+
+
+def preprocess(loaded, debug: int = 0, color: bool = False) -> Path:
+    """`toolkit preprocess`: tokenize into dataset_prepared_path (or find it done); with
+    `debug`, print that many rows with their trained tokens marked."""
     from toolkit.errors import UsageError
     from toolkit.trainer import quiet_libraries
     from toolkit.trainer.chat import build_encoder
@@ -148,8 +166,13 @@ def preprocess(loaded) -> Path:
             "prepared data (e.g. dataset_prepared_path: ./prepared)"
         )
     quiet_libraries()
-    _, encoder = build_encoder(cfg)
-    _examples, report = load_or_build(cfg, encoder, print)
+    tokenizer, encoder = build_encoder(cfg)
+    examples, report = load_or_build(cfg, encoder, print)
     for line in report.lines(cfg):
         print(line)
+    if debug:
+        from toolkit.trainer.debug import show_examples
+
+        for line in show_examples(tokenizer, examples, debug, color):
+            print(line)
     return Path(cfg.dataset_prepared_path) / cache_key(cfg, encoder.template)

@@ -24,6 +24,7 @@ from toolkit.trainer.chat import IGNORE_INDEX
 from toolkit.trainer.data import Collator, split_validation
 from toolkit.trainer.model import load_model, load_tokenizer
 from toolkit.trainer.rows import read_all
+from toolkit.trainer.schedule import customized
 from toolkit.trainer.steps import start_run, train_and_save
 
 HEAD = "token_classification"
@@ -105,13 +106,15 @@ def train(loaded: LoadedConfig) -> Path:
         )
     if not examples:
         raise DataError("no row keeps a labelled step within sequence_len")
-    train_rows, val_rows = split_validation(examples, cfg.val_set_size, cfg.seed)
+    train_rows, val_rows = split_validation(
+        examples, cfg.val_set_size, cfg.seed, cfg.shuffle_merged_datasets
+    )
     log(f"data: {counts.rows} rows, {len(train_rows)} training, {len(val_rows)} held out")
 
     model = load_model(cfg, resolved, HEAD, num_labels=2)
     model.config.pad_token_id = tokenizer.pad_token_id
     args = TrainingArguments(**common_args(cfg, resolved, len(train_rows), bool(val_rows)))
-    trainer = Trainer(
+    trainer = customized(Trainer, cfg)(
         model=model,
         args=args,
         train_dataset=train_rows,

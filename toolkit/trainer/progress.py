@@ -167,25 +167,40 @@ def _numbers(logs: dict) -> dict:
 
 class Divergence(TrainerCallback):
     """Stops training at the first logged loss or gradient norm that is not a finite
-    number (the weights are garbage from there on), without saving a checkpoint of them.
-    The recipe then fails the run."""
+    number (the weights are garbage from there on), or when the loss has stayed above
+    loss_watchdog_threshold for loss_watchdog_patience logs in a row (axolotl's loss
+    watchdog), without saving a checkpoint of them. The recipe then fails the run."""
 
-    def __init__(self) -> None:
+    def __init__(self, threshold: float | None = None, patience: int = 3) -> None:
         self.step: int | None = None
         self.what = ""
         self.last_finite: tuple[int, float] | None = None
+        self.threshold, self.patience, self.high = threshold, patience, 0
 
     def on_log(self, args, state, control, logs=None, **kwargs) -> None:
         logs = logs or {}
         for key in ("loss", "grad_norm"):
             value = logs.get(key)
             if isinstance(value, (int, float)) and not math.isfinite(value):
-                self.step, self.what = state.global_step, f"{key} {value}"
-                control.should_training_stop = True
-                control.should_save = False
+                self.stop(state.global_step, f"{key} {value}", control)
                 return
-        if isinstance(logs.get("loss"), (int, float)):
-            self.last_finite = (state.global_step, float(logs["loss"]))
+        loss = logs.get("loss")
+        if not isinstance(loss, (int, float)):
+            return
+        self.last_finite = (state.global_step, float(loss))
+        self.high = self.high + 1 if self.threshold is not None and loss > self.threshold else 0
+        if self.high >= self.patience:
+            self.stop(
+                state.global_step,
+                f"loss {loss:.4f} above loss_watchdog_threshold {self.threshold:g} for "
+                f"{self.high} logged steps in a row",
+                control,
+            )
+
+    def stop(self, step: int, what: str, control) -> None:
+        self.step, self.what = step, what
+        control.should_training_stop = True
+        control.should_save = False
 
     def message(self, cfg) -> str:
         last = (

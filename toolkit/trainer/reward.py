@@ -20,6 +20,7 @@ from toolkit.trainer.model import (
     lora_config,
 )
 from toolkit.trainer.rows import tokenizer_and_rows
+from toolkit.trainer.schedule import customized
 from toolkit.trainer.steps import start_run, train_and_save
 
 HEAD = "sequence_classification"
@@ -41,7 +42,7 @@ def train(loaded: LoadedConfig) -> Path:
         max_length=cfg.sequence_len,
         center_rewards_coefficient=cfg.center_rewards_coefficient,
     )
-    trainer = RewardTrainer(
+    trainer = customized(RewardTrainer, cfg)(
         model=model,
         args=args,
         processing_class=tokenizer,
@@ -51,7 +52,7 @@ def train(loaded: LoadedConfig) -> Path:
         callbacks=[progress],
     )
     finish_model(cfg, resolved, trainer.model)
-    dropped = len(train_rows) - len(trainer.train_dataset)  # type: ignore[arg-type]
+    dropped = len(train_rows) - len(trainer.train_dataset)
     if dropped:
         log(
             f"data: the reward trainer dropped {dropped} pairs longer than "

@@ -173,6 +173,8 @@ def tokenizer_and_rows(
     tokenizer = load_tokenizer(cfg)
     tokenizer.chat_template = resolve_template(cfg, tokenizer)
     rows = read_all(cfg)
-    train_rows, val_rows = split_validation(rows, cfg.val_set_size, cfg.seed)
+    train_rows, val_rows = split_validation(
+        rows, cfg.val_set_size, cfg.seed, cfg.shuffle_merged_datasets
+    )
     log(f"data: {len(rows)} {noun}, {len(train_rows)} training, {len(val_rows)} held out")
     return tokenizer, rows, train_rows, val_rows

@@ -17,6 +17,7 @@ from toolkit.trainer.data import Collator, split_validation
 from toolkit.trainer.model import load_model
 from toolkit.trainer.packing import PackedCollator, pack
 from toolkit.trainer.prepared import load_or_build
+from toolkit.trainer.schedule import customized
 from toolkit.trainer.steps import start_run, train_and_save
 
 
@@ -31,7 +32,9 @@ def train(loaded: LoadedConfig) -> Path:
     examples, report = load_or_build(cfg, encoder, log)
     for line in report.lines(cfg):
         log(line)
-    train_rows, val_rows = split_validation(examples, cfg.val_set_size, cfg.seed)
+    train_rows, val_rows = split_validation(
+        examples, cfg.val_set_size, cfg.seed, cfg.shuffle_merged_datasets
+    )
     log(f"data: {len(train_rows)} training rows, {len(val_rows)} held out")
     packing = {}
     train_set = [{"input_ids": list(e.input_ids), "labels": list(e.labels)} for e in train_rows]
@@ -65,7 +68,7 @@ def train(loaded: LoadedConfig) -> Path:
         flatten=resolved.attn_implementation == "flash_attention_2",
         pad_to=pad_to,
     )
-    trainer = Trainer(
+    trainer = customized(Trainer, cfg)(
         model=model,
         args=args,
         train_dataset=train_set,

@@ -8,10 +8,12 @@ import socket
 import time
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from toolkit.config import Config, LoadedConfig
 from toolkit.errors import Preempted, RuntimeFailure
 from toolkit.outputs import MANIFEST, STATE_DIR, read_segments, write_segments
-from toolkit.trainer import quiet_libraries
+from toolkit.trainer import quiet_libraries, trackers
 from toolkit.trainer.checkpoints import CheckpointMarker, Preemption, find_resume
 from toolkit.trainer.files import make_written_readable, snapshot
 from toolkit.trainer.manifest import write_manifest
@@ -37,17 +39,29 @@ def start_run(cfg: Config) -> tuple[RunLog, ProgressLog, Resolved]:
     log = RunLog(out / "train.log")
     transformers.set_seed(cfg.seed)
     resolved = resolve(cfg)
+    reporting = trackers.start(cfg)
     log(
         f"resolved: recipe={cfg.recipe}{f' ({cfg.rl})' if cfg.rl else ''} "
         f"device={resolved.device} ({resolved.device_name}) dtype={resolved.dtype} "
         f"attention={resolved.attn_implementation} tf32={resolved.tf32} "
         f"lora_targets={resolved.lora_target_modules}"
     )
+    if reporting:
+        log(f"trackers: {', '.join(reporting)}")
     if resolved.optimizations:
         log("optimizations: " + "; ".join(f"{k} {v}" for k, v in resolved.optimizations.items()))
     for note in resolved.notes:
         log(f"note: {note}")
     return log, ProgressLog(log), resolved
+
+
+class SaveFirstStep(TrainerCallback):
+    """save_first_step: a checkpoint after the first optimizer step (axolotl's key), to
+    check early that saving and resuming work."""
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        if state.global_step == 1:
+            control.should_save = True
 
 
 def train_and_save(
@@ -73,7 +87,10 @@ def train_and_save(
         from transformers import EarlyStoppingCallback
 
         trainer.add_callback(EarlyStoppingCallback(cfg.early_stopping_patience))
-    preemption, divergence = Preemption(), Divergence()
+    preemption = Preemption()
+    divergence = Divergence(cfg.loss_watchdog_threshold, cfg.loss_watchdog_patience)
+    if cfg.save_first_step:
+        trainer.add_callback(SaveFirstStep())
     trainer.add_callback(preemption)
     trainer.add_callback(divergence)
     resolved = facts["resolved"]

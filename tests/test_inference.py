@@ -1,0 +1,97 @@
+"""`toolkit inference` answers with what the run trained, and `toolkit preprocess
+--debug` shows which tokens train — both as an axolotl user runs them."""
+
+from __future__ import annotations
+
+import pytest
+
+from toolkit.cli import main
+from toolkit.config import load_config
+
+pytestmark = pytest.mark.slow
+
+PROMPT = "What is 7 plus 7?"
+
+
+def answer_of(capsys, config, *flags) -> str:
+    assert (
+        main(
+            [
+                "inference",
+                str(config),
+                "--runtime",
+                "local",
+                "--prompt",
+                PROMPT,
+                "--max-new-tokens",
+                "12",
+                *flags,
+            ]
+        )
+        == 0
+    )
+    return capsys.readouterr().out
+
+
+def test_inference_answers_with_the_adapter_then_the_merged_model(
+    tiny_model_dir, write_config, capsys
+):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = write_config(
+        {"base_model": str(tiny_model_dir), "max_steps": 12, "val_set_size": 0.0, "save_steps": 12}
+    )
+    assert main(["inference", str(config), "--runtime", "local", "--prompt", PROMPT]) == 2
+    assert "nothing has been trained into output_dir" in capsys.readouterr().err
+    assert main(["train", str(config), "--runtime", "local"]) == 0
+    capsys.readouterr()
+    with_adapter = answer_of(capsys, config)
+    assert main(["merge-lora", str(config), "--runtime", "local"]) == 0
+    capsys.readouterr()
+    merged = answer_of(capsys, config)
+    assert merged == answer_of(capsys, config, "--model", "merged")
+    assert with_adapter and merged == with_adapter
+    # The untrained base answers otherwise: the trained weights are the ones used.
+    tokenizer = AutoTokenizer.from_pretrained(load_config(config).config.output_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False
+    )
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    out = base.generate(**ids, max_new_tokens=12, do_sample=False)
+    untrained = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert untrained + "\n" != merged
+
+
+def test_preprocess_debug_marks_the_trained_tokens(
+    tiny_model_dir, write_config, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    config = write_config({"base_model": str(tiny_model_dir)})
+    assert (
+        main(
+            [
+                "preprocess",
+                str(config),
+                "--runtime",
+                "local",
+                "--debug",
+                "--debug-num-examples",
+                "2",
+            ]
+        )
+        == 0
+    )
+    out, err = capsys.readouterr()
+    assert "writing to ./last_run_prepared as axolotl does" in err
+    assert (tmp_path / "last_run_prepared").is_dir()
+    assert "debug: the first 2 rows as tokenized (trained tokens between [[ and ]])" in out
+    assert out.count("--- row ") == 2
+    # The user's turn and the headers are not trained; the reply and its end token are.
+    assert "<|im_start|>user\n" in out and "[[<think>\n\n</think>\n\n" in out
+    assert "<|im_end|>]]" in out and "[[<|im_start|>" not in out
+    assert (
+        main(["preprocess", str(config), "--runtime", "local", "--debug", "--color", "always"]) == 0
+    )
+    colored = capsys.readouterr().out
+    assert "\033[32m" in colored and "[[" not in colored

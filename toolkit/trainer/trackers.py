@@ -1,0 +1,129 @@
+"""Experiment trackers as axolotl users configure them: use_wandb / wandb_*, use_mlflow
+/ mlflow_*, use_tensorboard, or transformers' report_to. W&B and MLflow are
+transformers' own integrations; the config's settings reach them as the environment
+variables they read. TensorBoard is toolkit's own writer (output_dir/tensorboard, the
+same scalars as train.log: loss, learning rate, throughput), always on where
+tensorboardX is installed; use_tensorboard makes its absence an error.
+Credentials (WANDB_API_KEY, MLFLOW_TRACKING_TOKEN, …) are never in the config: they
+come from the environment by name. The trackers' packages are in the image, not in
+the light host install."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from toolkit.config import Config
+from toolkit.errors import UsageError
+
+PACKAGES = {"wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboardX"}
+
+
+def reporting(cfg: Config) -> list[str]:
+    """The transformers integrations this run reports to (wandb, mlflow), sorted."""
+    wanted = set(cfg.report_to or []) - {"tensorboard"}
+    if cfg.use_wandb or (cfg.use_wandb is None and cfg.wandb_project):
+        wanted.add("wandb")
+    if cfg.use_mlflow or (cfg.use_mlflow is None and cfg.mlflow_experiment_name):
+        wanted.add("mlflow")
+    if cfg.wandb_mode == "disabled":
+        wanted.discard("wandb")
+    return sorted(wanted)
+
+
+def wants_tensorboard(cfg: Config) -> bool:
+    return cfg.use_tensorboard or "tensorboard" in (cfg.report_to or [])
+
+
+def mlflow_uri(cfg: Config) -> str | None:
+    """The MLflow tracking URI; a plain path is a local file store."""
+    uri = cfg.mlflow_tracking_uri
+    if uri and "://" not in uri and not uri.startswith("file:"):
+        return Path(uri).expanduser().absolute().as_uri()
+    return uri
+
+
+def environment(cfg: Config) -> dict[str, str]:
+    """The environment variables transformers' integrations read for this config."""
+    targets = reporting(cfg)
+    env: dict[str, str] = {}
+    if "wandb" in targets:
+        for key, value in (
+            ("WANDB_PROJECT", cfg.wandb_project),
+            ("WANDB_ENTITY", cfg.wandb_entity),
+            ("WANDB_NAME", cfg.wandb_name),
+            ("WANDB_RUN_ID", cfg.wandb_run_id),
+            ("WANDB_MODE", cfg.wandb_mode),
+            ("WANDB_WATCH", _flag(cfg.wandb_watch)),
+            ("WANDB_LOG_MODEL", _flag(cfg.wandb_log_model)),
+        ):
+            if value is not None:
+                env[key] = str(value)
+        # W&B's files (and an offline run, to sync later) live with the run's outputs.
+        env["WANDB_DIR"] = str(Path(cfg.output_dir).expanduser().absolute())
+        if cfg.wandb_run_id:
+            env["WANDB_RESUME"] = "allow"
+    if "mlflow" in targets:
+        uri = mlflow_uri(cfg)
+        if uri:
+            env["MLFLOW_TRACKING_URI"] = uri
+        if uri and uri.startswith("file:"):
+            # The user named a folder: MLflow 3 keeps its file store only when asked.
+            env["MLFLOW_ALLOW_FILE_STORE"] = "true"
+        if cfg.mlflow_experiment_name:
+            env["MLFLOW_EXPERIMENT_NAME"] = cfg.mlflow_experiment_name
+        if cfg.mlflow_run_name:
+            env["MLFLOW_RUN_NAME"] = cfg.mlflow_run_name
+        env["HF_MLFLOW_LOG_ARTIFACTS"] = "1" if cfg.hf_mlflow_log_artifacts else "0"
+    return env
+
+
+def start(cfg: Config) -> list[str]:
+    """Check the trackers' packages are here and set their environment; return them."""
+    targets = reporting(cfg)
+    wanted = [*targets, *(["tensorboard"] if wants_tensorboard(cfg) else [])]
+    missing = [t for t in wanted if importlib.util.find_spec(PACKAGES[t]) is None]
+    if missing:
+        raise UsageError(
+            f"{', '.join(missing)}: the tracker's package is not installed where training "
+            "runs; use the toolkit image (it has them) or pip install "
+            + " ".join(PACKAGES[t] for t in missing)
+        )
+    if "wandb" in targets and needs_network(cfg) and not os.environ.get("WANDB_API_KEY"):
+        why = "wandb_project is set" if cfg.use_wandb is None else "use_wandb is on"
+        raise UsageError(
+            f"{why}, so the run reports to W&B (as in axolotl), but WANDB_API_KEY is not "
+            "set: export it, or set wandb_mode: offline (sync later with `wandb sync "
+            "OUTPUT_DIR/wandb`), or use_wandb: false"
+        )
+    os.environ.update(environment(cfg))
+    return targets
+
+
+def needs_network(cfg: Config) -> bool:
+    """Whether a tracker talks to a server (an online W&B run, a remote MLflow)."""
+    targets = reporting(cfg)
+    online_wandb = "wandb" in targets and (cfg.wandb_mode or os.environ.get("WANDB_MODE")) not in (
+        "offline",
+        "disabled",
+    )
+    uri = mlflow_uri(cfg) or ""
+    remote_mlflow = "mlflow" in targets and uri.startswith(("http://", "https://", "databricks"))
+    return online_wandb or remote_mlflow
+
+
+def local_store(cfg: Config) -> Path | None:
+    """A local MLflow store (file: URI) the run writes to, for the container to mount."""
+    uri = mlflow_uri(cfg) if "mlflow" in reporting(cfg) else None
+    if uri and uri.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(uri).path))
+    return None
+
+
+def _flag(value: str | bool | None) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
