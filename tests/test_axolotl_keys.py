@@ -23,7 +23,7 @@ PER_DATASET = sorted(BOOK["datasets"])
 def test_the_file_lists_exactly_axolotls_keys():
     found = read_axolotl(ROOT)
     assert BOOK["axolotl"] == "0.19.0"
-    for section in ("top", "datasets", "plugins"):
+    for section in ("top", "datasets", "plugins", "plugin_classes"):
         assert set(BOOK[section]) == found[section], section
     assert len(BOOK["top"]) >= 390
 

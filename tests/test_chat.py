@@ -452,3 +452,25 @@ def test_system_fields_and_default_system_message():
     row = {"system": "from the row", "messages": [{"role": "user", "content": "a"}]}
     got = normalize_conversation(row, DatasetConfig(path="x.jsonl"), "default")
     assert got.messages[0] == {"role": "system", "content": "from the row"}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "\ue000toolkit-turn and more",
+        "ends like the placeholder toolkit-turn\ue001",
+        "\ue000toolkit-turn\ue001",
+    ],
+)
+def test_a_reply_that_looks_like_the_placeholder_is_still_trained_whole(tiny_tokenizer, reply):
+    """The turn is found by replacing it with a placeholder; text that begins or ends
+    like that placeholder must not shorten what trains."""
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": reply}]
+    assert encode(tiny_tokenizer, messages) == expected(
+        tiny_tokenizer,
+        [
+            ("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", False),
+            (f"<think>\n\n</think>\n\n{reply}<|im_end|>", True),
+            ("\n", False),
+        ],
+    )

@@ -32,7 +32,7 @@ def test_wandb_offline_records_the_run_with_the_output(tiny_model_dir, write_con
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("run-*.wandb")), list(runs[0].iterdir())
-    assert "trackers: wandb" in (out / "train.log").read_text()
+    assert "trackers: wandb (offline)" in (out / "train.log").read_text()
 
 
 def test_mlflow_logs_every_loss_to_a_local_store(tiny_model_dir, write_config, tmp_path):
@@ -60,13 +60,30 @@ def test_mlflow_logs_every_loss_to_a_local_store(tiny_model_dir, write_config, t
     assert losses == pytest.approx([loss for _, loss in read_run(out)["loss_history"]])
 
 
-def test_online_wandb_without_a_key_stops_before_training(
+def test_wandb_without_a_key_runs_offline_unless_online_is_asked(
     tiny_model_dir, write_config, monkeypatch
 ):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    loaded = load_config(
-        write_config({**FAST, "base_model": str(tiny_model_dir), "wandb_project": "p"})
-    )
-    with pytest.raises(UsageError, match="WANDB_API_KEY is not set: export it, or set wandb_mode"):
-        train(loaded)
+    config = write_config({**FAST, "base_model": str(tiny_model_dir), "wandb_project": "p"})
+    out = train(load_config(config))
+    assert "trackers: wandb (offline)" in (out / "train.log").read_text()
+    assert list((out / "wandb").glob("offline-run-*"))
+    online = load_config(config, {"wandb_mode": "online", "output_dir": f"{out}-2"})
+    with pytest.raises(UsageError, match="wandb_mode: online, but WANDB_API_KEY is not set"):
+        train(online)
+
+
+def test_tracker_and_saving_settings_do_not_make_another_run(write_config):
+    """A finished run rerun with another W&B name or save cadence is the same run."""
+    from toolkit.outputs import config_differences
+
+    a = load_config(write_config({"wandb_project": "p", "save_strategy": "steps"})).config
+    b = load_config(
+        write_config({"wandb_project": "q", "wandb_name": "n", "save_only_model": True})
+    ).config
+    assert config_differences(a.model_dump(mode="json"), b.model_dump(mode="json")) == []
+    c = load_config(write_config({"learning_rate": 0.5})).config
+    assert config_differences(a.model_dump(mode="json"), c.model_dump(mode="json")) == [
+        "learning_rate (0.01 → 0.5)"
+    ]

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
+from toolkit.config.schema import TRACKER_KEYS
 from toolkit.errors import UsageError
 
 STATE_DIR = ".toolkit"  # toolkit's own files inside output_dir
@@ -46,6 +47,14 @@ WEIGHT_NEUTRAL = (
     "eval_steps",
     "evals_per_epoch",
     "dataset_prepared_path",
+    "save_strategy",
+    "save_only_model",
+    "save_first_step",
+    "eval_strategy",
+    "ddp_timeout",
+    "loss_watchdog_threshold",
+    "loss_watchdog_patience",
+    *TRACKER_KEYS,
     ALLOW_KEY,
 )
 

@@ -30,6 +30,7 @@ from toolkit.cli.common import (
     runtime_options,
     with_local_data,
 )
+from toolkit.config.axolotl import check_hardware
 from toolkit.errors import UsageError
 
 
@@ -55,6 +56,8 @@ def train(config, overrides, as_json, **options) -> int:
     code = 0
     if outputs.check_previous(cfg.output_dir, cfg.model_dump(mode="json"), cfg.training_digest()):
         return _summary(cfg, as_json, "already complete")
+    if loaded.hardware:  # settings that need GPUs: refused before anything is written
+        check_hardware(loaded, gpus_here(runtime))
     # With --json, stdout carries the summary alone; the training log goes to stderr.
     with (
         output_lock(cfg.output_dir, "train") as lock,
@@ -86,6 +89,17 @@ def train(config, overrides, as_json, **options) -> int:
     if code:
         return code
     return _summary(cfg, as_json, "trained")
+
+
+def gpus_here(runtime: str) -> int:
+    """The GPUs a run would have: torch's count here, the host's for the image."""
+    if runtime == "local":
+        import torch
+
+        return torch.cuda.device_count()
+    from toolkit import probe
+
+    return len(probe.gather(common.new_runtime()).facts.gpus)
 
 
 def _summary(cfg, as_json: bool, status: str) -> int:

@@ -329,6 +329,16 @@ def _sort(where: str, key: str, value: Any, entry: dict, out: Triage) -> None:
         out.problems.append(f"{where}: got {show(value)}; not supported by toolkit ({why})")
 
 
+def check_hardware(loaded: Any, gpus: int) -> None:
+    """Raise ConfigError naming each setting of `loaded` that needs hardware, if any."""
+    from toolkit.errors import ConfigError
+
+    problems = hardware_refusals(loaded.hardware, gpus)
+    if problems:
+        noun = "setting" if len(problems) == 1 else "settings"
+        raise ConfigError(f"{loaded.path}: {len(problems)} {noun} this run cannot use", problems)
+
+
 def hardware_refusals(hardware: dict[str, str], gpus: int) -> list[str]:
     """What a run cannot do on this machine, one line each: the settings that need
     several GPUs (parallelism) or GPU kernels (QAT, FP8)."""

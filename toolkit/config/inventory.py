@@ -52,6 +52,14 @@ def axolotl_keys(section: str) -> set[str]:
     return set(inventory()[section])
 
 
+def is_plugin(path: str) -> bool:
+    """Whether `path` names one of axolotl's plugin classes, by its package
+    (axolotl.integrations.liger.LigerPlugin) or its module (….liger.plugin.LigerPlugin)."""
+    parts = path.split(".")
+    known = set(inventory()["plugin_classes"])
+    return path in known or (len(parts) == 5 and ".".join([*parts[:3], parts[4]]) in known)
+
+
 # ---------------------------------------------------------------------------
 # regeneration (make axolotl-keys)
 
@@ -77,7 +85,7 @@ def read_axolotl(root: Path) -> dict[str, set[str]]:
         ds_schemas.StepwiseSupervisedDataset,
     ):
         per_dataset |= set(model.model_fields)
-    plugins = set()
+    plugins: set[str] = set()
     for args in sorted((root / "axolotl" / "integrations").glob("*/args.py")):
         classes = [n for n in ast.parse(args.read_text()).body if isinstance(n, ast.ClassDef)]
         # A class another one uses as a field's type is a nested block, not top-level keys.
@@ -96,7 +104,19 @@ def read_axolotl(root: Path) -> dict[str, set[str]]:
                     for s in node.body
                     if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
                 }
-    return {"top": top, "datasets": per_dataset, "plugins": plugins - top}
+    plugin_classes: set[str] = set()
+    for source in sorted((root / "axolotl" / "integrations").glob("*/*.py")):
+        for stmt in ast.parse(source.read_text()).body:
+            if isinstance(stmt, ast.ClassDef) and any(
+                isinstance(b, ast.Name) and b.id == "BasePlugin" for b in stmt.bases
+            ):
+                plugin_classes.add(f"axolotl.integrations.{source.parent.name}.{stmt.name}")
+    return {
+        "top": top,
+        "datasets": per_dataset,
+        "plugins": plugins - top,
+        "plugin_classes": plugin_classes,
+    }
 
 
 def regenerate(root: Path, old: dict[str, Any]) -> dict[str, Any]:
@@ -107,6 +127,7 @@ def regenerate(root: Path, old: dict[str, Any]) -> dict[str, Any]:
     for section in SECTIONS:
         known = old.get(section) or {}
         out[section] = {key: known.get(key, {"class": "new"}) for key in sorted(found[section])}
+    out["plugin_classes"] = sorted(found["plugin_classes"])
     return out
 
 
@@ -125,6 +146,9 @@ def dump(data: dict[str, Any]) -> str:
         for key, entry in data[section].items():
             flow = yaml.safe_dump(entry, default_flow_style=True, width=1 << 20, allow_unicode=True)
             lines.append(f"  {key}: {flow.strip()}")
+    lines.append("# axolotl's plugin classes, as configs list them under `plugins:`.")
+    lines.append("plugin_classes:")
+    lines += [f"  - {name}" for name in data["plugin_classes"]]
     return "\n".join(lines) + "\n"
 
 

@@ -39,6 +39,7 @@ def cross_field_problems(raw: dict) -> list[str]:
             _exclusive_rules,
             _template_rules,
             _turn_rules,
+            _plugin_rules,
         )
         for p in rules(raw)
     ]
@@ -262,6 +263,20 @@ def _turn_rules(raw: dict) -> list[str]:
                 "chat_template_jinja (the template text or file); add it"
             )
     return out
+
+
+def _plugin_rules(raw: dict) -> list[str]:
+    """`plugins:` lists axolotl's plugin classes (whose keys toolkit reads itself)."""
+    from toolkit.config.inventory import inventory, is_plugin
+
+    plugins = raw.get("plugins")
+    return [
+        f"plugins[{i}]: got {show(name)}; not one of axolotl's plugins "
+        f"({', '.join(p.rsplit('.', 1)[-1] for p in inventory()['plugin_classes'])}); "
+        "fix the class path or remove it"
+        for i, name in enumerate(plugins if isinstance(plugins, list) else [])
+        if isinstance(name, str) and not is_plugin(name)
+    ]
 
 
 def path_problems(raw: dict) -> list[str]:

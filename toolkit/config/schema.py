@@ -51,20 +51,6 @@ LR_SCHEDULERS = (
 # DeepSpeed configs shipped in toolkit/deepspeed/, by the name `deepspeed:` takes.
 DEEPSPEED_BUNDLED = ("zero1", "zero2", "zero3")
 
-# axolotl's plugins, by the class path its configs list, and the keys each one reads.
-# Here those keys work without the plugin; listing it is accepted and checked.
-PLUGINS = {
-    "axolotl.integrations.liger.LigerPlugin": (
-        "liger_rope",
-        "liger_rms_norm",
-        "liger_glu_activation",
-        "liger_layer_norm",
-        "liger_fused_linear_cross_entropy",
-        "liger_cross_entropy",
-    ),
-    "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin": ("cut_cross_entropy",),
-}
-
 
 class _Strict(BaseModel):
     # No NaN or infinity in any number: `learning_rate: .inf` is a typo, not a setting.
@@ -335,7 +321,10 @@ class Config(_Strict):
         Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None
     ) = None
     # Triton kernels from liger-kernel for Qwen3 and Qwen3-MoE (GPU only).
-    plugins: list[Literal[tuple(PLUGINS)]] | None = None  # type: ignore[valid-type]
+    # axolotl's plugins by class path. toolkit needs none of them: it reads their keys
+    # itself (Liger's and Cut Cross Entropy's are honoured; each other plugin's keys are
+    # answered one by one in axolotl_keys.yaml), so any of axolotl's may be listed.
+    plugins: list[str] | None = None
     liger_rope: bool = False
     liger_rms_norm: bool = False
     liger_glu_activation: bool = False

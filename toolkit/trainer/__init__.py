@@ -67,16 +67,12 @@ def run(loaded) -> Path:
 def check_hardware(loaded) -> None:
     """Refuse, before anything is written, axolotl settings this machine cannot run
     (several GPUs for tensor/context/expert parallelism, GPU kernels for QAT or FP8)."""
-    if not loaded.hardware:
-        return
-    import torch
+    if loaded.hardware:
+        import torch
 
-    from toolkit.config.axolotl import hardware_refusals
-    from toolkit.errors import ConfigError
+        from toolkit.config.axolotl import check_hardware as refuse
 
-    problems = hardware_refusals(loaded.hardware, torch.cuda.device_count())
-    noun = "setting" if len(problems) == 1 else "settings"
-    raise ConfigError(f"{loaded.path}: {len(problems)} {noun} this run cannot use", problems)
+        refuse(loaded, torch.cuda.device_count())
 
 
 def _close_process_group() -> None:

@@ -328,7 +328,9 @@ def _tools(value, where: str) -> list[dict] | None:
 
 # Two placeholders with different first and last characters (axolotl's): a template
 # may glue an edge character of one onto its neighbours, never of both.
-SENTINELS = ("[[dummy_message]]", "zzdummymessagezz")
+# The placeholder a turn's content is replaced by, of private-use characters no text
+# holds: what differs from the real rendering is the turn.
+SENTINEL = "\ue000toolkit-turn\ue001"
 # An end token belongs to a turn when it follows the turn within this many tokens.
 END_TOKEN_REACH = 3
 
@@ -423,14 +425,22 @@ class ChatEncoder:
 
     def _turn_span(self, conv: Conversation, i: int, text: str) -> tuple[int, int] | None:
         """Turn i's characters in the rendering: what changes when its content is
-        replaced by a placeholder (None when nothing of it is rendered)."""
-        spans = []
-        for sentinel in SENTINELS:
-            dummy = {"role": conv.messages[i]["role"], "content": sentinel}
-            messages = [*conv.messages[:i], dummy, *conv.messages[i + 1 :]]
-            spans.append(_diff_span(text, self.render(messages, tools=conv.tools)))
-        start = min(a for a, _ in spans)
-        end = max(b for _, b in spans)
+        replaced by a placeholder (None when nothing of it is rendered). Should the
+        turn's text begin or end like the placeholder, the common prefix or suffix
+        swallows those characters: where the placeholder sits in its rendering says
+        how many (axolotl renders a second placeholder instead)."""
+        dummy = {"role": conv.messages[i]["role"], "content": SENTINEL}
+        other = self.render([*conv.messages[:i], dummy, *conv.messages[i + 1 :]], tools=conv.tools)
+        if other == text:  # the turn's text is the placeholder itself
+            at = text.find(SENTINEL)
+            return (at, at + len(SENTINEL)) if at >= 0 else None
+        start, end = _diff_span(text, other)
+        at = other.find(SENTINEL, max(0, start - len(SENTINEL) + 1))
+        if 0 <= at <= start:
+            start = at
+        other_end = len(other) - (len(text) - end)  # where the difference ends in `other`
+        if at >= 0 and at + len(SENTINEL) > other_end >= at:
+            end = len(text) - (len(other) - at - len(SENTINEL))
         return (start, end) if end > start else None
 
     def _reply_start(self, conv: Conversation, i: int, text: str, start: int) -> int:

@@ -47,7 +47,8 @@ def start_run(cfg: Config) -> tuple[RunLog, ProgressLog, Resolved]:
         f"lora_targets={resolved.lora_target_modules}"
     )
     if reporting:
-        log(f"trackers: {', '.join(reporting)}")
+        shown = [f"wandb ({trackers.wandb_mode(cfg)})" if t == "wandb" else t for t in reporting]
+        log(f"trackers: {', '.join(shown)}")
     if resolved.optimizations:
         log("optimizations: " + "; ".join(f"{k} {v}" for k, v in resolved.optimizations.items()))
     for note in resolved.notes:
@@ -108,6 +109,7 @@ def train_and_save(
     finally:
         if board:
             board.close()
+        trackers.finish(cfg)
     elapsed = time.monotonic() - started
     step = trainer.state.global_step
     if preemption.requested:

@@ -54,7 +54,7 @@ def environment(cfg: Config) -> dict[str, str]:
             ("WANDB_ENTITY", cfg.wandb_entity),
             ("WANDB_NAME", cfg.wandb_name),
             ("WANDB_RUN_ID", cfg.wandb_run_id),
-            ("WANDB_MODE", cfg.wandb_mode),
+            ("WANDB_MODE", wandb_mode(cfg)),
             ("WANDB_WATCH", _flag(cfg.wandb_watch)),
             ("WANDB_LOG_MODEL", _flag(cfg.wandb_log_model)),
         ):
@@ -90,24 +90,46 @@ def start(cfg: Config) -> list[str]:
             "runs; use the toolkit image (it has them) or pip install "
             + " ".join(PACKAGES[t] for t in missing)
         )
-    if "wandb" in targets and needs_network(cfg) and not os.environ.get("WANDB_API_KEY"):
-        why = "wandb_project is set" if cfg.use_wandb is None else "use_wandb is on"
+    if "wandb" in targets and wandb_mode(cfg) == "online" and not os.environ.get("WANDB_API_KEY"):
         raise UsageError(
-            f"{why}, so the run reports to W&B (as in axolotl), but WANDB_API_KEY is not "
-            "set: export it, or set wandb_mode: offline (sync later with `wandb sync "
-            "OUTPUT_DIR/wandb`), or use_wandb: false"
+            "wandb_mode: online, but WANDB_API_KEY is not set: export it, or set "
+            "wandb_mode: offline (sync later with `wandb sync OUTPUT_DIR/wandb`)"
         )
     os.environ.update(environment(cfg))
     return targets
 
 
+def finish(cfg: Config) -> None:
+    """Close this run's W&B and MLflow runs (transformers leaves them open), so what
+    they hold is flushed and a later run in the same process starts its own."""
+    targets = reporting(cfg)
+    if "wandb" in targets:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+        wandb.teardown()  # its settings (the run folder) are read again by the next run
+    if "mlflow" in targets:
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            mlflow.end_run()
+
+
+def wandb_mode(cfg: Config) -> str:
+    """W&B's mode: the config's, else the environment's; unset and without
+    WANDB_API_KEY, offline (the run is kept in output_dir/wandb to sync later), so an
+    axolotl config that names a wandb_project trains where no key is set."""
+    mode = cfg.wandb_mode or os.environ.get("WANDB_MODE")
+    if mode:
+        return mode
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
 def needs_network(cfg: Config) -> bool:
     """Whether a tracker talks to a server (an online W&B run, a remote MLflow)."""
     targets = reporting(cfg)
-    online_wandb = "wandb" in targets and (cfg.wandb_mode or os.environ.get("WANDB_MODE")) not in (
-        "offline",
-        "disabled",
-    )
+    online_wandb = "wandb" in targets and wandb_mode(cfg) == "online"
     uri = mlflow_uri(cfg) or ""
     remote_mlflow = "mlflow" in targets and uri.startswith(("http://", "https://", "databricks"))
     return online_wandb or remote_mlflow
