@@ -121,7 +121,10 @@ def no_leftover_containers(request):
 def environment_restored():
     """What an in-process training sets in the environment (trackers' settings) does not
     reach the next test."""
-    saved = dict(os.environ)
+    import huggingface_hub.constants as hub_constants
+
+    saved, offline = dict(os.environ), hub_constants.HF_HUB_OFFLINE
     yield
     os.environ.clear()
     os.environ.update(saved)
+    hub_constants.HF_HUB_OFFLINE = offline  # toolkit.hub.go_offline sets it too

@@ -164,7 +164,8 @@ def test_skypilot_task_passes_skypilots_own_validation(
     assert check.returncode == 0, check.stderr[-2000:]
     assert check.stdout.startswith("2 ['/toolkit/config.yaml', '/toolkit/data/0/demo-chat.jsonl'")
     # Null-valued secrets are SkyPilot's references filled at launch (sky launch --secret).
-    assert task["secrets"]["HF_TOKEN"] is None
+    assert task["secrets"]["WANDB_API_KEY"] is None
+    assert "HF_TOKEN" not in task["secrets"]  # no Hub input: no Hub token
 
 
 @pytest.mark.parametrize(
@@ -175,9 +176,15 @@ def test_skypilot_task_passes_skypilots_own_validation(
     ],
 )
 def test_cloud_init_passes_cloud_inits_schema_and_bash(
-    pushed, write_config, tmp_path, variant, expect
+    pushed, write_config, tmp_path, variant, expect, monkeypatch, tiny_model_dir
 ):
+    from hubstub import HubStub
+
     _validator(Path("/usr/bin/cloud-init"), "cloud-init")
+    stub = HubStub().__enter__()
+    files = {p.name: p.read_bytes() for p in tiny_model_dir.iterdir() if p.is_file()}
+    commit = stub.add("Qwen/Qwen3-8B").commit(files)
+    monkeypatch.setenv("HF_ENDPOINT", stub.url)
     config = write_config(
         {
             "base_model": "Qwen/Qwen3-8B",
@@ -215,9 +222,14 @@ def test_cloud_init_passes_cloud_inits_schema_and_bash(
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     assert f"docker pull {pushed}" in script and expect in script
     assert "fs_copy get s3://bucket/chat.jsonl /opt/toolkit/data/0/chat.jsonl" in script
+    stub.__exit__(None, None, None)
+    assert not stub.downloads()  # launch resolves the commit; the VM fetches it
+    [fetch] = [line for line in script.splitlines() if "toolkit fetch" in line]
+    assert "--env HF_TOKEN " in fetch  # by name: the value comes from secrets.env on the VM
+    assert commit in fetch and "/opt/toolkit/hf" in fetch
     [train] = [line for line in script.splitlines() if "toolkit train" in line]
-    assert "--network none" not in train  # the hub model needs the network
-    assert "--env HF_TOKEN " in train  # by name: the value comes from secrets.env on the VM
+    assert "--network none" in train and "HF_TOKEN" not in train  # offline, no token
+    assert "HF_HUB_OFFLINE=1" in train and commit in train
 
 
 def test_cloud_init_refuses_local_files_and_launch_needs_a_push(

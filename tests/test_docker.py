@@ -307,12 +307,12 @@ def test_docker_stop_then_train_again_resumes(image, shared):
 
 
 def test_secrets_pass_by_name_and_are_never_written(image, shared, monkeypatch, capfd):
-    """A fake HF_TOKEN reaches the container by name only, and appears in no log, output,
-    resolved config, image layer or label."""
+    """Fake tokens (HF_TOKEN, which never enters the container, and WANDB_API_KEY,
+    which does by name) appear in no log, output, resolved config, image layer or label."""
     secret = "hf_fake_0123456789abcdefSECRET"
     monkeypatch.setenv("HF_TOKEN", secret)
     monkeypatch.setenv("WANDB_API_KEY", secret + "_wandb")
-    config = demo_config(shared, max_steps=2, save_steps=2, wandb_project="p")
+    config = demo_config(shared, max_steps=2, save_steps=2, wandb_project="p", wandb_mode="offline")
     assert main(["validate", str(config), "--explain"]) == 0
     assert main(["train", str(config), "--runtime", "docker"]) == 0
     captured = capfd.readouterr()
@@ -347,15 +347,22 @@ def test_the_container_sees_the_secret_by_name(image, monkeypatch, capfd):
     from toolkit import engine
     from toolkit.launch import container_spec
 
-    monkeypatch.setenv("HF_TOKEN", "hf_visible_inside")
+    monkeypatch.setenv("WANDB_API_KEY", "wandb_visible_inside")
+    monkeypatch.setenv("HF_TOKEN", "hf_stays_on_the_host")
     spec = container_spec(
-        image, "", ["sh", "-c", 'printf %s "$HF_TOKEN" | sha256sum'], [], [], network=False
+        image,
+        "",
+        ["sh", "-c", 'printf %s "$WANDB_API_KEY" | sha256sum; printf "[%s]" "${HF_TOKEN-}"'],
+        [],
+        [],
+        network=False,
     )
-    assert spec.env["HF_TOKEN"] is None, "the spec names it; the value is read at create"
+    assert spec.env["WANDB_API_KEY"] is None, "the spec names it; the value is read at create"
+    assert "HF_TOKEN" not in spec.env  # Hub inputs are fetched on the host
     assert engine.run(spec) == 0
     out = capfd.readouterr().out
-    assert out.split()[0] == hashlib.sha256(b"hf_visible_inside").hexdigest()
-    assert "hf_visible_inside" not in out
+    assert out.split()[0] == hashlib.sha256(b"wandb_visible_inside").hexdigest()
+    assert "wandb_visible_inside" not in out and out.rstrip().endswith("[]")
 
 
 def test_two_process_ddp_in_the_container(image, shared):

@@ -98,11 +98,13 @@ def test_mount_option_text_is_one_field_per_value(path):
 
 
 def test_secrets_pass_by_name_only(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_API_KEY", "wandb_secret_value")
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
     spec = container_spec("img", "sha256:1", ["toolkit"], [], [tmp_path], network=False)
     argv = run_argv(spec)
-    assert "HF_TOKEN" in argv
-    assert not any("hf_secret_value" in a for a in argv)
+    assert "WANDB_API_KEY" in argv
+    assert "HF_TOKEN" not in argv  # the Hub is reached from the host only (toolkit.hub)
+    assert not any("secret_value" in a for a in argv)
     assert spec.user == f"{os.getuid()}:{os.getgid()}"
     assert spec.network == "none"
 

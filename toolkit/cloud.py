@@ -56,10 +56,27 @@ def vm_config(loaded: LoadedConfig) -> tuple[dict, dict[str, str]]:
 
 
 def needs_network(loaded: LoadedConfig) -> bool:
-    """Whether the container must reach the network (a hub model or hub dataset)."""
-    cfg = loaded.config
-    refs = [cfg.base_model, cfg.tokenizer_config, *(d.path for d in cfg.datasets)]
-    return any(r and not is_local_ref(r) and not is_remote(r) for r in refs)
+    """Whether the training container must reach the network: Hub inputs are fetched
+    before it starts (`toolkit fetch`, at the commits pinned at launch); an online
+    tracker still needs it."""
+    from toolkit.trainer import trackers
+
+    return trackers.needs_network(loaded.config)
+
+
+# On the VM: the Hugging Face cache `toolkit fetch` fills and training reads, offline.
+VM_HF = VM / "hf"
+
+
+def hub_steps(pins: list) -> tuple[dict[str, str], dict[str, str]]:
+    """For launch files: the fetch step's environment (where, and which commits) and the
+    training step's (the same, offline, and no token)."""
+    from toolkit.hub import OFFLINE_ENV, PINS_ENV, pins_json
+
+    if not pins:
+        return {}, {}
+    fetch_env = {"HF_HUB_CACHE": str(VM_HF), PINS_ENV: pins_json(pins)}
+    return fetch_env, {**fetch_env, **OFFLINE_ENV}
 
 
 def skypilot_task(
@@ -69,9 +86,11 @@ def skypilot_task(
     accelerators: str | None,
     nodes: int,
     outputs: str,
+    pins: list | None = None,
 ) -> dict:
     """A SkyPilot task: the image by digest, file mounts in, outputs to a bucket, the
-    doctor as setup, torchrun over SkyPilot's nodes as run."""
+    doctor and the Hub fetch (at the commits pinned at launch, with HF_TOKEN) as setup,
+    torchrun over SkyPilot's nodes as run, offline for the Hub and without the token."""
     _data, copies = vm_config(loaded)
     mounts: dict = {str(VM / "config.yaml"): str(config_file.resolve()), **copies}
     mounts[str(VM / "outputs")] = {"source": outputs, "mode": "MOUNT"}
@@ -84,20 +103,37 @@ def skypilot_task(
         '--nnodes "$SKYPILOT_NUM_NODES" --node-rank "$SKYPILOT_NODE_RANK" '
         '--master-addr "$(echo "$SKYPILOT_NODE_IPS" | head -n1)" --master-port 29500'
     )
+    fetch_env, train_env = hub_steps(pins or [])
+    setup = "toolkit doctor\n"
+    secrets = {name: None for name in SECRET_ENV}
+    if fetch_env:
+        assigned = " ".join(f"{k}={shlex.quote(v)}" for k, v in fetch_env.items())
+        setup += f"{assigned} toolkit fetch /toolkit/config.yaml\n"
+        launch = (
+            "env -u HF_TOKEN -u HUGGING_FACE_HUB_TOKEN "
+            + " ".join(f"{k}={shlex.quote(v)}" for k, v in train_env.items())
+            + " "
+            + launch
+        )
+        secrets["HF_TOKEN"] = None  # for the fetch in setup only
     return {
         "name": f"toolkit-{Path(loaded.path).stem}",
         "resources": resources,
         "num_nodes": nodes,
-        "secrets": {name: None for name in SECRET_ENV},
+        "secrets": secrets,
         "file_mounts": mounts,
-        "setup": "toolkit doctor\n",
+        "setup": setup,
         "run": f"set -euo pipefail\n{launch}\n",
     }
 
 
-def cloud_init(loaded: LoadedConfig, image: str, accelerator: str, outputs: str) -> str:
+def cloud_init(
+    loaded: LoadedConfig, image: str, accelerator: str, outputs: str, pins: list | None = None
+) -> str:
     """#cloud-config user-data for one plain Debian/Ubuntu VM: install the engine (and
-    the NVIDIA Container Toolkit), pull by digest, preflight, train, copy outputs out."""
+    the NVIDIA Container Toolkit), pull by digest, preflight, fetch the Hub inputs at
+    the commits pinned at launch (the image's huggingface_hub, with HF_TOKEN, into a
+    cache on the VM's disk), train offline from it, copy outputs out."""
     data, copies = vm_config(loaded)
     local = {target: src for target, src in copies.items() if not is_remote(src)}
     if local:
@@ -108,20 +144,32 @@ def cloud_init(loaded: LoadedConfig, image: str, accelerator: str, outputs: str)
             "(or use `toolkit launch skypilot`, which copies local files)"
         )
     host = Path("/opt/toolkit")
+    fetch_env, train_env = hub_steps(pins or [])
     mounts = [
         Mount(str(host / "config.yaml"), str(VM / "config.yaml"), read_only=True),
         Mount(str(host / "data"), str(VM / "data"), read_only=True),
         Mount(str(host / "outputs"), str(VM / "outputs"), read_only=False),
     ]
+    hf = Mount(str(host / "hf"), str(VM_HF), read_only=True)
     spec = RunSpec(
         image=image,
         command=["toolkit", "train", str(VM / "config.yaml"), "--runtime", "local"],
-        mounts=mounts,
+        mounts=[*mounts, hf] if train_env else mounts,
         user="0:0",
         workdir="/",
-        env={n: None for n in SECRET_ENV},
+        env={**{n: None for n in SECRET_ENV}, **train_env},
         network=None if needs_network(loaded) else "none",
         devices=device_flags(accelerator, None, ("video", "render")),
+    )
+    fetch = RunSpec(
+        image=image,
+        command=["toolkit", "fetch", str(VM / "config.yaml")],
+        mounts=[mounts[0], Mount(hf.host, hf.container, read_only=False)],
+        user="0:0",
+        workdir="/",
+        env={"HF_TOKEN": None, **fetch_env},
+        network=None,
+        devices=device_flags("cpu"),
     )
     doctor = RunSpec(
         image=image,
@@ -165,8 +213,16 @@ def cloud_init(loaded: LoadedConfig, image: str, accelerator: str, outputs: str)
             f"docker pull {shlex.quote(image)}",
             "# Preflight: the image must see its GPUs before anything heavy runs.",
             shlex.join(run_argv(doctor)),
-            "mkdir -p /opt/toolkit/data /opt/toolkit/outputs",
+            "mkdir -p /opt/toolkit/data /opt/toolkit/outputs /opt/toolkit/hf",
             *fetches,
+            *(
+                [
+                    "# Hub inputs at the commits pinned at launch; training then runs offline.",
+                    shlex.join(run_argv(fetch)),
+                ]
+                if fetch_env
+                else []
+            ),
             "status=0",
             shlex.join(run_argv(spec)) + " || status=$?",
             f"fs_copy put /opt/toolkit/outputs {shlex.quote(outputs)}",

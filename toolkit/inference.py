@@ -53,9 +53,10 @@ def load(loaded: LoadedConfig, use: str) -> tuple[Any, Any]:
     if kind == "adapter":
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(
-            cfg.base_model, dtype=dtype, revision=cfg.revision_of_model
-        )
+        from toolkit.hub import model_kwargs, read_pins
+
+        pinned = model_kwargs(cfg, cfg.base_model, read_pins(cfg.output_dir))
+        base = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dtype, **pinned)
         model = PeftModel.from_pretrained(base, where)
     else:
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)

@@ -13,16 +13,16 @@ import os
 import sys
 from pathlib import Path
 
+from toolkit import cache
 from toolkit.config import Config, is_local_ref
 from toolkit.errors import UsageError
 from toolkit.outputs import RUN_LOCK_ENV
 from toolkit.runtime import Devices, Mount, RunSpec, Runtime
 from toolkit.trainer import trackers
 
-# Credentials a run may need; passed by name only, never by value.
+# Credentials a run may need; passed by name only, never by value. No Hugging Face token:
+# Hub models and datasets are fetched on the host (toolkit.hub).
 SECRET_ENV = (
-    "HF_TOKEN",
-    "HUGGING_FACE_HUB_TOKEN",
     "WANDB_API_KEY",
     "MLFLOW_TRACKING_TOKEN",
     "MLFLOW_TRACKING_USERNAME",
@@ -42,10 +42,15 @@ def default_runtime() -> str:
 
 
 def config_paths(cfg: Config) -> tuple[list[Path], list[Path], bool]:
-    """(read-only paths, read-write paths, needs network) for a config's run."""
-    reads, remote = [], False
+    """(read-only paths, read-write paths, needs network) for a config's run. Hub inputs
+    the host fetched (TOOLKIT_HUB_PINS) are read from their cache folders, offline."""
+    from toolkit.hub import read_pins
+
+    pins = read_pins().values()
+    pinned = {p.repo for p in pins}
+    reads, remote = [p.folder for p in pins], False
     for ref in (cfg.base_model, cfg.tokenizer_config, *(d.path for d in cfg.datasets)):
-        if ref is None:
+        if ref is None or ref in pinned:
             continue
         if is_local_ref(ref):
             reads.append(Path(ref).expanduser())
@@ -143,6 +148,8 @@ def container_spec(
     env.update({name: None for name in SECRET_ENV if name in os.environ})
     if os.environ.get(RUN_LOCK_ENV):
         env[RUN_LOCK_ENV] = os.environ[RUN_LOCK_ENV]
+    env.update(hub_environment())
+    env["TOOLKIT_HOST_PUBLISHES"] = "1"  # toolkit.publish: pushes go from the host
     return RunSpec(
         image=image,
         command=command,
@@ -153,6 +160,36 @@ def container_spec(
         network="host" if network == "host" else None if network else "none",
         devices=devices if devices is not None else device_flags("cpu"),
     )
+
+
+def hub_environment() -> dict[str, str | None]:
+    """For a run whose Hub inputs the host pinned: where the cache is (mounted read-only
+    at the same path), the pins, and offline mode, so nothing is fetched inside."""
+    from toolkit import hub
+
+    if not os.environ.get(hub.PINS_ENV):
+        return {}
+    return {
+        hub.PINS_ENV: os.environ[hub.PINS_ENV],
+        "HF_HUB_CACHE": str(hub.hub_cache()),
+        **hub.OFFLINE_ENV,
+    }
+
+
+COMPILE_MOUNT = "/var/cache/toolkit-compile"
+
+
+def compile_cache(image_id: str) -> Path:
+    """The image's own folder for what its compilers build (Triton, TorchInductor, CUDA,
+    torch extensions), kept between runs; writable by the user the container runs as."""
+    folder = cache.compile_dir(image_id)
+    for sub in cache.COMPILE_ENV.values():
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    uid, gid = (int(x) for x in host_user().split(":"))
+    if os.geteuid() == 0 and uid != 0:  # root on the host, another user in the container
+        for path in [folder, *(folder / sub for sub in cache.COMPILE_ENV.values())]:
+            os.chown(path, uid, gid)
+    return folder
 
 
 def run_in_container(
@@ -180,6 +217,10 @@ def run_in_container(
     spec = container_spec(
         image, info.id, command, reads, writes, network, device_flags(accelerator, gpus, gids)
     )
+    # The image's compile caches, at a path of their own inside (not under a home
+    # folder the container's user may not own).
+    spec.mounts.append(Mount(str(compile_cache(info.id)), COMPILE_MOUNT, read_only=False))
+    spec.env.update(cache.compile_env(Path(COMPILE_MOUNT)))
     note = (
         "on the host's network (multi-node)"
         if network == "host"

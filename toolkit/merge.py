@@ -32,7 +32,9 @@ def adapter_sha256(out: Path) -> str:
     return h.hexdigest()
 
 
-def check_inputs(loaded: LoadedConfig, allow_mismatch: bool = False) -> dict | None:
+def check_inputs(
+    loaded: LoadedConfig, allow_mismatch: bool = False, hub_inputs: bool = False
+) -> dict | None:
     """Validate output_dir before loading anything heavy; return run.json, or None
     when the run was a full fine-tune and there is nothing to merge. The adapter must
     have been trained with this config (run.json says so), unless `allow_mismatch`."""
@@ -45,7 +47,10 @@ def check_inputs(loaded: LoadedConfig, allow_mismatch: bool = False) -> dict | N
             f"{out / 'run.json'} not found: nothing has been trained into "
             f"output_dir {out}; run `toolkit train CONFIG` first"
         )
-    differences = config_differences(run.get("config") or {}, loaded.config.model_dump(mode="json"))
+    recorded = run.get("config") or {}
+    if hub_inputs:  # before the Hub datasets are fetched: compare them by repository
+        recorded = _hub_names(recorded, run.get("hub") or [])
+    differences = config_differences(recorded, loaded.config.model_dump(mode="json"))
     if differences and not allow_mismatch:
         shown = "; ".join(differences[:6]) + (
             f" and {len(differences) - 6} more" if len(differences) > 6 else ""
@@ -84,6 +89,18 @@ def already_merged(out: Path) -> bool:
     return True
 
 
+def _hub_names(config: dict, pins: list[dict]) -> dict:
+    """A recorded config with each Hub dataset's snapshot folder named by its repository
+    again, as the user's config names it."""
+    datasets = [dict(d) for d in config.get("datasets") or []]
+    for pin in pins:
+        if pin.get("kind") == "dataset":
+            index = int(pin["key"].split(".")[1])
+            if index < len(datasets):
+                datasets[index]["path"] = pin["repo"]
+    return {**config, "datasets": datasets}
+
+
 def merge_lora(loaded: LoadedConfig, allow_mismatch: bool = False) -> Path:
     """Merge and return the merged folder (or return it untouched if already merged)."""
     out = Path(loaded.config.output_dir)
@@ -114,7 +131,10 @@ def merge_lora(loaded: LoadedConfig, allow_mismatch: bool = False) -> Path:
     # the full-precision weights, not into the 4-bit ones it trained against. A
     # classification head comes from the adapter folder (trained in full beside it).
     auto = getattr(transformers, HEADS[head][0])
-    base = auto.from_pretrained(base_ref, dtype="auto", device_map={"": "cpu"}, **extra)
+    from toolkit.hub import model_kwargs, read_pins
+
+    pinned = model_kwargs(loaded.config, base_ref, read_pins(out))
+    base = auto.from_pretrained(base_ref, dtype="auto", device_map={"": "cpu"}, **pinned, **extra)
     model = PeftModel.from_pretrained(base, str(out), torch_device="cpu")
     model = model.merge_and_unload(progressbar=sys.stderr.isatty())
     tokenizer = AutoTokenizer.from_pretrained(str(out))

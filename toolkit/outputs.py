@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
-from toolkit.config.schema import TRACKER_KEYS
+from toolkit.config.schema import REPORTING_KEYS
 from toolkit.errors import UsageError
 
 STATE_DIR = ".toolkit"  # toolkit's own files inside output_dir
@@ -54,7 +54,7 @@ WEIGHT_NEUTRAL = (
     "ddp_timeout",
     "loss_watchdog_threshold",
     "loss_watchdog_patience",
-    *TRACKER_KEYS,
+    *REPORTING_KEYS,
     ALLOW_KEY,
 )
 

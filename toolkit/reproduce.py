@@ -41,12 +41,14 @@ def plan(run_ref: str, output_dir: str | None = None) -> Plan:
     if (out / "run.json").exists():
         raise UsageError(f"{out} already holds a run; pass --output-dir for a new folder")
     config.update(output_dir=str(out), resume_from_checkpoint=False)
+    hub_notes = _pin_hub_inputs(run, config, out)
     path = out.parent / f"{out.name}.config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     env = run.get("environment") or {}
     notes = [
         f"config: the recorded values of {run.get('config_path', run_ref)} "
-        f"(sha256 {str(run.get('config_sha256', ''))[:12]}), output_dir {out}"
+        f"(sha256 {str(run.get('config_sha256', ''))[:12]}), output_dir {out}",
+        *hub_notes,
     ]
     argv = ["train", str(path)]
     world = int(run.get("world_size") or 1)
@@ -58,6 +60,26 @@ def plan(run_ref: str, output_dir: str | None = None) -> Plan:
         argv += ["--runtime", "local"]
         notes += _library_drift(env.get("libraries") or {})
     return Plan(path, out, argv, notes)
+
+
+def _pin_hub_inputs(run: dict, config: dict, out: Path) -> list[str]:
+    """The run's Hub inputs at the commits it trained (run.json's `hub`): the rerun's
+    output_dir starts with those pins, so the rerun fetches (if the cache lost them) and
+    trains exactly those commits, wherever the branches are now."""
+    from toolkit.hub import Pin, write_pins
+
+    pins = [Pin(**p) for p in run.get("hub") or []]
+    if not pins:
+        return []
+    for pin in pins:
+        if pin.kind == "dataset":  # the config recorded the snapshot folder: name the repo
+            config["datasets"][int(pin.key.split(".")[1])]["path"] = pin.repo
+    write_pins(out, pins)
+    return [
+        f"hub: {pin.repo} at {pin.commit[:12]}, the run's commit"
+        + ("" if pin.snapshot.is_dir() else " (not in the cache: it is fetched again)")
+        for pin in pins
+    ]
 
 
 def _image(env: dict, notes: list[str]) -> str:

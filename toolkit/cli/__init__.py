@@ -20,11 +20,12 @@ import sys
 import click
 
 from toolkit import __version__
+from toolkit.cli.cache import cache
 from toolkit.cli.common import environment_error
 from toolkit.cli.images import images
 from toolkit.cli.inspect import compare, doctor, reproduce, validate
 from toolkit.cli.launch import launch
-from toolkit.cli.run import inference, merge_lora, preprocess, tiny_model, train
+from toolkit.cli.run import fetch, inference, merge_lora, preprocess, tiny_model, train
 from toolkit.errors import ToolkitError
 
 
@@ -46,12 +47,14 @@ for command in (
     preprocess,
     merge_lora,
     inference,
+    fetch,
     tiny_model,
     images,
     reproduce,
     launch,
     compare,
     doctor,
+    cache,
 ):
     cli.add_command(command)
 

@@ -170,19 +170,38 @@ def load(config: str, overrides: tuple[str, ...] | list[str]) -> LoadedConfig:
 
 
 def with_local_data(config: str, overrides: list[str]) -> tuple:
-    """The config, with remote datasets (s3://, gs://, az://) fetched to the host's cache
-    and the config pointed at the copies; and the overrides to pass on, those included."""
+    """The config with its inputs on this machine: remote datasets (s3://, gs://, az://)
+    copied to the host's cache, and Hub models and datasets fetched into the Hugging
+    Face cache at a pinned commit (toolkit.hub); datasets are pointed at their copies.
+    Returns it and the overrides to pass on."""
+    import dataclasses
+
+    from toolkit import hub
     from toolkit.remote import fetch_remote_datasets, is_remote
 
     loaded = load(config, overrides)
-    if not any(is_remote(d.path) for d in loaded.config.datasets):
+    cfg = loaded.config
+    remote = any(is_remote(d.path) for d in cfg.datasets)
+    refs = hub.hub_refs(cfg)
+    if not remote and not refs:
         return loaded, list(overrides)
     from toolkit.config import load_config, parse_overrides
 
-    raw = [{"path": d.path, "data_files": d.data_files} for d in loaded.config.datasets]
-    fetched = [f"--{key}={value}" for key, value in fetch_remote_datasets(raw).items()]
-    extra = [*overrides, *fetched]
-    return load_config(config, parse_overrides(extra)), extra
+    extra = list(overrides)
+    if remote:
+        raw = [{"path": d.path, "data_files": d.data_files} for d in cfg.datasets]
+        extra += [f"--{key}={value}" for key, value in fetch_remote_datasets(raw).items()]
+    pins = hub.fetch_all(cfg, hub.read_pins(cfg.output_dir), log) if refs else []
+    extra += [f"--{p.key}={p.snapshot}" for p in pins if p.kind == "dataset"]
+    if pins:  # for the trainer: here, its worker processes, or the container
+        os.environ[hub.PINS_ENV] = hub.pins_json(pins)
+        hub.go_offline()
+    reloaded = load_config(config, parse_overrides(extra)) if extra != list(overrides) else loaded
+    return dataclasses.replace(reloaded, hub=tuple(pins)), extra
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def runtime_of(args) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,7 +90,7 @@ def skypilot(config, overrides, variant, outputs, output, accelerators, nodes) -
     out = output or Path(f"{Path(config).stem}.sky.yaml")
     config_file = out.with_name(f"{Path(config).stem}.vm.yaml")
     config_file.write_text(yaml.safe_dump(vm_config(loaded)[0], sort_keys=False))
-    task = skypilot_task(loaded, image, config_file, accelerators, nodes, outputs)
+    task = skypilot_task(loaded, image, config_file, accelerators, nodes, outputs, _pins(loaded))
     out.write_text(yaml.safe_dump(task, sort_keys=False, width=1000))
     print(
         f"wrote {out} (and {config_file}); run it with `sky launch {out}`, adding "
@@ -108,9 +109,19 @@ def cloud_init(config, overrides, variant, outputs, output) -> int:
 
     loaded, chosen, image = _inputs(config, overrides, variant, outputs)
     out = output or Path(f"{Path(config).stem}.cloud-init.yaml")
-    out.write_text(user_data(loaded, image, chosen.accelerator, outputs))
+    out.write_text(user_data(loaded, image, chosen.accelerator, outputs, _pins(loaded)))
     print(
         f"wrote {out}; pass it as the VM's user-data (secrets go in /etc/toolkit/secrets.env "
         "on the VM, never in this file)"
     )
     return 0
+
+
+def _pins(loaded) -> list:
+    """The commits of the config's Hub inputs, resolved now (nothing is downloaded here:
+    the VM fetches exactly those)."""
+    from toolkit.hub import hub_refs, resolve_all
+
+    if not hub_refs(loaded.config):
+        return []
+    return resolve_all(loaded.config, log=lambda line: print(line, file=sys.stderr))

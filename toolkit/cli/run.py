@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from toolkit import publish
 from toolkit.cli import common
 from toolkit.cli.common import (
     OVERRIDES,
@@ -32,6 +33,7 @@ from toolkit.cli.common import (
 )
 from toolkit.config.axolotl import check_hardware
 from toolkit.errors import UsageError
+from toolkit.hub import hub_refs
 
 
 @click.command(cls=OverridesCommand, context_settings=OVERRIDES)
@@ -58,11 +60,16 @@ def train(config, overrides, as_json, **options) -> int:
         return _summary(cfg, as_json, "already complete")
     if loaded.hardware:  # settings that need GPUs: refused before anything is written
         check_hardware(loaded, gpus_here(runtime))
+    publish.check(cfg)
     # With --json, stdout carries the summary alone; the training log goes to stderr.
     with (
         output_lock(cfg.output_dir, "train") as lock,
         redirect_stdout(sys.stderr) if as_json else nullcontext(),
     ):
+        if loaded.hub:  # the commits this run trains: a resume or rerun keeps them
+            from toolkit.hub import write_pins
+
+            write_pins(cfg.output_dir, loaded.hub)
         if runtime == "docker":
             code = in_container(
                 "train",
@@ -88,6 +95,7 @@ def train(config, overrides, as_json, **options) -> int:
                 raise error from None
     if code:
         return code
+    publish.after_train(cfg)
     return _summary(cfg, as_json, "trained")
 
 
@@ -230,19 +238,30 @@ def merge_lora(config, overrides, allow_config_mismatch, **options) -> int:
     args = args_of(config=config, **options)
     loaded = load(config, overrides)
     out = loaded.config.output_dir
-    if check_inputs(loaded, allow_config_mismatch) is None or already_merged(Path(out)):
+    if check_inputs(loaded, allow_config_mismatch, hub_inputs=True) is None or already_merged(
+        Path(out)
+    ):
         return 0
+    extra = list(overrides)
+    if hub_refs(loaded.config):
+        # The base at the commit the adapter was trained on (from the Hub's cache,
+        # fetched again only if the cache lost it).
+        loaded, extra = with_local_data(config, extra)
+        check_inputs(loaded, allow_config_mismatch)
     with output_lock(out, "merge-lora") as lock:
         if runtime_of(args) == "docker":
-            extra = [*overrides, *(["--allow-config-mismatch"] if allow_config_mismatch else [])]
+            extra = [*extra, *(["--allow-config-mismatch"] if allow_config_mismatch else [])]
             code = in_container("merge-lora", args, extra, loaded, keep_fds=lock.fds)
             if code == 0:
                 print(f"merged model: {out}/merged\nadapter: {out}\nlog: {out}/train.log")
-            return code
-        from toolkit.merge import merge_lora as merge
+        else:
+            from toolkit.merge import merge_lora as merge
 
-        merge(loaded, allow_config_mismatch)
-        return 0
+            merge(loaded, allow_config_mismatch)
+            code = 0
+    if code == 0:
+        publish.after_merge(loaded.config)
+    return code
 
 
 @click.command("tiny-model")
@@ -315,6 +334,8 @@ def inference(config, overrides, prompts, use, max_new_tokens, temperature, **op
     args = args_of(config=config, **options)
     loaded = load(config, overrides)
     model_source(loaded, use)  # nothing trained yet, or no merged model: say so here
+    if hub_refs(loaded.config):  # the base at the run's commit, from the Hub's cache
+        loaded, overrides = with_local_data(config, list(overrides))
     if runtime_of(args) == "docker":
         if not prompts:
             raise UsageError(
@@ -331,4 +352,19 @@ def inference(config, overrides, prompts, use, max_new_tokens, temperature, **op
     asked = list(prompts) or stdin_prompts(sys.stdin.isatty())
     for _ in run(loaded, asked, use, max_new_tokens, temperature):
         print()
+    return 0
+
+
+@click.command(cls=OverridesCommand, context_settings=OVERRIDES)
+@config_argument
+@overrides_argument
+def fetch(config, overrides) -> int:
+    """Fetch the config's Hub models and datasets (and object-store datasets) into the
+    local caches, each at a pinned commit, and print the pins as JSON. A later run of
+    the same output_dir trains exactly these commits; TOOLKIT_HUB_PINS (set by launch
+    files) names the commits to fetch."""
+    from dataclasses import asdict
+
+    loaded, _ = with_local_data(config, list(overrides))
+    print(json.dumps([asdict(p) for p in loaded.hub], indent=2))
     return 0

@@ -61,6 +61,11 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     for name in Config.model_fields:
         sources.setdefault(name, "default")
     warnings = mapped + sorted_.warnings
+    if raw.get("hub_strategy") not in (None, "end"):
+        warnings.append(
+            f"hub_strategy: {raw['hub_strategy']!r}: toolkit pushes once, when the run "
+            "completes (checkpoints stay in output_dir)"
+        )
     if not config.uses_lora:
         warnings += [
             f"{key}: set to {show(raw[key])} but adapter is {show(raw.get('adapter'))}"

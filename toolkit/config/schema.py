@@ -387,6 +387,15 @@ class Config(_Strict):
     hf_mlflow_log_artifacts: bool = False
     use_tensorboard: bool = False
 
+    # Publishing, from the host with HF_TOKEN (toolkit.publish): the result to
+    # hub_model_id when the run completes, the merged model to hub_model_id-merged.
+    hub_model_id: str | None = None
+    push_to_hub: bool | None = None  # unset: push when hub_model_id is set, as in axolotl
+    hub_private_repo: bool | None = None
+    hub_revision: str | None = None
+    # axolotl's pushing cadence; toolkit pushes once, when the run completes.
+    hub_strategy: Literal["end", "every_save", "checkpoint", "all_checkpoints"] | None = None
+
     @property
     def uses_lora(self) -> bool:
         return self.adapter in ("lora", "qlora")
@@ -413,7 +422,7 @@ class Config(_Strict):
         another one is not resumed automatically. Lengths, saving, logging and
         evaluation cadence may change between a run and its resumption."""
         free = {
-            *TRACKER_KEYS,
+            *REPORTING_KEYS,
             "save_strategy",
             "save_only_model",
             "save_first_step",
@@ -438,7 +447,13 @@ class Config(_Strict):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-TRACKER_KEYS = (
+# Trackers and publishing: where a run's results are reported, never what it trains.
+REPORTING_KEYS = (
+    "hub_model_id",
+    "push_to_hub",
+    "hub_private_repo",
+    "hub_revision",
+    "hub_strategy",
     "report_to",
     "use_wandb",
     "wandb_project",
@@ -468,6 +483,8 @@ class LoadedConfig:
     # axolotl settings that need several GPUs or GPU kernels (key: what it is), which
     # the run checks when it starts.
     hardware: dict[str, str] = field(default_factory=dict)
+    # The Hub inputs fetched on the host, each pinned to a commit (toolkit.hub.Pin).
+    hub: tuple = ()
 
 
 def recipe_of(raw: dict) -> str:

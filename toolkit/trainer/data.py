@@ -118,10 +118,12 @@ class Example:
 def read_rows(ds: DatasetConfig, index: int) -> list[dict]:
     """All rows of one dataset entry, as dicts: its split expression and shard applied."""
     where = f"datasets[{index}] ({ds.path})"
-    if not is_local_ref(ds.path):
+    path = Path(ds.path).expanduser()
+    if not is_local_ref(ds.path) or path.parent.name == "snapshots":
+        # A Hub id, or the snapshot of one toolkit fetched on the host (toolkit.hub):
+        # `datasets` finds its files and splits as the Hub lays them out.
         rows = _read_hub(ds, where)
     else:
-        path = Path(ds.path).expanduser()
         name, _ = parse_split(ds.split, where)
         if path.is_dir() and _is_saved_dataset(path):
             rows = _read_saved(path, name, where)
@@ -294,7 +296,9 @@ def _read_hub(ds: DatasetConfig, where: str) -> list[dict]:
     import datasets
 
     try:
-        table = datasets.load_dataset(ds.path, data_files=ds.data_files, split=ds.split)
+        table = datasets.load_dataset(
+            ds.path, name=ds.name, data_files=ds.data_files, split=ds.split
+        )
     except Exception as exc:
         raise DataError(
             f"{where}: could not load from the Hugging Face Hub: "

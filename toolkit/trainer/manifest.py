@@ -10,11 +10,13 @@ import os
 import platform
 import sys
 import time
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
 from toolkit import __version__
 from toolkit.config import LoadedConfig
+from toolkit.hub import read_pins
 from toolkit.trainer.files import write_json_atomic
 
 MANIFEST = "run.json"
@@ -68,6 +70,7 @@ def write_manifest(output_dir: str | Path, loaded: LoadedConfig, recipe: str, **
         else cfg.base_model,
         "adapter": cfg.adapter if cfg.uses_lora else None,
         "seed": cfg.seed,
+        "hub": [asdict(p) for p in read_pins(output_dir).values()],
         "environment": environment(),
         **facts,
     }

@@ -112,12 +112,19 @@ def resolve(cfg: Config) -> Resolved:
     )
 
 
+def hub_kwargs(cfg: Config, ref: str) -> dict:
+    """from_pretrained keywords for a model the config names: a Hub model at the commit
+    the run pinned, read from the cache alone (toolkit.hub)."""
+    from toolkit.hub import model_kwargs, read_pins
+
+    return model_kwargs(cfg, ref, read_pins(cfg.output_dir))
+
+
 def load_tokenizer(cfg: Config) -> Any:
     from transformers import AutoTokenizer
 
     source = cfg.tokenizer_config or cfg.base_model
-    revision = cfg.revision_of_model if source == cfg.base_model else None
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+    tokenizer = AutoTokenizer.from_pretrained(source, **hub_kwargs(cfg, source))
     vocab = tokenizer.get_vocab()
     for role, token in (cfg.special_tokens or {}).items():
         if token not in vocab:
@@ -147,9 +154,11 @@ def load_base(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labe
     import transformers
 
     dtype = getattr(torch, resolved.dtype)
-    kwargs: dict = {"dtype": dtype, "attn_implementation": resolved.attn_implementation}
-    if cfg.revision_of_model:
-        kwargs["revision"] = cfg.revision_of_model
+    kwargs: dict = {
+        "dtype": dtype,
+        "attn_implementation": resolved.attn_implementation,
+        **hub_kwargs(cfg, cfg.base_model),
+    }
     if cfg.rope_scaling:
         kwargs["config"] = rope_scaled_config(cfg)
     if num_labels:
@@ -165,7 +174,7 @@ def load_base(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labe
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(load_in_8bit=True)
     auto = getattr(transformers, HEADS[head][0])
     if head == "causal_lm":
-        apply_liger(cfg.base_model, resolved.optimizations)
+        apply_liger(cfg.base_model, resolved.optimizations, hub_kwargs(cfg, cfg.base_model))
     model = auto.from_pretrained(cfg.base_model, **kwargs)
     check_lora_targets(model, resolved.lora_target_modules)
     if resolved.device == "cuda" and "quantization_config" not in kwargs:
@@ -180,7 +189,7 @@ def rope_scaled_config(cfg: Config) -> Any:
     in rope_parameters; the older rope_scaling spelling is read into it)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(cfg.base_model, revision=cfg.revision_of_model)
+    config = AutoConfig.from_pretrained(cfg.base_model, **hub_kwargs(cfg, cfg.base_model))
     scaling = dict(cfg.rope_scaling or {})
     if "type" in scaling and "rope_type" not in scaling:
         scaling["rope_type"] = scaling.pop("type")

@@ -184,8 +184,9 @@ def _optimizer(cfg: Config, machine: Machine) -> dict[str, str]:
     return out
 
 
-def apply_liger(base_model: str, decisions: dict[str, str]) -> None:
-    """Patch transformers' Qwen3 / Qwen3-MoE classes with liger's kernels, before loading."""
+def apply_liger(base_model: str, decisions: dict[str, str], source: dict | None = None) -> None:
+    """Patch transformers' Qwen3 / Qwen3-MoE classes with liger's kernels, before loading
+    (`source`: from_pretrained keywords for the model's config, such as its commit)."""
     chosen = {k for k in LIGER if decisions.get(k) == "on"}
     if not chosen:
         return
@@ -195,7 +196,7 @@ def apply_liger(base_model: str, decisions: dict[str, str]) -> None:
     )
     from transformers import AutoConfig
 
-    model_type = AutoConfig.from_pretrained(base_model).model_type
+    model_type = AutoConfig.from_pretrained(base_model, **(source or {})).model_type
     patch = {
         "qwen3": apply_liger_kernel_to_qwen3,
         "qwen3_moe": apply_liger_kernel_to_qwen3_moe,

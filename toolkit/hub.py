@@ -1,0 +1,296 @@
+"""Models and datasets from the Hugging Face Hub, fetched on the host, pinned by commit.
+
+Before a run, each Hub input of the config (base_model, tokenizer_config, a dataset
+named by its Hub id) is resolved with huggingface_hub: its revision (revision_of_model,
+a dataset's `revision`, else the default branch) becomes a commit, and the files a run
+needs (config, tokenizer, safetensors weights; never the .bin/.pth/.gguf duplicates)
+are fetched into the user's Hugging Face cache (HF_HOME / HF_HUB_CACHE, shared with
+their other tools), with huggingface_hub's own progress, resume and locking. A run
+keeps the commits it started with (output_dir/.toolkit/hub.json; run.json records
+them with each file's hash), so a resumed, rerun or reproduced run trains the same
+weights even after the branch moved, and a second run asks the Hub for nothing.
+
+The trainer then loads models by name at that commit from the cache alone
+(`local_files_only`), and reads a Hub dataset from its snapshot folder. The
+container gets the cache folders of those repositories read-only, HF_HUB_OFFLINE=1,
+no network for them and no token. Errors (gated, missing, a wrong revision, no
+network) stop the run here, before anything starts, naming the repository, the
+revision and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from toolkit.config import Config, is_local_ref
+from toolkit.errors import ToolkitError, UsageError
+
+PINS = "hub.json"  # in output_dir/.toolkit: the commits this run uses
+PINS_ENV = "TOOLKIT_HUB_PINS"  # the same, as JSON, for the trainer the host launches
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+# What a run reads from a model repository: config, tokenizer, safetensors weights.
+MODEL_FILES = (
+    "*.json",
+    "*.safetensors",
+    "*.txt",
+    "*.model",
+    "*.jinja",
+    "*.tiktoken",
+    "*.py",
+    "*.md",
+)
+DATASET_FILES = (
+    "*.json",
+    "*.jsonl",
+    "*.parquet",
+    "*.arrow",
+    "*.csv",
+    "*.tsv",
+    "*.txt",
+    "*.gz",
+    "*.zst",
+    "*.md",
+)
+
+
+@dataclass(frozen=True)
+class Pin:
+    """One Hub input of a run: where the config names it, the repository, the revision
+    asked for, the commit it resolved to, and the fetched files' hashes."""
+
+    key: str  # base_model, tokenizer_config, datasets.0.path
+    repo: str
+    kind: str  # "model" or "dataset"
+    revision: str | None
+    commit: str
+    files: dict[str, str]
+
+    @property
+    def folder(self) -> Path:
+        """The repository's folder in the Hugging Face cache (what a container mounts)."""
+        return hub_cache() / f"{self.kind}s--{self.repo.replace('/', '--')}"
+
+    @property
+    def snapshot(self) -> Path:
+        return self.folder / "snapshots" / self.commit
+
+
+class HubUnreachable(ToolkitError):
+    """The Hub (or the HF_ENDPOINT stand-in) could not be reached. Exit 1."""
+
+
+def hub_cache() -> Path:
+    """The Hugging Face cache huggingface_hub uses (HF_HUB_CACHE, else HF_HOME/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface"
+    )
+    return Path(home).expanduser() / "hub"
+
+
+def endpoint() -> str:
+    """The Hub's address: HF_ENDPOINT (read now, not when huggingface_hub was imported)."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_refs(cfg: Config) -> list[tuple[str, str, str, str | None]]:
+    """(key, repo, kind, revision) for every Hub input of a config."""
+    refs: list[tuple[str, str, str, str | None]] = []
+    for key, ref in (("base_model", cfg.base_model), ("tokenizer_config", cfg.tokenizer_config)):
+        if ref and not is_local_ref(ref) and ref not in (r for _, r, _, _ in refs):
+            refs.append((key, ref, "model", cfg.revision_of_model))
+    for i, ds in enumerate(cfg.datasets):
+        if not is_local_ref(ds.path) and "://" not in ds.path:
+            refs.append((f"datasets.{i}.path", ds.path, "dataset", ds.revision))
+    return refs
+
+
+def read_pins(output_dir: str | Path | None = None) -> dict[str, Pin]:
+    """The commits of this run, by config key: those the launching command passed
+    (TOOLKIT_HUB_PINS), else those a run in output_dir started with (none: {})."""
+    try:
+        if os.environ.get(PINS_ENV):
+            return {p["key"]: Pin(**p) for p in json.loads(os.environ[PINS_ENV])}
+        if output_dir is None:
+            return {}
+        path = Path(output_dir).expanduser() / ".toolkit" / PINS
+        return {p["key"]: Pin(**p) for p in json.loads(path.read_text())}
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}
+
+
+def pins_json(pins: list[Pin] | tuple[Pin, ...]) -> str:
+    return json.dumps([asdict(p) for p in pins])
+
+
+def write_pins(output_dir: str | Path, pins: list[Pin]) -> None:
+    path = Path(output_dir).expanduser() / ".toolkit" / PINS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(pins_json(pins))
+    os.replace(tmp, path)
+
+
+def fetch_all(cfg: Config, recorded: dict[str, Pin] | None = None, log=print) -> list[Pin]:
+    """Resolve and fetch every Hub input; a recorded pin of the same repository and
+    revision is kept (its commit fetched if the cache lost it) without asking the Hub
+    where the branch is now."""
+    pins = []
+    for key, repo, kind, revision in hub_refs(cfg):
+        known = (recorded or {}).get(key)
+        same = known is not None and (known.repo, known.revision) == (repo, revision)
+        commit = known.commit if known is not None and same else None
+        pins.append(fetch(key, repo, kind, revision, commit, log))
+    return pins
+
+
+def resolve_all(cfg: Config, log=print) -> list[Pin]:
+    """Every Hub input's commit, asking the Hub but fetching nothing: for launch files,
+    whose VM fetches those commits itself (`toolkit fetch`)."""
+    from huggingface_hub import HfApi
+
+    pins = []
+    for key, repo, kind, revision in hub_refs(cfg):
+        try:
+            info = HfApi(endpoint=endpoint()).repo_info(repo, repo_type=kind, revision=revision)
+        except Exception as exc:
+            raise hub_error(exc, key, repo, kind, revision) from None
+        log(f"hub: {key}: {repo} at {info.sha}")
+        pins.append(Pin(key, repo, kind, revision, str(info.sha), {}))
+    return pins
+
+
+def fetch(
+    key: str, repo: str, kind: str, revision: str | None, commit: str | None = None, log=print
+) -> Pin:
+    """One input: resolve the revision (unless its commit is known), fetch what a run
+    needs at that commit (nothing when the cache holds it), and return its pin."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    where = f"{key}: {repo}" + (f"@{revision}" if revision else "")
+    try:
+        if commit is None:
+            info = HfApi(endpoint=endpoint()).repo_info(repo, repo_type=kind, revision=revision)
+            commit = info.sha
+            if commit is None:
+                raise HubUnreachable(f"{where}: the Hub gave no commit for it")
+        cached = _snapshot_files(kind, repo, commit)
+        if not cached:
+            log(f"hub: fetching {repo} at {commit[:12]} into {hub_cache()}")
+        folder = snapshot_download(
+            repo,
+            repo_type=kind,
+            revision=commit,
+            allow_patterns=list(MODEL_FILES if kind == "model" else DATASET_FILES),
+            cache_dir=str(hub_cache()),
+            endpoint=endpoint(),
+        )
+    except Exception as exc:
+        raise hub_error(exc, key, repo, kind, revision) from None
+    from toolkit.cache import record_fetched
+
+    record_fetched(kind, repo)
+    files = _snapshot_files(kind, repo, commit)
+    if kind == "model" and not any(name.endswith(".safetensors") for name in files):
+        raise UsageError(
+            f"{where}: has no .safetensors weights at {commit[:12]}; toolkit loads "
+            "safetensors only (convert the .bin weights, or pick a revision that has them)"
+        )
+    expected = hub_cache() / f"{kind}s--{repo.replace('/', '--')}" / "snapshots" / commit
+    if Path(folder).resolve() != expected.resolve():
+        raise HubUnreachable(f"{where}: fetched into {folder}, not the cache toolkit expects")
+    return Pin(key, repo, kind, revision, commit, files)
+
+
+def _snapshot_files(kind: str, repo: str, commit: str) -> dict[str, str]:
+    """A cached snapshot's files and their hashes: each is a link to a blob named by
+    its hash (the LFS sha256, or the git blob id)."""
+    root = hub_cache() / f"{kind}s--{repo.replace('/', '--')}" / "snapshots" / commit
+    if not root.is_dir():
+        return {}
+    return {
+        str(path.relative_to(root)): Path(os.readlink(path)).name if path.is_symlink() else ""
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def hub_error(
+    exc: Exception, key: str, repo: str, kind: str, revision: str | None, verb: str = "fetch"
+) -> Exception:
+    """What a huggingface_hub error means for this run, as one line with the fix."""
+    from huggingface_hub import errors
+
+    page = f"{endpoint()}/{'datasets/' if kind == 'dataset' else ''}{repo}"
+    at = f"{repo}@{revision or 'main'}"
+    if isinstance(exc, ToolkitError):
+        return exc
+    if isinstance(exc, errors.GatedRepoError):
+        return UsageError(
+            f"{key}: {repo} is gated: accept its licence on {page} with your account, then "
+            "set HF_TOKEN to a token of that account in your environment (it is used on "
+            "this machine only, never in the container)"
+        )
+    if isinstance(exc, errors.RevisionNotFoundError):
+        return UsageError(
+            f"{key}: {repo} has no revision {revision!r}; give a branch, tag or commit it has "
+            f"({'revision_of_model' if kind == 'model' else 'the dataset entry: revision'})"
+        )
+    if isinstance(exc, errors.RepositoryNotFoundError):
+        return UsageError(
+            f"{key}: {repo} is not a {kind} on the Hub ({endpoint()}): check the name, or set "
+            "HF_TOKEN if it is private; a local folder must exist to be read as one"
+        )
+    return HubUnreachable(
+        f"{key}: could not {verb} {at} {'to' if verb == 'push' else 'from'} {endpoint()} "
+        f"({type(exc).__name__}: "
+        f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); check the network or "
+        "HF_ENDPOINT and run again (a download resumes where it stopped)"
+    )
+
+
+def go_offline() -> None:
+    """Everything a run reads is fetched: from here on no library of this process (or
+    its children) may go to the Hub on its own — transformers probes for optional files,
+    peft looks up the base's config when it saves an adapter."""
+    import huggingface_hub.constants
+
+    os.environ.update(OFFLINE_ENV)
+    huggingface_hub.constants.HF_HUB_OFFLINE = True  # read once, at its import
+
+
+@contextmanager
+def online() -> Iterator[None]:
+    """The Hub reachable again for a moment (publishing, which the user asked for)."""
+    import huggingface_hub.constants
+
+    saved = {k: os.environ.pop(k, None) for k in OFFLINE_ENV}
+    offline, huggingface_hub.constants.HF_HUB_OFFLINE = (
+        huggingface_hub.constants.HF_HUB_OFFLINE,
+        False,
+    )
+    try:
+        yield
+    finally:
+        huggingface_hub.constants.HF_HUB_OFFLINE = offline
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+
+
+def model_kwargs(cfg: Config, ref: str, pins: dict[str, Pin]) -> dict[str, Any]:
+    """from_pretrained keywords for a model named `ref`: at its pinned commit, from the
+    cache alone, when the run pinned it; else the config's revision."""
+    for pin in pins.values():
+        if pin.kind == "model" and pin.repo == ref:
+            return {
+                "revision": pin.commit,
+                "local_files_only": True,
+                "cache_dir": str(hub_cache()),
+            }
+    return {"revision": cfg.revision_of_model} if cfg.revision_of_model else {}

@@ -1,0 +1,111 @@
+"""Publishing to the Hugging Face Hub as axolotl's keys ask (hub_model_id, hub_strategy,
+hub_private_repo, hub_revision, push_to_hub), from the host: the token stays in the
+host's environment (HF_TOKEN), never enters a container, and is never written.
+
+After a run completes, the adapter (or the fully fine-tuned model) goes to
+hub_model_id with its tokenizer, chat template and run.json; after `merge-lora`, the
+merged model goes to hub_model_id + "-merged". Each push's commit is recorded in
+run.json's `pushed`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from toolkit.config import Config
+from toolkit.errors import UsageError
+
+# What a finished run's folder holds that is worth publishing (no checkpoints, no logs
+# of toolkit's own state).
+PUBLISHED = (
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "README.md",
+    "run.json",
+    "loss.png",
+)
+
+
+# Set in the container toolkit launches: the host publishes when it returns.
+HOST_PUBLISHES = "TOOLKIT_HOST_PUBLISHES"
+
+
+def wanted(cfg: Config) -> bool:
+    return (
+        bool(cfg.hub_model_id)
+        and cfg.push_to_hub is not False
+        and os.environ.get(HOST_PUBLISHES) != "1"
+    )
+
+
+def check(cfg: Config) -> None:
+    """Before a run that will publish: the token is there (by name)."""
+    if wanted(cfg) and not (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")):
+        raise UsageError(
+            f"hub_model_id: {cfg.hub_model_id!r} asks to publish the result, but HF_TOKEN is "
+            "not set: export a write token of that account (it stays on this machine), or "
+            "set push_to_hub: false"
+        )
+
+
+def push(cfg: Config, folder: Path, repo_id: str, what: str) -> dict:
+    """Upload `folder` to `repo_id` (created if missing); record and return the push."""
+    from huggingface_hub import HfApi
+
+    from toolkit.hub import endpoint, hub_error, online
+
+    api = HfApi(endpoint=endpoint())
+    try:
+        with online():
+            api.create_repo(repo_id, private=bool(cfg.hub_private_repo), exist_ok=True)
+            info = api.upload_folder(
+                folder_path=str(folder),
+                repo_id=repo_id,
+                revision=cfg.hub_revision,
+                allow_patterns=list(PUBLISHED),
+                ignore_patterns=["*/*"],  # top-level files only: no checkpoints, no merged/
+                commit_message=f"toolkit: {what} of {Path(cfg.output_dir).name}",
+            )
+    except Exception as exc:
+        raise hub_error(exc, "hub_model_id", repo_id, "model", cfg.hub_revision, "push") from None
+    record = {
+        "what": what,
+        "repo": repo_id,
+        "revision": cfg.hub_revision or "main",
+        "commit": info.oid,
+        "url": f"{endpoint()}/{repo_id}",
+    }
+    run_json = Path(cfg.output_dir) / "run.json"
+    run = json.loads(run_json.read_text())
+    run["pushed"] = [*(run.get("pushed") or []), record]
+    tmp = run_json.with_suffix(".tmp")
+    tmp.write_text(json.dumps(run, indent=2))
+    os.replace(tmp, run_json)
+    print(f"pushed: {what} to {record['url']} at {record['commit'][:12]}")
+    return record
+
+
+def after_train(cfg: Config) -> dict | None:
+    if not wanted(cfg):
+        return None
+    return push(
+        cfg, Path(cfg.output_dir), str(cfg.hub_model_id), "adapter" if cfg.uses_lora else "model"
+    )
+
+
+def after_merge(cfg: Config) -> dict | None:
+    merged = Path(cfg.output_dir) / "merged"
+    if not wanted(cfg) or not (merged / "config.json").exists():
+        return None
+    return push(cfg, merged, f"{cfg.hub_model_id}-merged", "merged model")
