@@ -24,6 +24,13 @@ def test_list_and_prune_what_toolkit_fetched(tmp_path, monkeypatch, capsys, tiny
     other = tmp_path / "hf" / "models--someone--else" / "snapshots" / "abc"
     other.mkdir(parents=True)
     (other / "config.json").write_text("{}")
+    from toolkit.cache import record_prepared
+
+    prepared = tmp_path / "prepared"
+    (prepared / "abc123").mkdir(parents=True)
+    (prepared / "abc123" / "report.json").write_text("{}")
+    (prepared / "notes").mkdir()  # the user's own folder beside it: never listed
+    record_prepared(prepared)
     (tmp_path / "toolkit-cache" / "compile" / "0123456789abcdef" / "triton").mkdir(parents=True)
     (tmp_path / "toolkit-cache" / "compile" / "0123456789abcdef" / "triton" / "k.so").write_bytes(
         b"x" * 2048
@@ -32,6 +39,7 @@ def test_list_and_prune_what_toolkit_fetched(tmp_path, monkeypatch, capsys, tiny
     rows = json.loads(capsys.readouterr().out)
     assert {(r["kind"], r["name"]) for r in rows} == {
         ("models", "model Qwen/Qwen3-Tiny"),
+        ("prepared", "prepared/abc123"),
         ("compile", "0123456789abcdef"),
     }
     model = next(r for r in rows if r["kind"] == "models")
@@ -42,6 +50,7 @@ def test_list_and_prune_what_toolkit_fetched(tmp_path, monkeypatch, capsys, tiny
     assert pin.folder.is_dir()
     assert main(["cache", "prune", "all"]) == 0
     assert not pin.folder.exists() and other.is_dir()
+    assert not (prepared / "abc123").exists() and (prepared / "notes").is_dir()
     assert not (tmp_path / "toolkit-cache" / "compile" / "0123456789abcdef").exists()
     assert main(["cache", "list"]) == 0
     assert "toolkit keeps nothing here yet" in capsys.readouterr().out

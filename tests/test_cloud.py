@@ -255,3 +255,21 @@ def test_cloud_init_refuses_local_files_and_launch_needs_a_push(
         == 2
     )
     assert "a VM's disk goes away with it" in capsys.readouterr().err
+
+
+def test_skypilot_fetches_the_pinned_commits_in_setup_and_trains_offline(write_config, tmp_path):
+    from toolkit.cloud import skypilot_task
+    from toolkit.config import load_config
+    from toolkit.hub import Pin
+
+    loaded = load_config(write_config({"base_model": "Qwen/Qwen3-8B"}))
+    commit = "c0ffee" * 6 + "abcd"
+    pin = Pin("base_model", "Qwen/Qwen3-8B", "model", None, commit, {})
+    config_file = tmp_path / "vm.yaml"
+    config_file.write_text("{}")
+    task = skypilot_task(loaded, "img@sha256:x", config_file, "H100:1", 1, "s3://b/o", [pin])
+    assert "toolkit fetch /toolkit/config.yaml" in task["setup"] and commit in task["setup"]
+    assert task["secrets"]["HF_TOKEN"] is None  # for the fetch in setup
+    run = task["run"]
+    assert "env -u HF_TOKEN -u HUGGING_FACE_HUB_TOKEN" in run and "HF_HUB_OFFLINE=1" in run
+    assert commit in run and "toolkit train" in run

@@ -250,3 +250,26 @@ def test_the_adapter_and_the_merged_model_are_pushed_from_the_host(
         ("adapter", "me/tiny-lora", adapter.branches["main"]),
         ("merged model", "me/tiny-lora-merged", merged.branches["main"]),
     ]
+
+
+def test_a_preempted_run_resumes_on_its_commit_after_the_branch_moved(
+    hub, tmp_path, tiny_model_dir, monkeypatch, capsys
+):
+    from helpers import sigterm_at
+
+    config = hub_config(tmp_path, max_steps=4, save_steps=2)
+    with monkeypatch.context() as patch:
+        sigterm_at(patch, 2)
+        assert main(["train", str(config), "--runtime", "local"]) == 75
+    repo = hub.repos[("model", REPO)]
+    first = repo.branches["main"]
+    files = model_files(tiny_model_dir)
+    files["README.md"] = b"moved while the run was stopped"
+    repo.commit(files)
+    hub.requests.clear()
+    assert main(["train", str(config), "--runtime", "local"]) == 0
+    assert "resume: continuing from checkpoint-2" in capsys.readouterr().out
+    assert hub.requests == []
+    run = read_run(tmp_path / "out")
+    assert {p["repo"]: p["commit"] for p in run["hub"]}[REPO] == first
+    assert [s["outcome"] for s in run["segments"]] == ["preempted", "complete"]

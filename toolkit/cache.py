@@ -1,18 +1,17 @@
 """What toolkit keeps on this machine, and freeing it.
 
     toolkit cache list [--json]
-    toolkit cache prune KIND... [--dry-run]      KIND: models data compile wheels
+    toolkit cache prune KIND... [--dry-run]  KIND: models data prepared compile wheels
 
 models   Hub repositories toolkit fetched, in the shared Hugging Face cache
          (HF_HUB_CACHE): only those toolkit fetched are listed or pruned
 data     remote datasets copied from object stores (TOOLKIT_DATA_CACHE)
+prepared tokenized data in the dataset_prepared_path folders toolkit has used (each
+         key folder toolkit wrote; nothing else in those folders)
 compile  Triton, TorchInductor, CUDA and torch-extension caches, one folder per image
          (compiled code of one image never meets another's), mounted into the
          container so a run does not pay the warm-up again
 wheels   the wheelhouses images are built from
-
-Prepared (tokenized) data lives where each config's dataset_prepared_path says, so
-it is not listed here: remove those folders yourself.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-KINDS = ("models", "data", "compile", "wheels")
+KINDS = ("models", "data", "prepared", "compile", "wheels")
 # Inside the container: where each compiler keeps what it built, under the image's folder.
 COMPILE_ENV = {
     "TRITON_CACHE_DIR": "triton",
@@ -52,26 +51,36 @@ def compile_env(folder: Path) -> dict[str, str]:
 
 
 def record_fetched(kind: str, repo: str) -> None:
-    """Remember a Hub repository toolkit fetched, so `cache` lists and prunes only those
-    (on the host: a container only reads what the host fetched)."""
+    """Remember a Hub repository toolkit fetched, so `cache` lists and prunes only those."""
+    _remember("hub-fetched.json", [kind, repo])
+
+
+def record_prepared(folder: str | Path) -> None:
+    """Remember a dataset_prepared_path toolkit tokenizes into."""
+    _remember("prepared.json", str(Path(folder).expanduser().resolve()))
+
+
+def _remember(name: str, item: object) -> None:
+    """Add `item` to one of toolkit's lists (on the host: a container only reads what the
+    host fetched, and writes where the host recorded)."""
     if os.environ.get("TOOLKIT_IN_CONTAINER") == "1":
         return
-    path = root() / "hub-fetched.json"
-    known = _fetched()
-    if [kind, repo] in known:
+    path = root() / name
+    known = _recalled(name)
+    if item in known:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(sorted([*known, [kind, repo]])))
+        tmp.write_text(json.dumps([*known, item]))
         os.replace(tmp, path)
     except OSError as exc:  # a list for `toolkit cache`; the run does not need it
-        print(f"warning: could not record {repo} in {path}: {exc.strerror}", file=sys.stderr)
+        print(f"warning: could not record {item} in {path}: {exc.strerror}", file=sys.stderr)
 
 
-def _fetched() -> list[list[str]]:
+def _recalled(name: str) -> list:
     try:
-        return json.loads((root() / "hub-fetched.json").read_text())
+        return json.loads((root() / name).read_text())
     except (OSError, ValueError):
         return []
 
@@ -92,10 +101,17 @@ def entries() -> list[Entry]:
 
     wheels = Path(os.environ["TOOLKIT_CACHE"]) if os.environ.get("TOOLKIT_CACHE") else CACHE_DIR
     out = []
-    for kind, repo in _fetched():
+    for kind, repo in _recalled("hub-fetched.json"):
         folder = hub_cache() / f"{kind}s--{repo.replace('/', '--')}"
         if folder.is_dir():
             out.append(Entry("models", f"{kind} {repo}", folder, _size(folder)))
+    for parent in map(Path, _recalled("prepared.json")):
+        if parent.is_dir():  # the key folders toolkit wrote (each ends with report.json)
+            out += [
+                Entry("prepared", f"{parent.name}/{child.name}", child, _size(child))
+                for child in sorted(parent.iterdir())
+                if (child / "report.json").is_file()
+            ]
     for kind, parent in (
         ("data", cache_root()),
         ("compile", root() / "compile"),

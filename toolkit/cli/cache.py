@@ -40,7 +40,7 @@ def list_(as_json: bool) -> int:
     "kinds",
     nargs=-1,
     required=True,
-    type=click.Choice(["models", "data", "compile", "wheels", "all"]),
+    type=click.Choice(["models", "data", "prepared", "compile", "wheels", "all"]),
 )
 @click.option("--dry-run", is_flag=True, help="say what would be removed, remove nothing")
 def prune(kinds: tuple[str, ...], dry_run: bool) -> int:

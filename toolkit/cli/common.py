@@ -181,6 +181,10 @@ def with_local_data(config: str, overrides: list[str]) -> tuple:
 
     loaded = load(config, overrides)
     cfg = loaded.config
+    if cfg.dataset_prepared_path:  # for `toolkit cache`
+        from toolkit.cache import record_prepared
+
+        record_prepared(cfg.dataset_prepared_path)
     remote = any(is_remote(d.path) for d in cfg.datasets)
     refs = hub.hub_refs(cfg)
     if not remote and not refs:

@@ -202,6 +202,9 @@ def preprocess(config, overrides, debug, debug_num_examples, color, **options) -
             file=sys.stderr,
         )
         extra = [*extra, f"--dataset_prepared_path={DEFAULT_PREPARED_PATH}"]
+        from toolkit.cache import record_prepared
+
+        record_prepared(DEFAULT_PREPARED_PATH)
         loaded = dataclasses.replace(
             loaded,
             config=loaded.config.model_copy(
