@@ -1,7 +1,8 @@
-"""axolotl's keys as data: the ones we know and do not implement, the ones that cannot
-change what is trained, and the older spellings read as the current keys (each with a
-warning). This runs before validation and is the only place a config's keys are
-rewritten."""
+"""axolotl's keys: the older spellings read as the current keys (each with a warning;
+one small function per family), then every key sorted by what toolkit does with it —
+validated, warned about, refused, or kept for the hardware check — as
+axolotl_keys.yaml says (inventory.py). This runs before validation and is the only
+place a config's keys are rewritten."""
 
 from __future__ import annotations
 
