@@ -349,6 +349,9 @@ class ChatEncoder:
         self.template_kwargs = template_kwargs or {}
         self._plain = plain_renderer(template)
         self._variables = {**tokenizer.special_tokens_map, **self.template_kwargs}
+        # toolkit's own templates end every prompt with the same generation prompt: a
+        # reply whose rendering follows it directly starts where the difference does.
+        self._generation_prompt = self._constant_generation_prompt()
         # End tokens are matched by id: those of eot_tokens that are one token each.
         single = [tokenizer.encode(t, add_special_tokens=False) for t in eot_tokens]
         self._eot_ids = {ids[0] for ids in single if len(ids) == 1}
@@ -443,10 +446,25 @@ class ChatEncoder:
             end = len(text) - (len(other) - at - len(SENTINEL))
         return (start, end) if end > start else None
 
+    def _constant_generation_prompt(self) -> str | None:
+        """What add_generation_prompt appends, for toolkit's own templates (whose
+        generation prompt depends on no message); None for any other template."""
+        if self._plain is None:
+            return None
+        turn = [{"role": "user", "content": "x"}]
+        with_prompt = self.render(turn, add_generation_prompt=True)
+        without = self.render(turn)
+        return with_prompt[len(without) :] if with_prompt.startswith(without) else None
+
     def _reply_start(self, conv: Conversation, i: int, text: str, start: int) -> int:
         """Where an assistant reply starts: where the generation prompt for it ends, when
-        the conversation before it, so prompted, is a prefix of the rendering."""
+        the conversation before it, so prompted, is a prefix of the rendering. (With
+        toolkit's own templates, a reply right after the generation prompt starts where
+        its difference does, without rendering that prompt.)"""
         if i == 0:
+            return start
+        prompt_end = self._generation_prompt
+        if prompt_end and text.endswith(prompt_end, 0, start):
             return start
         prompt = self.render(conv.messages[:i], add_generation_prompt=True, tools=conv.tools)
         if text.startswith(prompt) and len(prompt) <= start:
