@@ -105,7 +105,9 @@ def hub_refs(cfg: Config) -> list[tuple[str, str, str, str | None]]:
     refs: list[tuple[str, str, str, str | None]] = []
     for key, ref in (("base_model", cfg.base_model), ("tokenizer_config", cfg.tokenizer_config)):
         if ref and not is_local_ref(ref) and ref not in (r for _, r, _, _ in refs):
-            refs.append((key, ref, "model", cfg.revision_of_model))
+            # revision_of_model is the base model's; another tokenizer repo: its default
+            revision = cfg.revision_of_model if ref == cfg.base_model else None
+            refs.append((key, ref, "model", revision))
     for i, ds in enumerate(cfg.datasets):
         if not is_local_ref(ds.path) and "://" not in ds.path:
             refs.append((f"datasets.{i}.path", ds.path, "dataset", ds.revision))
