@@ -14,14 +14,20 @@ try:
     main({argv!r})
 except SystemExit:
     pass
-heavy = sorted(m for m in ("torch", "transformers", "peft", "datasets") if m in sys.modules)
+heavy = sorted(m for m in {modules!r} if m in sys.modules)
 print("HEAVY=" + ",".join(heavy))
 """
 
 
-def heavy_modules(argv: list[str]) -> str:
+TRAINER = ("torch", "transformers", "peft", "datasets")
+
+
+def heavy_modules(argv: list[str], modules: tuple[str, ...] = TRAINER) -> str:
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-c", PROBE.format(argv=argv, modules=modules)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("HEAVY=")]
     assert line, proc.stderr
@@ -30,6 +36,12 @@ def heavy_modules(argv: list[str]) -> str:
 
 def test_help_does_not_import_torch():
     assert heavy_modules(["--help"]) == ""
+
+
+def test_help_loads_neither_the_config_nor_the_hub_client():
+    """`toolkit --help` stays fast: pydantic, the config and huggingface_hub load only in
+    the commands that use them."""
+    assert heavy_modules(["--help"], ("pydantic", "toolkit.config", "huggingface_hub")) == ""
 
 
 def test_validate_does_not_import_torch(write_config):

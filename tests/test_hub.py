@@ -245,6 +245,11 @@ def test_the_adapter_and_the_merged_model_are_pushed_from_the_host(
     )
     assert "model.safetensors" in merged.commits[merged.branches["main"]] and adapter.private
     assert not any(name.startswith("checkpoint-") for name in served)
+    # The same commands again: nothing is pushed twice.
+    hub.requests.clear()
+    assert main(["train", str(config), "--runtime", "local"]) == 0
+    assert main(["merge-lora", str(config), "--runtime", "local"]) == 0
+    assert [r for r in hub.requests if r[0] == "POST"] == []
     pushed = read_run(tmp_path / "out")["pushed"]
     assert [(p["what"], p["repo"], p["commit"]) for p in pushed] == [
         ("adapter", "me/tiny-lora", adapter.branches["main"]),
@@ -273,3 +278,19 @@ def test_a_preempted_run_resumes_on_its_commit_after_the_branch_moved(
     run = read_run(tmp_path / "out")
     assert {p["repo"]: p["commit"] for p in run["hub"]}[REPO] == first
     assert [s["outcome"] for s in run["segments"]] == ["preempted", "complete"]
+
+
+def test_a_finished_run_not_yet_pushed_is_pushed_by_the_same_command(
+    hub, tmp_path, monkeypatch, capsys
+):
+    """What did not reach the Hub (a push that failed, or one not asked for at first)
+    goes by running the same command again; the run is not trained twice."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    config = hub_config(tmp_path, hub_model_id="me/tiny-lora")
+    assert main(["train", str(config), "--runtime", "local", "--push-to-hub", "false"]) == 0
+    assert ("model", "me/tiny-lora") not in hub.repos
+    capsys.readouterr()
+    assert main(["train", str(config), "--runtime", "local"]) == 0
+    assert "already holds this run" in capsys.readouterr().err
+    assert ("model", "me/tiny-lora") in hub.repos
+    assert [p["repo"] for p in read_run(tmp_path / "out")["pushed"]] == ["me/tiny-lora"]

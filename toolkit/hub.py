@@ -254,7 +254,12 @@ def hub_error(
         f"{key}: could not {verb} {at} {'to' if verb == 'push' else 'from'} {endpoint()} "
         f"({type(exc).__name__}: "
         f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); check the network or "
-        "HF_ENDPOINT and run again (a download resumes where it stopped)"
+        "HF_ENDPOINT and run again"
+        + (
+            " (the same command pushes what did not reach it; output_dir is complete)"
+            if verb == "push"
+            else " (a download resumes where it stopped)"
+        )
     )
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
-from toolkit.config.schema import REPORTING_KEYS
+from toolkit.config.schema import WEIGHT_NEUTRAL as CONFIG_NEUTRAL
 from toolkit.errors import UsageError
 
 STATE_DIR = ".toolkit"  # toolkit's own files inside output_dir
@@ -37,26 +37,7 @@ MANIFEST = "run.json"
 ALLOW_KEY = "allow_existing_output_dir"
 # Config keys that cannot change the trained weights: a finished run whose config differs
 # only in these is the same run.
-WEIGHT_NEUTRAL = (
-    "logging_steps",
-    "dataset_processes",
-    "resume_from_checkpoint",
-    "save_steps",
-    "saves_per_epoch",
-    "save_total_limit",
-    "eval_steps",
-    "evals_per_epoch",
-    "dataset_prepared_path",
-    "save_strategy",
-    "save_only_model",
-    "save_first_step",
-    "eval_strategy",
-    "ddp_timeout",
-    "loss_watchdog_threshold",
-    "loss_watchdog_patience",
-    *REPORTING_KEYS,
-    ALLOW_KEY,
-)
+WEIGHT_NEUTRAL = (*CONFIG_NEUTRAL, ALLOW_KEY)
 
 
 # What a run writes into output_dir (transformers, peft and toolkit), by name.

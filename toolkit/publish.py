@@ -15,26 +15,19 @@ from pathlib import Path
 
 from toolkit.config import Config
 from toolkit.errors import UsageError
+from toolkit.outputs import STATE_DIR, WRITTEN
 
-# What a finished run's folder holds that is worth publishing (no checkpoints, no logs
-# of toolkit's own state).
-PUBLISHED = (
-    "adapter_config.json",
-    "adapter_model.safetensors",
-    "config.json",
-    "generation_config.json",
-    "*.safetensors",
-    "model.safetensors.index.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "vocab.json",
-    "merges.txt",
-    "README.md",
-    "run.json",
-    "loss.png",
+# What a finished run's folder holds that is worth publishing: what it writes, less
+# the trainer's own state, the log and the folders (checkpoints, merged, TensorBoard).
+NOT_PUBLISHED = (
+    "training_args.bin",
+    "train.log",
+    "tensorboard",
+    "merged",
+    "checkpoint-*",
+    STATE_DIR,
 )
+PUBLISHED = tuple(name for name in WRITTEN if name not in NOT_PUBLISHED)
 
 
 # Set in the container toolkit launches: the host publishes when it returns.
@@ -96,16 +89,31 @@ def push(cfg: Config, folder: Path, repo_id: str, what: str) -> dict:
     return record
 
 
+def pushed(cfg: Config, repo_id: str, what: str) -> bool:
+    """Whether run.json records this push already (a rerun does not push it twice)."""
+    try:
+        run = json.loads((Path(cfg.output_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any((p.get("repo"), p.get("what")) == (repo_id, what) for p in run.get("pushed") or [])
+
+
 def after_train(cfg: Config) -> dict | None:
-    if not wanted(cfg):
+    """Push the finished run, unless it was pushed: the same command on a finished run
+    retries a push that failed."""
+    what = "adapter" if cfg.uses_lora else "model"
+    if not wanted(cfg) or pushed(cfg, str(cfg.hub_model_id), what):
         return None
-    return push(
-        cfg, Path(cfg.output_dir), str(cfg.hub_model_id), "adapter" if cfg.uses_lora else "model"
-    )
+    check(cfg)
+    return push(cfg, Path(cfg.output_dir), str(cfg.hub_model_id), what)
 
 
 def after_merge(cfg: Config) -> dict | None:
     merged = Path(cfg.output_dir) / "merged"
+    repo_id = f"{cfg.hub_model_id}-merged"
     if not wanted(cfg) or not (merged / "config.json").exists():
         return None
-    return push(cfg, merged, f"{cfg.hub_model_id}-merged", "merged model")
+    if pushed(cfg, repo_id, "merged model"):
+        return None
+    check(cfg)
+    return push(cfg, merged, repo_id, "merged model")

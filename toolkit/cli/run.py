@@ -11,7 +11,6 @@ from pathlib import Path
 
 import click
 
-from toolkit import publish
 from toolkit.cli import common
 from toolkit.cli.common import (
     OVERRIDES,
@@ -31,9 +30,7 @@ from toolkit.cli.common import (
     runtime_options,
     with_local_data,
 )
-from toolkit.config.axolotl import check_hardware
 from toolkit.errors import UsageError
-from toolkit.hub import hub_refs
 
 
 @click.command(cls=OverridesCommand, context_settings=OVERRIDES)
@@ -56,8 +53,13 @@ def train(config, overrides, as_json, **options) -> int:
     distributed = _distributed_args(args)
     runtime = runtime_of(args)
     code = 0
+    from toolkit import publish
+    from toolkit.config.axolotl import check_hardware
+
     if outputs.check_previous(cfg.output_dir, cfg.model_dump(mode="json"), cfg.training_digest()):
+        publish.after_train(cfg)  # a push that failed after the run is retried
         return _summary(cfg, as_json, "already complete")
+
     if loaded.hardware:  # settings that need GPUs: refused before anything is written
         check_hardware(loaded, gpus_here(runtime))
     publish.check(cfg)
@@ -236,14 +238,17 @@ def preprocess(config, overrides, debug, debug_num_examples, color, **options) -
 @overrides_argument
 def merge_lora(config, overrides, allow_config_mismatch, **options) -> int:
     """Merge the trained LoRA adapter into the full-precision base (output_dir/merged)."""
+    from toolkit import publish
+    from toolkit.hub import hub_refs
     from toolkit.merge import already_merged, check_inputs
 
     args = args_of(config=config, **options)
     loaded = load(config, overrides)
     out = loaded.config.output_dir
-    if check_inputs(loaded, allow_config_mismatch, hub_inputs=True) is None or already_merged(
-        Path(out)
-    ):
+    if check_inputs(loaded, allow_config_mismatch, hub_inputs=True) is None:
+        return 0
+    if already_merged(Path(out)):
+        publish.after_merge(loaded.config)  # a push that failed after the merge is retried
         return 0
     extra = list(overrides)
     if hub_refs(loaded.config):
@@ -332,6 +337,7 @@ def tiny_model(out_dir, moe, seed, **options) -> int:
 @overrides_argument
 def inference(config, overrides, prompts, use, max_new_tokens, temperature, **options) -> int:
     """Answer prompts with the trained model, streaming tokens as they come."""
+    from toolkit.hub import hub_refs
     from toolkit.inference import model_source
 
     args = args_of(config=config, **options)

@@ -421,28 +421,7 @@ class Config(_Strict):
         """A hash of what decides the weights up to any step: a checkpoint written under
         another one is not resumed automatically. Lengths, saving, logging and
         evaluation cadence may change between a run and its resumption."""
-        free = {
-            *REPORTING_KEYS,
-            "save_strategy",
-            "save_only_model",
-            "save_first_step",
-            "eval_strategy",
-            "ddp_timeout",
-            "loss_watchdog_threshold",
-            "loss_watchdog_patience",
-            "max_steps",
-            "num_epochs",
-            "logging_steps",
-            "save_steps",
-            "saves_per_epoch",
-            "save_total_limit",
-            "eval_steps",
-            "evals_per_epoch",
-            "resume_from_checkpoint",
-            "output_dir",
-            "dataset_prepared_path",
-            "dataset_processes",
-        }
+        free = {*WEIGHT_NEUTRAL, "max_steps", "num_epochs", "output_dir"}
         data = {k: v for k, v in self.model_dump(mode="json").items() if k not in free}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -469,6 +448,31 @@ REPORTING_KEYS = (
     "mlflow_run_name",
     "hf_mlflow_log_artifacts",
     "use_tensorboard",
+)
+
+
+# Keys that cannot change the trained weights: how often a run logs, evaluates and
+# saves, where it caches and reports, how it waits. A finished run whose config differs
+# only in these is the same run (outputs.config_differences); a checkpoint may be
+# resumed across them (training_digest, which also frees the run's length).
+WEIGHT_NEUTRAL = (
+    "logging_steps",
+    "dataset_processes",
+    "resume_from_checkpoint",
+    "save_steps",
+    "saves_per_epoch",
+    "save_total_limit",
+    "save_strategy",
+    "save_only_model",
+    "save_first_step",
+    "eval_steps",
+    "evals_per_epoch",
+    "eval_strategy",
+    "dataset_prepared_path",
+    "ddp_timeout",
+    "loss_watchdog_threshold",
+    "loss_watchdog_patience",
+    *REPORTING_KEYS,
 )
 
 

@@ -150,7 +150,7 @@ def normalize_conversation(
     name = ds.field_messages
     if name not in row:
         raise RowError(f"has no {name!r} field (field_messages); its fields are {sorted(row)[:8]}")
-    turns = _json_field(row[name], name, list)
+    turns = _json_field(row[name], name)
     messages, training = _turns(turns, ds, name)
     system = row.get(ds.field_system)
     if messages[0]["role"] != "system" and isinstance(system, str):
@@ -266,14 +266,14 @@ def _text(value, where: str) -> str:
     raise RowError(f"{where} is {type(value).__name__}; expected text")
 
 
-def _json_field(value, where: str, kind: type) -> Any:
+def _json_field(value, where: str) -> Any:
     """A field that may hold JSON text (datasets often store lists as strings)."""
-    if isinstance(value, str) and kind is not str:
+    if isinstance(value, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
             raise RowError(
-                f"{where} is text that is not JSON ({exc.msg}); expected a list"
+                f"{where} is text that is not JSON ({exc.msg}); give the list (or its JSON)"
             ) from None
     return value
 
@@ -282,7 +282,7 @@ def _tool_calls(calls, where: str) -> list[dict]:
     """OpenAI's tool calls, each {function: {name, arguments}} or {name, arguments};
     arguments given as JSON text are parsed, as axolotl does, so the template writes
     them as JSON."""
-    calls = _json_field(calls, where, list)
+    calls = _json_field(calls, where)
     if not isinstance(calls, list):
         raise RowError(f"{where} is {type(calls).__name__}; expected a list of tool calls")
     out = []
@@ -313,14 +313,14 @@ def _tools(value, where: str) -> list[dict] | None:
     """The row's tool schemas (field_tools): a list, or JSON text of one."""
     if value is None:
         return None
-    tools = _json_field(value, where, list)
+    tools = _json_field(value, where)
     if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
         raise RowError(f"{where} is {type(tools).__name__}; expected a list of tool schemas")
     out = []
     for tool in tools:
         function = tool.get("function")
         if isinstance(function, dict) and isinstance(function.get("parameters"), str):
-            function = {**function, "parameters": _json_field(function["parameters"], where, dict)}
+            function = {**function, "parameters": _json_field(function["parameters"], where)}
             tool = {**tool, "function": function}
         out.append(tool)
     return out or None
