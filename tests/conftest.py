@@ -117,6 +117,29 @@ def no_leftover_containers(request):
     assert left == [], f"containers left behind: {left}"
 
 
+@pytest.fixture
+def new_untagged_images_removed():
+    """A test that builds images leaves none behind: after it, images untagged that were not
+    untagged before (a no-cache build's stages, a tag the test removed) are removed, so
+    repeated runs do not fill Docker's disk. The images it found stay, the cache among them."""
+    import subprocess
+
+    def untagged() -> set[str]:
+        listed = subprocess.run(
+            ["docker", "images", "-q", "--no-trunc", "--filter", "dangling=true"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return set(listed.stdout.split())
+
+    before = untagged()
+    yield
+    new = sorted(untagged() - before)
+    if new:
+        subprocess.run(["docker", "rmi", *new], capture_output=True, check=False)
+
+
 @pytest.fixture(autouse=True)
 def environment_restored():
     """What an in-process training sets in the environment (trackers' settings) does not

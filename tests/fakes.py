@@ -98,6 +98,9 @@ class ScriptedDocker(Docker):
     def pull(self, ref: str, timeout: float = 600) -> Result:
         return self.runtime.run(["docker", "pull", ref], timeout=timeout)
 
+    def remove_image(self, image_id: str) -> bool:
+        return self.runtime.run(["docker", "image", "rm", image_id], timeout=60).ok
+
     def import_rootfs(self, tarball: str, tag: str, changes: list[str]) -> Result:
         argv = ["docker", "import"]
         for change in changes:

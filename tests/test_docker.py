@@ -202,7 +202,7 @@ def test_doctor_inside_the_container(image):
     assert checks == {
         "torch": "OK",
         "device": "OK",
-        "flash-attn": "OK",
+        "flash-attn-4": "OK",
         "bitsandbytes": "OK",
         "liger": "OK",
         "shm": "OK",
@@ -391,7 +391,7 @@ def test_reproduce_reselects_the_image_and_matches(image, shared, monkeypatch, c
     assert again["loss_history"] == first["loss_history"]
 
 
-def test_two_builds_from_one_lock_freeze_and_label_alike(image):
+def test_two_builds_from_one_lock_freeze_and_label_alike(image, new_untagged_images_removed):
     """The cpu variant built again with no layer cache: the same packages, the same labels."""
     from toolkit.images import BuildOptions, build_image
 

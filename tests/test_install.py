@@ -68,7 +68,7 @@ def test_the_wheel_works_outside_a_checkout(installed, tmp_path):
 
 @pytest.mark.docker
 def test_the_wheel_builds_an_image_and_trains_in_it(
-    installed, tmp_path, tiny_model_dir, docker_engine
+    installed, tmp_path, tiny_model_dir, docker_engine, new_untagged_images_removed
 ):
     import shutil
 

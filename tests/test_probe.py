@@ -220,6 +220,20 @@ def test_disk_is_judged_against_the_image_this_host_would_run():
     assert disk.status == Status.FAIL and "the image needs about 12 GB" in disk.message
 
 
+def test_an_image_already_here_needs_room_for_a_container_only():
+    from dataclasses import replace
+
+    host = replace(fake_host(docker_ok(), programs={"docker"}), disk_free_gb=1.6)
+    assert finding(host_checks(host, MATRIX), "disk").status == Status.FAIL
+    disk = finding(host_checks(host, MATRIX, present={"cpu"}), "disk")
+    assert disk.status == Status.MARGINAL and "the image is here" in disk.message
+    # Another variant's image being here does not help the one this host runs.
+    assert finding(host_checks(host, MATRIX, present={"cu130"}), "disk").status == Status.FAIL
+    tight = replace(host, disk_free_gb=0.3)
+    disk = finding(host_checks(tight, MATRIX, present={"cpu"}), "disk")
+    assert disk.status == Status.FAIL and "already here" in disk.message
+
+
 def test_cli_select_and_doctor_on_a_described_host(monkeypatch, capsys):
     import json
 

@@ -221,14 +221,21 @@ def test_tag_follows_the_lock(tmp_path):
 def test_stale_image_is_rebuilt(monkeypatch, capsys):
     variant = get_variant("cpu")
     stale = {"Id": "sha256:i", "Config": {"Labels": {"io.toolkit.source-sha256": "old"}}}
-    fake = FakeRuntime(
-        script=[(("docker", "image", "inspect"), inspect_answer({variant.tag: stale}))]
-    )
+    present = {variant.tag: stale}
+    fake = FakeRuntime(script=[(("docker", "image", "inspect"), inspect_answer(present))])
     rebuilt = []
-    monkeypatch.setattr(images.build, "build_image", lambda v, r, o: rebuilt.append(v) or v.tag)
+
+    def build(v, r, o):
+        rebuilt.append(v)
+        present[v.tag] = {**stale, "Id": "sha256:new"}
+        return v.tag
+
+    monkeypatch.setattr(images.build, "build_image", build)
     assert ensure_image(variant, fake) == variant.tag
     assert rebuilt == [variant]
     assert "was built from other toolkit source; rebuilding" in capsys.readouterr().err
+    # The build it replaced is removed (not forced), so rebuilds do not fill the disk.
+    assert fake.calls[-1] == ["docker", "image", "rm", "sha256:i"]
 
 
 def test_current_image_is_reused(monkeypatch):

@@ -13,19 +13,24 @@ TOOLKIT_SKIP_PREFLIGHT=1 to skip them.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 
 from toolkit.compat import Finding, Status, bf16_in_hardware, flash_attention_2, select
 from toolkit.probe import Host
 
 SKIP_ENV = "TOOLKIT_SKIP_PREFLIGHT"
 SHM_MIN_GB = 1.0
+CONTAINER_GB = 0.5
 NVIDIA_TOOLKIT_URL = (
     "https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html"
 )
 
 
-def host_checks(host: Host, variants: list, wanted: str | None = None) -> list[Finding]:
-    """Findings for this host; `variants` are matrix rows, `wanted` an image variant asked for."""
+def host_checks(
+    host: Host, variants: list, wanted: str | None = None, present: Collection[str] = ()
+) -> list[Finding]:
+    """Findings for this host; `variants` are matrix rows, `wanted` an image variant asked for,
+    `present` the variants whose image is already in the engine (no space needed to fetch it)."""
     out: list[Finding] = []
     facts = host.facts
     if not facts.gpus:
@@ -65,7 +70,7 @@ def host_checks(host: Host, variants: list, wanted: str | None = None) -> list[F
             )
         )
     out.append(_image_finding(host, variants, wanted))
-    out += _docker_findings(host, variants, wanted)
+    out += _docker_findings(host, variants, wanted, present)
     return out
 
 
@@ -94,7 +99,9 @@ def _image_finding(host: Host, variants: list, wanted: str | None) -> Finding:
     return Finding("image", sel.status, " | ".join(sel.explanation), sel.fix)
 
 
-def _docker_findings(host: Host, variants: list, wanted: str | None) -> list[Finding]:
+def _docker_findings(
+    host: Host, variants: list, wanted: str | None, present: Collection[str]
+) -> list[Finding]:
     out = []
     if host.docker_version is None:
         out.append(
@@ -155,25 +162,34 @@ def _docker_findings(host: Host, variants: list, wanted: str | None) -> list[Fin
     size = next((v.size_gb for v in variants if v.name == target), None) or max(
         (v.size_gb for v in variants), default=6.0
     )
+    # An image already here needs no room to fetch; a container still needs its writable
+    # layer and logs in Docker's root.
+    need = CONTAINER_GB if target in present else size
     if host.disk_free_gb is None:
         out.append(Finding("disk", Status.UNKNOWN, "cannot read free space of Docker's root"))
-    elif host.disk_free_gb < size:
+    elif host.disk_free_gb < need:
+        what = (
+            f"a container of the {target} image (already here) needs about {need} GB"
+            if target in present
+            else f"the image needs about {size:.0f} GB"
+        )
         out.append(
             Finding(
                 "disk",
                 Status.FAIL,
-                f"{host.disk_free_gb:.1f} GB free in {host.docker_root or 'Docker'}"
-                f"; the image needs about {size:.0f} GB",
+                f"{host.disk_free_gb:.1f} GB free in {host.docker_root or 'Docker'}; {what}",
                 "free space (`docker system prune`) or move Docker's data-root",
             )
         )
-    elif host.disk_free_gb < 2 * size + 10:
+    elif host.disk_free_gb < 2 * need + 10:
         out.append(
             Finding(
                 "disk",
                 Status.MARGINAL,
-                f"{host.disk_free_gb:.1f} GB free: the image fits, checkpoints may not",
-                "free space or point output_dir elsewhere",
+                f"{host.disk_free_gb:.1f} GB free in {host.docker_root or 'Docker'}: "
+                + ("the image is here" if target in present else "the image fits")
+                + ", a later image build or pull may not",
+                "free space (`docker system prune`)",
             )
         )
     else:
@@ -269,11 +285,11 @@ def container_checks() -> list[Finding]:
             )
     out.append(
         _import_finding(
-            "flash-attn",
-            "flash_attn",
+            "flash-attn-4",
+            "flash_attn.cute",
             gpu_only=True,
             gpu=gpu_build,
-            missing="not installed: attn_implementation falls back to sdpa",
+            missing="not installed: packed rows take PyTorch's varlen kernel, others sdpa",
         )
     )
     out.append(

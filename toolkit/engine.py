@@ -65,6 +65,17 @@ def image_info(ref: str) -> ImageInfo | None:
     return ImageInfo.from_inspect(image.attrs)
 
 
+def remove_image(image_id: str) -> bool:
+    """Remove an image no container or tag still uses; False when the engine keeps it."""
+    from docker.errors import APIError
+
+    try:
+        client().images.remove(image_id)
+        return True
+    except APIError:
+        return False
+
+
 def pull(ref: str) -> Result:
     """Pull `ref`, showing the bytes fetched; a Result whose stderr says why it failed."""
     from docker.errors import DockerException

@@ -263,7 +263,11 @@ def choose_image(runtime: Runtime, image: str | None, variant: str | None) -> st
         )
     else:
         host = probe.gather(runtime)
-        findings = doctor.host_checks(host, list(matrix.values()), wanted=variant)
+        # Variants whose image is already in the engine need no room to build or pull.
+        present = (
+            set(matrix) if image else {n for n, v in matrix.items() if docker.inspect_image(v.tag)}
+        )
+        findings = doctor.host_checks(host, list(matrix.values()), variant, present)
         failed = [f for f in findings if f.status == Status.FAIL]
         if failed:
             raise RuntimeFailure(

@@ -270,6 +270,12 @@ class Docker:
 
         return engine.image_info(ref)
 
+    def remove_image(self, image_id: str) -> bool:
+        """Remove an unused image by ID (never forced: one a container uses stays)."""
+        from toolkit import engine
+
+        return engine.remove_image(image_id)
+
     def output(self, spec: RunSpec) -> Result:
         """Run a container to its end and return what it printed (stderr streams to ours)."""
         import io

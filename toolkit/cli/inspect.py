@@ -76,9 +76,15 @@ def doctor(as_json, variant) -> int:
         from toolkit.images import load_matrix
         from toolkit.probe import gather
 
-        findings = checks.host_checks(
-            gather(common.new_runtime()), list(load_matrix().values()), wanted=variant
+        runtime = common.new_runtime()
+        matrix = load_matrix()
+        docker = runtime.docker()
+        present = (
+            {n for n, v in matrix.items() if docker.inspect_image(v.tag)}
+            if docker.server_version()
+            else set()
         )
+        findings = checks.host_checks(gather(runtime), list(matrix.values()), variant, present)
     return report(findings, as_json)
 
 

@@ -49,7 +49,14 @@ def ensure_image(variant: Variant, runtime: Runtime) -> str:
         )
     else:
         say(f"image {variant.tag} not found; building it (toolkit images build {variant.name})")
-    return build_image(variant, runtime, BuildOptions())
+    tag = build_image(variant, runtime, BuildOptions())
+    if info is not None:
+        # The build it replaces: toolkit's own, untagged now; removed unless a container
+        # still uses it, so rebuilds after source changes do not fill Docker's disk.
+        new = docker.inspect_image(tag)
+        if new is not None and new.id != info.id:
+            docker.remove_image(info.id)
+    return tag
 
 
 def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
