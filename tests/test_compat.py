@@ -171,6 +171,22 @@ def test_old_driver_gets_the_floor_as_fix():
     assert "upgrade the NVIDIA driver to ≥ 570.26 (for cu128)" in sel.fix
 
 
+@pytest.mark.parametrize("driver", ["470.182.03", "580.65.06"])
+def test_volta_is_refused_for_its_arch_not_its_driver(driver):
+    """A V100 runs in no image (CUDA 13 and torch's cu128 wheels dropped sm_70): the fix
+    says so and does not send the user to upgrade a driver."""
+    sel = select(nvidia("7.0", driver=driver, name="Tesla V100-SXM2-16GB"), MATRIX)
+    assert sel.variant is None and sel.status == FAIL
+    assert "Tesla V100-SXM2-16GB (Volta, sm_70)" in sel.fix
+    assert "CUDA 13 removed Volta" in sel.fix and "driver upgrade would not help" in sel.fix
+    assert "upgrade the NVIDIA driver" not in sel.fix
+
+
+def test_a_volta_beside_a_hopper_is_named():
+    sel = select(nvidia("9.0", "7.0", driver="580.65.06", name="GPU"), MATRIX)
+    assert sel.variant is None and "sm_70" in sel.fix
+
+
 def test_mixed_vendors_are_refused():
     host = HostFacts(
         (Gpu(0, "nvidia", "A100", compute_cap="8.0"), Gpu(1, "amd", "MI300X", gfx="gfx942")),

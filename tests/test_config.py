@@ -300,7 +300,7 @@ def test_validate_explain_names_every_source(write_config, capsys):
     assert "\nmax_grad_norm: 1.0  # default\n" in out
     assert (
         "\nattn_implementation: flash_attention_2  # mapped from flash_attention (file); "
-        "at train time: flash_attention_2 falls back to sdpa"
+        "at train time: decided per GPU: flash_attention_2/4 take FlashAttention-4"
     ) in out
     assert "\nbf16: auto  # file; at train time: auto: on where the GPU has bf16" in out
 

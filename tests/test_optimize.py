@@ -281,6 +281,37 @@ def test_moe_expert_lora_trains_the_fused_expert_weights(tmp_path, write_config)
     assert run["resolved"]["optimizations"]["lora_target_parameters"].startswith("on (mlp.")
 
 
+@pytest.mark.parametrize("kernel", ["grouped_mm", "batched_mm"])
+def test_moe_expert_kernels_train_as_the_eager_loop_does(tmp_path, write_config, kernel):
+    """experts_implementation: the grouped and batched expert kernels give the eager loop's
+    losses, and an expert LoRA still reaches the fused weights through them."""
+    from toolkit.tiny import write_tiny_model
+    from toolkit.trainer.sft import train
+
+    moe = write_tiny_model(tmp_path / "tiny-moe", moe=True)
+    losses = {}
+    for impl in ("eager", kernel):
+        loaded = load_config(
+            write_config(
+                {
+                    "base_model": str(moe),
+                    "max_steps": 3,
+                    "logging_steps": 1,
+                    "val_set_size": 0.0,
+                    "experts_implementation": impl,
+                    "lora_target_modules": ["q_proj"],
+                    "lora_target_parameters": ["mlp.experts.gate_up_proj"],
+                    "output_dir": str(tmp_path / impl),
+                }
+            )
+        )
+        run = read_run(train(loaded))
+        assert run["resolved"]["optimizations"]["experts_implementation"] == f"on ({impl})"
+        losses[impl] = [loss for _, loss in run["loss_history"]]
+    assert len(losses["eager"]) == 3
+    assert losses[kernel] == pytest.approx(losses["eager"], rel=1e-4)
+
+
 def test_early_stopping_stops_when_eval_loss_stalls(tiny_model_dir, write_config):
     from toolkit.trainer.sft import train
 
@@ -445,3 +476,127 @@ def test_fsdp_in_a_form_axolotl_never_wrote_is_refused_with_the_spelling_to_use(
         "fsdp: got True; not supported by toolkit (give FSDP as fsdp_version: 2 with "
         "fsdp_config (axolotl's list form, e.g. fsdp: [full_shard, auto_wrap], is read too))"
     ]
+
+
+@pytest.mark.parametrize(
+    "option, module, longest",
+    [
+        # 256-token packed rows in 8 chunks: the head sees 32 positions at a time.
+        ({"chunked_cross_entropy": True}, "lm_head", 32),
+        # 4 shards of the sequence through each MLP.
+        ({"tiled_mlp": True, "tiled_mlp_num_shards": 4}, "mlp.gate_proj", 64),
+    ],
+)
+def test_memory_savers_slice_the_sequence_and_keep_the_loss(
+    tiny_model_dir, write_config, tmp_path, monkeypatch, option, module, longest
+):
+    """chunked_cross_entropy and tiled_mlp: the losses of the plain run, while the logits /
+    MLP activations are made for one slice of the sequence at a time."""
+    import torch
+
+    from toolkit.trainer import model as model_module
+    from toolkit.trainer.sft import train
+
+    seen: list[int] = []
+    load = model_module.load_base
+
+    def watched(*args, **kwargs):
+        loaded = load(*args, **kwargs)
+        for name, sub in loaded.named_modules():
+            if name.endswith(module):
+                sub.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+        return loaded
+
+    common = {
+        "base_model": str(tiny_model_dir),
+        "max_steps": 3,
+        "logging_steps": 1,
+        "val_set_size": 0.0,
+        "sample_packing": True,
+        "sequence_len": 256,
+        "pad_to_sequence_len": True,
+    }
+    losses = {}
+    for name, extra in (("plain", {}), ("sliced", option)):
+        if name == "sliced":
+            monkeypatch.setattr(model_module, "load_base", watched)
+        torch.manual_seed(0)
+        loaded = load_config(
+            write_config(
+                {**common, **extra, "output_dir": str(tmp_path / name)}, name=f"{name}.yaml"
+            )
+        )
+        run = read_run(train(loaded))
+        losses[name] = [loss for _, loss in run["loss_history"]]
+    key = next(iter(option))
+    assert run["resolved"]["optimizations"][key].startswith("on"), run["resolved"]
+    assert seen and max(seen) == longest, sorted(set(seen))
+    assert losses["sliced"] == pytest.approx(losses["plain"], rel=1e-4)
+
+
+def test_chunked_cross_entropy_gives_way_to_a_fused_loss_and_to_other_recipes():
+    from toolkit.config import Config
+    from toolkit.trainer.optimize import Machine, decide
+
+    def cfg(**changes):
+        base = {"base_model": "m", "datasets": [{"path": "d.jsonl"}], "chunked_cross_entropy": True}
+        return Config.model_validate({**base, **changes})
+
+    gpu = Machine(cuda=True, installed=frozenset({"cut_cross_entropy"}))
+    assert decide(cfg(), Machine())["chunked_cross_entropy"] == "on (8 chunks)"
+    assert decide(cfg(cut_cross_entropy=True), gpu)["chunked_cross_entropy"].startswith(
+        "off: cut_cross_entropy already"
+    )
+    # Without a GPU the fused loss is off, so the chunked one runs.
+    assert (
+        decide(cfg(cut_cross_entropy=True), Machine())["chunked_cross_entropy"] == "on (8 chunks)"
+    )
+
+
+def test_qat_fakes_quantization_from_the_step_asked(tiny_model_dir, write_config, tmp_path):
+    """qat: the losses follow the plain run's until fake_quant_after_n_steps, then differ
+    (the forward sees int4 weights, int8 activations); the saved model is a plain Qwen3."""
+    from safetensors.torch import load_file
+
+    from toolkit.trainer.sft import train
+
+    common = {
+        "base_model": str(tiny_model_dir),
+        "adapter": "none",
+        "max_steps": 4,
+        "logging_steps": 1,
+        "val_set_size": 0.0,
+        "learning_rate": 1e-3,
+    }
+    qat = {"weight_dtype": "int4", "activation_dtype": "int8", "group_size": 32}
+    runs = {}
+    for name, extra in (
+        ("plain", {}),
+        ("qat-later", {"qat": {**qat, "fake_quant_after_n_steps": 2}}),
+        ("qat", {"qat": qat}),
+    ):
+        loaded = load_config(
+            write_config(
+                {**common, **extra, "output_dir": str(tmp_path / name)}, name=f"{name}.yaml"
+            )
+        )
+        runs[name] = read_run(out := train(loaded))
+        runs[name]["out"] = out
+    losses = {k: [loss for _, loss in r["loss_history"]] for k, r in runs.items()}
+    decided = runs["qat-later"]["resolved"]["optimizations"]["qat"]
+    assert decided == "on (weights int4 per group of 32, activations int8 per token; from step 2)"
+    assert losses["qat-later"][:2] == pytest.approx(losses["plain"][:2], rel=1e-5)
+    assert losses["qat-later"][2] != pytest.approx(losses["plain"][2], rel=1e-4)
+    assert losses["qat"][0] != pytest.approx(losses["plain"][0], rel=1e-4)
+    saved = load_file(runs["qat"]["out"] / "model.safetensors")
+    plain = load_file(runs["plain"]["out"] / "model.safetensors")
+    assert saved.keys() == plain.keys()
+
+
+def test_qat_refuses_dtypes_it_cannot_fake(write_config, capsys):
+    from toolkit.cli import main
+
+    config = write_config({"qat": {"weight_dtype": "nvfp4"}})
+    assert main(["validate", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "qat.weight_dtype" in err and "int4" in err

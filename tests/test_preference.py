@@ -374,8 +374,8 @@ def test_axolotl_style_configs_train_with_only_model_and_data_changed(
         "warning: flash_attention: deprecated; read as attn_implementation: 'flash_attention_2'"
     ) in captured.err
     assert (
-        "note: attn_implementation: flash_attention_2 unavailable (no CUDA GPU); using sdpa"
-        in captured.out
+        "note: attn_implementation: flash_attention_2 → sdpa: flash_attention_2 runs on GPUs "
+        "only; sdpa on the CPU" in captured.out
     )
     run_json = manifest(tmp_path / "outputs" / ("dpo-out" if name == "dpo-qlora" else "out"))
     assert all(math.isfinite(loss) for _, loss in run_json["loss_history"])

@@ -8,6 +8,7 @@ and words a user can act on. Unknown input yields UNKNOWN, never a guess.
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -175,6 +176,72 @@ def flash_attention_2(compute_cap: str | None) -> bool | None:
     return None if row is None else bool(row["fa2"])
 
 
+@dataclass(frozen=True)
+class Attention:
+    """The attention a training runs: `kernel` is the name transformers is given."""
+
+    kernel: str
+    why: str
+
+
+VARLEN = "toolkit_varlen"  # registered by toolkit.trainer.attention
+
+
+def attention(
+    requested: str,
+    gpu: Gpu | None,
+    half: bool,
+    packed: bool,
+    installed: Collection[str] = (),
+) -> Attention:
+    """The kernel for `requested` (the config's attn_implementation) on `gpu` (None: the
+    CPU), training in bf16/fp16 (`half`) or not, on packed rows or not. `installed` names
+    what the environment has: "flash_attn_4", "flash_attn" (2), "varlen" (torch's)."""
+    if requested == "eager":
+        return Attention("eager", "eager, as asked")
+    rows = "packed rows get a block-diagonal (L, L) mask" if packed else "no packed rows"
+    if gpu is None:
+        if requested == "sdpa":
+            return Attention("sdpa", f"sdpa on the CPU; {rows}")
+        return Attention("sdpa", f"{requested} runs on GPUs only; sdpa on the CPU, {rows}")
+    if requested == "flex_attention":
+        return Attention("flex_attention", "FlexAttention; packed rows become a document mask")
+    if not half:
+        return Attention(
+            "sdpa",
+            f"flash kernels run in bf16 or fp16 and this run trains in float32; sdpa, {rows}",
+        )
+    facts = table()["attention"]
+    nvidia, cap = gpu.vendor == "nvidia", gpu.compute_cap or "0.0"
+    flash_asked = requested.startswith("flash_attention")
+    fa4_trains = nvidia and cap in facts["flash_attention_4_trains_on"]
+    if flash_asked and fa4_trains and "flash_attn_4" in installed:
+        return Attention("flash_attention_4", f"FlashAttention-4 on sm{cap.replace('.', '')}")
+    missed = ""
+    if requested == "flash_attention_4" or (flash_asked and fa4_trains):
+        missed = (
+            "flash-attn-4 is not installed (the cu130 image carries it); "
+            if fa4_trains
+            else f"FlashAttention-4 does not train on {gpu.name} (its backward needs NVIDIA "
+            "sm90+); "
+        )
+    from_sm80 = not nvidia or version_tuple(cap) >= version_tuple(facts["varlen_min_compute_cap"])
+    if flash_asked and "flash_attn" in installed and from_sm80:
+        return Attention("flash_attention_2", missed + "flash-attn 2")
+    if packed and from_sm80 and "varlen" in installed:
+        return Attention(
+            VARLEN,
+            missed + "packed rows: PyTorch's varlen flash kernel over each sequence, no mask",
+        )
+    if not from_sm80:
+        return Attention(
+            "sdpa",
+            f"{gpu.name} (sm{cap.replace('.', '')}) has no flash kernels (they need sm80+); "
+            f"sdpa, {rows}",
+        )
+    return Attention("sdpa", missed + "sdpa (its own flash backend where the inputs allow)")
+
+
 def is_blackwell(compute_cap: str | None) -> bool:
     return compute_cap is not None and version_tuple(compute_cap)[0] >= 10
 
@@ -280,6 +347,20 @@ def _fix_for(host: HostFacts, evaluations: list[Evaluation]) -> str:
     if not evaluations:
         return "no image variant for this vendor is in images/matrix.yaml"
     if host.vendors == {"nvidia"}:
+        # A GPU no variant has kernels for: a driver upgrade would not help.
+        for gpu in host.gpus:
+            if gpu.compute_cap and all(
+                arch_status(gpu.compute_cap, e.variant.arch_list)[0] == Status.FAIL
+                for e in evaluations
+            ):
+                row = table()["compute_capability"]["rows"].get(gpu.compute_cap, {})
+                sm = "sm_" + gpu.compute_cap.replace(".", "")
+                arch = f" ({row['arch']}, {sm})" if row.get("arch") else f" ({sm})"
+                why = f": {row['dropped']}" if row.get("dropped") else ""
+                return (
+                    f"no image in the matrix has kernels for {gpu.name}{arch}{why}. A driver "
+                    "upgrade would not help: train on a Turing (sm_75) or newer GPU"
+                )
         floors = [
             (e.variant.min_driver, e.variant.name) for e in evaluations if e.variant.min_driver
         ]

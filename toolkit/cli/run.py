@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from contextlib import nullcontext, redirect_stdout
 from pathlib import Path
@@ -62,6 +63,13 @@ def train(config, overrides, as_json, **options) -> int:
 
     if loaded.hardware:  # settings that need GPUs: refused before anything is written
         check_hardware(loaded, gpus_here(runtime))
+    from toolkit.config.parallel import layout
+
+    if "WORLD_SIZE" in os.environ:  # a process torchrun started: the launch it is part of
+        layout(cfg, int(os.environ["WORLD_SIZE"]), "this torchrun launch")
+    else:
+        launch = f"--nproc-per-node {args.nproc_per_node} × --nnodes {args.nnodes}"
+        layout(cfg, args.nproc_per_node * args.nnodes, launch)
     publish.check(cfg)
     # With --json, stdout carries the summary alone; the training log goes to stderr.
     with (

@@ -57,6 +57,7 @@ RENAMES = {
     "bfloat16": "bf16",
     "float16": "fp16",
     "liger_swiglu": "liger_glu_activation",
+    "sequence_parallel_degree": "context_parallel_size",
 }
 
 
@@ -112,9 +113,11 @@ def _deepspeed(m: _Mapping) -> None:
 
 
 def _attention(m: _Mapping) -> None:
-    """flash_attention / sdp_attention / eager_attention: true → attn_implementation."""
+    """flash_attention / flex_attention / sdp_attention / eager_attention: true →
+    attn_implementation."""
     for old, new in (
         ("flash_attention", "flash_attention_2"),
+        ("flex_attention", "flex_attention"),
         ("sdp_attention", "sdpa"),
         ("eager_attention", "eager"),
     ):

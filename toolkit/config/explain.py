@@ -10,8 +10,9 @@ from toolkit.config.schema import LoadedConfig
 DECIDED_AT_TRAIN_TIME = {
     "bf16": "auto: on where the GPU has bf16 in hardware (compute capability ≥ 8.0), else off",
     "tf32": "on only on an NVIDIA GPU",
-    "attn_implementation": "flash_attention_2 falls back to sdpa without flash-attn or a GPU "
-    "of compute capability ≥ 8.0",
+    "attn_implementation": "decided per GPU: flash_attention_2/4 take FlashAttention-4 on "
+    "sm90+ where installed, else flash-attn 2, else sdpa; packed rows on sm80+ take the "
+    "varlen kernel; on the CPU sdpa",
     "lora_target_modules": "unset: every attention and MLP projection (all-linear with "
     "lora_target_linear)",
 }

@@ -81,6 +81,19 @@ class MessageMapping(_Strict):
         return {k: v for k, v in (self.model_extra or {}).items() if isinstance(v, str)}
 
 
+class QATSettings(_Strict):
+    """Quantization-aware training (axolotl's `qat`): torchao fakes the integer
+    quantization of every linear layer but the output head in the forward, so the weights
+    learn to survive it. Plain PyTorch ops: any device."""
+
+    weight_dtype: Literal["int4", "int8"] = "int8"
+    activation_dtype: Literal["int4", "int8"] | None = None
+    group_size: PositiveInt = 32
+    # Train unquantized for this many steps first.
+    fake_quant_after_n_steps: Annotated[int, Field(ge=0)] | None = None
+    quantize_embedding: Literal[False] = False
+
+
 class FSDPConfig(_Strict):
     """`fsdp_config` (axolotl's keys without their old `fsdp_` prefix; transformers'
     meaning). Layers are wrapped per decoder layer (Qwen3DecoderLayer,
@@ -249,6 +262,10 @@ class Config(_Strict):
     # nn.Parameters (not Linear layers) that get an adapter: Qwen3-MoE's fused experts,
     # e.g. [mlp.experts.gate_up_proj, mlp.experts.down_proj].
     lora_target_parameters: list[str] | None = None
+    # Qwen3-MoE's expert kernels (transformers' experts interface): grouped_mm, its default,
+    # runs torch's grouped GEMM (CUDA sm80+, and the CPU) and falls back where it cannot;
+    # batched_mm gathers each token's experts; eager loops over the experts.
+    experts_implementation: Literal["grouped_mm", "batched_mm", "eager"] | None = None
     peft_use_dora: bool = False
     peft_use_rslora: bool = False
     # Per-module ranks and alphas, by module-name pattern (peft's rank_pattern/alpha_pattern).
@@ -268,7 +285,14 @@ class Config(_Strict):
     # Fully sharded data parallel over the processes of a distributed launch; with
     # fsdp_config alone, version 2.
     fsdp_version: Literal[1, 2] | None = None
+    # N-D parallelism (accelerate's ParallelismConfig): the product equals the launch's
+    # processes; an unset dp_shard_size takes what is left (toolkit.config.parallel).
+    dp_replicate_size: PositiveInt | None = None
+    dp_shard_size: PositiveInt | None = None
+    tensor_parallel_size: PositiveInt | None = None
+    context_parallel_size: PositiveInt | None = None
     fsdp_config: FSDPConfig | None = None
+    qat: QATSettings | None = None
     # A DeepSpeed JSON file, or toolkit's bundled zero1 / zero2 / zero3.
     deepspeed: str | None = None
 
@@ -304,9 +328,12 @@ class Config(_Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
 
-    # flash_attention_2 needs flash-attn and a GPU of compute capability ≥ 8.0; where it is
-    # missing the trainer uses sdpa (the same attention) and says so.
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # What runs is decided per GPU (toolkit.compat.attention) and recorded in run.json:
+    # flash_attention_2/4 take FlashAttention-4 on sm90+ where it is installed, flash-attn 2
+    # where it is, else sdpa; packed rows on a GPU from sm80 take PyTorch's varlen kernel.
+    attn_implementation: Literal[
+        "sdpa", "eager", "flash_attention_2", "flash_attention_4", "flex_attention"
+    ] = "sdpa"
     bf16: bool | Literal["auto"] = "auto"
     fp16: bool = False
     tf32: bool = False
@@ -333,6 +360,15 @@ class Config(_Strict):
     liger_cross_entropy: bool = False
     # Apple's Cut Cross-Entropy: the loss without materializing the logits (CUDA only).
     cut_cross_entropy: bool = False
+    # The loss over slices of the sequence, each slice's logits recomputed in the backward:
+    # long sequences never hold (L, vocab) float32 logits (any device; SFT).
+    chunked_cross_entropy: bool = False
+    chunked_cross_entropy_num_chunks: PositiveInt = 8
+    # Each dense MLP over slices of the sequence, recomputed in the backward (axolotl's
+    # ALST TiledMLP): the (L, intermediate) activations of one slice at a time. Unset
+    # shards: ceil(sequence_len / hidden_size).
+    tiled_mlp: bool = False
+    tiled_mlp_num_shards: PositiveInt | None = None
     # One autograd node per LoRA projection (base + adapter), for these projections.
     lora_mlp_kernel: bool = False
     lora_qkv_kernel: bool = False

@@ -7,7 +7,7 @@ from typing import Any
 
 from toolkit.config import Config
 from toolkit.trainer.model import Resolved
-from toolkit.trainer.optimize import compile_args, deepspeed_args, fsdp_args
+from toolkit.trainer.optimize import compile_args, deepspeed_args, fsdp_args, parallelism_args
 
 
 def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) -> dict:
@@ -58,6 +58,7 @@ def common_args(cfg: Config, resolved: Resolved, n_rows: int, has_eval: bool) ->
         **evaluation,
         **compile_args(cfg, resolved.optimizations),
         **fsdp_args(cfg, resolved.optimizations),
+        **parallelism_args(cfg, resolved.optimizations),
         **deepspeed_args(cfg, resolved.optimizations),
     )
 

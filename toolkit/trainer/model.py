@@ -9,13 +9,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from toolkit.compat import VARLEN
 from toolkit.config import Config
 from toolkit.errors import UsageError
 from toolkit.trainer.optimize import (
     Machine,
     apply_activation_offloading,
+    apply_chunked_cross_entropy,
     apply_cut_cross_entropy,
     apply_liger,
+    apply_qat,
+    apply_tiled_mlp,
     decide,
 )
 
@@ -35,6 +39,7 @@ class Resolved:
     dtype: str
     lora_target_modules: list[str] | str | None
     attn_implementation: str = "sdpa"
+    attention: str = ""  # why that kernel (compat.attention)
     notes: tuple[str, ...] = ()  # what the resolve step decided against the config
     # Each speed or memory option the config asks for: "on…" or "off: why" (optimize.decide).
     optimizations: dict = field(default_factory=dict)
@@ -49,6 +54,7 @@ def resolve(cfg: Config) -> Resolved:
     `torch.cuda.is_bf16_supported()`, which counts emulation (true on a T4)."""
     import torch
 
+    from toolkit import compat
     from toolkit.compat import bf16_in_hardware
 
     cuda = torch.cuda.is_available()
@@ -78,25 +84,16 @@ def resolve(cfg: Config) -> Resolved:
         )
     else:
         targets = None
-    attn, notes = cfg.attn_implementation, []
-    if attn == "flash_attention_2":
-        import importlib.util
-
-        missing = (
-            "no CUDA GPU"
-            if not cuda or hip
-            else "compute capability below 8.0"
-            if not capable
-            else "flash-attn is not installed"
-            if importlib.util.find_spec("flash_attn") is None
-            else None
-        )
-        if missing:
-            attn = "sdpa"
-            notes.append(
-                f"attn_implementation: flash_attention_2 unavailable ({missing}); "
-                "using sdpa, the same attention with more memory on long sequences"
-            )
+    chosen = compat.attention(
+        cfg.attn_implementation,
+        _gpu(name, bool(hip)) if cuda else None,
+        half=dtype != "float32",
+        packed=cfg.sample_packing and cfg.recipe == "sft",
+        installed=attention_kernels(),
+    )
+    attn, notes = chosen.kernel, []
+    if attn != cfg.attn_implementation:
+        notes.append(f"attn_implementation: {cfg.attn_implementation} → {attn}: {chosen.why}")
     decisions = decide(cfg, Machine.here(cuda, bool(hip)))
     return Resolved(
         device="cuda" if cuda else "cpu",
@@ -107,9 +104,41 @@ def resolve(cfg: Config) -> Resolved:
         dtype=dtype,
         lora_target_modules=targets,
         attn_implementation=attn,
+        attention=chosen.why,
         notes=tuple(notes),
         optimizations=decisions,
     )
+
+
+def _gpu(name: str, hip: bool) -> Any:
+    """GPU 0 as compat's decisions read it."""
+    import torch
+
+    from toolkit.compat import Gpu
+
+    props = torch.cuda.get_device_properties(0)
+    if hip:
+        return Gpu(0, "amd", name, gfx=getattr(props, "gcnArchName", "").split(":")[0] or None)
+    return Gpu(0, "nvidia", name, compute_cap="{}.{}".format(*torch.cuda.get_device_capability(0)))
+
+
+def attention_kernels() -> frozenset[str]:
+    """The attention kernels this environment has, as compat.attention names them."""
+    from importlib import metadata, util
+
+    def has(dist: str) -> bool:
+        try:
+            metadata.version(dist)
+            return True
+        except metadata.PackageNotFoundError:
+            return False
+
+    found = {"flash_attn_4"} if has("flash-attn-4") else set()
+    if has("flash-attn") or has("flash_attn"):
+        found.add("flash_attn")
+    if util.find_spec("torch.nn.attention.varlen"):
+        found.add("varlen")
+    return frozenset(found)
 
 
 def hub_kwargs(cfg: Config, ref: str) -> dict:
@@ -154,6 +183,10 @@ def load_base(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labe
     import transformers
 
     dtype = getattr(torch, resolved.dtype)
+    if resolved.attn_implementation == VARLEN:
+        from toolkit.trainer import attention
+
+        attention.register()
     kwargs: dict = {
         "dtype": dtype,
         "attn_implementation": resolved.attn_implementation,
@@ -161,6 +194,8 @@ def load_base(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labe
     }
     if cfg.rope_scaling:
         kwargs["config"] = rope_scaled_config(cfg)
+    if cfg.experts_implementation:
+        kwargs["experts_implementation"] = cfg.experts_implementation
     if num_labels:
         kwargs["num_labels"] = num_labels
     if cfg.adapter == "qlora":
@@ -181,6 +216,9 @@ def load_base(cfg: Config, resolved: Resolved, head: str = "causal_lm", num_labe
         model = model.to("cuda")
     model.config.use_cache = False
     freeze_except(model, cfg.unfrozen_parameters)
+    callback = apply_qat(model, cfg)
+    if callback is not None:  # steps.py adds it to the recipe's trainer
+        model.toolkit_callbacks = [callback]
     return model
 
 
@@ -283,6 +321,11 @@ def load_model(
     model = load_base(cfg, resolved, head, num_labels)
     if head == "causal_lm":
         model = apply_cut_cross_entropy(model, resolved.optimizations)
+        model = apply_chunked_cross_entropy(
+            model, resolved.optimizations, cfg.chunked_cross_entropy_num_chunks
+        )
+    shards = cfg.tiled_mlp_num_shards or -(-cfg.sequence_len // model.config.hidden_size)
+    apply_tiled_mlp(model, resolved.optimizations, shards)
     lora = lora_config(cfg, resolved, head)
     if lora is not None:
         from peft import get_peft_model, prepare_model_for_kbit_training

@@ -96,6 +96,19 @@ def _kernels(cfg: Config, machine: Machine) -> dict[str, str]:
             if "cut_cross_entropy" in machine.installed
             else "off: cut-cross-entropy is not installed (the cu* images have it)"
         )
+    if cfg.chunked_cross_entropy:
+        fused = [
+            k
+            for k in ("cut_cross_entropy", "liger_fused_linear_cross_entropy")
+            if out.get(k) == "on"
+        ]
+        out["chunked_cross_entropy"] = (
+            f"off: the {cfg.recipe} recipe computes its own loss from the logits"
+            if cfg.recipe != "sft"
+            else f"off: {fused[0]} already computes the loss without the full logits"
+            if fused
+            else f"on ({cfg.chunked_cross_entropy_num_chunks} chunks)"
+        )
     return out
 
 
@@ -118,6 +131,8 @@ def _compile_and_memory(cfg: Config, machine: Machine) -> dict[str, str]:
         out["activation_offloading"] = (
             "on" if machine.cuda else "off: no GPU (activations already live in host memory)"
         )
+    if cfg.tiled_mlp:
+        out["tiled_mlp"] = "on (dense MLPs; Qwen3-MoE's expert blocks are not tiled)"
     if cfg.gradient_checkpointing:
         reentrant = (cfg.gradient_checkpointing_kwargs or {}).get("use_reentrant")
         out["gradient_checkpointing"] = f"on (use_reentrant={reentrant})"
@@ -126,12 +141,18 @@ def _compile_and_memory(cfg: Config, machine: Machine) -> dict[str, str]:
             out[key] = f"on ({', '.join(modules)})"
     if cfg.lora_target_parameters:
         out["lora_target_parameters"] = f"on ({', '.join(cfg.lora_target_parameters)})"
+    if cfg.experts_implementation:
+        out["experts_implementation"] = f"on ({cfg.experts_implementation})"
     return out
 
 
 def _sharding(cfg: Config, machine: Machine) -> dict[str, str]:
     """FSDP and DeepSpeed: only across the GPUs of a launch."""
     out: dict[str, str] = {}
+    from toolkit.config.parallel import SIZES, decision, layout
+
+    if any(getattr(cfg, name) is not None for name in SIZES):
+        out["parallelism"] = decision(layout(cfg, machine.world_size), machine.cuda)
     if cfg.fsdp_version:
         # accelerate builds its FSDP plugin for multi-GPU launches only; on CPUs the
         # same launch is DDP (the same training, every process holding the whole model).
@@ -168,6 +189,16 @@ def _optimizer(cfg: Config, machine: Machine) -> dict[str, str]:
     out: dict[str, str] = {}
     if cfg.adapter == "qlora":
         out["qlora"] = "on (bitsandbytes 4-bit nf4, double quantization)"
+    if cfg.qat:
+        if "torchao" not in machine.installed:
+            raise UsageError(
+                "qat: quantization-aware training fakes quantization with torchao, which "
+                "is not installed; install toolkit[train] (every image has it)"
+            )
+        q = cfg.qat
+        acts = f", activations {q.activation_dtype} per token" if q.activation_dtype else ""
+        after = f"; from step {q.fake_quant_after_n_steps}" if q.fake_quant_after_n_steps else ""
+        out["qat"] = f"on (weights {q.weight_dtype} per group of {q.group_size}{acts}{after})"
     if cfg.optimizer == "adamw_torch_4bit":
         if "torchao" not in machine.installed:
             raise UsageError(
@@ -247,6 +278,125 @@ def apply_cut_cross_entropy(model, decisions: dict[str, str]) -> Any:
     return model
 
 
+def apply_chunked_cross_entropy(model, decisions: dict[str, str], chunks: int) -> Any:
+    """Make a causal LM compute its training loss over `chunks` slices of the sequence,
+    each slice's logits (float32) made from the last hidden states and dropped, then made
+    again in the backward: the (L, vocab) logits never exist at once."""
+    if not decisions.get("chunked_cross_entropy", "").startswith("on"):
+        return model
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    plain = model.forward
+
+    def summed(hidden: Any, labels: Any) -> Any:
+        logits = model.lm_head(hidden).float()
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum"
+        )
+
+    def forward(input_ids=None, labels=None, num_items_in_batch=None, **kwargs) -> Any:
+        if labels is None:
+            return plain(input_ids=input_ids, **kwargs)
+        hidden = model.model(input_ids=input_ids, **kwargs).last_hidden_state
+        # transformers' causal-LM loss: each position predicts the next label.
+        targets = F.pad(labels, (0, 1), value=-100)[..., 1:].to(hidden.device)
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        for h, y in zip(hidden.chunk(chunks, dim=1), targets.chunk(chunks, dim=1), strict=True):
+            if (y != -100).any():
+                loss = loss + checkpoint(summed, h, y, use_reentrant=False)
+        # Divided by the batch's label count when the Trainer gives it (gradient
+        # accumulation weighs every token alike), else this batch's: the mean.
+        count = num_items_in_batch if num_items_in_batch else (targets != -100).sum()
+        return CausalLMOutputWithPast(loss=loss / count)
+
+    model.forward = forward
+    return model
+
+
+def apply_tiled_mlp(model, decisions: dict[str, str], shards: int) -> None:
+    """Run each dense MLP over `shards` slices of the sequence, each recomputed in the
+    backward, so one slice's (L, intermediate) activations exist at a time."""
+    if not decisions.get("tiled_mlp", "").startswith("on"):
+        return
+    from torch.utils.checkpoint import checkpoint
+
+    def tiled(plain: Any) -> Any:
+        def forward(x: Any) -> Any:
+            import torch
+
+            if x.dim() != 3 or x.shape[1] < 2 * shards:
+                return plain(x)
+            parts = [checkpoint(plain, p, use_reentrant=False) for p in x.chunk(shards, dim=1)]
+            return torch.cat(parts, dim=1)
+
+        return forward
+
+    for module in model.modules():
+        if type(module).__name__ in ("Qwen3MLP", "Qwen2MLP", "LlamaMLP"):
+            module.forward = tiled(module.forward)
+
+
+def apply_qat(model, cfg: Config) -> Any:
+    """Fake-quantize every linear layer but the output head (torchao), before any adapter
+    wraps them. Returns a callback that turns the fake quantization on at
+    fake_quant_after_n_steps, or None."""
+    if not cfg.qat:
+        return None
+    import torch
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
+
+    q = cfg.qat
+    dtypes = {"int4": torch.int4, "int8": torch.int8}  # type: ignore[attr-defined]
+    acts = (
+        IntxFakeQuantizeConfig(dtypes[q.activation_dtype], "per_token", is_symmetric=False)
+        if q.activation_dtype
+        else None
+    )
+    weights = IntxFakeQuantizeConfig(dtypes[q.weight_dtype], group_size=q.group_size)
+
+    def chosen(module: Any, name: str) -> bool:
+        return isinstance(module, torch.nn.Linear) and not name.endswith(("lm_head", "score"))
+
+    for name, module in model.named_modules():
+        if chosen(module, name) and module.in_features % q.group_size:
+            raise UsageError(
+                f"qat.group_size {q.group_size} does not divide {name}'s "
+                f"{module.in_features} input features; pick a group size that divides the "
+                "model's layer widths (32 divides every Qwen3's)"
+            )
+    quantize_(
+        model,
+        QATConfig(activation_config=acts, weight_config=weights, step="prepare"),
+        filter_fn=chosen,
+    )
+    quantizers = [
+        sub
+        for module in model.modules()
+        for sub in (
+            getattr(module, "weight_fake_quantizer", None),
+            getattr(module, "activation_fake_quantizer", None),
+        )
+        if sub is not None
+    ]
+    if not q.fake_quant_after_n_steps:
+        return None
+    from transformers import TrainerCallback
+
+    class FakeQuantFrom(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs) -> None:
+            on = state.global_step >= (q.fake_quant_after_n_steps or 0)
+            for quantizer in quantizers:
+                quantizer.enabled = on
+
+    for quantizer in quantizers:
+        quantizer.enabled = False
+    return FakeQuantFrom()
+
+
 def apply_activation_offloading(model, decisions: dict[str, str]) -> None:
     """Move every tensor autograd saves during the forward to pinned host memory; the
     backward brings each back when it needs it."""
@@ -295,6 +445,26 @@ def fsdp_args(cfg: Config, decisions: dict[str, str]) -> dict:
         options["transformer_layer_cls_to_wrap"] = [layers] if isinstance(layers, str) else layers
     options["cpu_offload"] = c.offload_params
     return {"fsdp": True, "fsdp_config": options}
+
+
+def parallelism_args(cfg: Config, decisions: dict[str, str]) -> dict:
+    """TrainingArguments' parallelism_config (accelerate's) for a layout beyond DDP on GPUs."""
+    line = decisions.get("parallelism", "")
+    if not (line.startswith("on (") and "ParallelismConfig" in line):
+        return {}
+    from accelerate.parallelism_config import ParallelismConfig
+
+    from toolkit.config.parallel import layout
+
+    sizes = layout(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    return {
+        "parallelism_config": ParallelismConfig(
+            dp_replicate_size=sizes.dp_replicate,
+            dp_shard_size=sizes.dp_shard,
+            tp_size=sizes.tp,
+            cp_size=sizes.cp,
+        )
+    }
 
 
 def deepspeed_args(cfg: Config, decisions: dict[str, str]) -> dict:

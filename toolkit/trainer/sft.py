@@ -65,7 +65,8 @@ def train(loaded: LoadedConfig) -> Path:
     collator = PackedCollator(
         tokenizer.pad_token_id,
         Collator(tokenizer.pad_token_id, pad_to),
-        flatten=resolved.attn_implementation == "flash_attention_2",
+        # flash-attn's varlen path wants the batch as one row; toolkit_varlen reads it as one.
+        flatten=resolved.attn_implementation.startswith("flash_attention"),
         pad_to=pad_to,
     )
     trainer = customized(Trainer, cfg)(

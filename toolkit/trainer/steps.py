@@ -94,6 +94,8 @@ def train_and_save(
         trainer.add_callback(SaveFirstStep())
     trainer.add_callback(preemption)
     trainer.add_callback(divergence)
+    for callback in getattr(trainer.model, "toolkit_callbacks", ()):  # qat's, from load_base
+        trainer.add_callback(callback)
     resolved = facts["resolved"]
     board = TensorBoard(out / "tensorboard") if main else None
     progress.measure(
