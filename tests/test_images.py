@@ -60,6 +60,32 @@ def test_complete_locks_install_without_resolution():
     assert "pip install ${PIP_SOURCE}" in render_dockerfile(matrix["rocm7.2"])
 
 
+def _pins(variant) -> dict[str, str]:
+    pins = {}
+    for line in load_matrix()[variant].lock.read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split(" ")[0].split("==")
+            pins[re.sub(r"[-_.]+", "-", name.lower())] = version
+    return pins
+
+
+def test_the_cu130_image_carries_flash_attention_4_with_one_cuda_flavour():
+    """The pins of the attention kernel compat.attention picks on sm90+, and the prune that
+    keeps cutlass-dsl's CUDA 13 libraries only."""
+    cu130 = load_matrix()["cu130"]
+    pins = _pins("cu130")
+    name, version = cu130.flash_attn.split("==")
+    assert pins[name] == version == cu130.extensions["flash-attn-4"]
+    for needed in ("nvidia-cutlass-dsl", "nvidia-cutlass-dsl-libs-cu13", "quack-kernels"):
+        assert needed in pins, needed
+    assert pins["nvidia-cutlass-dsl"] == cu130.extensions["nvidia-cutlass-dsl[cu13]"]
+    text = render_dockerfile(cu130)
+    assert "site-packages/nvidia_cutlass_dsl/cu12 " in text
+    assert "_cutlass_ir.cu12.*" in text and "nvidia_cutlass_dsl/cu13" not in text
+    # flash-attn 2 and 4 both ship flash_attn/cute: never both in one image.
+    assert "flash-attn" not in pins
+
+
 @pytest.mark.parametrize(
     "accelerator, gpus, gids, flags",
     [

@@ -49,14 +49,7 @@ def ensure_image(variant: Variant, runtime: Runtime) -> str:
         )
     else:
         say(f"image {variant.tag} not found; building it (toolkit images build {variant.name})")
-    tag = build_image(variant, runtime, BuildOptions())
-    if info is not None:
-        # The build it replaces: toolkit's own, untagged now; removed unless a container
-        # still uses it, so rebuilds after source changes do not fill Docker's disk.
-        new = docker.inspect_image(tag)
-        if new is not None and new.id != info.id:
-            docker.remove_image(info.id)
-    return tag
+    return build_image(variant, runtime, BuildOptions())
 
 
 def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
@@ -82,6 +75,7 @@ def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
             "CREATED": _created(runtime),
         }
         tag = opts.tag or variant.tag
+        replaced = docker.inspect_image(tag)
         say(f"building {tag} from {base}")
         res = docker.build(str(context), tag, args, env, no_cache=opts.no_cache)
     if not res.ok:
@@ -90,6 +84,12 @@ def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
             "build log above shows the failing step"
         )
     say(f"built {tag} in {time.monotonic() - started:.0f} s")
+    if replaced is not None:
+        # The image the tag named before: untagged now and of no use; removed unless a
+        # container still uses it (never forced), so rebuilds do not fill Docker's disk.
+        built = docker.inspect_image(tag)
+        if built is not None and built.id != replaced.id:
+            docker.remove_image(replaced.id)
     return tag
 
 
