@@ -26,7 +26,7 @@ DEV_ENV := $(VENV)/.dev
 AXOLOTL_VERSION := 0.19.0
 AXOLOTL_REF := $(VENV)/axolotl-$(AXOLOTL_VERSION)
 
-.PHONY: help train merge image tiny-model test test-fast test-gpu lint axolotl-keys clean
+.PHONY: help train merge image tiny-model test test-fast test-gpu device-wheels lint axolotl-keys clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
@@ -70,6 +70,9 @@ test-fast: $(DEV_ENV)  ## the quick tests: no engine, no GPU, nothing marked slo
 
 test-gpu: $(DEV_ENV)  ## the gpu-marked tests, on a GPU
 	$(VENV)/bin/python -m pytest -m gpu $(PYTEST_ARGS)
+
+device-wheels: $(DEV_ENV)  ## the wheels bench/device/check.sh carries to a lent GPU machine
+	$(VENV)/bin/python bench/device/fetch.py
 
 lint: $(DEV_ENV)  ## ruff (rules and format) over toolkit, tests and bench; mypy over toolkit
 	$(VENV)/bin/ruff check toolkit tests bench

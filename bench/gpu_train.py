@@ -2,7 +2,8 @@
 Trainer + PEFT baseline, in the same run, on random-init Qwen3-shaped models (no
 weights can be downloaded on the device machines).
 
-    python bench/gpu_train.py [--shapes 0.6b,8b] [--steps 30] [--seq 2048] [--out DIR]
+    python bench/gpu_train.py [--shapes 0.6b,8b] [--steps 30] [--warmup 5] [--seq 2048]
+                              [--runs NAME,...] [--out DIR] [--json FILE]
 
 For each shape it saves a random-init bf16 model (Qwen3's published config:
 hidden size, layers, heads, GQA, MLP width, vocab 151936) and a generated
@@ -11,14 +12,19 @@ linear projection, micro_batch_size 1 with 8-step accumulation at --seq tokens:
 
   baseline            transformers Trainer + peft, rows padded per batch, sdpa
   toolkit             toolkit train, unpacked
-  toolkit+packing     sample_packing (flash-attention varlen when installed)
+  toolkit+packing     sample_packing (the attention compat.attention picks: varlen
+                      kernel or FlashAttention-4, no dense mask)
+  toolkit+packing+dense          the same with the varlen kernels hidden: sdpa over a
+                                 dense block mask, for the varlen/dense ratio
   toolkit+packing+liger          + liger rope/rms_norm/swiglu/fused linear CE
   toolkit+packing+liger+compile  + torch_compile
 
-and prints one line each: tokens/s (non-padding tokens, after 5 warm-up steps),
+and prints one line each: tokens/s (non-padding tokens, after --warmup steps),
 MFU (toolkit's FLOP count, dense bf16 peak from toolkit/compat.yaml), peak GPU memory,
-and the ratio of tokens/s and memory to the baseline. Targets (issue 6, 8B at 2048
-packed): ≥ 45 % MFU, ≥ 1.5× the baseline's tokens/s, ≤ 0.6× its peak memory.
+and the ratio of tokens/s and memory to the baseline; --json writes every figure. Targets
+(8B at 2048 packed): ≥ 45 % MFU, ≥ 1.5× the baseline's tokens/s, ≤ 0.6× its peak memory,
+packed+varlen no slower than packed+dense. Needs no `datasets`: the device machines do
+not have it (bench/device/check.sh runs this there).
 """
 
 from __future__ import annotations
@@ -56,7 +62,14 @@ SHAPES = {  # config.json of Qwen/Qwen3-0.6B and Qwen/Qwen3-8B
     ),
 }
 WARMUP = 5
-TOOLKIT = str(Path(sys.executable).parent / "toolkit")
+# toolkit's CLI from this checkout, installed or not; HIDE_VARLEN first hides the varlen
+# and flash kernels from the attention decision (the dense-mask comparison run).
+LAUNCH = (
+    "import sys, toolkit.trainer.model as m\n"
+    "if sys.argv[1] == 'dense': m.attention_kernels = lambda: frozenset()\n"
+    "from toolkit.cli import main\n"
+    "sys.exit(main(sys.argv[2:]))"
+)
 
 
 def build_model(shape: str, out: Path) -> Path:
@@ -85,10 +98,9 @@ def build_model(shape: str, out: Path) -> Path:
     return out
 
 
-def baseline(model_dir: Path, data: Path, steps: int, seq: int) -> dict:
+def baseline(model_dir: Path, data: Path, steps: int, seq: int, warmup: int) -> dict:
     """A plain Trainer + PEFT run, as a user without toolkit would write it."""
     import torch
-    from datasets import load_dataset
     from peft import LoraConfig, get_peft_model
     from transformers import (
         AutoModelForCausalLM,
@@ -100,13 +112,11 @@ def baseline(model_dir: Path, data: Path, steps: int, seq: int) -> dict:
     )
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    rows = load_dataset("json", data_files=str(data), split="train")
-
-    def encode(row):
-        ids = tok.apply_chat_template(row["messages"], tokenize=True)["input_ids"][:seq]
-        return {"input_ids": ids, "labels": ids}
-
-    rows = rows.map(encode, remove_columns=rows.column_names)
+    rows = []
+    for line in data.read_text().splitlines()[: steps * 8 + 8]:
+        messages = json.loads(line)["messages"]
+        ids = tok.apply_chat_template(messages, tokenize=True)["input_ids"][:seq]
+        rows.append({"input_ids": ids, "labels": ids})
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=torch.bfloat16, attn_implementation="sdpa"
     ).cuda()
@@ -116,7 +126,7 @@ def baseline(model_dir: Path, data: Path, steps: int, seq: int) -> dict:
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
-            if state.global_step == WARMUP:
+            if state.global_step == warmup:
                 torch.cuda.synchronize()
                 self.start = (time.perf_counter(), state.num_input_tokens_seen)
 
@@ -149,7 +159,10 @@ def baseline(model_dir: Path, data: Path, steps: int, seq: int) -> dict:
     return {"tokens_per_second": rate, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
 
 
-def toolkit_run(name: str, model_dir: Path, data: Path, steps: int, seq: int, **options) -> dict:
+def toolkit_run(
+    name: str, model_dir: Path, data: Path, steps: int, seq: int, warmup: int, **options
+) -> dict:
+    mode = "dense" if options.pop("_dense", False) else "as-decided"
     out = model_dir.parent / name
     config = model_dir.parent / f"{name}.yaml"
     config.write_text(
@@ -180,12 +193,15 @@ def toolkit_run(name: str, model_dir: Path, data: Path, steps: int, seq: int, **
         )
     )
     res = subprocess.run(
-        [TOOLKIT, "train", str(config), "--runtime", "local"], capture_output=True, text=True
+        [sys.executable, "-c", LAUNCH, mode, "train", str(config), "--runtime", "local"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
     )
     if res.returncode != 0:
         return {"error": (res.stdout + res.stderr).strip().splitlines()[-1]}
     run = json.loads((out / "run.json").read_text())
-    after = [m for m in run["metrics_history"] if m["step"] > WARMUP and m["tokens_per_second"]]
+    after = [m for m in run["metrics_history"] if m["step"] > warmup and m["tokens_per_second"]]
     rate = sum(m["tokens_per_second"] for m in after) / len(after) if after else None
     mfus = [m["mfu"] for m in after if m.get("mfu")]
     return {
@@ -194,6 +210,7 @@ def toolkit_run(name: str, model_dir: Path, data: Path, steps: int, seq: int, **
         "peak_memory_gib": run["peak_memory_gib"],
         "optimizations": run["resolved"]["optimizations"],
         "attention": run["resolved"]["attn_implementation"],
+        "attention_why": run["resolved"].get("attention", ""),
     }
 
 
@@ -201,8 +218,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes", default="0.6b,8b")
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=WARMUP)
     parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--runs", default="", help="comma-separated run names (default: all)")
     parser.add_argument("--out", default="/tmp/toolkit-gpu-bench")
+    parser.add_argument("--json", default="", help="write every figure to this file")
     args = parser.parse_args()
     root = Path(args.out)
     data = longtail.write(root / "chat.jsonl", 4000)
@@ -215,31 +235,55 @@ def main() -> None:
     runs = [
         ("toolkit", {}),
         ("toolkit+packing", {"sample_packing": True}),
+        ("toolkit+packing+dense", {"sample_packing": True, "_dense": True}),
         ("toolkit+packing+liger", {"sample_packing": True, **liger}),
         ("toolkit+packing+liger+compile", {"sample_packing": True, **liger, "torch_compile": True}),
     ]
+    if args.runs:
+        wanted = args.runs.split(",")
+        runs = [(name, options) for name, options in runs if name in wanted]
+    figures: dict = {"seq": args.seq, "steps": args.steps, "warmup": args.warmup, "shapes": {}}
+
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+
     for shape in args.shapes.split(","):
         model_dir = build_model(shape, root / shape / "model")
-        base = baseline(model_dir, data, args.steps, args.seq)
+        base = baseline(model_dir, data, args.steps, args.seq, args.warmup)
+        got_shape = figures["shapes"][shape] = {"baseline": base}
+        save()
         print(
             f"[{shape}] baseline: {base['tokens_per_second']:,.0f} tokens/s, peak "
             f"{base['peak_memory_gib']:.1f} GiB",
             flush=True,
         )
         for name, options in runs:
-            got = toolkit_run(name, model_dir, data, args.steps, args.seq, **options)
+            got = toolkit_run(
+                name, model_dir, data, args.steps, args.seq, args.warmup, **dict(options)
+            )
+            got_shape[name] = got
             if "error" in got:
                 print(f"[{shape}] {name}: failed: {got['error']}", flush=True)
+                save()
                 continue
+            got["speed_vs_baseline"] = got["tokens_per_second"] / base["tokens_per_second"]
+            got["memory_vs_baseline"] = got["peak_memory_gib"] / base["peak_memory_gib"]
+            save()
             mfu = f"{100 * got['mfu']:.1f}%" if got["mfu"] else "n/a"
             print(
                 f"[{shape}] {name}: {got['tokens_per_second']:,.0f} tokens/s "
-                f"({got['tokens_per_second'] / base['tokens_per_second']:.2f}x), MFU {mfu}, "
-                f"peak {got['peak_memory_gib']:.1f} GiB "
-                f"({got['peak_memory_gib'] / base['peak_memory_gib']:.2f}x), attention "
-                f"{got['attention']}; {got['optimizations']}",
+                f"({got['speed_vs_baseline']:.2f}x), MFU {mfu}, "
+                f"peak {got['peak_memory_gib']:.1f} GiB ({got['memory_vs_baseline']:.2f}x), "
+                f"attention {got['attention']}; {got['optimizations']}",
                 flush=True,
             )
+        packed, dense = got_shape.get("toolkit+packing"), got_shape.get("toolkit+packing+dense")
+        if packed and dense and "error" not in packed and "error" not in dense:
+            ratio = packed["tokens_per_second"] / dense["tokens_per_second"]
+            got_shape["varlen_over_dense"] = ratio
+            save()
+            print(f"[{shape}] packed: varlen / dense-mask tokens/s = {ratio:.2f}", flush=True)
 
 
 if __name__ == "__main__":
