@@ -3,7 +3,7 @@ Trainer + PEFT baseline, in the same run, on random-init Qwen3-shaped models (no
 weights can be downloaded on the device machines).
 
     python bench/gpu_train.py [--shapes 0.6b,8b] [--steps 30] [--warmup 5] [--seq 2048]
-                              [--runs NAME,...] [--out DIR] [--json FILE]
+                              [--runs NAME,...] [--out DIR] [--json FILE] [--no-baseline]
 
 For each shape it saves a random-init bf16 model (Qwen3's published config:
 hidden size, layers, heads, GQA, MLP width, vocab 151936) and a generated
@@ -223,6 +223,9 @@ def main() -> None:
     parser.add_argument("--runs", default="", help="comma-separated run names (default: all)")
     parser.add_argument("--out", default="/tmp/toolkit-gpu-bench")
     parser.add_argument("--json", default="", help="write every figure to this file")
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="toolkit's runs only (no ratios to it)"
+    )
     args = parser.parse_args()
     root = Path(args.out)
     data = longtail.write(root / "chat.jsonl", 4000)
@@ -250,14 +253,19 @@ def main() -> None:
 
     for shape in args.shapes.split(","):
         model_dir = build_model(shape, root / shape / "model")
-        base = baseline(model_dir, data, args.steps, args.seq, args.warmup)
+        base = (
+            None
+            if args.no_baseline
+            else baseline(model_dir, data, args.steps, args.seq, args.warmup)
+        )
         got_shape = figures["shapes"][shape] = {"baseline": base}
         save()
-        print(
-            f"[{shape}] baseline: {base['tokens_per_second']:,.0f} tokens/s, peak "
-            f"{base['peak_memory_gib']:.1f} GiB",
-            flush=True,
-        )
+        if base:
+            print(
+                f"[{shape}] baseline: {base['tokens_per_second']:,.0f} tokens/s, peak "
+                f"{base['peak_memory_gib']:.1f} GiB",
+                flush=True,
+            )
         for name, options in runs:
             got = toolkit_run(
                 name, model_dir, data, args.steps, args.seq, args.warmup, **dict(options)
@@ -267,15 +275,18 @@ def main() -> None:
                 print(f"[{shape}] {name}: failed: {got['error']}", flush=True)
                 save()
                 continue
-            got["speed_vs_baseline"] = got["tokens_per_second"] / base["tokens_per_second"]
-            got["memory_vs_baseline"] = got["peak_memory_gib"] / base["peak_memory_gib"]
+            speed = memory = ""
+            if base:
+                got["speed_vs_baseline"] = got["tokens_per_second"] / base["tokens_per_second"]
+                got["memory_vs_baseline"] = got["peak_memory_gib"] / base["peak_memory_gib"]
+                speed = f" ({got['speed_vs_baseline']:.2f}x)"
+                memory = f" ({got['memory_vs_baseline']:.2f}x)"
             save()
             mfu = f"{100 * got['mfu']:.1f}%" if got["mfu"] else "n/a"
             print(
-                f"[{shape}] {name}: {got['tokens_per_second']:,.0f} tokens/s "
-                f"({got['speed_vs_baseline']:.2f}x), MFU {mfu}, "
-                f"peak {got['peak_memory_gib']:.1f} GiB ({got['memory_vs_baseline']:.2f}x), "
-                f"attention {got['attention']}; {got['optimizations']}",
+                f"[{shape}] {name}: {got['tokens_per_second']:,.0f} tokens/s{speed}, MFU "
+                f"{mfu}, peak {got['peak_memory_gib']:.1f} GiB{memory}, attention "
+                f"{got['attention']}; {got['optimizations']}",
                 flush=True,
             )
         packed, dense = got_shape.get("toolkit+packing"), got_shape.get("toolkit+packing+dense")

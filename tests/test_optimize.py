@@ -600,3 +600,10 @@ def test_qat_refuses_dtypes_it_cannot_fake(write_config, capsys):
     assert main(["validate", str(config)]) == 2
     err = capsys.readouterr().err
     assert "qat.weight_dtype" in err and "int4" in err
+    config = write_config(
+        {"qat": {"weight_dtype": "int4"}, "adapter": "qlora", "load_in_4bit": True}, name="q.yaml"
+    )
+    assert main(["validate", str(config)]) == 2
+    assert "qat fakes the quantization of full-precision layers, but load_in_4bit" in (
+        capsys.readouterr().err
+    )

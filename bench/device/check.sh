@@ -7,7 +7,8 @@
 #
 # Writes to $OUT: environment.json, pytest.log (pytest -m gpu), gpu_train.json and .log
 # (bench/gpu_train.py: 0.6B and 8B shapes, baseline Trainer + PEFT against toolkit unpacked,
-# packed with the decided attention, packed with a dense mask, +Liger, +compile). Each phase
+# packed with the decided attention, packed with a dense mask, +Liger, +compile), and
+# gpu_train_8192.json (0.6B packed, varlen against the dense mask at 8192). Each phase
 # has its own time limit so the whole ends inside 9 minutes, and every figure is written as
 # it comes: a phase cut short still leaves the earlier ones. Put the figures in bench/README.md.
 set -uo pipefail
@@ -44,11 +45,16 @@ print(json.dumps({
 PY
 
 phase "pytest -m gpu"
-timeout 210 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py -x --no-header 2>&1 \
+timeout 180 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py -x --no-header 2>&1 \
   | tee "$OUT/pytest.log" | tail -25
 
-phase "bench/gpu_train.py"
-timeout 300 $PY bench/gpu_train.py --shapes 0.6b,8b --steps 12 --warmup 4 --seq 2048 \
+phase "bench/gpu_train.py at 2048"
+timeout 270 $PY bench/gpu_train.py --shapes 0.6b,8b --steps 12 --warmup 4 --seq 2048 \
   --runs toolkit,toolkit+packing,toolkit+packing+dense,toolkit+packing+liger,toolkit+packing+liger+compile \
   --json "$OUT/gpu_train.json" 2>&1 | tee "$OUT/gpu_train.log" | grep -E '^\[|Error|error' | tail -30
+
+phase "varlen against the dense mask at 8192"
+timeout 90 $PY bench/gpu_train.py --shapes 0.6b --steps 8 --warmup 3 --seq 8192 --no-baseline \
+  --runs toolkit+packing,toolkit+packing+dense --out /tmp/toolkit-gpu-bench-8192 \
+  --json "$OUT/gpu_train_8192.json" 2>&1 | tee "$OUT/gpu_train_8192.log" | grep -E '^\[|Error' | tail -5
 phase "done"

@@ -148,6 +148,12 @@ def _adapter_rules(raw: dict) -> list[str]:
             out.append(f"{key} is a LoRA setting but adapter is {show(adapter)}; set adapter: lora")
     if raw.get("loraplus_lr_embedding") is not None and raw.get("loraplus_lr_ratio") is None:
         out.append("loraplus_lr_embedding needs loraplus_lr_ratio (LoRA+'s ratio); add it")
+    quantized = [k for k in ("load_in_4bit", "load_in_8bit") if raw.get(k) is True]
+    if raw.get("qat") not in OFF_VALUES and quantized:
+        out.append(
+            f"qat fakes the quantization of full-precision layers, but {quantized[0]}: true "
+            "loads them already quantized; drop one of the two"
+        )
     return out
 
 
