@@ -593,15 +593,21 @@ def test_qat_fakes_quantization_from_the_step_asked(tiny_model_dir, write_config
     assert saved.keys() == plain.keys()
 
 
-def test_qat_refuses_dtypes_it_cannot_fake(write_config, capsys):
+def test_qat_refuses_dtypes_it_cannot_fake(tiny_model_dir, write_config, capsys):
     from toolkit.cli import main
 
-    config = write_config({"qat": {"weight_dtype": "nvfp4"}})
+    config = write_config({"base_model": str(tiny_model_dir), "qat": {"weight_dtype": "nvfp4"}})
     assert main(["validate", str(config)]) == 2
     err = capsys.readouterr().err
     assert "qat.weight_dtype" in err and "int4" in err
     config = write_config(
-        {"qat": {"weight_dtype": "int4"}, "adapter": "qlora", "load_in_4bit": True}, name="q.yaml"
+        {
+            "base_model": str(tiny_model_dir),
+            "qat": {"weight_dtype": "int4"},
+            "adapter": "qlora",
+            "load_in_4bit": True,
+        },
+        name="q.yaml",
     )
     assert main(["validate", str(config)]) == 2
     assert "qat fakes the quantization of full-precision layers, but load_in_4bit" in (

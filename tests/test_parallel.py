@@ -84,18 +84,28 @@ def test_the_decision_on_cpus_and_gpus():
     )
 
 
-def test_the_cli_refuses_sizes_the_launch_cannot_hold(write_config, tmp_path, capsys):
-    config = write_config({"tensor_parallel_size": 4, "output_dir": str(tmp_path / "out")})
+def test_the_cli_refuses_sizes_the_launch_cannot_hold(
+    tiny_model_dir, write_config, tmp_path, capsys
+):
+    config = write_config(
+        {
+            "base_model": str(tiny_model_dir),
+            "tensor_parallel_size": 4,
+            "output_dir": str(tmp_path / "out"),
+        }
+    )
     assert main(["train", str(config), "--runtime", "local", "--nproc-per-node", "2"]) == 2
     err = capsys.readouterr().err
     assert "tensor_parallel_size 4 = 4 processes, but --nproc-per-node 2 × --nnodes 1 has 2" in err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
-def test_axolotls_older_name_is_read_as_context_parallel_size(write_config):
+def test_axolotls_older_name_is_read_as_context_parallel_size(tiny_model_dir, write_config):
     from toolkit.config import load_config
 
-    loaded = load_config(write_config({"sequence_parallel_degree": 2}))
+    loaded = load_config(
+        write_config({"base_model": str(tiny_model_dir), "sequence_parallel_degree": 2})
+    )
     assert loaded.config.context_parallel_size == 2
 
 
