@@ -28,7 +28,7 @@ def quiet_libraries() -> None:
     # Its own error log lines repeat what the DataError we raise says, as a traceback.
     os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
     os.environ["DATASETS_VERBOSITY"] = "critical"
-    if "datasets" in sys.modules:
+    if sys.modules.get("datasets") is not None:
         sys.modules["datasets"].disable_progress_bars()
         sys.modules["datasets"].utils.logging.set_verbosity(50)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
