@@ -15,6 +15,15 @@ def read_run(out: Path) -> dict:
     return json.loads((Path(out) / "run.json").read_text())
 
 
+def answer_of(capsys, config, *flags, prompt: str, tokens: int = 12) -> str:
+    """What `toolkit inference` prints for one prompt (flags: --model, …); it must exit 0."""
+    from toolkit.cli import main
+
+    argv = ["inference", str(config), "--runtime", "local", "--prompt", prompt]
+    assert main([*argv, "--max-new-tokens", str(tokens), *flags]) == 0
+    return capsys.readouterr().out
+
+
 def sigterm_at(monkeypatch, step: int) -> None:
     """Send this process SIGTERM when training reaches `step` (a preemption, in-process)."""
 

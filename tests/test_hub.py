@@ -8,7 +8,7 @@ import json
 
 import pytest
 import yaml
-from helpers import read_run
+from helpers import answer_of, read_run
 from hubstub import TOKEN, HubStub
 
 from toolkit.cli import main
@@ -202,21 +202,7 @@ def test_merge_and_inference_use_the_commit_the_adapter_was_trained_on(
     repo.commit(files)
     hub.requests.clear()
     assert main(["merge-lora", str(config), "--runtime", "local"]) == 0
-    assert (
-        main(
-            [
-                "inference",
-                str(config),
-                "--runtime",
-                "local",
-                "--prompt",
-                "Hi",
-                "--max-new-tokens",
-                "4",
-            ]
-        )
-        == 0
-    )
+    answer_of(capsys, config, prompt="Hi", tokens=4)
     assert hub.requests == []  # the recorded commit, from the cache: nothing asked
     merged = json.loads((tmp_path / "out" / "merged" / "config.json").read_text())
     assert merged["model_type"] == "qwen3"

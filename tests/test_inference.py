@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import answer_of
 
 from toolkit.cli import main
 from toolkit.config import load_config
@@ -11,26 +12,6 @@ from toolkit.config import load_config
 pytestmark = pytest.mark.slow
 
 PROMPT = "What is 7 plus 7?"
-
-
-def answer_of(capsys, config, *flags) -> str:
-    assert (
-        main(
-            [
-                "inference",
-                str(config),
-                "--runtime",
-                "local",
-                "--prompt",
-                PROMPT,
-                "--max-new-tokens",
-                "12",
-                *flags,
-            ]
-        )
-        == 0
-    )
-    return capsys.readouterr().out
 
 
 def test_inference_answers_with_the_adapter_then_the_merged_model(
@@ -45,11 +26,11 @@ def test_inference_answers_with_the_adapter_then_the_merged_model(
     assert "nothing has been trained into output_dir" in capsys.readouterr().err
     assert main(["train", str(config), "--runtime", "local"]) == 0
     capsys.readouterr()
-    with_adapter = answer_of(capsys, config)
+    with_adapter = answer_of(capsys, config, prompt=PROMPT)
     assert main(["merge-lora", str(config), "--runtime", "local"]) == 0
     capsys.readouterr()
-    merged = answer_of(capsys, config)
-    assert merged == answer_of(capsys, config, "--model", "merged")
+    merged = answer_of(capsys, config, prompt=PROMPT)
+    assert merged == answer_of(capsys, config, "--model", "merged", prompt=PROMPT)
     assert with_adapter and merged == with_adapter
     # The untrained base answers otherwise: the trained weights are the ones used.
     tokenizer = AutoTokenizer.from_pretrained(load_config(config).config.output_dir)

@@ -95,14 +95,13 @@ class Entry:
 
 def entries() -> list[Entry]:
     """Everything toolkit keeps, with sizes."""
-    from toolkit.hub import hub_cache
-    from toolkit.images.matrix import CACHE_DIR
+    from toolkit.hub import repo_folder
+    from toolkit.images.lock import wheelhouse_root
     from toolkit.remote import cache_root
 
-    wheels = Path(os.environ["TOOLKIT_CACHE"]) if os.environ.get("TOOLKIT_CACHE") else CACHE_DIR
     out = []
     for kind, repo in _recalled("hub-fetched.json"):
-        folder = hub_cache() / f"{kind}s--{repo.replace('/', '--')}"
+        folder = repo_folder(kind, repo)
         if folder.is_dir():
             out.append(Entry("models", f"{kind} {repo}", folder, _size(folder)))
     for parent in map(Path, _recalled("prepared.json")):
@@ -115,7 +114,7 @@ def entries() -> list[Entry]:
     for kind, parent in (
         ("data", cache_root()),
         ("compile", root() / "compile"),
-        ("wheels", wheels / "wheelhouse"),
+        ("wheels", wheelhouse_root()),
     ):
         if parent.is_dir():
             out += [

@@ -74,7 +74,7 @@ class Pin:
     @property
     def folder(self) -> Path:
         """The repository's folder in the Hugging Face cache (what a container mounts)."""
-        return hub_cache() / f"{self.kind}s--{self.repo.replace('/', '--')}"
+        return repo_folder(self.kind, self.repo)
 
     @property
     def snapshot(self) -> Path:
@@ -93,6 +93,11 @@ def hub_cache() -> Path:
         os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface"
     )
     return Path(home).expanduser() / "hub"
+
+
+def repo_folder(kind: str, repo: str) -> Path:
+    """A repository's folder in the Hugging Face cache, as huggingface_hub lays it out."""
+    return hub_cache() / f"{kind}s--{repo.replace('/', '--')}"
 
 
 def endpoint() -> str:
@@ -133,11 +138,22 @@ def pins_json(pins: list[Pin] | tuple[Pin, ...]) -> str:
 
 
 def write_pins(output_dir: str | Path, pins: list[Pin]) -> None:
+    from toolkit.trainer.files import write_json_atomic
+
     path = Path(output_dir).expanduser() / ".toolkit" / PINS
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(pins_json(pins))
-    os.replace(tmp, path)
+    write_json_atomic(path, [asdict(p) for p in pins])
+
+
+def named_by_repo(config: dict, pins: list[Pin]) -> dict:
+    """A recorded config whose Hub datasets are named by their repository again, as the
+    user's config names them (the run recorded the snapshot folder it read)."""
+    datasets = [dict(d) for d in config.get("datasets") or []]
+    for pin in pins:
+        index = int(pin.key.split(".")[1]) if pin.kind == "dataset" else len(datasets)
+        if index < len(datasets):
+            datasets[index]["path"] = pin.repo
+    return {**config, "datasets": datasets}
 
 
 def fetch_all(cfg: Config, recorded: dict[str, Pin] | None = None, log=print) -> list[Pin]:
@@ -205,7 +221,7 @@ def fetch(
             f"{where}: has no .safetensors weights at {commit[:12]}; toolkit loads "
             "safetensors only (convert the .bin weights, or pick a revision that has them)"
         )
-    expected = hub_cache() / f"{kind}s--{repo.replace('/', '--')}" / "snapshots" / commit
+    expected = repo_folder(kind, repo) / "snapshots" / commit
     if Path(folder).resolve() != expected.resolve():
         raise HubUnreachable(f"{where}: fetched into {folder}, not the cache toolkit expects")
     return Pin(key, repo, kind, revision, commit, files)
@@ -214,7 +230,7 @@ def fetch(
 def _snapshot_files(kind: str, repo: str, commit: str) -> dict[str, str]:
     """A cached snapshot's files and their hashes: each is a link to a blob named by
     its hash (the LFS sha256, or the git blob id)."""
-    root = hub_cache() / f"{kind}s--{repo.replace('/', '--')}" / "snapshots" / commit
+    root = repo_folder(kind, repo) / "snapshots" / commit
     if not root.is_dir():
         return {}
     return {

@@ -17,6 +17,7 @@ from toolkit import cache
 from toolkit.config import Config, is_local_ref
 from toolkit.errors import UsageError
 from toolkit.outputs import RUN_LOCK_ENV
+from toolkit.publish import HOST_PUBLISHES
 from toolkit.runtime import Devices, Mount, RunSpec, Runtime
 from toolkit.trainer import trackers
 
@@ -149,7 +150,7 @@ def container_spec(
     if os.environ.get(RUN_LOCK_ENV):
         env[RUN_LOCK_ENV] = os.environ[RUN_LOCK_ENV]
     env.update(hub_environment())
-    env["TOOLKIT_HOST_PUBLISHES"] = "1"  # toolkit.publish: pushes go from the host
+    env[HOST_PUBLISHES] = "1"  # pushes go from the host (toolkit.publish)
     return RunSpec(
         image=image,
         command=command,
@@ -263,10 +264,7 @@ def choose_image(runtime: Runtime, image: str | None, variant: str | None) -> st
         )
     else:
         host = probe.gather(runtime)
-        # Variants whose image is already in the engine need no room to build or pull.
-        present = (
-            set(matrix) if image else {n for n, v in matrix.items() if docker.inspect_image(v.tag)}
-        )
+        present = set(matrix) if image else images.variants_here(docker, matrix)
         findings = doctor.host_checks(host, list(matrix.values()), variant, present)
         failed = [f for f in findings if f.status == Status.FAIL]
         if failed:

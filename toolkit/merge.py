@@ -49,7 +49,9 @@ def check_inputs(
         )
     recorded = run.get("config") or {}
     if hub_inputs:  # before the Hub datasets are fetched: compare them by repository
-        recorded = _hub_names(recorded, run.get("hub") or [])
+        from toolkit.hub import Pin, named_by_repo
+
+        recorded = named_by_repo(recorded, [Pin(**p) for p in run.get("hub") or []])
     differences = config_differences(recorded, loaded.config.model_dump(mode="json"))
     if differences and not allow_mismatch:
         shown = "; ".join(differences[:6]) + (
@@ -87,18 +89,6 @@ def already_merged(out: Path) -> bool:
         f"already merged: {out / 'merged'} holds this adapter ({fingerprint[:12]}); nothing to do"
     )
     return True
-
-
-def _hub_names(config: dict, pins: list[dict]) -> dict:
-    """A recorded config with each Hub dataset's snapshot folder named by its repository
-    again, as the user's config names it."""
-    datasets = [dict(d) for d in config.get("datasets") or []]
-    for pin in pins:
-        if pin.get("kind") == "dataset":
-            index = int(pin["key"].split(".")[1])
-            if index < len(datasets):
-                datasets[index]["path"] = pin["repo"]
-    return {**config, "datasets": datasets}
 
 
 def merge_lora(loaded: LoadedConfig, allow_mismatch: bool = False) -> Path:

@@ -79,12 +79,11 @@ def push(cfg: Config, folder: Path, repo_id: str, what: str) -> dict:
         "commit": info.oid,
         "url": f"{endpoint()}/{repo_id}",
     }
+    from toolkit.trainer.files import write_json_atomic
+
     run_json = Path(cfg.output_dir) / "run.json"
     run = json.loads(run_json.read_text())
-    run["pushed"] = [*(run.get("pushed") or []), record]
-    tmp = run_json.with_suffix(".tmp")
-    tmp.write_text(json.dumps(run, indent=2))
-    os.replace(tmp, run_json)
+    write_json_atomic(run_json, {**run, "pushed": [*(run.get("pushed") or []), record]})
     print(f"pushed: {what} to {record['url']} at {record['commit'][:12]}")
     return record
 

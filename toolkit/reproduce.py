@@ -66,14 +66,12 @@ def _pin_hub_inputs(run: dict, config: dict, out: Path) -> list[str]:
     """The run's Hub inputs at the commits it trained (run.json's `hub`): the rerun's
     output_dir starts with those pins, so the rerun fetches (if the cache lost them) and
     trains exactly those commits, wherever the branches are now."""
-    from toolkit.hub import Pin, write_pins
+    from toolkit.hub import Pin, named_by_repo, write_pins
 
     pins = [Pin(**p) for p in run.get("hub") or []]
     if not pins:
         return []
-    for pin in pins:
-        if pin.kind == "dataset":  # the config recorded the snapshot folder: name the repo
-            config["datasets"][int(pin.key.split(".")[1])]["path"] = pin.repo
+    config.update(named_by_repo(config, pins))
     write_pins(out, pins)
     return [
         f"hub: {pin.repo} at {pin.commit[:12]}, the run's commit"

@@ -73,17 +73,13 @@ def doctor(as_json, variant) -> int:
     if in_container():
         findings = checks.container_checks()
     else:
-        from toolkit.images import load_matrix
+        from toolkit.images import load_matrix, variants_here
         from toolkit.probe import gather
 
         runtime = common.new_runtime()
         matrix = load_matrix()
         docker = runtime.docker()
-        present = (
-            {n for n, v in matrix.items() if docker.inspect_image(v.tag)}
-            if docker.server_version()
-            else set()
-        )
+        present = variants_here(docker, matrix) if docker.server_version() else set()
         findings = checks.host_checks(gather(runtime), list(matrix.values()), variant, present)
     return report(findings, as_json)
 

@@ -17,7 +17,13 @@ One module per job: matrix.py (the variants as data, where the files live), rend
 verify.py (an image against its lock), registry.py (pushes and their record).
 """
 
-from toolkit.images.build import BuildOptions, build_image, ensure_image, resolve_base
+from toolkit.images.build import (
+    BuildOptions,
+    build_image,
+    ensure_image,
+    resolve_base,
+    variants_here,
+)
 from toolkit.images.lock import fill_wheelhouse, lock_variant, wheelhouse_dir
 from toolkit.images.matrix import (
     CACHE_DIR,
@@ -58,6 +64,7 @@ __all__ = [
     "resolve_base",
     "say",
     "source_sha256",
+    "variants_here",
     "verify_image",
     "wheelhouse_dir",
 ]

@@ -36,6 +36,11 @@ class BuildOptions:
     tag: str | None = None  # tag the result so, not with the variant's tag
 
 
+def variants_here(docker, matrix: dict[str, Variant]) -> set[str]:
+    """The variants whose image is already in the engine (no room needed to build it)."""
+    return {name for name, variant in matrix.items() if docker.inspect_image(variant.tag)}
+
+
 def ensure_image(variant: Variant, runtime: Runtime) -> str:
     """Return the variant's tag, building it first if missing or built from other source."""
     docker = runtime.docker()

@@ -15,8 +15,13 @@ from toolkit.images.matrix import CACHE_DIR, Variant, say
 from toolkit.runtime import Runtime
 
 
+def wheelhouse_root() -> Path:
+    """Where the wheelhouses are (TOOLKIT_CACHE, read now: tests set it late)."""
+    return Path(os.environ.get("TOOLKIT_CACHE") or CACHE_DIR) / "wheelhouse"
+
+
 def wheelhouse_dir(variant: Variant) -> Path:
-    return CACHE_DIR / "wheelhouse" / f"{variant.name}-{variant.lock_sha256[:12]}"
+    return wheelhouse_root() / f"{variant.name}-{variant.lock_sha256[:12]}"
 
 
 def fill_wheelhouse(variant: Variant, runtime: Runtime) -> Path:

@@ -60,7 +60,7 @@ def make_written_readable(root: str | Path, before: Snapshot) -> None:
     )
 
 
-def write_json_atomic(path: str | Path, data: dict) -> None:
+def write_json_atomic(path: str | Path, data: dict | list) -> None:
     """Write JSON so that readers see the old file or the new one, never half of one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
