@@ -207,3 +207,16 @@ def test_generation_with_a_cache_matches_sdpa(tiny_models, tmp_path):
     # A model saved after such a training names no attention toolkit registered.
     varlen.save_pretrained(tmp_path)
     assert "toolkit_varlen" not in json.dumps(json.loads((tmp_path / "config.json").read_text()))
+
+
+def test_a_model_with_sliding_windows_is_told_what_to_change(tiny_models):
+    import torch
+
+    from toolkit.errors import UsageError
+    from toolkit.trainer.attention import varlen_attention
+
+    q = torch.zeros(1, 4, 8, 16)
+    kv = torch.zeros(1, 2, 8, 16)
+    for extra in ({"sliding_window": 4}, {"dropout": 0.1}):
+        with pytest.raises(UsageError, match="set sample_packing: false"):
+            varlen_attention(None, q, kv, kv, None, **extra)

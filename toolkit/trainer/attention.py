@@ -18,6 +18,7 @@ from itertools import pairwise
 from typing import Any
 
 from toolkit.compat import VARLEN
+from toolkit.errors import UsageError
 
 
 def register() -> None:
@@ -61,10 +62,12 @@ def varlen_attention(
     passes, and with causal attention no real token sees the padding after it."""
     import torch
 
-    if dropout:
-        raise ValueError("toolkit_varlen: attention dropout is not supported (Qwen3 uses 0)")
-    if sliding_window is not None:
-        raise ValueError("toolkit_varlen: sliding-window attention is not supported")
+    if dropout or sliding_window is not None:
+        what = "attention dropout" if dropout else "sliding-window attention"
+        raise UsageError(
+            f"this model uses {what}, which packed rows' varlen attention does not run; "
+            "set sample_packing: false, or attn_implementation: eager (a dense mask)"
+        )
     if attention_mask is not None and attention_mask.dim() == 2 and not attention_mask[:, 0].all():
         raise ValueError("toolkit_varlen: left-padded batches are not supported")
     batch, heads, length, dim = query.shape
