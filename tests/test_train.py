@@ -56,13 +56,21 @@ def test_lora_trains_and_writes_what_it_promises(lora_run):
     assert "step 12/12 loss" in log and "tokens/s" in log
 
 
-def test_saved_tokenizer_carries_the_trained_chat_template(lora_run):
+def test_saved_tokenizer_carries_the_trained_chat_template(tiny_model_dir, write_config):
+    """The tiny tokenizer ships qwen3's template, so the run trains with another
+    (chatml): the saved tokenizer must carry the one training used, not the base's."""
     from transformers import AutoTokenizer
 
     from toolkit.templates import template_text
 
-    _, out = lora_run
-    assert AutoTokenizer.from_pretrained(out).chat_template == template_text("qwen3")
+    assert AutoTokenizer.from_pretrained(tiny_model_dir).chat_template == template_text("qwen3")
+    loaded = load_config(
+        write_config(
+            {**FAST, "max_steps": 2, "base_model": str(tiny_model_dir), "chat_template": "chatml"}
+        )
+    )
+    saved = AutoTokenizer.from_pretrained(train(loaded)).chat_template
+    assert saved == template_text("chatml") != template_text("qwen3")
 
 
 def test_merge_matches_adapter_logits_and_is_idempotent(lora_run, capsys):
