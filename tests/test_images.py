@@ -1,5 +1,5 @@
-"""Image specs: each variant's rendered Dockerfile compared whole, linted, and the
-per-vendor container flags."""
+"""Image specs: each variant's rendered Dockerfile compared whole, linted, the per-vendor
+container flags, and an image's identity (one tag per source, labels, what a build leaves)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,23 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from fakes import FakeRuntime
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from toolkit.images import load_matrix, render_dockerfile
+from toolkit.errors import UsageError
+from toolkit.images import (
+    BuildOptions,
+    build_image,
+    ensure_image,
+    get_variant,
+    load_matrix,
+    render_dockerfile,
+)
+from toolkit.images import build as build_module
+from toolkit.images.matrix import REPO_ROOT, source_files, source_sha256
 from toolkit.launch import device_flags
+from toolkit.runtime import Result
 
 GOLDEN = Path(__file__).parent / "golden"
 VARIANTS = sorted(load_matrix())
@@ -150,3 +164,272 @@ def test_the_cu130_image_carries_flash_attention_4_with_one_cuda_flavour():
 )
 def test_device_flags(accelerator, gpus, gids, flags):
     assert device_flags(accelerator, gpus, gids).flags() == flags
+
+
+# ---------------------------------------------------------------------------
+# one image identity per source
+
+# What never goes into an image, whatever folder holds the package: bytecode, hidden
+# files, egg-info, files of other kinds, and the data a wheel maps in (_images/, _examples/).
+NOISE = {
+    "__pycache__/a.cpython-311.pyc": b"\x00bytecode",
+    "cli/__pycache__/b.cpython-311.pyc": b"\x00",
+    ".mypy_cache/x.json": b"{}",
+    ".hidden.py": b"x = 1\n",
+    "qwen_posttrain.egg-info/top_level.py": b"toolkit\n",
+    "notes.txt": b"scratch\n",
+    "_images/matrix.yaml": b"variants: {}\n",
+    "_images/pushed.json": b"{}\n",
+    "_examples/demo.yaml": b"base_model: x\n",
+}
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+names = st.sampled_from(["a.py", "b.py", "c.json", "d.yaml", "e.jinja", "cli/f.py", "x/y/g.py"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(names, st.binary(max_size=64), min_size=1), st.data())
+def test_source_hash_is_the_copied_content_only(files, data):
+    """Two folders with the same files hash alike whatever else lies there; any change of
+    a copied file's content or path gives another hash."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as two:
+        first = write_tree(Path(one) / "toolkit", files)
+        second = write_tree(Path(two) / "site-packages" / "toolkit", {**files, **NOISE})
+        assert [r for r, _ in source_files(second)] == sorted(files)
+        assert source_sha256(first) == source_sha256(second)
+
+        rel = data.draw(st.sampled_from(sorted(files)))
+        (second / rel).write_bytes(files[rel] + b"\n")
+        assert source_sha256(second) != source_sha256(first)
+        (second / rel).write_bytes(files[rel])
+        moved = second / ("moved/" + rel)
+        moved.parent.mkdir(parents=True, exist_ok=True)
+        (second / rel).rename(moved)
+        assert source_sha256(second) != source_sha256(first)
+
+
+def test_bytes_moved_between_files_change_the_hash(tmp_path):
+    one = write_tree(tmp_path / "one", {"a.py": b"xy", "b.py": b""})
+    two = write_tree(tmp_path / "two", {"a.py": b"x", "b.py": b"y"})
+    assert source_sha256(one) != source_sha256(two)
+
+
+def test_links_are_not_followed_into_the_image(tmp_path):
+    secret = write_tree(tmp_path / "outside", {"secret.py": b"TOKEN = 'x'\n"})
+    package = write_tree(tmp_path / "toolkit", {"a.py": b"a = 1\n"})
+    before = source_sha256(package)
+    (package / "linked.py").symlink_to(secret / "secret.py")
+    (package / "folder").symlink_to(secret, target_is_directory=True)
+    assert [rel for rel, _ in source_files(package)] == ["a.py"]
+    assert source_sha256(package) == before
+
+
+def test_the_tag_follows_the_dockerfile_and_never_the_time(monkeypatch):
+    variant = get_variant("cpu")
+    source = source_sha256()
+    before = variant.tag_for(source)
+    assert before.startswith("toolkit:cpu-") and variant.tag == before
+    assert variant.tag_for("0" * 64) != before
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert variant.tag_for(source) == before
+    monkeypatch.setattr("toolkit.images.render.render_dockerfile", lambda v: "FROM scratch\n")
+    assert variant.tag_for(source) != before
+
+
+def scripted_engine(present: dict, buildkit: bool, git: dict | None = None):
+    """A FakeRuntime whose engine has `present` (tag -> inspect answer); a build records
+    its context and arguments and tags an image labelled as the Dockerfile would."""
+    import json
+
+    built: dict = {}
+
+    def inspect(argv):
+        info = present.get(argv[-1])
+        return Result(0, json.dumps([info])) if info is not None else Result(1)
+
+    def build(argv):
+        tag = argv[argv.index("--tag") + 1]
+        args = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--build-arg")
+        context = Path(argv[-1])
+        built.update(
+            tag=tag,
+            args=args,
+            files=sorted(
+                p.relative_to(context / "src" / "toolkit").as_posix()
+                for p in (context / "src" / "toolkit").rglob("*")
+                if p.is_file()
+            ),
+            staged=source_sha256(context / "src" / "toolkit"),
+            modes={oct(p.stat().st_mode & 0o777) for p in (context / "src").rglob("*")},
+            others=sorted(p.name for p in (context / "src").iterdir()),
+        )
+        labels = {"io.toolkit.source-sha256": args["SOURCE_SHA256"]}
+        present[tag] = {"Id": f"sha256:{len(present)}", "Config": {"Labels": labels}}
+        return Result(0)
+
+    def answer_git(argv):
+        key = " ".join(argv[3:])
+        return Result(0, (git or {})[key]) if key in (git or {}) else Result(128, "", "not git")
+
+    fake = FakeRuntime(
+        script=[
+            (("docker", "version"), Result(0, "27.5.1\n")),
+            (("docker", "image", "inspect"), inspect),
+            (("docker", "buildx"), Result(0 if buildkit else 1)),
+            (("docker", "build"), build),
+            (("git",), answer_git),
+        ]
+    )
+    return fake, built
+
+
+@pytest.fixture
+def wheels(tmp_path) -> Path:
+    house = tmp_path / "wheels"
+    house.mkdir()
+    (house / "x-1-py3-none-any.whl").write_bytes(b"wheel")
+    return house
+
+
+def builds(fake) -> list:
+    return [c for c in fake.calls if c[:2] == ["docker", "build"]]
+
+
+def test_an_unchanged_source_is_never_rebuilt(wheels, capsys):
+    """The tag of this source is here: `images build` and every run reuse it; only
+    --no-cache builds again."""
+    variant = get_variant("cpu")
+    labels = {"io.toolkit.source-sha256": source_sha256()}
+    present = {
+        variant.base_ref: {"Id": "sha256:base"},
+        variant.tag: {"Id": "sha256:img", "Config": {"Labels": labels}},
+    }
+    fake, _ = scripted_engine(present, buildkit=False)
+    assert build_image(variant, fake, BuildOptions(wheelhouse=wheels)) == variant.tag
+    assert ensure_image(variant, fake) == variant.tag
+    assert builds(fake) == []
+    assert not any(c[:3] == ["docker", "image", "rm"] for c in fake.calls)
+    assert f"{variant.tag} is built from this source already" in capsys.readouterr().err
+    assert build_image(variant, fake, BuildOptions(wheelhouse=wheels, no_cache=True))
+    assert len(builds(fake)) == 1
+
+
+def test_a_source_whose_tag_is_missing_is_built_once(wheels, monkeypatch):
+    variant = get_variant("cpu")
+    monkeypatch.setattr(build_module, "fill_wheelhouse", lambda v, r: wheels)
+    fake, built = scripted_engine({variant.base_ref: {"Id": "sha256:base"}}, buildkit=True)
+    assert ensure_image(variant, fake) == variant.tag
+    assert ensure_image(variant, fake) == variant.tag
+    assert len(builds(fake)) == 1
+
+
+def test_the_build_copies_exactly_what_its_tag_hashes(wheels):
+    variant = get_variant("cpu")
+    fake, built = scripted_engine({variant.base_ref: {"Id": "sha256:base"}}, buildkit=True)
+    old_umask = os.umask(0o077)  # a private umask: the image's modes must not follow it
+    try:
+        assert build_image(variant, fake, BuildOptions(wheelhouse=wheels)) == variant.tag
+    finally:
+        os.umask(old_umask)
+    assert built["files"] == [rel for rel, _ in source_files()]
+    assert built["others"] == ["toolkit"]  # no pyproject, no images/: not in the hash
+    assert built["modes"] == {"0o644", "0o755"}  # any container user reads them
+    assert built["args"]["SOURCE_SHA256"] == built["staged"] == source_sha256()
+    assert built["tag"] == variant.tag_for(built["staged"])
+
+
+GIT_TOP = {"rev-parse --show-toplevel": f"{REPO_ROOT}\n", "rev-parse HEAD": "abc123\n"}
+STATUS = "status --porcelain --untracked-files=all -- toolkit images"
+
+
+@pytest.mark.parametrize(
+    "checkout, git, revision",
+    [
+        (True, {**GIT_TOP, STATUS: ""}, "abc123"),
+        (True, {**GIT_TOP, STATUS: " M toolkit/doctor.py\n"}, "abc123-dirty"),
+        (True, {**GIT_TOP, STATUS: "?? toolkit/new.py\n"}, "abc123-dirty"),
+        # A venv inside another project's work tree: that project's commit is not ours.
+        (True, {**GIT_TOP, "rev-parse --show-toplevel": "/elsewhere\n", STATUS: ""}, None),
+        (True, {}, None),  # a source tree without git
+        (False, {**GIT_TOP, STATUS: ""}, None),  # a wheel
+    ],
+)
+def test_labels_name_the_revision_or_version_and_the_real_time(
+    wheels, monkeypatch, checkout, git, revision
+):
+    import calendar
+    import time
+    from importlib.metadata import version
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    monkeypatch.setattr(build_module, "CHECKOUT", checkout)
+    variant = get_variant("cpu")
+    fake, built = scripted_engine({variant.base_ref: {"Id": "sha256:b"}}, True, git)
+    before = time.time()
+    build_image(variant, fake, BuildOptions(wheelhouse=wheels))
+    args = built["args"]
+    assert args["REVISION"] == (revision or f"qwen-posttrain=={version('qwen-posttrain')}")
+    created = calendar.timegm(time.strptime(args["CREATED"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert before - 1 <= created <= time.time() + 1
+
+
+def test_source_date_epoch_dates_the_image_and_is_checked(wheels, monkeypatch):
+    variant = get_variant("cpu")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    fake, built = scripted_engine({variant.base_ref: {"Id": "sha256:b"}}, buildkit=True)
+    assert build_image(variant, fake, BuildOptions(wheelhouse=wheels)) == variant.tag
+    assert built["args"]["CREATED"] == "2023-11-14T22:13:20Z"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    fake, _ = scripted_engine({variant.base_ref: {"Id": "sha256:b"}}, buildkit=True)
+    with pytest.raises(UsageError) as exc:
+        build_image(variant, fake, BuildOptions(wheelhouse=wheels, no_cache=True))
+    assert str(exc.value) == (
+        "SOURCE_DATE_EPOCH='yesterday': expected whole seconds since 1970 (e.g. "
+        "`git log -1 --format=%ct`); unset it to date the image now"
+    )
+
+
+@pytest.mark.parametrize("buildkit", [False, True])
+def test_builder_stages_this_build_replaced_are_removed(wheels, buildkit):
+    """The classic builder keeps the deps stage as an untagged image: after a build the
+    variant's older ones of this lock go (prune: untagged, unused by any container); this
+    build's stays as the cache. BuildKit keeps no stage image, so there is nothing to do."""
+    variant = get_variant("cpu")
+    old = {"Id": "sha256:old", "Config": {"Labels": {}}}
+    present = {variant.base_ref: {"Id": "sha256:b"}, variant.tag: old}
+    fake, built = scripted_engine(present, buildkit)
+    assert build_image(variant, fake, BuildOptions(wheelhouse=wheels)) == variant.tag
+    prunes = [c for c in fake.calls if c[:3] == ["docker", "image", "prune"]]
+    if buildkit:
+        assert prunes == []
+    else:
+        assert prunes == [
+            [
+                "docker", "image", "prune", "--force",
+                "--filter", "label=io.toolkit.stage=deps",
+                "--filter", "label=io.toolkit.variant=cpu",
+                "--filter", f"label=io.toolkit.lock-sha256={variant.lock_sha256}",
+                "--filter", f"label!=io.toolkit.build={built['args']['BUILD_ID']}",
+            ]
+        ]  # fmt: skip
+    # The image the tag named before (hand-made, other labels): removed, never forced.
+    assert fake.calls[-1] == ["docker", "image", "rm", "sha256:old"]
+
+
+def test_each_build_has_its_own_builder_stage_id(wheels):
+    variant = get_variant("cpu")
+    ids = set()
+    for _ in range(2):
+        fake, built = scripted_engine({variant.base_ref: {"Id": "sha256:b"}}, buildkit=False)
+        build_image(variant, fake, BuildOptions(wheelhouse=wheels))
+        ids.add(built["args"]["BUILD_ID"])
+    assert len(ids) == 2 and all(len(i) == 32 for i in ids)

@@ -1,10 +1,9 @@
 """The image matrix (images/matrix.yaml) and building its variants.
 
-A variant's tag is derived from its lock: `toolkit:{variant}-{sha256(lock)[:12]}`,
-so the same lock gives the same tag. The image also records the hash of
-toolkit's own source in a label; `ensure_image` rebuilds (a cached, code-only
-rebuild) when the checkout's source differs, so the container never runs stale
-code.
+A variant's tag is its identity: `toolkit:{variant}-{sha256(lock, rendered
+Dockerfile, toolkit source)[:12]}`, computed alike from a checkout and a wheel (the
+source is the content of what the build copies in), so one source never rebuilds and
+two sources never share a tag. `ensure_image` builds only when that tag is missing.
 
 Air-gapped hosts: when the base cannot be pulled, the build falls back, out
 loud, to a base made from Debian's archive (debootstrap, then `docker import`).

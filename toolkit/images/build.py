@@ -1,5 +1,12 @@
 """Building a variant: the base (pulled, given, or made from Debian's archive), the
-build context, the build itself; `ensure_image` rebuilds a stale image."""
+build context, the build itself and what it leaves behind; `ensure_image` builds an image
+only when none of its tag is here.
+
+The tag is the variant's identity (matrix.Variant.image_sha256): its lock, its rendered
+Dockerfile and the content of the toolkit source the build copies in. A checkout and a
+wheel of one source compute one tag and share the image; two sources get two tags, so
+neither rebuilds over the other. The labels say where the image came from (version,
+revision, creation time) and do not enter the tag."""
 
 from __future__ import annotations
 
@@ -7,15 +14,19 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.errors import RuntimeFailure, UsageError
 from toolkit.images.lock import fill_wheelhouse
 from toolkit.images.matrix import (
+    CHECKOUT,
+    PACKAGE_DIR,
     REPO_ROOT,
     Variant,
     say,
+    source_files,
     source_sha256,
 )
 from toolkit.images.render import render_dockerfile
@@ -41,45 +52,64 @@ def variants_here(docker, matrix: dict[str, Variant]) -> set[str]:
     return {name for name, variant in matrix.items() if docker.inspect_image(variant.tag)}
 
 
+def _current(docker: Docker, tag: str, source: str) -> bool:
+    """Whether `tag` names an image built from `source` (its label says so)."""
+    info = docker.inspect_image(tag)
+    return info is not None and info.labels.get("io.toolkit.source-sha256") == source
+
+
 def ensure_image(variant: Variant, runtime: Runtime) -> str:
-    """Return the variant's tag, building it first if missing or built from other source."""
+    """Return the variant's tag for the running toolkit's source, building the image only
+    when no image of that tag (built from this source) is here."""
     docker = runtime.docker()
-    info = docker.inspect_image(variant.tag)
-    if info is not None:
-        if info.labels.get("io.toolkit.source-sha256") == source_sha256():
-            return variant.tag
-        say(
-            f"image {variant.tag} was built from other toolkit source; rebuilding "
-            "(only the source layer changes)"
-        )
+    tag = variant.tag
+    if _current(docker, tag, source_sha256()):
+        return tag
+    if docker.inspect_image(tag) is not None:
+        # The tag is the source's hash, so only a hand-made image (`images build --tag`)
+        # can carry it with other content.
+        say(f"image {tag} was built from other toolkit source; rebuilding it")
     else:
-        say(f"image {variant.tag} not found; building it (toolkit images build {variant.name})")
+        say(f"image {tag} not found; building it (toolkit images build {variant.name})")
     return build_image(variant, runtime, BuildOptions())
 
 
 def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
+    """Build the variant's image from the running toolkit's source and return its tag;
+    nothing to do when that tag is here already (unless --no-cache, --tag or a base is
+    asked for). Afterwards the image the tag named before and the builder stages this
+    build replaced are removed, each only if no container uses it."""
     docker = runtime.docker()
     docker.require()
     if opts.online and opts.wheelhouse:
         raise UsageError("--online and --wheelhouse exclude each other; pick one source of wheels")
+    as_asked = not (opts.no_cache or opts.tag or opts.base or opts.local_base)
+    if as_asked and _current(docker, variant.tag, source_sha256()):
+        say(f"{variant.tag} is built from this source already; --no-cache builds it again")
+        return variant.tag
     base = resolve_base(variant, docker, opts)
     base_info = docker.inspect_image(base)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="toolkit-build-") as tmp:
         context = Path(tmp)
         pip_source = _stage_context(variant, context, opts, runtime)
+        # The hash of what was staged, not of the source now: an edit during the build
+        # gets its own tag next time rather than this one.
+        source = source_sha256(context / "src" / "toolkit")
         env, note = docker.buildkit_env()
         if note:
             say(note)
+        build_id = uuid.uuid4().hex
         args = {
             "BASE_IMAGE": base,
             "PIP_SOURCE": pip_source,
             "BASE_ID": base_info.id if base_info else "",
-            "SOURCE_SHA256": source_sha256(),
-            "REVISION": _git(runtime, "rev-parse", "HEAD") or "unknown",
-            "CREATED": _created(runtime),
+            "SOURCE_SHA256": source,
+            "REVISION": _revision(runtime),
+            "CREATED": _created(),
+            "BUILD_ID": build_id,
         }
-        tag = opts.tag or variant.tag
+        tag = opts.tag or variant.tag_for(source)
         replaced = docker.inspect_image(tag)
         say(f"building {tag} from {base}")
         res = docker.build(str(context), tag, args, env, no_cache=opts.no_cache)
@@ -89,6 +119,8 @@ def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
             "build log above shows the failing step"
         )
     say(f"built {tag} in {time.monotonic() - started:.0f} s")
+    if env.get("DOCKER_BUILDKIT") == "0":
+        _remove_builder_stages(variant, runtime, build_id)
     if replaced is not None:
         # The image the tag named before: untagged now and of no use; removed unless a
         # container still uses it (never forced), so rebuilds do not fill Docker's disk.
@@ -103,14 +135,16 @@ def _stage_context(variant: Variant, context: Path, opts: BuildOptions, runtime:
     (context / "Dockerfile").write_text(render_dockerfile(variant))
     shutil.copy(variant.lock, context / "lock.txt")
     (context / "ca-bundle.crt").write_bytes(opts.ca_bundle.read_bytes() if opts.ca_bundle else b"")
+    # Exactly the files the tag hashes, so the image holds what its tag says; modes fixed
+    # (COPY keeps them, the hash does not see them, and any container user reads them).
     src = context / "src"
-    shutil.copytree(
-        REPO_ROOT / "toolkit",
-        src / "toolkit",
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-    )
-    if (REPO_ROOT / "pyproject.toml").is_file():
-        shutil.copy(REPO_ROOT / "pyproject.toml", src / "pyproject.toml")
+    for rel, path in source_files(PACKAGE_DIR):
+        target = src / "toolkit" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        target.chmod(0o644)
+    for folder in [src, *(p for p in src.rglob("*") if p.is_dir())]:
+        folder.chmod(0o755)
     wheels = context / "wheels"
     wheels.mkdir()
     if opts.online:
@@ -220,12 +254,67 @@ def make_local_base(variant: Variant, docker: Docker) -> str:
     return tag
 
 
-def _git(runtime: Runtime, *args: str) -> str:
+def _remove_builder_stages(variant: Variant, runtime: Runtime, build_id: str) -> None:
+    """Remove the untagged builder stages (the classic builder keeps each) of this variant
+    and lock that this build replaced; the one it made stays, as the next build's cache.
+    `docker image prune` removes untagged images only, never one a container uses. Other
+    locks' stages stay for the checkouts that use them (`toolkit cache` prunes those)."""
+    if runtime.which("docker") is None:  # the API alone builds; the CLI only tidies
+        return
+    argv = ["docker", "image", "prune", "--force"]
+    for condition in (
+        "label=io.toolkit.stage=deps",
+        f"label=io.toolkit.variant={variant.name}",
+        f"label=io.toolkit.lock-sha256={variant.lock_sha256}",
+        f"label!=io.toolkit.build={build_id}",
+    ):
+        argv += ["--filter", condition]
+    runtime.run(argv, timeout=300)
+
+
+def _git(runtime: Runtime, *args: str) -> str | None:
     res = runtime.run(["git", "-C", str(REPO_ROOT), *args], timeout=30)
-    return res.stdout.strip() if res.ok else ""
+    return res.stdout.strip() if res.ok else None
 
 
-def _created(runtime: Runtime) -> str:
-    """Build time for the label: SOURCE_DATE_EPOCH when set, else the last commit's time."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH") or _git(runtime, "log", "-1", "--format=%ct")
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch or 0)))
+def _revision(runtime: Runtime) -> str:
+    """The revision label: the checkout's commit, `-dirty` when toolkit/ or images/ differ
+    from it; else (a wheel, or no git) the installed distribution's version."""
+    if CHECKOUT:
+        # Only this checkout's own repository: a venv inside another project's work tree
+        # must not label the image with that project's commit.
+        top = _git(runtime, "rev-parse", "--show-toplevel")
+        rev = _git(runtime, "rev-parse", "HEAD")
+        dirty = _git(
+            runtime, "status", "--porcelain", "--untracked-files=all", "--", "toolkit", "images"
+        )
+        if top and rev and dirty is not None and Path(top).resolve() == REPO_ROOT:
+            return f"{rev}-dirty" if dirty else rev
+    return f"qwen-posttrain=={_distribution_version()}"
+
+
+def _distribution_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from toolkit import __version__
+
+    try:
+        return version("qwen-posttrain")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return __version__
+
+
+def _created() -> str:
+    """The creation-time label: now, or SOURCE_DATE_EPOCH when set (a reproducible build
+    asks for a fixed time). Never part of the tag."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch is None:
+        moment = time.time()
+    elif epoch.isdigit():
+        moment = int(epoch)
+    else:
+        raise UsageError(
+            f"SOURCE_DATE_EPOCH={epoch!r}: expected whole seconds since 1970 (e.g. "
+            "`git log -1 --format=%ct`); unset it to date the image now"
+        )
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))

@@ -1,5 +1,6 @@
 """The matrix as data: images/matrix.yaml's variants, where the files live (a checkout
-or an installed wheel), and the hash of the source an image is built from."""
+or an installed wheel), and an image's identity: what goes into it, hashed the same way
+from a checkout and from a wheel, so one source has one tag and two sources never share one."""
 
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from toolkit.errors import UsageError
 if TYPE_CHECKING:
     from toolkit.compat import VariantFacts
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # toolkit/, in a checkout or site-packages
+REPO_ROOT = PACKAGE_DIR.parent
 # A checkout keeps the matrix, the locks and the Dockerfile template in images/ and its
 # caches in .cache/; an installed wheel has them as toolkit/_images and caches in the
 # user's cache folder (XDG).
 CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "images").is_dir()
-IMAGES_DIR = REPO_ROOT / "images" if CHECKOUT else Path(__file__).resolve().parents[1] / "_images"
+IMAGES_DIR = REPO_ROOT / "images" if CHECKOUT else PACKAGE_DIR / "_images"
 USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "toolkit"
 CACHE_DIR = Path(
     os.environ.get("TOOLKIT_CACHE") or (REPO_ROOT / ".cache" if CHECKOUT else USER_CACHE)
@@ -71,9 +73,25 @@ class Variant:
         """Whether the lock pins every package (then pip installs it with --no-deps)."""
         return "--hash=" in self.lock.read_text()
 
+    def image_sha256(self, source: str) -> str:
+        """The identity of the variant's image built from toolkit source `source` (a
+        source_sha256): its lock, its rendered Dockerfile and that source. No time, path
+        or revision enters it, so a checkout and a wheel of one source agree."""
+        from toolkit.images.render import render_dockerfile
+
+        h = hashlib.sha256()
+        for part in (self.lock.read_bytes(), render_dockerfile(self).encode(), source.encode()):
+            h.update(hashlib.sha256(part).digest())
+        return h.hexdigest()
+
+    def tag_for(self, source: str) -> str:
+        """The tag of the variant's image built from toolkit source `source`."""
+        return f"toolkit:{self.name}-{self.image_sha256(source)[:12]}"
+
     @property
     def tag(self) -> str:
-        return f"toolkit:{self.name}-{self.lock_sha256[:12]}"
+        """The tag of the variant's image built from the toolkit that is running."""
+        return self.tag_for(source_sha256())
 
     @property
     def base_ref(self) -> str:
@@ -140,20 +158,41 @@ def get_variant(name: str) -> Variant:
     return matrix[name]
 
 
-def source_sha256(root: Path = REPO_ROOT) -> str:
-    """A hash of what goes into the image besides the lock: toolkit's package,
-    pyproject and the Dockerfile template (an image built from other ones is stale)."""
+# What `COPY src/` puts in the image: toolkit's package as a wheel installs it (its
+# modules and pyproject's package-data), chosen by suffix so a checkout and a wheel pick
+# the same files. A top-level `_name/` folder is what a wheel maps in from outside the
+# package (images/ as _images/, configs/ as _examples/): the host's, not the image's.
+SOURCE_SUFFIXES = frozenset({".py", ".json", ".yaml", ".jinja"})
+
+
+def source_files(package: Path = PACKAGE_DIR) -> list[tuple[str, Path]]:
+    """(path relative to `package`, POSIX-style; the file) of what goes into the image,
+    sorted by that path: no caches, bytecode, hidden files, egg-info, links or mapped-in
+    data."""
+    out = []
+    for path in package.rglob("*"):
+        rel = path.relative_to(package)
+        mapped_in = len(rel.parts) > 1 and rel.parts[0].startswith("_")
+        skipped = mapped_in or any(
+            part.startswith(".") or part == "__pycache__" or part.endswith(".egg-info")
+            for part in rel.parts
+        )
+        # Never through a link: a wheel holds none, and one may point anywhere.
+        if not skipped and path.suffix in SOURCE_SUFFIXES and _plain_file(path):
+            out.append((rel.as_posix(), path))
+    return sorted(out)
+
+
+def _plain_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
+def source_sha256(package: Path = PACKAGE_DIR) -> str:
+    """The hash of source_files(package): each file's relative path and bytes."""
     h = hashlib.sha256()
-    files = sorted(
-        p for p in (root / "toolkit").rglob("*") if p.is_file() and "__pycache__" not in p.parts
-    )
-    extra = [
-        p
-        for p in (root / "pyproject.toml", IMAGES_DIR / "Dockerfile.in")
-        if p.is_file() and p not in files
-    ]
-    for path in [*extra, *files]:
-        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for rel, path in source_files(package):
+        data = path.read_bytes()
+        h.update(f"{rel}\0{len(data)}\0".encode() + data)
     return h.hexdigest()
 
 

@@ -30,6 +30,7 @@ def render_dockerfile(variant: Variant) -> str:
         "@PIP_DEPS@": "--no-deps --require-hashes " if variant.lock_complete else "",
         "@ACCEL_ENV@": accel_env,
         "@VERSION@": __version__,
+        "@LOCK_SHA256@": variant.lock_sha256,
         "@LABELS@": " \\\n".join(f'      {k}="{v}"' for k, v in labels.items()),
         "@PRUNE@": " ".join(f"{site}/{glob}" for glob in variant.prune),
     }
