@@ -137,6 +137,6 @@ def test_a_store_without_its_package_says_what_to_install(monkeypatch):
     with pytest.raises(
         UsageError,
         match=r"gs:// needs gcsfs, which is not installed; pip "
-        r"install 'toolkit\[remote\]'",
+        r"install 'qwen-posttrain\[remote\]'",
     ):
         fetch("gs://bucket/chat.jsonl", None, "datasets[0]", log=print)

@@ -22,6 +22,7 @@ import click
 from toolkit import __version__
 from toolkit.cli.cache import cache
 from toolkit.cli.common import environment_error
+from toolkit.cli.examples import examples
 from toolkit.cli.images import images
 from toolkit.cli.inspect import compare, doctor, reproduce, validate
 from toolkit.cli.launch import launch
@@ -55,6 +56,7 @@ for command in (
     compare,
     doctor,
     cache,
+    examples,
 ):
     cli.add_command(command)
 

@@ -125,7 +125,10 @@ def describe_all(errors: list[dict]) -> list[str]:
             fix = f"did you mean '{close[0]}'?" if close else "remove it or check the spelling"
             out.append(f"{key}: unknown key; {fix}")
         elif first["type"] == "missing":
-            out.append(f"{key}: required key is missing; add it (see configs/ for examples)")
+            out.append(
+                f"{key}: required key is missing; add it (`toolkit examples` lists configs "
+                "that set it)"
+            )
         elif first["type"] == "too_short":
             out.append(f"{key}: is empty; give at least one entry")
         else:

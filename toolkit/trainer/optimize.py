@@ -193,7 +193,7 @@ def _optimizer(cfg: Config, machine: Machine) -> dict[str, str]:
         if "torchao" not in machine.installed:
             raise UsageError(
                 "qat: quantization-aware training fakes quantization with torchao, which "
-                "is not installed; install toolkit[train] (every image has it)"
+                "is not installed; pip install 'qwen-posttrain[train]' (every image has it)"
             )
         q = cfg.qat
         acts = f", activations {q.activation_dtype} per token" if q.activation_dtype else ""
@@ -203,7 +203,7 @@ def _optimizer(cfg: Config, machine: Machine) -> dict[str, str]:
         if "torchao" not in machine.installed:
             raise UsageError(
                 "optimizer: adamw_torch_4bit needs torchao, which is not "
-                "installed; install toolkit[train] or pick adamw_bnb_8bit"
+                "installed; pip install 'qwen-posttrain[train]' or pick adamw_bnb_8bit"
             )
         if not machine.cuda and not machine.compiler:
             raise UsageError(
