@@ -151,3 +151,18 @@ def environment_restored():
     os.environ.clear()
     os.environ.update(saved)
     hub_constants.HF_HUB_OFFLINE = offline  # toolkit.hub.go_offline sets it too
+
+
+@pytest.fixture
+def shared(tiny_model_dir):
+    """A folder any UID can read (pytest's own tmp folders are 0700), holding the tiny
+    model (model/) and the demo data (chat.jsonl), for runs in a container."""
+    import subprocess
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="toolkit-docker-test-"))
+    root.chmod(0o755)
+    shutil.copytree(tiny_model_dir, root / "model")
+    shutil.copy(DEMO_DATA, root / "chat.jsonl")
+    yield root
+    subprocess.run(["rm", "-rf", str(root)], check=False)

@@ -163,9 +163,8 @@ def test_skypilot_task_passes_skypilots_own_validation(
     )
     assert check.returncode == 0, check.stderr[-2000:]
     assert check.stdout.startswith("2 ['/toolkit/config.yaml', '/toolkit/data/0/demo-chat.jsonl'")
-    # Null-valued secrets are SkyPilot's references filled at launch (sky launch --secret).
-    assert task["secrets"]["WANDB_API_KEY"] is None
-    assert "HF_TOKEN" not in task["secrets"]  # no Hub input: no Hub token
+    # No tracker and no Hub input: the run needs no secret, and the task names none.
+    assert "secrets" not in task
 
 
 @pytest.mark.parametrize(
@@ -225,7 +224,9 @@ def test_cloud_init_passes_cloud_inits_schema_and_bash(
     stub.__exit__(None, None, None)
     assert not stub.downloads()  # launch resolves the commit; the VM fetches it
     [fetch] = [line for line in script.splitlines() if "toolkit fetch" in line]
-    assert "--env HF_TOKEN " in fetch  # by name: the value comes from secrets.env on the VM
+    # On its stdin: the value comes from secrets.env on the VM, never as --env.
+    assert fetch.startswith("secrets_json HF_TOKEN | docker run --rm --init --interactive ")
+    assert "HF_TOKEN" not in fetch.split(" | ", 1)[1]
     assert commit in fetch and "/opt/toolkit/hf" in fetch
     [train] = [line for line in script.splitlines() if "toolkit train" in line]
     assert "--network none" in train and "HF_TOKEN" not in train  # offline, no token

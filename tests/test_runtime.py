@@ -12,6 +12,7 @@ from toolkit import images
 from toolkit.images import BuildOptions, build_image, ensure_image, get_variant, resolve_base
 from toolkit.launch import config_paths, container_spec, plan_mounts
 from toolkit.runtime import (
+    SECRETS_RECEIVER,
     Devices,
     Docker,
     Mount,
@@ -30,15 +31,17 @@ def test_run_argv_is_exact():
         mounts=[Mount("/data", "/data"), Mount("/out", "/out", read_only=False)],
         user="1000:1000",
         workdir="/work",
-        env={"A": "1", "HF_TOKEN": None},
+        env={"A": "1"},
         network="none",
         devices=Devices(shm_size="1g"),
+        secrets=("HF_TOKEN",),
     )
     assert run_argv(spec) == [
         "docker",
         "run",
         "--rm",
         "--init",
+        "--interactive",
         "--user",
         "1000:1000",
         "--network",
@@ -49,13 +52,12 @@ def test_run_argv_is_exact():
         "type=bind,source=/out,target=/out",
         "--env",
         "A=1",
-        "--env",
-        "HF_TOKEN",
         "--workdir",
         "/work",
         "--shm-size",
         "1g",
         "toolkit:cpu-abc",
+        *SECRETS_RECEIVER,
         "toolkit",
         "train",
         "/c.yaml",
@@ -97,13 +99,17 @@ def test_mount_option_text_is_one_field_per_value(path):
     assert fields == ["type=bind", f"source={path}", f"target={path}", "readonly"]
 
 
-def test_secrets_pass_by_name_only(monkeypatch, tmp_path):
+def test_secrets_go_by_stdin_and_only_when_named(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_API_KEY", "wandb_secret_value")
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
     spec = container_spec("img", "sha256:1", ["toolkit"], [], [tmp_path], network=False)
+    assert spec.secrets == () and "--interactive" not in run_argv(spec)  # none named
+    spec = container_spec(
+        "img", "sha256:1", ["toolkit"], [], [tmp_path], network=False, secrets=("WANDB_API_KEY",)
+    )
     argv = run_argv(spec)
-    assert "WANDB_API_KEY" in argv
-    assert "HF_TOKEN" not in argv  # the Hub is reached from the host only (toolkit.hub)
+    assert spec.secrets == ("WANDB_API_KEY",) and "--interactive" in argv
+    assert not any("WANDB_API_KEY" in a or "HF_TOKEN" in a for a in argv)
     assert not any("secret_value" in a for a in argv)
     assert spec.user == f"{os.getuid()}:{os.getgid()}"
     assert spec.network == "none"

@@ -6,10 +6,13 @@ toolkit validated it, rewritten to the VM's paths:
     /toolkit/config.yaml   the config          /toolkit/model     a local base model
     /toolkit/data/N/...    dataset N           /toolkit/outputs   output_dir
 
-Secrets travel by name only: the SkyPilot task lists them under `secrets:` with no
-value (`sky launch --secret HF_TOKEN` fills them from your environment); the
-cloud-init script reads them on the VM from /etc/toolkit/secrets.env, which you
-provision (e.g. from your cloud's secret manager). Neither file ever holds a value.
+Secrets travel by name only, and only those the run needs (its trackers' credentials,
+launch.vm_secrets; HF_TOKEN for the Hub fetch alone): the SkyPilot task lists them
+under `secrets:` with no value (`sky launch --secret HF_TOKEN` fills them from your
+environment); the cloud-init script reads them on the VM from
+/etc/toolkit/secrets.env, which you provision (e.g. from your cloud's secret manager),
+and hands each container its own on its stdin, never as its environment (which
+`docker inspect` shows). Neither file ever holds a value.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import yaml
 
 from toolkit.config import LoadedConfig, is_local_ref
 from toolkit.errors import UsageError
-from toolkit.launch import SECRET_ENV, device_flags
+from toolkit.launch import device_flags, vm_secrets
 from toolkit.remote import is_remote
 from toolkit.runtime import Mount, RunSpec, run_argv
 
@@ -105,7 +108,7 @@ def skypilot_task(
     )
     fetch_env, train_env = hub_steps(pins or [])
     setup = "toolkit doctor\n"
-    secrets = {name: None for name in SECRET_ENV}
+    secrets: dict[str, None] = {name: None for name in vm_secrets(loaded.config)}
     if fetch_env:
         assigned = " ".join(f"{k}={shlex.quote(v)}" for k, v in fetch_env.items())
         setup += f"{assigned} toolkit fetch /toolkit/config.yaml\n"
@@ -120,7 +123,7 @@ def skypilot_task(
         "name": f"toolkit-{Path(loaded.path).stem}",
         "resources": resources,
         "num_nodes": nodes,
-        "secrets": secrets,
+        **({"secrets": secrets} if secrets else {}),
         "file_mounts": mounts,
         "setup": setup,
         "run": f"set -euo pipefail\n{launch}\n",
@@ -157,9 +160,10 @@ def cloud_init(
         mounts=[*mounts, hf] if train_env else mounts,
         user="0:0",
         workdir="/",
-        env={**{n: None for n in SECRET_ENV}, **train_env},
+        env=train_env,
         network=None if needs_network(loaded) else "none",
         devices=device_flags(accelerator, None, ("video", "render")),
+        secrets=vm_secrets(loaded.config),
     )
     fetch = RunSpec(
         image=image,
@@ -167,9 +171,10 @@ def cloud_init(
         mounts=[mounts[0], Mount(hf.host, hf.container, read_only=False)],
         user="0:0",
         workdir="/",
-        env={"HF_TOKEN": None, **fetch_env},
+        env=fetch_env,
         network=None,
         devices=device_flags("cpu"),
+        secrets=("HF_TOKEN",),
     )
     doctor = RunSpec(
         image=image,
@@ -210,21 +215,27 @@ def cloud_init(
             "# Secrets by name: provision them in this file; it is never part of the user-data.",
             "if [ -f /etc/toolkit/secrets.env ]; then "
             "set -a; . /etc/toolkit/secrets.env; set +a; fi",
+            "# A container gets the secrets it needs on its stdin, as one JSON line that "
+            "toolkit.engine's receiver reads, so `docker inspect` never shows them.",
+            "secrets_json() {",
+            "  /opt/toolkit/fsspec/bin/python -c 'import json, os, sys; print(json.dumps("
+            '{n: os.environ[n] for n in sys.argv[1:] if n in os.environ}))\' "$@"',
+            "}",
             f"docker pull {shlex.quote(image)}",
             "# Preflight: the image must see its GPUs before anything heavy runs.",
-            shlex.join(run_argv(doctor)),
+            _docker_run(doctor),
             "mkdir -p /opt/toolkit/data /opt/toolkit/outputs /opt/toolkit/hf",
             *fetches,
             *(
                 [
                     "# Hub inputs at the commits pinned at launch; training then runs offline.",
-                    shlex.join(run_argv(fetch)),
+                    _docker_run(fetch),
                 ]
                 if fetch_env
                 else []
             ),
             "status=0",
-            shlex.join(run_argv(spec)) + " || status=$?",
+            _docker_run(spec) + " || status=$?",
             f"fs_copy put /opt/toolkit/outputs {shlex.quote(outputs)}",
             "exit $status",
             "",
@@ -243,6 +254,13 @@ def cloud_init(
         "runcmd": [["/opt/toolkit/run.sh"]],
     }
     return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False, width=1000)
+
+
+def _docker_run(spec: RunSpec) -> str:
+    """The script's line for a container: its secrets' values (read on the VM) piped to
+    its stdin, their names alone in the script."""
+    argv = shlex.join(run_argv(spec))
+    return f"secrets_json {shlex.join(spec.secrets)} | {argv}" if spec.secrets else argv
 
 
 def _nvidia_toolkit() -> list[str]:

@@ -15,6 +15,22 @@ started it:
   descriptor) until the container is gone, so no second run starts while this one still
   writes.
 
+Credentials a run needs (`RunSpec.secrets`, by name) go in on the container's stdin:
+the CLI writes their values as one JSON line right after the start, and a receiver in
+the image reads it, puts them in the command's environment and execs the command with
+stdin closed (`receive_secrets`). Why stdin, of the ways in:
+- the container's environment, labels and command line are what `docker inspect` shows
+  to anyone who may use the engine;
+- a host file bind-mounted in puts the value on the host's disk (or on a host tmpfs a
+  remote engine cannot see), and a killed CLI leaves it there;
+- `put_archive` into a tmpfs mount does not reach the tmpfs: the archive API writes to
+  the container's layer on the engine's disk, and before the start there is no tmpfs;
+- `exec` after the start races the command that needs the values.
+Over stdin the value goes from our process through the API connection into a pipe the
+receiver reads before anything else runs: nothing on any disk, nothing in the
+container's configuration or logs, the same on a remote engine, and a CLI that dies
+first leaves nothing behind (the reaper removes the waiting container).
+
 The `docker` package is imported here only, when a container or the engine is needed.
 """
 
@@ -28,10 +44,17 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from toolkit.errors import RuntimeFailure, UsageError
-from toolkit.runtime import ImageInfo, Result, RunSpec, unreachable
+from toolkit.runtime import (
+    SECRETS_RECEIVER,
+    ImageInfo,
+    Result,
+    RunSpec,
+    secrets_payload,
+    unreachable,
+)
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -177,19 +200,16 @@ def push(local: str, remote: str) -> ImageInfo:
 
 
 def create_kwargs(spec: RunSpec, name: str) -> dict:
-    """The API's fields for a spec (pure, but for reading secret values by name)."""
+    """The API's fields for a spec (pure). Secrets are not among them: a spec that has
+    some gets an open stdin and the receiver before its command."""
     from docker.types import DeviceRequest, Mount, Ulimit
 
-    env = [
-        f"{k}={os.environ[k] if v is None else v}"
-        for k, v in spec.env.items()
-        if v is not None or k in os.environ
-    ]
+    env = [f"{k}={v}" for k, v in spec.env.items()]
     env += [f"{k}={v}" for k, v in spec.devices.env]
     d = spec.devices
     kwargs: dict = dict(
         image=spec.image,
-        command=spec.command,
+        command=[*SECRETS_RECEIVER, *spec.command] if spec.secrets else spec.command,
         name=name,
         labels={LABEL: "1"},
         user=spec.user,
@@ -197,6 +217,7 @@ def create_kwargs(spec: RunSpec, name: str) -> dict:
         environment=env,
         init=True,
         detach=True,
+        stdin_open=bool(spec.secrets),
         network_mode=spec.network,
         mounts=[
             Mount(target=m.container, source=m.host, type="bind", read_only=m.read_only)
@@ -248,11 +269,14 @@ def run(spec: RunSpec, keep_fds: tuple[int, ...] = (), stdout: BinaryIO | None =
                 f"the engine refused to create the container: {exc.explanation or exc}"
             ) from None
         try:
+            stdin = _attach_stdin(engine, container.id) if spec.secrets else None
             stream = engine.api.attach(
                 container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True
             )
             with _forwarding(container):
                 container.start()
+                if stdin is not None:
+                    _send(stdin, secrets_payload(spec.secrets, os.environ))
                 for out, err in stream:
                     if out and stdout is not None:
                         stdout.write(out)
@@ -270,6 +294,67 @@ def run(spec: RunSpec, keep_fds: tuple[int, ...] = (), stdout: BinaryIO | None =
         finally:
             _remove(container)
     return code
+
+
+def _attach_stdin(engine: DockerClient, container_id: str) -> Any:
+    """A connection to the container's stdin. The detach key is NUL, which the ASCII
+    payload never holds (a detach key from the user's docker config could be a letter)."""
+    return engine.api.attach_socket(
+        container_id, params={"stdin": 1, "stream": 1, "detachKeys": "ctrl-@"}
+    )
+
+
+def _send(sock: Any, payload: bytes) -> None:
+    """Write the secrets line to the container's stdin and close our end."""
+    import socket
+
+    raw = getattr(sock, "_sock", sock)  # a unix socket comes wrapped in a SocketIO
+    try:
+        raw.sendall(payload)
+    except OSError as exc:
+        raise RuntimeFailure(
+            f"could not hand the run's credentials to its container ({exc.strerror or exc})"
+        ) from None
+    finally:
+        with suppress(OSError, AttributeError):
+            raw.shutdown(socket.SHUT_WR)
+        with suppress(OSError):
+            sock.close()
+
+
+MAX_SECRETS_BYTES = 1 << 20
+
+
+def receive_secrets(argv: list[str]) -> None:
+    """In the container: read the credentials line from stdin, put them in the
+    environment, and exec `argv` with stdin on /dev/null. They reach the command and its
+    children (torchrun's ranks, the trackers), and no file or argument holds them."""
+    import json
+
+    line = sys.stdin.buffer.readline(MAX_SECRETS_BYTES)
+    try:
+        values = json.loads(line) if line.endswith(b"\n") else None
+    except ValueError:
+        values = None
+    if not isinstance(values, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
+        for k, v in values.items()
+    ):
+        print(
+            "toolkit: the run's credentials did not arrive on this container's stdin "
+            "(did the toolkit command that started it stop?); nothing was run",
+            file=sys.stderr,
+        )
+        sys.exit(125)
+    os.environ.update(values)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    try:
+        os.execvp(argv[0], argv)  # noqa: S606 (the spec's own command, as a list)
+    except OSError as exc:
+        print(f"toolkit: cannot run {argv[0]}: {exc.strerror}", file=sys.stderr)
+        sys.exit(127)
 
 
 def _remove(container) -> None:

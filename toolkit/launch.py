@@ -21,17 +21,21 @@ from toolkit.publish import HOST_PUBLISHES
 from toolkit.runtime import Devices, Mount, RunSpec, Runtime
 from toolkit.trainer import trackers
 
-# Credentials a run may need; passed by name only, never by value. No Hugging Face token:
-# Hub models and datasets are fetched on the host (toolkit.hub).
-SECRET_ENV = (
-    "WANDB_API_KEY",
-    "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-)
+
+def run_secrets(command: str, cfg: Config) -> tuple[str, ...]:
+    """The credentials `toolkit COMMAND` needs in its container, by name: a training's
+    trackers' (trackers.credentials), nothing for any other command. Never a Hugging
+    Face token or an object store's keys: Hub inputs and remote datasets are fetched on
+    the host (toolkit.hub, toolkit.remote) and publishing goes from the host
+    (toolkit.publish)."""
+    return trackers.credentials(cfg, os.environ) if command == "train" else ()
+
+
+def vm_secrets(cfg: Config) -> tuple[str, ...]:
+    """The credentials a training on a VM may need, by name, for the launch files. This
+    machine's environment does not decide them: an unset W&B mode is online there when the
+    VM's secrets hold WANDB_API_KEY (names it lacks are dropped on the VM)."""
+    return trackers.credentials(cfg, {name: "on the VM" for name in trackers.WANDB_CREDENTIALS})
 
 
 def in_container() -> bool:
@@ -142,11 +146,12 @@ def container_spec(
     writes: list[Path],
     network: bool | str,
     devices: Devices | None = None,
+    secrets: tuple[str, ...] = (),
 ) -> RunSpec:
     """`network`: True for the default bridge, False for none, "host" for multi-node runs
-    (the ranks must reach each other's ports)."""
-    env: dict[str, str | None] = {"TOOLKIT_IMAGE": image, "TOOLKIT_IMAGE_ID": image_id}
-    env.update({name: None for name in SECRET_ENV if name in os.environ})
+    (the ranks must reach each other's ports). `secrets`: the credentials the command
+    needs, by name (run_secrets); those set here go in on the container's stdin."""
+    env: dict[str, str] = {"TOOLKIT_IMAGE": image, "TOOLKIT_IMAGE_ID": image_id}
     if os.environ.get(RUN_LOCK_ENV):
         env[RUN_LOCK_ENV] = os.environ[RUN_LOCK_ENV]
     env.update(hub_environment())
@@ -160,10 +165,11 @@ def container_spec(
         env=env,
         network="host" if network == "host" else None if network else "none",
         devices=devices if devices is not None else device_flags("cpu"),
+        secrets=tuple(name for name in dict.fromkeys(secrets) if name in os.environ),
     )
 
 
-def hub_environment() -> dict[str, str | None]:
+def hub_environment() -> dict[str, str]:
     """For a run whose Hub inputs the host pinned: where the cache is (mounted read-only
     at the same path), the pins, and offline mode, so nothing is fetched inside."""
     from toolkit import hub
@@ -183,7 +189,7 @@ COMPILE_MOUNT = "/var/cache/toolkit-compile"
 def compile_cache(image_id: str) -> Path:
     """The image's own folder for what its compilers build (Triton, TorchInductor, CUDA,
     torch extensions), kept between runs; writable by the user the container runs as."""
-    folder = cache.compile_dir(image_id)
+    folder = cache.compile_folder(image_id)
     for sub in cache.COMPILE_ENV.values():
         (folder / sub).mkdir(parents=True, exist_ok=True)
     uid, gid = (int(x) for x in host_user().split(":"))
@@ -201,8 +207,10 @@ def run_in_container(
     network: bool | str = False,
     gpus: str | None = None,
     keep_fds: tuple[int, ...] = (),
+    secrets: tuple[str, ...] = (),
 ) -> int:
-    """Run `command` in `image` with the given paths mounted; stream logs; return its exit code."""
+    """Run `command` in `image` with the given paths mounted and the named credentials
+    (run_secrets) on its stdin; stream logs; return its exit code."""
     from toolkit import engine
 
     info = engine.image_info(image)
@@ -215,9 +223,8 @@ def run_in_container(
     gids = amd_group_ids() if accelerator == "rocm" else ()
     for path in writes:
         path.mkdir(parents=True, exist_ok=True)
-    spec = container_spec(
-        image, info.id, command, reads, writes, network, device_flags(accelerator, gpus, gids)
-    )
+    devices = device_flags(accelerator, gpus, gids)
+    spec = container_spec(image, info.id, command, reads, writes, network, devices, secrets)
     # The image's compile caches, at a path of their own inside (not under a home
     # folder the container's user may not own).
     spec.mounts.append(Mount(str(compile_cache(info.id)), COMPILE_MOUNT, read_only=False))
@@ -229,6 +236,8 @@ def run_in_container(
         if network
         else "without network"
     )
+    if spec.secrets:  # names only
+        note += f", given {', '.join(spec.secrets)} on its stdin"
     print(f"toolkit: running in {image} as {spec.user}, {note}", file=sys.stderr, flush=True)
     return engine.run(spec, keep_fds)
 

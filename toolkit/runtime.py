@@ -194,11 +194,42 @@ class RunSpec:
     mounts: list[Mount] = field(default_factory=list)
     user: str | None = None
     workdir: str | None = None
-    # name -> value; a value of None passes the variable by name only, so secrets
-    # never appear on a command line or in a log.
-    env: dict[str, str | None] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # no credentials: inspect shows it
     network: str | None = None
     devices: Devices = Devices()
+    # Credentials the command needs, by name: their values are read from the environment
+    # when the container starts and go in on its stdin (toolkit.engine), never into the
+    # container's configuration, a command line or a file.
+    secrets: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A None once meant "pass by name", which still put the value in the container's
+        # configuration; a credential goes in `secrets` now.
+        unset = [name for name, value in self.env.items() if not isinstance(value, str)]
+        if unset:
+            raise TypeError(f"RunSpec.env {unset}: values only; name credentials in `secrets`")
+
+
+# In the container, before the command: read the credentials from stdin into the
+# command's environment, then exec it (toolkit.engine.receive_secrets). -P: the working
+# folder (maybe one the run writes to) is not searched for a module named toolkit. An
+# import, not `-m toolkit.engine secrets`: an image from before the receiver would run
+# that module, do nothing and exit 0, a run that never ran; the import fails instead.
+SECRETS_RECEIVER = (
+    "python3",
+    "-P",
+    "-c",
+    "import sys; from toolkit.engine import receive_secrets; receive_secrets(sys.argv[2:])",
+    "--",
+)
+
+
+def secrets_payload(names: tuple[str, ...], environ) -> bytes:
+    """What goes to a container's stdin: one line of JSON with the named variables that
+    are set. ASCII only (json escapes the rest), so no byte of it is an attach detach key."""
+    import json
+
+    return (json.dumps({n: environ[n] for n in names if n in environ}) + "\n").encode()
 
 
 def mount_option(m: Mount) -> str:
@@ -219,8 +250,9 @@ def _csv_field(text: str) -> str:
 
 def run_argv(spec: RunSpec) -> list[str]:
     """The `docker run` argument list for a spec (pure); used in the scripts toolkit writes
-    for VMs. Containers on this machine run through the API (toolkit.engine)."""
-    argv = ["docker", "run", "--rm", "--init"]
+    for VMs. Containers on this machine run through the API (toolkit.engine). A spec with
+    secrets reads them on stdin: pipe `secrets_payload` into the command."""
+    argv = ["docker", "run", "--rm", "--init", *(["--interactive"] if spec.secrets else [])]
     if spec.user:
         argv += ["--user", spec.user]
     if spec.network:
@@ -228,11 +260,11 @@ def run_argv(spec: RunSpec) -> list[str]:
     for m in spec.mounts:
         argv += ["--mount", mount_option(m)]
     for name, value in spec.env.items():
-        argv += ["--env", name if value is None else f"{name}={value}"]
+        argv += ["--env", f"{name}={value}"]
     if spec.workdir:
         argv += ["--workdir", spec.workdir]
     argv += spec.devices.flags()
-    return [*argv, spec.image, *spec.command]
+    return [*argv, spec.image, *(SECRETS_RECEIVER if spec.secrets else ()), *spec.command]
 
 
 class Docker:

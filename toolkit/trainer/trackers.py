@@ -5,19 +5,31 @@ variables they read. TensorBoard is toolkit's own writer (output_dir/tensorboard
 same scalars as train.log: loss, learning rate, throughput), always on where
 tensorboardX is installed; use_tensorboard makes its absence an error.
 Credentials (WANDB_API_KEY, MLFLOW_TRACKING_TOKEN, …) are never in the config: they
-come from the environment by name. The trackers' packages are in the image, not in
-the light host install."""
+come from the environment by name, and a run takes only those `credentials` names (a
+container gets them on its stdin, toolkit.engine). The trackers' packages are in the
+image, not in the light host install."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from toolkit.config import Config
 from toolkit.errors import UsageError
 
 PACKAGES = {"wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboardX"}
+# What each client reads to sign in to its server (W&B: wandb's environment variables;
+# MLflow: its REST client's token or basic auth). Nothing else a run may need is a
+# credential of the trainer's: object stores and the Hub are reached from the host.
+WANDB_CREDENTIALS = ("WANDB_API_KEY",)
+MLFLOW_CREDENTIALS = (
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+)
+REMOTE_MLFLOW = ("http://", "https://", "databricks")
 
 
 def reporting(cfg: Config) -> list[str]:
@@ -37,9 +49,14 @@ def wants_tensorboard(cfg: Config) -> bool:
 
 
 def mlflow_uri(cfg: Config) -> str | None:
-    """The MLflow tracking URI; a plain path is a local file store."""
+    """The MLflow tracking URI; a plain path is a local file store. Unset here and in
+    the environment, the run's own store, output_dir/mlruns: MLflow's default is a
+    database in the working folder, outside what the run plans to write."""
     uri = cfg.mlflow_tracking_uri
-    if uri and "://" not in uri and not uri.startswith("file:"):
+    if not uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        uri = str(Path(cfg.output_dir).expanduser() / "mlruns")
+    # "databricks" (and "databricks-uc") name a server, not a folder.
+    if uri and "://" not in uri and not uri.startswith(("file:", "databricks")):
         return Path(uri).expanduser().absolute().as_uri()
     return uri
 
@@ -116,14 +133,29 @@ def finish(cfg: Config) -> None:
             mlflow.end_run()
 
 
-def wandb_mode(cfg: Config) -> str:
+def wandb_mode(cfg: Config, environ: Mapping[str, str] | None = None) -> str:
     """W&B's mode: the config's, else the environment's; unset and without
     WANDB_API_KEY, offline (the run is kept in output_dir/wandb to sync later), so an
     axolotl config that names a wandb_project trains where no key is set."""
-    mode = cfg.wandb_mode or os.environ.get("WANDB_MODE")
+    environ = os.environ if environ is None else environ
+    mode = cfg.wandb_mode or environ.get("WANDB_MODE")
     if mode:
         return mode
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return "online" if environ.get("WANDB_API_KEY") else "offline"
+
+
+def credentials(cfg: Config, environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The credentials a training of `cfg` needs where it trains, by name (pure over
+    `environ`, which only decides an unset W&B mode): WANDB_API_KEY for an online W&B
+    run, MLflow's token or user and password for a remote MLflow server, nothing else.
+    Whether each is set is the caller's question; values are never read here."""
+    targets = reporting(cfg)
+    names: list[str] = []
+    if "wandb" in targets and wandb_mode(cfg, environ) == "online":
+        names += WANDB_CREDENTIALS
+    if "mlflow" in targets and (mlflow_uri(cfg) or "").startswith(REMOTE_MLFLOW):
+        names += MLFLOW_CREDENTIALS
+    return tuple(names)
 
 
 def needs_network(cfg: Config) -> bool:
@@ -131,7 +163,7 @@ def needs_network(cfg: Config) -> bool:
     targets = reporting(cfg)
     online_wandb = "wandb" in targets and wandb_mode(cfg) == "online"
     uri = mlflow_uri(cfg) or ""
-    remote_mlflow = "mlflow" in targets and uri.startswith(("http://", "https://", "databricks"))
+    remote_mlflow = "mlflow" in targets and uri.startswith(REMOTE_MLFLOW)
     return online_wandb or remote_mlflow
 
 
