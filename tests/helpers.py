@@ -47,3 +47,89 @@ def preempt_at(monkeypatch, config_path: Path, step: int) -> None:
         sigterm_at(patch, step)
         with pytest.raises(Preempted):
             run(load_config(config_path))
+
+
+def tree_state(*tops: Path, mtimes: bool = False) -> dict[str, tuple]:
+    """Every path under `tops`, links never followed: its kind, mode, and bytes or link
+    target (and modification time with `mtimes`). Only regular files are opened (a FIFO
+    would block). Two equal states: nothing there was written, removed, re-moded or
+    re-linked."""
+    import stat
+
+    out: dict[str, tuple] = {}
+    for top in tops:
+        if not os.path.lexists(top):
+            out[str(top)] = ("absent",)
+            continue
+        stack = [Path(top)]
+        while stack:
+            path = stack.pop()
+            info = path.lstat()
+            mode = stat.S_IMODE(info.st_mode)
+            when = (info.st_mtime_ns,) if mtimes else ()
+            if stat.S_ISLNK(info.st_mode):
+                out[str(path)] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(info.st_mode):
+                out[str(path)] = ("dir", mode)
+                stack.extend(path.iterdir())
+            elif stat.S_ISREG(info.st_mode):
+                out[str(path)] = ("file", mode, path.read_bytes(), *when)
+            else:
+                out[str(path)] = ("other", info.st_mode, *when)
+    return out
+
+
+def someone_elses_files(root: Path) -> Path:
+    """root/outside: files and folders that are not toolkit's, with modes of their own."""
+    outside = Path(root) / "outside"
+    (outside / "folder" / "deep").mkdir(parents=True)
+    (outside / "file.txt").write_text("not toolkit's\n")
+    (outside / "folder" / "notes.md").write_text("# mine\n")
+    (outside / "folder" / "deep" / "data.bin").write_bytes(bytes(range(256)))
+    os.chmod(outside / "file.txt", 0o600)
+    os.chmod(outside / "folder" / "deep", 0o750)
+    return outside
+
+
+def demo_config(where: Path, **changes) -> Path:
+    """where/config.yaml: the tiny demo's config with `changes`, its data found here."""
+    import yaml
+    from conftest import DEMO_CONFIG, DEMO_DATA
+
+    data = yaml.safe_load(DEMO_CONFIG.read_text())
+    data["datasets"][0]["path"] = str(DEMO_DATA)
+    data.update(changes)
+    path = Path(where) / "config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def trained_demo(where: Path, **changes) -> Path:
+    """Train the demo config with `changes` into where/out, in-process; its output_dir."""
+    from toolkit.cli import main
+
+    config = demo_config(where, output_dir=str(Path(where) / "out"), **changes)
+    assert main(["train", str(config), "--runtime", "local"]) == 0
+    return Path(where) / "out"
+
+
+def plant(out: Path, name: str, target: str, outside: Path) -> str:
+    """A symbolic link at out/name (replacing what is there) to `target` ("outside
+    file", "outside folder" or "nowhere", in `outside`); returns where it points."""
+    import shutil
+
+    path = out / name
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to = str(
+        {
+            "outside file": outside / "file.txt",
+            "outside folder": outside / "folder",
+            "nowhere": outside / "made-by-toolkit",
+        }[target]
+    )
+    path.symlink_to(to)
+    return to

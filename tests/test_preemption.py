@@ -47,5 +47,7 @@ def test_preempted_run_resumes_to_the_same_weights(
     assert read_run(tmp_path / "pre")["steps"] == 20
 
 
-# Skipping cut-short, damaged and foreign checkpoints, and resume_from_checkpoint: false,
-# are tested in test_trust.py.
+# Skipping cut-short, missing and foreign checkpoints, and resume_from_checkpoint: false,
+# are tested in test_trust.py; damage that keeps a file's size (the SHA-256 each
+# checkpoint's marker records), the fallback and the stop when none verifies in
+# test_checkpoints.py.

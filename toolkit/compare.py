@@ -1,17 +1,19 @@
 """`toolkit compare RUN_A RUN_B`: do two runs' loss curves agree? The portability check
 (one config on AMD and on NVIDIA, or on the host and in the image).
 
-Reads each run's run.json (given its output_dir or the file), compares the losses at the
-steps both logged, and prints a verdict: the same within tolerance, or where they part.
+Reads each run's run.json (given its output_dir or the file) through toolkit.record's
+typed reader, compares the losses at the steps both logged, and prints a verdict: the
+same within tolerance, or where they part.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit import record
 from toolkit.errors import UsageError
+from toolkit.record import RunRecord
 
 
 @dataclass
@@ -24,29 +26,21 @@ class Comparison:
     notes: list[str]
 
 
-def read_run(ref: str | Path) -> dict:
-    path = Path(ref)
-    path = path / "run.json" if path.is_dir() else path
-    if not path.exists():
-        raise UsageError(f"{ref}: no run.json there; give a training output_dir or its run.json")
-    try:
-        run = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"{path}: not valid JSON ({exc.msg}); was it written by toolkit?"
-        ) from None
-    if not run.get("loss_history"):
-        raise UsageError(f"{path}: no loss_history; the run logged no training loss")
+def read_run(ref: str | Path) -> RunRecord:
+    """A run's validated record (toolkit.record), with the loss history compare needs."""
+    run = record.read(ref)
+    if not run.loss_history:
+        raise UsageError(f"{run.path}: no loss_history; the run logged no training loss")
     return run
 
 
-def compare(a: dict, b: dict, rtol: float, atol: float) -> Comparison:
-    la, lb = dict(map(tuple, a["loss_history"])), dict(map(tuple, b["loss_history"]))
+def compare(a: RunRecord, b: RunRecord, rtol: float, atol: float) -> Comparison:
+    la, lb = dict(a.loss_history), dict(b.loss_history)
     steps = sorted(set(la) & set(lb))
     from toolkit.outputs import config_differences
 
     notes = []
-    differences = config_differences(a.get("config") or {}, b.get("config") or {})
+    differences = config_differences(a.config or {}, b.config or {})
     if differences:
         shown = "; ".join(differences[:4]) + (
             f" and {len(differences) - 4} more" if len(differences) > 4 else ""
@@ -71,14 +65,15 @@ def compare(a: dict, b: dict, rtol: float, atol: float) -> Comparison:
     return Comparison(steps, max_abs, max_rel, worst, same, notes)
 
 
-def describe(run: dict) -> str:
-    env = run.get("environment", {})
-    resolved = run.get("resolved", {})
-    libs = env.get("libraries", {})
-    where = env.get("image") or "host"
+def describe(run: RunRecord) -> str:
+    env = run.environment
+    resolved = run.resolved or {}
+    torch = (env.libraries.get("torch") if env else None) or "?"
+    where = (env.image if env else None) or "host"
+    device, dtype = (record.printable(resolved.get(k, "?"), 60) for k in ("device_name", "dtype"))
     return (
-        f"{resolved.get('device_name', '?')} ({resolved.get('dtype', '?')}), {where}, "
-        f"torch {libs.get('torch', '?')}, final loss {run.get('final_loss')}"
+        f"{device} ({dtype}), {where}, torch {record.printable(torch, 60)}, "
+        f"final loss {run.final_loss}"
     )
 
 

@@ -20,6 +20,7 @@ revision and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from toolkit import safe_io
+from toolkit.cache import MARK, create, remove
 from toolkit.config import Config, is_local_ref
 from toolkit.errors import ToolkitError, UsageError
 
@@ -121,16 +124,50 @@ def hub_refs(cfg: Config) -> list[tuple[str, str, str, str | None]]:
 
 def read_pins(output_dir: str | Path | None = None) -> dict[str, Pin]:
     """The commits of this run, by config key: those the launching command passed
-    (TOOLKIT_HUB_PINS), else those a run in output_dir started with (none: {})."""
+    (TOOLKIT_HUB_PINS), else those a run in output_dir started with (no hub.json: {}).
+    A damaged record is an error: read as none, a resume would lose its commits."""
+    where = PINS_ENV
+    text: str | bytes
     try:
         if os.environ.get(PINS_ENV):
-            return {p["key"]: Pin(**p) for p in json.loads(os.environ[PINS_ENV])}
-        if output_dir is None:
+            text = os.environ[PINS_ENV]
+        elif output_dir is None:
             return {}
-        path = Path(output_dir).expanduser() / ".toolkit" / PINS
-        return {p["key"]: Pin(**p) for p in json.loads(path.read_text())}
-    except (OSError, ValueError, TypeError, KeyError):
-        return {}
+        else:
+            where = str(Path(output_dir).expanduser() / ".toolkit" / PINS)
+            try:
+                text = safe_io.read_bytes(where, 16 << 20)
+            except FileNotFoundError:
+                return {}
+        items = safe_io.load_json(text)
+        if not isinstance(items, list):
+            raise ValueError("not a list of pins")
+        pins = [_pin_of(i, item) for i, item in enumerate(items)]
+        return {p.key: p for p in pins}
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"{where} is damaged ({exc}); it holds the Hub commits this run started with. "
+            "Restore it from a copy of the run, or delete it to pin each Hub input at the "
+            "commit its revision names now"
+        ) from None
+
+
+def _pin_of(i: int, item: object) -> Pin:
+    """A recorded pin, checked field by field (ValueError naming the first that is wrong)."""
+    fields = Pin.__dataclass_fields__
+    if not isinstance(item, dict) or set(item) != set(fields):
+        raise ValueError(f"pin {i} is not a mapping of {', '.join(fields)}")
+    for name in ("key", "repo", "commit"):
+        if not isinstance(item[name], str):
+            raise ValueError(f"pin {i}: {name} is {item[name]!r:.60}, not a string")
+    if item["kind"] not in ("model", "dataset"):
+        raise ValueError(f"pin {i}: kind is {item['kind']!r:.60}, not model or dataset")
+    if not isinstance(item["revision"], str | None):
+        raise ValueError(f"pin {i}: revision is {item['revision']!r:.60}, not a string or null")
+    files = item["files"]
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ValueError(f"pin {i}: files is not a mapping of file names to hashes")
+    return Pin(**item)
 
 
 def pins_json(pins: list[Pin] | tuple[Pin, ...]) -> str:
@@ -148,10 +185,15 @@ def write_pins(output_dir: str | Path, pins: list[Pin]) -> None:
 def named_by_repo(config: dict, pins: list[Pin]) -> dict:
     """A recorded config whose Hub datasets are named by their repository again, as the
     user's config names them (the run recorded the snapshot folder it read)."""
-    datasets = [dict(d) for d in config.get("datasets") or []]
+    found = config.get("datasets")
+    # A record is input: entries that are not mappings stay as they are, for the
+    # comparison that follows to name them.
+    datasets = (
+        [dict(d) if isinstance(d, dict) else d for d in found] if isinstance(found, list) else []
+    )
     for pin in pins:
         index = int(pin.key.split(".")[1]) if pin.kind == "dataset" else len(datasets)
-        if index < len(datasets):
+        if index < len(datasets) and isinstance(datasets[index], dict):
             datasets[index]["path"] = pin.repo
     return {**config, "datasets": datasets}
 
@@ -193,7 +235,9 @@ def fetch(
     from huggingface_hub import HfApi, snapshot_download
 
     where = f"{key}: {repo}" + (f"@{revision}" if revision else "")
+    made = None
     try:
+        made = _claim_repo_folder(kind, repo)
         if commit is None:
             info = HfApi(endpoint=endpoint()).repo_info(repo, repo_type=kind, revision=revision)
             commit = info.sha
@@ -211,10 +255,11 @@ def fetch(
             endpoint=endpoint(),
         )
     except Exception as exc:
+        if made is not None:  # toolkit's empty folder would read as a damaged repository
+            with contextlib.suppress(OSError):
+                if os.listdir(made) == [MARK]:
+                    remove(made, "models")
         raise hub_error(exc, key, repo, kind, revision) from None
-    from toolkit.cache import record_fetched
-
-    record_fetched(kind, repo)
     files = _snapshot_files(kind, repo, commit)
     if kind == "model" and not any(name.endswith(".safetensors") for name in files):
         raise UsageError(
@@ -225,6 +270,20 @@ def fetch(
     if Path(folder).resolve() != expected.resolve():
         raise HubUnreachable(f"{where}: fetched into {folder}, not the cache toolkit expects")
     return Pin(key, repo, kind, revision, commit, files)
+
+
+def _claim_repo_folder(kind: str, repo: str) -> Path | None:
+    """Create the repository's folder in the Hugging Face cache before huggingface_hub
+    fills it, marked and recorded as toolkit's (with the cache it is in), so `toolkit
+    cache` can prune it later. A folder already there belongs to whoever made it (another
+    tool, or an earlier toolkit fetch): None."""
+    folder = repo_folder(kind, repo)
+    if os.path.lexists(folder) or os.environ.get("TOOLKIT_IN_CONTAINER") == "1":
+        return None
+    try:
+        return create("models", folder, f"{kind} {repo}", hub_cache=hub_cache())
+    except FileExistsError:  # another process made it meanwhile
+        return None
 
 
 def _snapshot_files(kind: str, repo: str, commit: str) -> dict[str, str]:

@@ -20,9 +20,12 @@ from toolkit.errors import UsageError
 
 def model_source(loaded: LoadedConfig, use: str) -> tuple[str, Path]:
     """Which trained weights answer: ('merged', dir), ('adapter', dir) or ('full', dir)."""
+    from toolkit import record
+
     out = Path(loaded.config.output_dir)
     merged = out / "merged"
-    if not (out / "run.json").exists():
+    # Read and validated, not only found: a damaged or planted record is exit 2 here.
+    if record.read_if_any(out / record.RECORD) is None:
         raise UsageError(
             f"{out / 'run.json'} not found: nothing has been trained into output_dir {out}; "
             "run `toolkit train CONFIG` first"

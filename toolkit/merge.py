@@ -12,7 +12,6 @@ once.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -23,12 +22,22 @@ from toolkit.config import LoadedConfig
 from toolkit.errors import UsageError
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+TMP_PREFIX = ".merged.tmp-"  # a merge's folder until it is complete
+OLD_PREFIX = ".merged.old-"  # the merged folder being replaced
+LEFTOVERS = (TMP_PREFIX, OLD_PREFIX)
 
 
 def adapter_sha256(out: Path) -> str:
+    """The adapter's fingerprint (its files' names and bytes), read as toolkit reads its
+    own files in output_dir: never through a link, never blocking on a pipe (exit 2)."""
+    from toolkit.outputs import open_nofollow
+
     h = hashlib.sha256()
     for name in ADAPTER_FILES:
-        h.update(name.encode() + b"\0" + (out / name).read_bytes())
+        h.update(name.encode() + b"\0")
+        with os.fdopen(open_nofollow(out / name, os.O_RDONLY), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 
@@ -62,6 +71,11 @@ def check_inputs(
             f"{shown}); merge with the config it was trained with, train this "
             "one first, or pass --allow-config-mismatch to merge it anyway"
         )
+    if not run.get("base_model"):
+        raise UsageError(
+            f"{out / 'run.json'} records no base_model, which `toolkit merge-lora` needs; "
+            "restore the run's own run.json, or train the run again"
+        )
     if not run.get("adapter"):
         print(
             f"nothing to merge: the run in {out} is a full fine-tune, and its model in "
@@ -78,12 +92,20 @@ def check_inputs(
 
 
 def already_merged(out: Path) -> bool:
-    """Whether output_dir/merged holds this very adapter merged (said when it does)."""
-    record = out / "merged" / "merge.json"
-    if not record.exists():
+    """Whether output_dir/merged holds this very adapter merged (said when it does). A
+    merge.json that is a link or not a regular file is refused (exit 2) like any such
+    name where toolkit writes; one that does not read as toolkit's record is no merge
+    (the merge writes it anew)."""
+    from toolkit.outputs import read_json
+
+    try:
+        record = read_json(out / "merged" / "merge.json")
+    except (OSError, ValueError):  # missing, or damaged
+        return False
+    if not isinstance(record, dict):
         return False
     fingerprint = adapter_sha256(out)
-    if json.loads(record.read_text()).get("adapter_sha256") != fingerprint:
+    if record.get("adapter_sha256") != fingerprint:
         return False
     print(
         f"already merged: {out / 'merged'} holds this adapter ({fingerprint[:12]}); nothing to do"
@@ -92,14 +114,37 @@ def already_merged(out: Path) -> bool:
 
 
 def merge_lora(loaded: LoadedConfig, allow_mismatch: bool = False) -> Path:
-    """Merge and return the merged folder (or return it untouched if already merged)."""
+    """Merge and return the merged folder (or return it untouched if already merged).
+    Holds output_dir's lock (or runs under the command that holds it); a link where the
+    merge writes is refused (exit 2)."""
+    from toolkit import outputs
+
     out = Path(loaded.config.output_dir)
     run = check_inputs(loaded, allow_mismatch)
     if run is None:
         return out
+    lock = outputs.ensure_held(out, "merge-lora")
+    try:
+        remove_leftovers(out)
+        if already_merged(out):
+            return out / "merged"
+        return _merge(loaded, out, run)
+    finally:
+        if lock:
+            lock.release()
+
+
+def remove_leftovers(out: Path) -> None:
+    """Remove what a merge that was killed left in output_dir: its temporary folder, or
+    the merged folder it was replacing. Only folders by toolkit's own names, never a
+    link (nor what one points to); the caller holds the lock, so no merge is running."""
+    for entry in os.scandir(out):
+        if entry.name.startswith(LEFTOVERS) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _merge(loaded: LoadedConfig, out: Path, run: dict) -> Path:
     merged = out / "merged"
-    if already_merged(out):
-        return merged
     fingerprint = adapter_sha256(out)
 
     import torch
@@ -129,7 +174,7 @@ def merge_lora(loaded: LoadedConfig, allow_mismatch: bool = False) -> Path:
     model = model.merge_and_unload(progressbar=sys.stderr.isatty())
     tokenizer = AutoTokenizer.from_pretrained(str(out))
 
-    tmp = Path(tempfile.mkdtemp(prefix=".merged.tmp-", dir=out))
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out))
     try:
         with torch.no_grad():
             model.save_pretrained(tmp)
@@ -155,7 +200,7 @@ def merge_lora(loaded: LoadedConfig, allow_mismatch: bool = False) -> Path:
 def _replace_dir(new: Path, target: Path) -> None:
     """Put `new` at `target`; an old `target` is moved aside first and then removed."""
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        old = target.with_name(f"{OLD_PREFIX}{os.getpid()}")
         os.rename(target, old)
         os.rename(new, target)
         shutil.rmtree(old, ignore_errors=True)

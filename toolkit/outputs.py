@@ -10,24 +10,34 @@
   launched are told by a token in TOOLKIT_RUN_LOCK, others take it themselves.
 - `previous_run`: what a finished run in output_dir means for this config: the same run
   (nothing to do), the same training continued (resume), or another run (refused).
+- Links: toolkit never writes through a symbolic link. A link at a name a run writes in
+  output_dir (`PLANNED`, or anything inside a planned folder) is refused, exit 2 naming
+  it, at validation, before the lock is taken and again where training starts (a link
+  can be planted in between, and a container validates its own view); the files toolkit
+  opens itself are opened with O_NOFOLLOW, and replaced by rename, which replaces a link
+  rather than following it. output_dir itself, and the folders above it, may be links:
+  the user chose them (outputs -> /scratch).
 
 No torch here: the host CLI calls all of it before any container starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
 import secrets
 import socket
+import stat
 import sys
 import time
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
+from toolkit import safe_io
 from toolkit.config.schema import WEIGHT_NEUTRAL as CONFIG_NEUTRAL
 from toolkit.errors import UsageError
 
@@ -68,32 +78,199 @@ WRITTEN = (
 )
 
 
+# Beyond WRITTEN (which publish reads too): the trackers' local stores, W&B's offline
+# runs (WANDB_DIR is output_dir) and MLflow's default store.
+PLANNED = (*WRITTEN, "wandb", "mlruns")
+WANDB_OWN_LINKS = ("latest-run", "debug*.log")
+LINK_ADVICE = "toolkit never writes through links: remove it, or choose another output_dir"
+
+
 def holds_toolkit_run(folder: Path) -> bool:
-    """Whether toolkit has written into `folder` before (a run, finished or not)."""
-    return any((folder / name).exists() for name in (STATE_DIR, MANIFEST, "train.log")) or any(
-        folder.glob("checkpoint-*")
+    """Whether toolkit has written a run into `folder` (finished or not), by a record it
+    wrote: run.json, the lock or segments.json in .toolkit/, or a checkpoint's completion
+    marker, each a regular file (never a link) holding what toolkit writes there. An empty
+    .toolkit/, a train.log or a bare checkpoint-* folder are not one: anyone can make
+    those."""
+    folder = Path(folder)
+    if _record(folder / MANIFEST, "toolkit_version", "config"):
+        return True
+    if _real_dir(folder / STATE_DIR) and (
+        _record(lock_path(folder), "token", "command") or _record(segments_path(folder))
+    ):
+        return True
+    return any(
+        _real_dir(c) and _record(c / "toolkit-complete.json", "training_digest")
+        for c in folder.glob("checkpoint-*")
     )
+
+
+def _real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _record(path: Path, *keys: str) -> bool:
+    """Whether `path` holds JSON as toolkit writes it: an object with `keys`, or without
+    keys, a list."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError, UsageError):
+        return False
+    if keys:
+        return isinstance(data, dict) and all(k in data for k in keys)
+    return isinstance(data, list)
+
+
+def planted_links(output_dir: str | Path) -> list[tuple[Path, str]]:
+    """(path, target) of each symbolic link at a name toolkit writes in output_dir: a
+    `PLANNED` name, or any name inside a planned folder (checkpoint-*, tensorboard,
+    merged, .toolkit, wandb, mlruns), dangling or not. W&B's own links inside wandb/ are
+    not counted: any pointing inside it, and those W&B makes by name (latest-run, and
+    debug*.log, which it links to its log cache in the home folder); it replaces them
+    rather than writing through them, and each run writes a new run folder. Nor is
+    output_dir itself counted, nor what is beside the planned names."""
+    out = Path(output_dir).expanduser()
+    try:
+        entries = sorted(os.scandir(out), key=lambda e: e.name)
+    except OSError:  # not there yet, or not a folder: validation says so
+        return []
+    found = []
+    for entry in entries:
+        if not any(fnmatch(entry.name, name) for name in PLANNED):
+            continue
+        if entry.is_symlink():
+            found.append((out / entry.name, _target(entry.path)))
+        elif entry.is_dir(follow_symlinks=False):
+            own = os.path.realpath(entry.path) if entry.name == "wandb" else None
+            for root, dirs, files in os.walk(entry.path):  # never into a link
+                for name in sorted(dirs + files):
+                    path = os.path.join(root, name)
+                    if not os.path.islink(path):
+                        continue
+                    if own and (
+                        os.path.realpath(path).startswith(own + os.sep)
+                        or any(fnmatch(name, w) for w in WANDB_OWN_LINKS)
+                    ):
+                        continue
+                    found.append((Path(path), _target(path)))
+    return found
+
+
+def _target(path: str | Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
+
+
+def link_problem(path: Path, target: str) -> str:
+    return f"{path} is a symbolic link (to {target}); {LINK_ADVICE}"
+
+
+def refuse_links(output_dir: str | Path) -> None:
+    """Exit 2 naming each link at a name toolkit would write in output_dir
+    (`planted_links`); called before anything is written there."""
+    found = planted_links(output_dir)
+    if len(found) == 1:
+        raise UsageError(link_problem(*found[0]))
+    if found:
+        raise UsageError(
+            f"output_dir {output_dir} holds {len(found)} symbolic links where toolkit "
+            f"writes; {LINK_ADVICE.replace('it,', 'them,')}",
+            [f"{path} is a symbolic link (to {target})" for path, target in found],
+        )
+
+
+def open_nofollow(path: Path, flags: int, mode: int = 0o666, dir_fd: int | None = None) -> int:
+    """os.open for a file toolkit writes or reads in an output folder (safe_io.open_file):
+    a link at `path` is never followed, nor anything but a regular file opened (a FIFO
+    would block); both are exit 2 naming it. With `dir_fd`, `path`'s name is opened in
+    that folder."""
+    try:
+        return safe_io.open_file(
+            path.name if dir_fd is not None else path, flags, mode, dir_fd=dir_fd
+        )
+    except safe_io.NotRegular:
+        raise UsageError(
+            f"{path} is not a regular file; toolkit writes its own files there: remove "
+            "it, or choose another output_dir"
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(link_problem(path, _target(path))) from None
+        raise
+
+
+def open_folder(path: Path) -> int:
+    """A descriptor of a folder toolkit writes into, never through a link (exit 2)."""
+    try:
+        return safe_io.open_dir(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(link_problem(path, _target(path))) from None
+        raise
+
+
+RECORD_LIMIT = 64 << 20  # toolkit's records in output_dir are kilobytes
+
+
+def read_json(path: Path) -> object:
+    """A record toolkit wrote in an output folder, as JSON (safe_io.load_json): opened
+    as open_nofollow opens it (UsageError for a link or a pipe), at most RECORD_LIMIT
+    bytes (ValueError beyond, or for what is not JSON); OSError when it cannot be read."""
+    with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as f:
+        return safe_io.load_json(safe_io.read_limited(f, RECORD_LIMIT))
 
 
 def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def output_problems(raw: dict, inputs: list[tuple[str, Path]]) -> list[str]:
-    """Problems with where a config writes. `inputs`: (key, absolute path) of each local
-    input the run reads."""
+# Top-level folders of the system itself: nothing a run writes belongs in them, but for
+# the places inside them that hold users' files (removable disks, per-user runtime
+# folders, shared memory, software installed by hand).
+SYSTEM_FOLDERS = {"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc"}
+SYSTEM_FOLDERS |= {"run", "sbin", "snap", "sys", "usr"}
+USERS_PLACES = tuple(Path(p) for p in ("/dev/shm", "/run/media", "/run/user", "/usr/local"))  # noqa: S108
+
+
+def system_folder(real: Path) -> str | None:
+    """The system folder (/etc, /usr, …) that the resolved path `real` lies in, or None."""
+    if len(real.parts) < 2 or real.parts[1] not in SYSTEM_FOLDERS:
+        return None
+    if any(real == place or place in real.parents for place in USERS_PLACES):
+        return None
+    return f"/{real.parts[1]}"
+
+
+def _broad_folder(ref: str) -> str | None:
+    """What makes folder `ref` too broad to hold prepared data (written and pruned
+    whole), or None: the root, a top-level folder (/tmp, /home, /data), a system folder
+    or one inside it, the home folder or a folder above it, or the working folder."""
+    real = Path(os.path.realpath(Path(ref).expanduser()))
+    home = Path(os.path.realpath(Path.home()))
+    if real == Path("/"):
+        return "the root folder"
+    if len(real.parts) == 2:
+        return f"the top-level folder {real}"
+    if system_folder(real):
+        return f"inside the system folder {system_folder(real)}"
+    if real == home or real in home.parents:
+        return "your home folder" if real == home else f"{real}, which holds your home folder"
+    if real == Path(os.path.realpath(Path.cwd())):
+        return "the working folder"
+    return None
+
+
+WRITE_KEYS = ("output_dir", "dataset_prepared_path")
+
+
+def _overlaps(raw: dict, inputs: list[tuple[str, Path]], keys: tuple[str, ...]) -> list[str]:
+    """A folder the config writes (at `keys`) that is, holds or sits inside an input."""
     out = []
-    ref = raw.get("output_dir")
-    if isinstance(ref, str) and Path(os.path.realpath(Path(ref).expanduser())) == Path("/"):
-        return [
-            f"output_dir: {ref!r} is the root folder; choose a folder of its own, e.g. "
-            "outputs/my-run"
-        ]
-    writes = [
-        (k, raw[k])
-        for k in ("output_dir", "dataset_prepared_path")
-        if isinstance(raw.get(k), str) and raw[k]
-    ]
+    writes = [(k, raw[k]) for k in keys if isinstance(raw.get(k), str) and raw[k]]
     for key, write in writes:
         real = Path(os.path.realpath(Path(write).expanduser()))
         for in_key, in_path in inputs:
@@ -110,9 +287,41 @@ def output_problems(raw: dict, inputs: list[tuple[str, Path]]) -> list[str]:
                 f"{key}: {write!r} {rel} {in_key} ({in_path}); a run never writes "
                 f"where it reads: choose a {key} outside every input"
             )
+    return out
+
+
+def output_problems(raw: dict, inputs: list[tuple[str, Path]]) -> list[str]:
+    """Problems with where a config writes. `inputs`: (key, absolute path) of each local
+    input the run reads."""
+    out = []
+    ref = raw.get("output_dir")
+    if isinstance(ref, str) and Path(os.path.realpath(Path(ref).expanduser())) == Path("/"):
+        return [
+            f"output_dir: {ref!r} is the root folder; choose a folder of its own, e.g. "
+            "outputs/my-run"
+        ]
+    prepared = raw.get("dataset_prepared_path")
+    broad = _broad_folder(prepared) if isinstance(prepared, str) and prepared else None
+    # A broad folder holds inputs too: that it is broad says all.
+    out += _overlaps(raw, inputs, ("output_dir",) if broad else WRITE_KEYS)
+    if broad:
+        out.append(
+            f"dataset_prepared_path: {prepared!r} is {broad}; prepared data needs a "
+            "folder of its own (toolkit writes and prunes it whole): choose one such "
+            "as ./last_run_prepared or ~/prepared/my-run"
+        )
     if not isinstance(ref, str) or any(p.startswith("output_dir:") for p in out):
         return out
     where = Path(os.path.realpath(Path(ref).expanduser()))
+    if system_folder(where):
+        return [
+            *out,
+            f"output_dir: {ref!r} is inside the system folder {system_folder(where)}; "
+            "choose a folder of its own, e.g. outputs/my-run",
+        ]
+    links = planted_links(ref)
+    if links:  # before what the folder holds: a link there is no record of a run
+        return [*out, *(f"output_dir: {link_problem(*link)}" for link in links)]
     if raw.get(ALLOW_KEY) is True:
         clashes = (
             []
@@ -169,17 +378,32 @@ def lock_path(output_dir: str | Path) -> Path:
 
 
 def acquire(output_dir: str | Path, command: str) -> RunLock:
-    """Take the output folder's lock or fail at once (exit 2) naming who holds it."""
+    """Take the output folder's lock or fail at once (exit 2) naming who holds it, or
+    any link where the run will write."""
+    refuse_links(output_dir)
+    return _take(output_dir, command)
+
+
+def _take(output_dir: str | Path, command: str) -> RunLock:
+    """acquire, once links are refused."""
     path = lock_path(output_dir)
-    fresh = not path.parent.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    if fresh and os.geteuid() == 0:
-        # Run as root for another user's folder (sudo, or a container of that user's):
-        # toolkit's state folder belongs to the folder's owner, who writes it.
-        owner = Path(output_dir).stat()
-        os.chown(path.parent, owner.st_uid, owner.st_gid)
-        os.fchown(fd, owner.st_uid, owner.st_gid)
+    path.parent.parent.mkdir(parents=True, exist_ok=True)
+    fresh = not os.path.lexists(path.parent)
+    with contextlib.suppress(FileExistsError):  # another command's, made meanwhile
+        os.mkdir(path.parent)
+    # Opened relative to the state folder, itself opened without following a link: a
+    # link planted at .toolkit or .toolkit/lock after the check is refused, not written.
+    folder = open_folder(path.parent)
+    try:
+        fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644, dir_fd=folder)
+        if fresh and os.geteuid() == 0:
+            # Run as root for another user's folder (sudo, or a container of that
+            # user's): toolkit's state folder belongs to the folder's owner.
+            owner = Path(output_dir).stat()
+            os.fchown(folder, owner.st_uid, owner.st_gid)
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+    finally:
+        os.close(folder)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -206,9 +430,10 @@ def acquire(output_dir: str | Path, command: str) -> RunLock:
 
 def describe_holder(path: Path) -> str:
     try:
-        holder = json.loads(path.read_text())
-    except (OSError, ValueError):
+        found = read_json(path)
+    except (OSError, ValueError, UsageError):
         return "holder unknown"
+    holder = found if isinstance(found, dict) else {}
     text = (
         f"`toolkit {holder.get('command', '?')}`, pid {holder.get('pid', '?')} on "
         f"{holder.get('host', '?')}, since {holder.get('started_at', '?')}"
@@ -245,23 +470,28 @@ def held_for_us(output_dir: str | Path) -> bool:
     if not token:
         return False
     try:
-        return json.loads(path.read_text()).get("token") == token
-    except (OSError, ValueError):
+        holder = read_json(path)
+    except (OSError, ValueError, UsageError):
         return False
+    return isinstance(holder, dict) and holder.get("token") == token
 
 
 def ensure_held(output_dir: str | Path, command: str) -> RunLock | None:
     """For a process about to write output_dir: None when the lock is held for it, else
-    the lock, taken now, for the caller to release."""
-    return None if held_for_us(output_dir) else acquire(output_dir, command)
+    the lock, taken now, for the caller to release. Either way, a link where the run
+    will write is refused first (exit 2)."""
+    refuse_links(output_dir)
+    return None if held_for_us(output_dir) else _take(output_dir, command)
 
 
 def hold(output_dir: str | Path, command: str) -> RunLock:
     """Take the lock for this process and the processes it launches (by token); when it is
-    held for us already, a lock with nothing to release (fd -1)."""
+    held for us already, a lock with nothing to release (fd -1). A link where the run will
+    write is refused first (exit 2)."""
+    refuse_links(output_dir)
     if held_for_us(output_dir):
         return RunLock(lock_path(output_dir), -1, "")
-    lock = acquire(output_dir, command)
+    lock = _take(output_dir, command)
     _HELD.append(lock)
     os.environ[RUN_LOCK_ENV] = lock.token
     return lock
@@ -287,16 +517,12 @@ class Previous:
 
 
 def read_manifest(output_dir: str | Path) -> dict | None:
-    path = Path(output_dir) / MANIFEST
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise UsageError(
-            f"{path} cannot be read ({exc}); it was not written by toolkit, or "
-            "was damaged: move it away, or choose another output_dir"
-        ) from None
+    """output_dir's run.json as JSON values, validated by toolkit.record (exit 2 naming
+    the field when it is malformed); None when there is none."""
+    from toolkit import record
+
+    run = record.read_if_any(Path(output_dir) / MANIFEST)
+    return None if run is None else run.dump()
 
 
 def config_differences(recorded: dict, current: dict) -> list[str]:
@@ -363,18 +589,19 @@ def segments_path(output_dir: str | Path) -> Path:
 
 def read_segments(output_dir: str | Path) -> list[dict]:
     try:
-        return json.loads(segments_path(output_dir).read_text())
-    except (OSError, ValueError):
+        segments = read_json(segments_path(output_dir))
+    except (OSError, ValueError, UsageError):
         return []
+    return [s for s in segments if isinstance(s, dict)] if isinstance(segments, list) else []
 
 
 def write_segments(output_dir: str | Path, segments: list[dict]) -> None:
     """Each start of a run (the first, and each resume) with how it ended."""
+    from toolkit.trainer.files import write_json_atomic
+
     path = segments_path(output_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(segments, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, segments)
 
 
 def report_finished(output_dir: str | Path, previous: Previous, what: str = "train") -> None:

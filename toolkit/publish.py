@@ -9,10 +9,10 @@ run.json's `pushed`."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from toolkit import record as toolkit_record
 from toolkit.config import Config
 from toolkit.errors import UsageError
 from toolkit.outputs import STATE_DIR, WRITTEN
@@ -58,6 +58,8 @@ def push(cfg: Config, folder: Path, repo_id: str, what: str) -> dict:
 
     from toolkit.hub import endpoint, hub_error, online
 
+    run_json = Path(cfg.output_dir) / toolkit_record.RECORD
+    run = toolkit_record.read(run_json).dump()  # refused before anything is uploaded
     api = HfApi(endpoint=endpoint())
     try:
         with online():
@@ -79,22 +81,15 @@ def push(cfg: Config, folder: Path, repo_id: str, what: str) -> dict:
         "commit": info.oid,
         "url": f"{endpoint()}/{repo_id}",
     }
-    from toolkit.trainer.files import write_json_atomic
-
-    run_json = Path(cfg.output_dir) / "run.json"
-    run = json.loads(run_json.read_text())
-    write_json_atomic(run_json, {**run, "pushed": [*(run.get("pushed") or []), record]})
+    toolkit_record.write(run_json, {**run, "pushed": [*(run.get("pushed") or []), record]})
     print(f"pushed: {what} to {record['url']} at {record['commit'][:12]}")
     return record
 
 
 def pushed(cfg: Config, repo_id: str, what: str) -> bool:
     """Whether run.json records this push already (a rerun does not push it twice)."""
-    try:
-        run = json.loads((Path(cfg.output_dir) / "run.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return any((p.get("repo"), p.get("what")) == (repo_id, what) for p in run.get("pushed") or [])
+    run = toolkit_record.read_if_any(Path(cfg.output_dir) / toolkit_record.RECORD)
+    return any((p.repo, p.what) == (repo_id, what) for p in (run.pushed if run else []))
 
 
 def after_train(cfg: Config) -> dict | None:

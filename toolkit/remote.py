@@ -10,7 +10,7 @@ ETag or modification time), so an unchanged dataset is not downloaded twice and 
 changed one is.
 
 fsspec and the store's package (s3fs, gcsfs, adlfs) are imported only when a
-config names a remote dataset: `pip install 'toolkit[remote]'`.
+config names a remote dataset: `pip install 'qwen-posttrain[remote]'`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ import fnmatch
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from toolkit import cache
 from toolkit.config import DATA_SUFFIXES
 from toolkit.errors import DataError, UsageError
 
@@ -43,6 +45,10 @@ def is_remote(ref: str) -> bool:
     """Whether a dataset path is a URL an fsspec filesystem serves (not a local path)."""
     scheme, sep, _ = ref.partition("://")
     return bool(sep) and scheme.isidentifier() and scheme not in ("file",)
+
+
+# In a copy's folder: the fetched files (beside them: .complete and toolkit's mark).
+FILES = "files"
 
 
 def cache_root() -> Path:
@@ -82,16 +88,17 @@ def fetch(url: str, data_files=None, where: str = "", log=print) -> Path:
     key = hashlib.sha256(
         json.dumps([url, [_fingerprint(info) for info in infos]], sort_keys=True).encode()
     ).hexdigest()[:16]
-    folder = cache_root() / key
     single = not fs.isdir(path)
-    if (folder / ".complete").exists():
+    folder = cache.find("data", key)
+    if folder is not None and (folder / ".complete").is_file():
         log(f"data: {url}: unchanged since it was fetched to {folder}")
     else:
+        folder = folder or cache_root() / key
         log(f"data: fetching {len(files)} file(s) from {url} to {folder}")
-        _download(fs, path, files, folder)
+        folder = _download(fs, path, files, folder, key)
     if single:
-        return folder / Path(files[0]).name
-    return folder
+        return folder / FILES / Path(files[0]).name
+    return folder / FILES
 
 
 def _filesystem(url: str, where: str) -> Any:
@@ -99,7 +106,7 @@ def _filesystem(url: str, where: str) -> Any:
         import fsspec
     except ImportError:
         raise UsageError(
-            f"{where}: remote datasets need fsspec; pip install 'toolkit[remote]'"
+            f"{where}: remote datasets need fsspec; pip install 'qwen-posttrain[remote]'"
         ) from None
     scheme = url.partition("://")[0]
     try:
@@ -110,7 +117,7 @@ def _filesystem(url: str, where: str) -> Any:
         package = BACKENDS.get(scheme, f"the fsspec backend for {scheme}://")
         raise UsageError(
             f"{where}: {scheme}:// needs {package}, which is not installed; "
-            "pip install 'toolkit[remote]'"
+            "pip install 'qwen-posttrain[remote]'"
         ) from None
     except ValueError as exc:
         raise UsageError(
@@ -160,9 +167,13 @@ def _fingerprint(info: dict) -> list:
     return [info.get("name"), info.get("size"), version]
 
 
-def _download(fs, root: str, files: list[str], folder: Path) -> None:
+def _download(fs, root: str, files: list[str], folder: Path, key: str) -> Path:
     """Into a temporary folder, then a rename: a half-fetched copy is never used. Bytes
-    fetched show as a bar on a terminal, as plain lines in a log."""
+    fetched show as a bar on a terminal, as plain lines in a log. The copy is marked and
+    recorded as toolkit's (toolkit.cache); it replaces only a copy toolkit made, and goes
+    beside a folder of that name that toolkit did not make. Returns where it went: the
+    files are in its FILES folder, apart from toolkit's own (.complete, the mark), which
+    a dataset folder's `data_files` glob would otherwise read as data."""
     from fsspec.callbacks import Callback
 
     from toolkit.bars import bar
@@ -180,14 +191,24 @@ def _download(fs, root: str, files: list[str], folder: Path) -> None:
             prefix = root.rstrip("/") + "/"
             for remote in files:
                 relative = remote[len(prefix) :] if remote.startswith(prefix) else Path(remote).name
-                target = tmp / relative
+                if Path(relative).is_absolute() or ".." in Path(relative).parts:
+                    raise DataError(  # an object's key must not lead out of the copy
+                        f"{root}: the store lists {remote!r}, whose name leads outside the "
+                        "dataset folder; rename the object or point path at the files"
+                    )
+                target = tmp / FILES / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 fs.get_file(remote, str(target), callback=Shown())
             (tmp / ".complete").write_text("")
             for p in [tmp, *tmp.rglob("*")]:
                 p.chmod(0o755 if p.is_dir() else 0o644)  # readable by a container's other UID
-            shutil.rmtree(folder, ignore_errors=True)
+            cache.remove(folder, "data")  # an incomplete copy of toolkit's; nothing else
+            while os.path.lexists(folder):
+                folder = folder.with_name(f"{key}-{secrets.token_hex(4)}")
+            ident = cache.mark(tmp, "data", folder.name)
             os.rename(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    cache.record(ident, folder, key)
+    return folder

@@ -44,8 +44,9 @@ def list_(as_json: bool) -> int:
 )
 @click.option("--dry-run", is_flag=True, help="say what would be removed, remove nothing")
 def prune(kinds: tuple[str, ...], dry_run: bool) -> int:
-    """Remove what toolkit keeps of these kinds (models: only the Hub repositories
-    toolkit fetched, from the shared Hugging Face cache)."""
+    """Remove what toolkit made of these kinds, and nothing else: each folder holds
+    toolkit's mark and is in its registry (models: the Hub repositories whose folder a
+    toolkit fetch created, in whichever Hugging Face cache that was)."""
     from toolkit.cache import KINDS, human
     from toolkit.cache import prune as remove
 

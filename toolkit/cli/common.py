@@ -97,12 +97,14 @@ def runtime_options(func) -> Callable[..., Any]:
         click.option(
             "--image",
             default=None,
+            callback=not_blank,
             help="image tag to run in (default: the variant `toolkit images select` "
             "picks, built if missing)",
         ),
         click.option(
             "--variant",
             default=None,
+            callback=not_blank,
             envvar="TOOLKIT_VARIANT",
             show_envvar=True,
             shell_complete=complete_variants,
@@ -111,6 +113,7 @@ def runtime_options(func) -> Callable[..., Any]:
         click.option(
             "--gpus",
             default=None,
+            callback=not_blank,
             envvar="TOOLKIT_GPUS",
             show_envvar=True,
             help="GPUs for the container: all (default) or indexes like 0,1",
@@ -133,7 +136,9 @@ def distributed_options(func) -> Callable[..., Any]:
         click.option(
             "--node-rank", type=click.IntRange(min=0), default=0, help="this machine's rank"
         ),
-        click.option("--master-addr", default="127.0.0.1", help="rank 0's address"),
+        click.option(
+            "--master-addr", default="127.0.0.1", callback=not_blank, help="rank 0's address"
+        ),
         click.option(
             "--master-port", type=click.IntRange(1, 65535), default=29500, help="rank 0's port"
         ),
@@ -143,8 +148,25 @@ def distributed_options(func) -> Callable[..., Any]:
     return func
 
 
+def not_blank(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """An option given an empty value (`--image ""`) is an error, not its default."""
+    if isinstance(value, str) and not value.strip():
+        name = param.opts[0] if param.opts else str(param.name)
+        raise UsageError(
+            f"{name}: the value is empty; give one ({name} VALUE), or leave {name} out "
+            "for its default"
+        )
+    return value
+
+
 def checked_config(config: str) -> str:
-    """An override given before the config path reads as the path: say what to do."""
+    """An override given before the config path reads as the path: say what to do; an
+    empty path is not the current folder."""
+    if not config.strip():
+        raise UsageError(
+            f"CONFIG: {config!r} is empty; pass the path of a YAML config (`toolkit "
+            "examples` lists the shipped ones)"
+        )
     if config.startswith("--"):
         command = click.get_current_context().command_path
         raise UsageError(
@@ -217,6 +239,19 @@ def runtime_of(args) -> str:
             "--runtime docker inside the toolkit container: Docker is not "
             "available here; drop the flag (local is the default inside)"
         )
+    if chosen == "local":  # the light install (no [train] extra) runs only the image
+        from importlib.util import find_spec
+
+        stack = ("torch", "transformers", "peft", "datasets", "accelerate")
+        missing = [name for name in stack if find_spec(name) is None]
+        if missing:
+            from toolkit.errors import RuntimeFailure
+
+            raise RuntimeFailure(
+                f"--runtime local runs the trainer in this Python environment, which lacks "
+                f"{', '.join(missing)}: pip install 'qwen-posttrain[train]' (or drop "
+                "--runtime local to run in the toolkit image)"
+            )
     return chosen
 
 
@@ -256,7 +291,7 @@ def in_container(
 ) -> int:
     """Run this same command in the image, with the config's paths mounted (the outputs
     read-only too when the command only reads them)."""
-    from toolkit.launch import config_paths, run_in_container
+    from toolkit.launch import config_paths, run_in_container, run_secrets
 
     reads, writes, network = config_paths(loaded.config)
     if read_only:
@@ -270,6 +305,7 @@ def in_container(
         "host" if host_network else network,
         args.gpus,
         keep_fds,
+        run_secrets(command, loaded.config),
     )
     return container_failed(code) if code else 0
 

@@ -144,11 +144,12 @@ def reproduce(run, output_dir, rtol, atol) -> int:
     """Run a finished training again from its run.json, and compare the two."""
     from toolkit.cli import main
     from toolkit.compare import report as describe
-    from toolkit.reproduce import plan
+    from toolkit.reproduce import plan, prepare
 
-    rerun = plan(run, output_dir)
+    rerun = plan(run, output_dir)  # every check; nothing is written before it passes
     for note in rerun.notes:
         print(f"reproduce: {note}")
+    prepare(rerun)
     code = main(rerun.train_argv)
     if code:
         return code

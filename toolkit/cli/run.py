@@ -39,8 +39,14 @@ from toolkit.errors import UsageError
 @runtime_options
 @distributed_options
 @json_option
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="start at step 0 beside output_dir's checkpoints instead of resuming from them "
+    "(resume_from_checkpoint: false), e.g. when none of them verifies",
+)
 @overrides_argument
-def train(config, overrides, as_json, **options) -> int:
+def train(config, overrides, as_json, restart, **options) -> int:
     """Train as the config says (SFT, DPO-family, reward or process-reward model).
 
     Config keys can be overridden after the config path: --micro-batch-size 2. Running
@@ -48,11 +54,13 @@ def train(config, overrides, as_json, **options) -> int:
     resumes."""
     from toolkit import outputs
 
+    if restart:  # an override, so it reaches the trainer in the container as well
+        overrides = (*overrides, "--resume-from-checkpoint", "false")
     args = args_of(config=config, **options)
+    runtime = runtime_of(args)  # before any Hub fetch: a light install says so at once
     loaded, extra = with_local_data(config, list(overrides))
     cfg = loaded.config
     distributed = _distributed_args(args)
-    runtime = runtime_of(args)
     code = 0
     from toolkit import publish
     from toolkit.config.axolotl import check_hardware
@@ -124,9 +132,10 @@ def _summary(cfg, as_json: bool, status: str) -> int:
     """Where the outputs are (stdout), or train's final summary as JSON."""
     out = Path(cfg.output_dir)
     if as_json:
-        record = {}
-        if (out / "run.json").exists():
-            record = json.loads((out / "run.json").read_text())
+        from toolkit import record as run_record
+
+        found = run_record.read_if_any(out / run_record.RECORD)
+        record = found.dump() if found else {}
         print(
             json.dumps(
                 {
@@ -203,6 +212,7 @@ def preprocess(config, overrides, debug, debug_num_examples, color, **options) -
     from toolkit.trainer.prepared import DEFAULT_PREPARED_PATH
 
     args = args_of(config=config, **options)
+    runtime = runtime_of(args)  # before any Hub fetch or write
     overrides = list(overrides)
     loaded, extra = with_local_data(config, overrides)
     if not loaded.config.dataset_prepared_path:
@@ -222,7 +232,7 @@ def preprocess(config, overrides, debug, debug_num_examples, color, **options) -
             ),
         )
     colored = color == "always" or (color == "auto" and sys.stdout.isatty())
-    if runtime_of(args) == "docker":
+    if runtime == "docker":
         flags = ["--color", "always" if colored else "never"]
         if debug:
             flags += ["--debug", "--debug-num-examples", str(debug_num_examples)]
@@ -251,6 +261,7 @@ def merge_lora(config, overrides, allow_config_mismatch, **options) -> int:
     from toolkit.merge import already_merged, check_inputs
 
     args = args_of(config=config, **options)
+    runtime = runtime_of(args)  # before any Hub fetch
     loaded = load(config, overrides)
     out = loaded.config.output_dir
     if check_inputs(loaded, allow_config_mismatch, hub_inputs=True) is None:
@@ -265,7 +276,7 @@ def merge_lora(config, overrides, allow_config_mismatch, **options) -> int:
         loaded, extra = with_local_data(config, extra)
         check_inputs(loaded, allow_config_mismatch)
     with output_lock(out, "merge-lora") as lock:
-        if runtime_of(args) == "docker":
+        if runtime == "docker":
             extra = [*extra, *(["--allow-config-mismatch"] if allow_config_mismatch else [])]
             code = in_container("merge-lora", args, extra, loaded, keep_fds=lock.fds)
             if code == 0:
@@ -349,11 +360,12 @@ def inference(config, overrides, prompts, use, max_new_tokens, temperature, **op
     from toolkit.inference import model_source
 
     args = args_of(config=config, **options)
+    runtime = runtime_of(args)  # before any Hub fetch
     loaded = load(config, overrides)
     model_source(loaded, use)  # nothing trained yet, or no merged model: say so here
     if hub_refs(loaded.config):  # the base at the run's commit, from the Hub's cache
         loaded, overrides = with_local_data(config, list(overrides))
-    if runtime_of(args) == "docker":
+    if runtime == "docker":
         if not prompts:
             raise UsageError(
                 "in the container, give the prompts with --prompt (repeat it for a "

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from toolkit.config.axolotl import LORA_KEYS, OFF_VALUES, drop_nulls, map_deprecated, triage
 from toolkit.config.problems import describe_all, nested_model, show
-from toolkit.config.rules import cross_field_problems, path_problems
+from toolkit.config.rules import cross_field_problems, open_regular, path_problems, special_kind
 from toolkit.config.schema import Config, DatasetConfig, LoadedConfig
 from toolkit.errors import ConfigError
 
@@ -30,7 +30,7 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     for dotted, value in overrides.items():
         try:
             _set_dotted(raw, dotted, value)
-        except (KeyError, IndexError, TypeError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
             problems.append(
                 f"--{dotted.replace('_', '-')}: cannot override ({exc}); "
                 "use a top-level key or a path like datasets.0.path"
@@ -38,8 +38,15 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
             continue
         sources[dotted.split(".")[0]] = "command line"
 
+    # Nothing past here could show such a number (str() of one raises): stop first.
+    oversized = oversized_problems(raw)
+    if oversized:
+        problems += oversized
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise ConfigError(f"{path}: {len(problems)} {noun}", problems)
+
     # An empty YAML value means "not set", as in axolotl: the default applies.
-    raw = drop_nulls(raw)
+    raw = expand_home(drop_nulls(raw))
     for key in [k for k, v in sources.items() if k not in raw]:
         del sources[key]
     raw, mapped = map_deprecated(raw, sources)
@@ -85,16 +92,27 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is a directory; pass the YAML config file inside it")
     if not path.exists():
         raise ConfigError(
-            f"{path} does not exist; pass the path of a YAML config (examples are in configs/)"
+            f"{path} does not exist; pass the path of a YAML config (`toolkit examples` "
+            "lists the shipped ones and copies one here)"
         )
-    size = path.stat().st_size
-    if size > MAX_CONFIG_BYTES:
+    kind = special_kind(path)
+    if kind is not None:
         raise ConfigError(
-            f"{path} is {size:,} bytes; a config is at most "
+            f"{path} is {kind}, not a regular file; toolkit reads a config only from a "
+            "regular file, as a pipe or device can block or never end: save the config "
+            "in a file and pass its path"
+        )
+    # At most one byte past the limit is read, whatever the file's size says.
+    with open_regular(path, str(path), ConfigError) as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path} is {max(size, len(data)):,} bytes; a config is at most "
             f"{MAX_CONFIG_BYTES:,}: is it the right file?"
         )
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
@@ -110,11 +128,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             "(indentation, a missing ':' or an unclosed quote)"
         ) from None
     if raw is None:
-        raise ConfigError(f"{path} is empty; start from an example in configs/")
+        raise ConfigError(
+            f"{path} is empty; start from an example: `toolkit examples` lists them, "
+            "`toolkit examples NAME` copies one here"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(
             f"{path} must be a YAML mapping of keys to values, "
-            f"got a {type(raw).__name__}; start from an example in configs/"
+            f"got a {type(raw).__name__}; start from an example (`toolkit examples NAME` "
+            "copies one here)"
         )
     return raw
 
@@ -127,10 +149,72 @@ MAX_DEPTH = 32
 MAX_NODES = 100_000
 
 
+# Integers fit in 64 bits: every count, size and seed toolkit passes on is an int64 (or
+# smaller) in PyTorch, NumPy or Arrow. A numeral longer than any such integer is refused
+# by its length, never converted: int() of n digits takes time quadratic in n, and
+# YAML's hexadecimal and base-60 forms have no digit limit at all.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+MAX_INT_CHARS = 80
+
+
+class Oversized:
+    """An integer too large to use, kept as the text that wrote it so the error can
+    show it; load_config refuses any that reaches it."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def shown(self) -> str:
+        text = self.text
+        short = text if len(text) <= 24 else f"{text[:10]}…{text[-10:]}"
+        return f"{short} ({len(text):,} characters)" if len(text) > 24 else short
+
+    def __repr__(self) -> str:
+        return self.shown()
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader whose integers beyond 64 bits load as Oversized."""
+
+
+def _bounded_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int | Oversized:
+    if len(node.value) <= MAX_INT_CHARS:
+        value = loader.construct_yaml_int(node)
+        if INT_MIN <= value <= INT_MAX:
+            return value
+    return Oversized(node.value)
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
+
+
+def oversized_problems(raw: Any, where: str = "") -> list[str]:
+    """One problem per Oversized integer in a loaded config, by key path."""
+    if isinstance(raw, dict):
+        items = [(f"{where}.{k}" if where else f"{k}", k, v) for k, v in raw.items()]
+    elif isinstance(raw, list):
+        items = [(f"{where}[{i}]", i, v) for i, v in enumerate(raw)]
+    else:
+        return []
+    out = []
+    for path, key, value in items:
+        if isinstance(key, Oversized):
+            out.append(f"{path}: a key that is the number {key.shown()}; keys are names")
+        if isinstance(value, Oversized):
+            out.append(
+                f"{path}: got {value.shown()}, beyond any setting's range; accepted: an "
+                f"integer from {INT_MIN} to {INT_MAX}; fix: set {path} to a number in range"
+            )
+        else:
+            out += oversized_problems(value, path)
+    return out
+
+
 def bounded_yaml(text: str, path: Path) -> Any:
     """safe_load with limits: nesting depth checked on the event stream (which builds
-    nothing), then the loaded document's size counted as if every alias were expanded
-    (each shared node counted once per use, without expanding it)."""
+    nothing), integers beyond 64 bits loaded as Oversized (never converted), then the
+    loaded document's size counted as if every alias were expanded (each shared node
+    counted once per use, without expanding it)."""
     depth = 0
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
@@ -144,7 +228,7 @@ def bounded_yaml(text: str, path: Path) -> Any:
                 )
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
-    raw = yaml.safe_load(text)
+    raw = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader)
     sizes: dict[int, int] = {}
 
     def expanded(node: Any, open_: frozenset[int]) -> int:
@@ -176,10 +260,11 @@ def bounded_yaml(text: str, path: Path) -> Any:
 def parse_overrides(args: list[str]) -> dict[str, Any]:
     """`--micro-batch-size 2 --datasets.0.path x` → {"micro_batch_size": 2, ...}.
 
-    Values are parsed as YAML scalars (so `2` is an int, `true` a bool). A flag
-    without a value means true, as in axolotl, for a key that is true or false
-    (`--sample-packing`); any other key needs its value (`--learning-rate` alone is
-    an error, not 1.0).
+    Values are parsed as YAML scalars (so `2` is an int, `true` a bool), except that
+    a lone `~` is the home folder, as in the shell, and an empty value is an error
+    rather than YAML's null. A flag without a value means true, as in axolotl, for a
+    key that is true or false (`--sample-packing`); any other key needs its value
+    (`--learning-rate` alone is an error, not 1.0).
     """
     out: dict[str, Any] = {}
     problems: list[str] = []
@@ -193,12 +278,23 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             )
         name = arg[2:]
         value: Any
+        text: str | None = None
         if "=" in name:
             name, text = name.split("=", 1)
-            value = _yaml_scalar(text)
         elif i + 1 < len(args) and not args[i + 1].startswith("--"):
-            value = _yaml_scalar(args[i + 1])
+            text = args[i + 1]
             i += 1
+        if text is not None and not text.strip():
+            # YAML reads "" as null: the key would silently fall back to its default.
+            problems.append(
+                f"--{name}: the value is empty; give one (--{name} VALUE), or leave "
+                f"--{name} out to keep the config's value"
+            )
+            i += 1
+            continue
+        if text is not None:
+            # A lone ~ is the home folder, as in the shell, not YAML's null.
+            value = "~" if text.strip() == "~" else _yaml_scalar(text)
         elif _is_switch(name.replace("-", "_")):
             value = True
         else:
@@ -231,6 +327,19 @@ def _is_switch(dotted: str) -> bool:
     if field_info is None:
         return True  # an unknown key: validation names it, with "did you mean"
     return "bool" in str(field_info.annotation)
+
+
+# Where a run writes: used as paths by many modules, so `~` is resolved once, here.
+WRITE_KEYS = ("output_dir", "dataset_prepared_path")
+
+
+def expand_home(raw: dict) -> dict:
+    """`~` and `~user` at the start of the folders a run writes, expanded (as the shell
+    would have); every other value is left as written."""
+    return {
+        k: os.path.expanduser(v) if k in WRITE_KEYS and isinstance(v, str) else v
+        for k, v in raw.items()
+    }
 
 
 def derive(config: Config | None, sources: dict[str, str]) -> None:

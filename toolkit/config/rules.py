@@ -3,10 +3,11 @@ it finds; none changes a value."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from pathlib import Path
+import stat
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from toolkit.config.axolotl import OFF_VALUES
 from toolkit.config.problems import show
@@ -22,6 +23,8 @@ from toolkit.config.schema import (
     is_local_ref,
     recipe_of,
 )
+from toolkit.errors import UsageError
+from toolkit.safe_io import NotRegular, kind_of, open_file, read_json
 
 ACCEPTED_TYPES = {"sft": SFT_TYPES, "reward": RM_TYPES, "prm": PRM_TYPES}
 
@@ -285,17 +288,38 @@ def _plugin_rules(raw: dict) -> list[str]:
     ]
 
 
-def path_problems(raw: dict) -> list[str]:
-    """Files the config points at. Reads raw values so it runs even when other keys are wrong."""
+PATH_KEYS = ("base_model", "tokenizer_config", "output_dir", "dataset_prepared_path", "deepspeed")
+MUST_NAME_A_PATH = ("base_model", "output_dir", "path")
+
+
+def _spelling_problems(raw: dict) -> list[str]:
+    """Path values no file can answer to: a NUL byte, an empty path, a data_files
+    pattern reaching out of its folder."""
     out = []
     datasets = raw.get("datasets")
-    for key, ref in [(k, raw.get(k)) for k in ("base_model", "tokenizer_config", "output_dir")] + [
-        (f"datasets[{i}].path", d.get("path"))
-        for i, d in enumerate(datasets if isinstance(datasets, list) else [])
-        if isinstance(d, dict)
+    entries = [(i, d) for i, d in enumerate(datasets if isinstance(datasets, list) else [])]
+    for key, ref in [(k, raw.get(k)) for k in PATH_KEYS] + [
+        (f"datasets[{i}].path", d.get("path")) for i, d in entries if isinstance(d, dict)
     ]:
         if isinstance(ref, str) and "\x00" in ref:
             out.append(f"{key}: {ref!r} contains a NUL byte, which no path can hold; remove it")
+        elif (
+            isinstance(ref, str)
+            and not ref.strip()
+            and (ref or key.rsplit(".", 1)[-1] in MUST_NAME_A_PATH)
+        ):
+            # Path("") is the current folder: an empty value would read or write there.
+            # Elsewhere "" is axolotl's "not set", as toolkit reads it.
+            out.append(f"{key}: {ref!r} is empty; give a path, or remove the key")
+    for i, ds in entries:
+        if isinstance(ds, dict):
+            out += data_files_problems(f"datasets[{i}].data_files", ds.get("data_files"))
+    return out
+
+
+def path_problems(raw: dict) -> list[str]:
+    """Files the config points at. Reads raw values so it runs even when other keys are wrong."""
+    out = _spelling_problems(raw) or _special_input_problems(raw)
     if out:
         return out
     for key in ("base_model", "tokenizer_config"):
@@ -341,9 +365,15 @@ def path_problems(raw: dict) -> list[str]:
             f"deepspeed: {ds_file!r} is not a file; give a DeepSpeed JSON config or "
             f"one of toolkit's: {', '.join(DEEPSPEED_BUNDLED)}"
         )
-    out_dir = raw.get("output_dir")
-    if isinstance(out_dir, str) and Path(out_dir).expanduser().is_file():
-        out.append(f"output_dir: {out_dir!r} is a file; choose a directory path")
+    written = [
+        f"{key}: {ref!r} is {kind}; choose a directory path"
+        for key in ("output_dir", "dataset_prepared_path")
+        if isinstance(ref := raw.get(key), str) and ref
+        for kind in [_file_kind(Path(ref).expanduser())]
+        if kind
+    ]
+    if written:
+        out += written
     else:
         from toolkit.outputs import output_problems
 
@@ -380,7 +410,8 @@ def _model_folder_problems(key: str, ref: str) -> list[str]:
     adapter = where / "adapter_config.json"
     if adapter.is_file() and not (where / "config.json").is_file():
         try:
-            base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+            found = read_json(adapter, 1 << 20, follow=True)
+            base = found.get("base_model_name_or_path") if isinstance(found, dict) else None
         except (OSError, ValueError):
             base = None
         return [
@@ -426,3 +457,166 @@ def _data_file_problems(key: str, ref: str, where: Path) -> list[str]:
                 "point the path at that file"
             ]
     return []
+
+
+# ---------------------------------------------------------------------------
+# Only regular files (and folders of them) are read: a named pipe blocks its reader
+# until a writer comes, a device (/dev/zero, /dev/stdin, a terminal) may never end.
+
+
+def _special(mode: int) -> str | None:
+    """What a file of this st_mode is, in words (safe_io.kind_of), when it is neither a
+    regular file nor a folder; None when it is one of those."""
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else kind_of(mode)
+
+
+def special_kind(path: str | os.PathLike) -> str | None:
+    """What the file at `path` is (links followed) when it is neither a regular file nor
+    a folder; None when it is one of those, or does not exist. stat never opens the
+    file, so never blocks on it."""
+    try:
+        return _special(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return None
+
+
+def not_regular(key: str, path: str | os.PathLike, kind: str) -> str:
+    """The one message for a non-regular file where a file is read."""
+    return (
+        f"{key}: {str(path)!r} is {kind}, not a regular file; toolkit reads only regular "
+        "files (or folders of them), as a pipe or device can block or never end: save "
+        f"what it should hold in a regular file and point {key} at it"
+    )
+
+
+def open_regular(
+    path: str | os.PathLike, key: str, error: type[UsageError] = UsageError
+) -> BinaryIO:
+    """An input at `path` opened for reading, links followed (a Hugging Face snapshot
+    links each file to its blob), or `error` when it is not a regular file: never
+    opened when it is seen to be a device, never blocked on when it is a pipe
+    (safe_io.open_file)."""
+    try:
+        return os.fdopen(open_file(path, follow=True), "rb")
+    except NotRegular as exc:
+        raise error(not_regular(key, path, exc.kind)) from None
+
+
+def _file_kind(path: Path) -> str | None:
+    """ "a file", or what else `path` is, when it exists and is not a folder."""
+    kind = special_kind(path)
+    return kind or ("a file" if path.is_file() else None)
+
+
+def special_files(folder: Path, depth: int) -> list[tuple[Path, str]]:
+    """(path, kind) of every non-regular file in `folder`, down `depth` levels (a bound
+    that also ends any loop of linked folders)."""
+    out: list[tuple[Path, str]] = []
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return out
+    for entry in entries:
+        try:
+            mode = entry.stat().st_mode
+        except OSError:  # a dangling link: nothing to read
+            continue
+        kind = _special(mode)
+        if kind is not None:
+            out.append((Path(entry.path), kind))
+        elif stat.S_ISDIR(mode) and depth > 1:
+            out += special_files(Path(entry.path), depth - 1)
+    return out
+
+
+def data_files_problems(key: str, value) -> list[str]:
+    """data_files are patterns inside the dataset's folder: never empty, absolute,
+    from the home folder, or climbing out with `..`."""
+    out = []
+    for i, pattern in enumerate(value if isinstance(value, list) else [value]):
+        where = f"{key}[{i}]" if isinstance(value, list) else key
+        if not isinstance(pattern, str):
+            continue  # the schema names the type
+        fix = (
+            "data_files are patterns inside the dataset's folder (path); set path to the "
+            "folder that holds the files and data_files to a pattern relative to it, "
+            "e.g. '*.jsonl' or 'train/*.parquet'"
+        )
+        if not pattern.strip():
+            out.append(f"{where}: {pattern!r} is empty; {fix}")
+        elif "\x00" in pattern:
+            out.append(f"{where}: {pattern!r} contains a NUL byte; {fix}")
+        elif pattern.startswith(("/", "~")):
+            out.append(f"{where}: {pattern!r} is an absolute pattern; {fix}")
+        elif ".." in PurePosixPath(pattern).parts:
+            out.append(f"{where}: {pattern!r} climbs out of the folder with '..'; {fix}")
+    return out
+
+
+def glob_inside(folder: Path, patterns: list[str]) -> list[Path]:
+    """Everything `patterns` (checked by data_files_problems) match in `folder`, sorted;
+    a match outside the folder is dropped whatever the pattern."""
+    found: set[Path] = set()
+    root = os.path.normpath(folder)
+    for pattern in patterns:
+        # pathlib's glob fails on spellings such as "." or "./" (IndexError,
+        # AttributeError): glob the pattern's parts, "." and empty ones dropped.
+        parts = PurePosixPath(pattern).parts
+        if not parts or parts[0] == "/":
+            continue
+        try:
+            matches = list(folder.glob("/".join(parts)))
+        except (ValueError, NotImplementedError):  # pathlib's own refusals
+            continue
+        found.update(
+            m for m in matches if os.path.normpath(m).startswith(root + os.sep) or m == folder
+        )
+    return sorted(found)
+
+
+# How deep toolkit looks for pipes and devices in a saved dataset (splits in folders)
+# and a model folder (files at its top).
+SAVED_DATASET_DEPTH = 3
+MODEL_FOLDER_DEPTH = 1
+
+
+def _special_input_problems(raw: dict) -> list[str]:
+    """Inputs that are, or hold where toolkit reads, a pipe, device or socket."""
+    refs: list[tuple[str, object, dict | None]] = [
+        (k, raw.get(k), None) for k in ("base_model", "tokenizer_config", "deepspeed")
+    ]
+    datasets = raw.get("datasets")
+    refs += [
+        (f"datasets[{i}].path", d.get("path"), d)
+        for i, d in enumerate(datasets if isinstance(datasets, list) else [])
+        if isinstance(d, dict)
+    ]
+    out = []
+    for key, ref, ds in refs:
+        if not isinstance(ref, str) or not ref or not is_local_ref(ref):
+            continue
+        path = Path(ref).expanduser()
+        kind = special_kind(path)
+        if kind is not None:
+            out.append(not_regular(key, ref, kind))
+        elif path.is_dir():
+            out += [not_regular(key, f, k) for f, k in _specials_inside(path, ds)[:3]]
+    return out
+
+
+def _specials_inside(path: Path, ds: dict | None) -> list[tuple[Path, str]]:
+    """The pipes and devices toolkit would read in a model or dataset folder."""
+    if ds is None:
+        return special_files(path, MODEL_FOLDER_DEPTH)
+    saved = ("dataset_info.json", "dataset_dict.json")
+    if path.parent.name == "snapshots" or any((path / n).exists() for n in saved):
+        return special_files(path, SAVED_DATASET_DEPTH)
+    matches = glob_inside(path, data_patterns(ds.get("data_files")))
+    return [(m, k) for m in matches if (k := special_kind(m)) is not None]
+
+
+def data_patterns(data_files) -> list[str]:
+    """The glob patterns of a dataset folder's data_files (default: every file)."""
+    if isinstance(data_files, list):
+        return [p for p in data_files if isinstance(p, str)]
+    return [data_files] if isinstance(data_files, str) else ["*"]

@@ -400,9 +400,11 @@ class Config(_Strict):
     # auto: continue from the newest complete checkpoint in output_dir written by this
     # same training setup; a path: from that checkpoint; false: start fresh.
     resume_from_checkpoint: Literal["auto"] | bool | str = "auto"
-    seed: int = 42
+    # NumPy's seed is 32 bits unsigned (transformers seeds it with this value).
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 42
     # Multi-process launches: the collective timeout (seconds) and DDP's unused-parameter search.
-    ddp_timeout: PositiveInt = 1800
+    # At most 2^31-1 s (68 years): a timedelta, then milliseconds in int64, must hold it.
+    ddp_timeout: Annotated[int, Field(gt=0, le=2**31 - 1)] = 1800
     ddp_find_unused_parameters: bool | None = None
 
     # Experiment trackers (credentials by environment name only: WANDB_API_KEY, …).

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +20,8 @@ def wheelhouse_root() -> Path:
 
 
 def wheelhouse_dir(variant: Variant) -> Path:
+    """Where the variant's wheelhouse goes when the name is free (toolkit.cache keeps
+    where it went)."""
     return wheelhouse_root() / f"{variant.name}-{variant.lock_sha256[:12]}"
 
 
@@ -28,16 +29,20 @@ def fill_wheelhouse(variant: Variant, runtime: Runtime) -> Path:
     """Download the lock's wheels with the host's pip, for the image's platform.
 
     The host's pip configuration (indexes, find-links, proxy CA) applies, so a
-    machine that can install the lock can build the image offline.
+    machine that can install the lock can build the image offline. The wheelhouse is a
+    folder toolkit made and recorded (toolkit.cache): a folder of that name that toolkit
+    did not make is neither used nor removed.
     """
-    house = wheelhouse_dir(variant)
-    done = house / ".complete"
-    if done.exists():
+    from toolkit import cache
+
+    label = wheelhouse_dir(variant).name
+    house = cache.find("wheels", label)
+    if house is not None and (house / ".complete").is_file():
         return house
-    for stale in house.parent.glob(f"{variant.name}-*"):
-        if stale != house:  # wheels of an older lock of this variant
-            shutil.rmtree(stale, ignore_errors=True)
-    house.mkdir(parents=True, exist_ok=True)
+    for rec in cache.made("wheels"):  # recorded and still toolkit's; nothing measured
+        if rec.label != label and rec.label.rsplit("-", 1)[0] == variant.name:
+            cache.remove(Path(rec.path), "wheels")  # wheels of an older lock of this variant
+    house = house or cache.create("wheels", wheelhouse_dir(variant), label)
     say(f"downloading the {variant.name} lock's wheels with this machine's pip into {house}")
     argv = [
         sys.executable,
@@ -65,7 +70,7 @@ def fill_wheelhouse(variant: Variant, runtime: Runtime) -> Path:
             "Check that pip reaches your index (pip config list), pass "
             "--wheelhouse DIR with the lock's wheels, or --online."
         )
-    done.write_text(variant.lock_sha256 + "\n")
+    (house / ".complete").write_text(variant.lock_sha256 + "\n")
     return house
 
 

@@ -19,10 +19,21 @@ from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from toolkit.bars import bar
 from toolkit.config import DATA_SUFFIXES, Config, DatasetConfig, is_local_ref
+from toolkit.config.load import INT_MAX, INT_MIN, Oversized
+from toolkit.config.rules import (
+    SAVED_DATASET_DEPTH,
+    data_files_problems,
+    data_patterns,
+    glob_inside,
+    not_regular,
+    open_regular,
+    special_files,
+    special_kind,
+)
 from toolkit.errors import DataError
 from toolkit.trainer.chat import (
     IGNORE_INDEX,
@@ -119,6 +130,8 @@ def read_rows(ds: DatasetConfig, index: int) -> list[dict]:
     """All rows of one dataset entry, as dicts: its split expression and shard applied."""
     where = f"datasets[{index}] ({ds.path})"
     path = Path(ds.path).expanduser()
+    if is_local_ref(ds.path):
+        _refuse_special(path, index)
     if not is_local_ref(ds.path) or path.parent.name == "snapshots":
         # A Hub id, or the snapshot of one toolkit fetched on the host (toolkit.hub):
         # `datasets` finds its files and splits as the Hub lays them out.
@@ -134,10 +147,10 @@ def read_rows(ds: DatasetConfig, index: int) -> list[dict]:
                     "'train'; use train, or a slice of it like train[:20%]"
                 )
             rows = []
-            for file in _data_files(path, ds, where):
+            for file in _data_files(path, ds, index):
                 kind = ds.ds_type or DATA_SUFFIXES.get(file.suffix)
                 rows += (
-                    _read_json(file, where)
+                    _read_json(file, where, index)
                     if kind == "json"
                     else _read_with_datasets(kind, [file], where)
                 )
@@ -211,18 +224,33 @@ def _read_saved(path: Path, name: str, where: str) -> list[dict]:
     return list(saved)
 
 
-def _data_files(path: Path, ds: DatasetConfig, where: str) -> list[Path]:
+def _refuse_special(path: Path, index: int) -> None:
+    """A dataset that is, or in a saved dataset holds, a pipe, device or socket (which
+    could block the reader or never end) stops the run, named."""
+    key = f"datasets[{index}].path"
+    kind = special_kind(path)
+    found = [(path, kind)] if kind else []
+    if not found and path.is_dir() and (_is_saved_dataset(path) or path.parent.name == "snapshots"):
+        found = special_files(path, SAVED_DATASET_DEPTH)
+    if found:
+        raise DataError(not_regular(key, found[0][0], found[0][1]))
+
+
+def _data_files(path: Path, ds: DatasetConfig, index: int) -> list[Path]:
     if path.is_file():
         return [path]
-    patterns = ds.data_files if isinstance(ds.data_files, list) else [ds.data_files or "*"]
-    files = sorted(
-        {
-            f
-            for pat in patterns
-            for f in path.glob(pat)
-            if f.is_file() and (ds.ds_type or f.suffix in DATA_SUFFIXES)
-        }
-    )
+    where = f"datasets[{index}] ({ds.path})"
+    key = f"datasets[{index}].data_files"
+    problems = data_files_problems(key, ds.data_files)
+    if problems:  # validation refuses these too; a pattern never reads outside the folder
+        raise DataError(problems[0])
+    patterns = data_patterns(ds.data_files)
+    wanted = [f for f in glob_inside(path, patterns) if ds.ds_type or f.suffix in DATA_SUFFIXES]
+    for file in wanted:
+        kind = special_kind(file)
+        if kind:
+            raise DataError(not_regular(key, file, kind))
+    files = [f for f in wanted if f.is_file()]
     if not files:
         raise DataError(
             f"{where}: no data files in the folder (looked for "
@@ -232,31 +260,120 @@ def _data_files(path: Path, ds: DatasetConfig, where: str) -> list[Path]:
     return files
 
 
-def _read_json(file: Path, where: str) -> list[dict]:
-    """JSON Lines, or one JSON array; errors name the line."""
+# Rows deeper than this are refused: every reader and template after the parser walks
+# them recursively, and Python's stack ends near a thousand levels.
+MAX_ROW_DEPTH = 100
+
+
+class _HugeInt(Exception):
+    """An integer in a row beyond 64 bits (Arrow and PyTorch hold no larger)."""
+
+
+def _json_int(text: str) -> int:
+    """json's parse_int: refuses by length first, so no long numeral is converted
+    (int() of n digits takes time quadratic in n)."""
+    if len(text) < 19:  # 18 digits always fit
+        return int(text)
+    if len(text) <= 20:
+        value = int(text)
+        if INT_MIN <= value <= INT_MAX:
+            return value
+    raise _HugeInt(text)
+
+
+def _loads(text: str, what: str, array: bool = False) -> Any:
+    """json.loads with integers and nesting bounded; `what` names the row in errors (a
+    whole-file `array`'s errors add the row)."""
+    limit = MAX_ROW_DEPTH + array
     try:
-        text = file.read_text(encoding="utf-8")
+        value = json.loads(text, parse_int=_json_int)
+        deep = _deeper_than(value, limit, text)
+    except _HugeInt:
+        field, number = _first_oversized(json.loads(text, parse_int=_mark_int))
+        if array:
+            row, _, field = field.partition("]")
+            what, field = f"{what} row {int(row[1:]) + 1}", field.lstrip(".")
+        raise DataError(
+            f"{what}: {field or 'the row'} is the integer {number.shown()}, beyond the "
+            f"range a row can hold; accepted: integers from {INT_MIN} to {INT_MAX}; "
+            "write it as a string (in quotes) or fix the value"
+        ) from None
+    except RecursionError:
+        deep = True
+    if deep:
+        raise DataError(
+            f"{what} is nested more than {MAX_ROW_DEPTH} levels deep; rows are a few "
+            "levels deep (messages, their fields, tool arguments): flatten it"
+        )
+    return value
+
+
+def _mark_int(text: str) -> int | Oversized:
+    try:
+        return _json_int(text)
+    except _HugeInt:
+        return Oversized(text)
+
+
+def _first_oversized(value) -> tuple[str, Oversized]:
+    """The field path (`messages[0].content`) and value of the first Oversized."""
+    stack = [("", value)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, Oversized):
+            return where, node
+        if isinstance(node, dict):
+            items = [(f"{where}.{k}" if where else k, v) for k, v in node.items()]
+        elif isinstance(node, list):
+            items = [(f"{where}[{i}]", v) for i, v in enumerate(node)]
+        else:
+            continue
+        stack += reversed(items)
+    return "", Oversized("?")
+
+
+def _deeper_than(value, limit: int, text: str) -> bool:
+    """Whether `value` nests more than `limit` arrays and objects (walked only when its
+    text has that many brackets)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > limit:
+                return True
+            children = node.values() if isinstance(node, dict) else node
+            stack += [(child, depth + 1) for child in children]
+    return False
+
+
+def _read_json(file: Path, where: str, index: int) -> list[dict]:
+    """JSON Lines, or one JSON array; errors name the line."""
+    with open_regular(file, f"datasets[{index}].path", DataError) as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        bad_line = file.read_bytes()[: exc.start].count(b"\n") + 1
+        bad_line = data[: exc.start].count(b"\n") + 1
         raise DataError(
             f"{where}: {file.name} line {bad_line} is not UTF-8; re-encode the file as UTF-8"
         ) from None
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
-            data = json.loads(text)
+            rows = _loads(text, f"{where}: {file.name}", array=True)
         except json.JSONDecodeError as exc:
             raise DataError(
                 f"{where}: {file.name} is not valid JSON at line {exc.lineno}: {exc.msg}"
             ) from None
-        rows = data
     else:
         rows = []
         for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append(_loads(line, f"{where}: {file.name} row {len(rows) + 1} (line {n})"))
             except json.JSONDecodeError as exc:
                 raise DataError(
                     f"{where}: {file.name} line {n} is not valid JSON ({exc.msg}); "
@@ -411,7 +528,8 @@ def processes_for(cfg: Config, rows: int) -> int:
     if rows < PARALLEL_FROM:
         return 1
     if cfg.dataset_processes:
-        return cfg.dataset_processes
+        # No more workers than chunks of work: a huge value must not fork without end.
+        return min(cfg.dataset_processes, -(-rows // CHUNK))
     share = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(1, share)
 

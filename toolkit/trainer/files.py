@@ -1,4 +1,5 @@
-"""Small file helpers the recipes and merge share: permissions and atomic writes."""
+"""Small file helpers the recipes and merge share: permissions and atomic writes, never
+through a link."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
+
+from toolkit import safe_io
 
 
 def make_readable(root: str | Path) -> None:
@@ -23,14 +28,31 @@ def make_readable(root: str | Path) -> None:
 
 
 def _chmod(paths) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
+    """Set each regular file's and folder's mode through a descriptor opened without
+    following a link: a link put at a name meanwhile is never followed to its target."""
+    umask = _umask()
     for path in paths:
-        if path.is_symlink() or not path.exists():
+        try:
+            st = path.lstat()
+        except OSError:
             continue
-        mode = (0o777 if path.is_dir() else 0o666) & ~umask
-        if stat.S_IMODE(path.stat().st_mode) != mode:
-            path.chmod(mode)
+        if stat.S_ISDIR(st.st_mode):
+            opener = safe_io.open_dir
+        elif stat.S_ISREG(st.st_mode):
+            opener = safe_io.open_file
+        else:  # a link (never followed), a pipe, a device: not toolkit's to change
+            continue
+        mode = (0o777 if stat.S_ISDIR(st.st_mode) else 0o666) & ~umask
+        if stat.S_IMODE(st.st_mode) == mode:
+            continue
+        try:
+            fd = opener(path)
+        except OSError:  # changed since the lstat: left as it is
+            continue
+        try:
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
 
 
 Snapshot = dict[Path, tuple[int, int]]
@@ -62,14 +84,33 @@ def make_written_readable(root: str | Path, before: Snapshot) -> None:
 
 def write_json_atomic(path: str | Path, data: dict | list) -> None:
     """Write JSON so that readers see the old file or the new one, never half of one."""
+
+    def dump(f) -> None:
+        f.write((json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+    replace_atomically(path, dump)
+
+
+def replace_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Put at `path` the bytes `write` writes to a file, with the permissions the umask
+    allows: readers see the old file or the new one, never half of one.
+
+    Never through a link: the temporary file is created anew (mkstemp's O_EXCL fails
+    on any name that exists, a link included), and the rename replaces a link at `path`
+    itself rather than the file it points to."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
         os.replace(tmp, path)
-        make_readable(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

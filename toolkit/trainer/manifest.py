@@ -1,7 +1,8 @@
 """run.json: what a training run was, so outputs describe themselves.
 
-merge-lora, `toolkit compare` and `toolkit reproduce` read it; it never holds
-secrets (the config holds none: tokens reach the container by name only).
+merge-lora, `toolkit compare` and `toolkit reproduce` read it through toolkit.record,
+whose check it passes before it is written; it never holds secrets (the config holds
+none: tokens reach the container by name only).
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
-from toolkit import __version__
+from toolkit import __version__, record
 from toolkit.config import LoadedConfig
 from toolkit.hub import read_pins
-from toolkit.trainer.files import write_json_atomic
 
-MANIFEST = "run.json"
+MANIFEST = record.RECORD
 LIBRARIES = (
     "torch",
     "transformers",
@@ -47,8 +47,8 @@ def environment() -> dict:
     """Where the run happened: host or image, and the versions that decide numerics."""
     return {
         "in_container": os.environ.get("TOOLKIT_IN_CONTAINER") == "1",
-        "image": os.environ.get("TOOLKIT_IMAGE"),
-        "image_id": os.environ.get("TOOLKIT_IMAGE_ID"),
+        "image": os.environ.get("TOOLKIT_IMAGE") or None,
+        "image_id": os.environ.get("TOOLKIT_IMAGE_ID") or None,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "executable": sys.executable,
@@ -74,6 +74,4 @@ def write_manifest(output_dir: str | Path, loaded: LoadedConfig, recipe: str, **
         "environment": environment(),
         **facts,
     }
-    path = Path(output_dir) / MANIFEST
-    write_json_atomic(path, data)
-    return path
+    return record.write(Path(output_dir) / MANIFEST, data)

@@ -9,17 +9,24 @@ rerun reuses the folder.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
+import time
 from array import array
 from pathlib import Path
+from typing import Any
 
-from toolkit import __version__
+from toolkit import __version__, cache, safe_io
 from toolkit.config import Config, is_local_ref
+from toolkit.config.rules import open_regular
+from toolkit.errors import DataError
 from toolkit.trainer.chat import LABEL_RULES
 from toolkit.trainer.data import DataReport, Example, build_examples
 from toolkit.trainer.files import make_readable
@@ -73,20 +80,28 @@ def cache_key(cfg: Config, template: str) -> str:
         if is_local_ref(ds.path):
             _hash_tree(h, Path(ds.path).expanduser())
     tokenizer_dir = Path(cfg.tokenizer_config or cfg.base_model).expanduser()
+    key = "tokenizer_config" if cfg.tokenizer_config else "base_model"
     if tokenizer_dir.is_dir():
         for name in TOKENIZER_FILES:
             if (tokenizer_dir / name).exists():
-                h.update(name.encode() + (tokenizer_dir / name).read_bytes())
+                h.update(name.encode())
+                _hash_file(h, tokenizer_dir / name, key)
     return h.hexdigest()[:16]
 
 
 def _hash_tree(h, path: Path) -> None:
+    # is_file (a stat) leaves out pipes and devices inside a folder, which are not read;
+    # a dataset that is one itself is refused by open_regular.
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
         h.update(str(file.name).encode())
-        with file.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        _hash_file(h, file, "datasets.path")
+
+
+def _hash_file(h, file: Path, key: str) -> None:
+    with open_regular(file, key, DataError) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
 
 
 def load_or_build(cfg: Config, encoder, log) -> tuple[list[Example], DataReport]:
@@ -95,6 +110,7 @@ def load_or_build(cfg: Config, encoder, log) -> tuple[list[Example], DataReport]
     if not cfg.dataset_prepared_path:
         return build_examples(cfg, encoder)
     folder = Path(cfg.dataset_prepared_path).expanduser() / cache_key(cfg, encoder.template)
+    remove_leftovers(folder.parent, log)
     if (folder / "report.json").exists():
         log(f"data: reusing prepared data from {folder}")
         return _read(folder)
@@ -112,10 +128,27 @@ ARRAYS = ("input_ids.npy", "labels.npy", "offsets.npy")
 def _read(folder: Path) -> tuple[list[Example], DataReport]:
     import numpy as np
 
-    ids, labels, offsets = (np.load(folder / name) for name in ARRAYS)
-    ids, labels, bounds = array("i", ids.tobytes()), array("i", labels.tobytes()), offsets.tolist()
-    examples = [Example(ids[a:b], labels[a:b]) for a, b in itertools.pairwise(bounds)]
-    report = DataReport(**json.loads((folder / "report.json").read_text()))
+    def load(name: str) -> Any:
+        with open_regular(folder / name, "dataset_prepared_path", DataError) as f:
+            # report.json is a few counts: bounded in size and depth like any record.
+            return (
+                np.load(f)
+                if name in ARRAYS
+                else safe_io.load_json(safe_io.read_limited(f, 1 << 20))
+            )
+
+    try:
+        ids, labels, offsets = (load(name) for name in ARRAYS)
+        ids, labels = array("i", ids.tobytes()), array("i", labels.tobytes())
+        bounds = offsets.tolist()
+        examples = [Example(ids[a:b], labels[a:b]) for a, b in itertools.pairwise(bounds)]
+        report = DataReport(**load("report.json"))
+    except (OSError, ValueError, TypeError, EOFError) as exc:
+        raise DataError(
+            f"dataset_prepared_path: the prepared data in {folder} cannot be read "
+            f"({str(exc).splitlines()[0][:200]}); remove that folder and run again to "
+            "prepare it anew"
+        ) from None
     return examples, report
 
 
@@ -125,6 +158,9 @@ def _write(folder: Path, examples: list[Example], report: DataReport) -> None:
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    # Held until this process ends the write: remove_leftovers leaves a held folder alone.
+    held = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(held, fcntl.LOCK_EX)
     try:
         for name, part in (("input_ids.npy", "input_ids"), ("labels.npy", "labels")):
             flat = b"".join(array("i", getattr(e, part)).tobytes() for e in examples)
@@ -133,6 +169,7 @@ def _write(folder: Path, examples: list[Example], report: DataReport) -> None:
         np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         # report.json last: its presence marks a complete folder (load_or_build).
         (tmp / "report.json").write_text(json.dumps(report.as_dict()))
+        cache.mark(tmp, "prepared", folder.name)  # what lets `toolkit cache` prune it
         make_readable(tmp)
         try:
             os.rename(tmp, folder)
@@ -141,6 +178,56 @@ def _write(folder: Path, examples: list[Example], report: DataReport) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(held)
+
+
+# _write's temporary folders: "." + the 16-hex-digit key + "." + mkdtemp's 8 characters.
+_TEMP_NAME = re.compile(r"\.[0-9a-f]{16}\.[a-z0-9_]{8}")
+# Newer ones may be a write between its mkdtemp and its lock.
+_TEMP_GRACE_S = 5
+
+
+def remove_leftovers(parent: Path, log) -> None:
+    """Remove the temporary folders of writes that were killed: only folders named as
+    _write names them, holding nothing but what it writes (regular files), not held by
+    a live write's lock, never through a link (opened with O_NOFOLLOW, emptied by
+    names relative to that handle)."""
+    try:
+        parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        for name in sorted(os.listdir(parent_fd)):
+            if _TEMP_NAME.fullmatch(name) and _remove_if_stale(parent_fd, name):
+                log(f"data: removed {parent / name}, left by an interrupted preparation")
+    finally:
+        os.close(parent_fd)
+
+
+def _remove_if_stale(parent_fd: int, name: str) -> bool:
+    try:
+        fd = safe_io.open_dir(name, dir_fd=parent_fd)
+    except OSError:  # gone, a link, or not a folder
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        st = os.fstat(fd)
+        if time.time() - st.st_mtime < _TEMP_GRACE_S:
+            return False
+        names = os.listdir(fd)
+        if not set(names) <= {*ARRAYS, "report.json", cache.MARK} or not all(
+            stat.S_ISREG(os.stat(n, dir_fd=fd, follow_symlinks=False).st_mode) for n in names
+        ):
+            return False  # not what _write leaves: not toolkit's to remove
+        for n in names:
+            os.unlink(n, dir_fd=fd)
+        os.rmdir(name, dir_fd=parent_fd)
+        return True
+    except OSError:  # held by a live write (BlockingIOError), or changed meanwhile
+        return False
+    finally:
+        os.close(fd)
 
 
 # Where `toolkit preprocess` writes when the config names no folder: axolotl's default.

@@ -11,6 +11,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from toolkit.bars import bar, clock
+from toolkit.outputs import open_nofollow
 from toolkit.trainer.throughput import peak_memory_gib
 
 
@@ -29,15 +30,19 @@ class RunLog:
         self.main = is_main_process()
         if self.main:
             started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(f"=== toolkit run started {started} ===\n")
+            self._append(f"=== toolkit run started {started} ===\n")
 
     def __call__(self, line: str) -> None:
         if not self.main:
             return
         print(line, flush=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        self._append(line + "\n")
+
+    def _append(self, text: str) -> None:
+        # Never through a link planted at train.log (exit 2 naming it).
+        fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
+            f.write(text)
 
 
 class ProgressLog(TrainerCallback):

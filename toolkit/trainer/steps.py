@@ -4,6 +4,7 @@ and describe it. The recipes stay readable top to bottom between the two."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -11,8 +12,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from toolkit.config import Config, LoadedConfig
-from toolkit.errors import Preempted, RuntimeFailure
-from toolkit.outputs import MANIFEST, STATE_DIR, read_segments, write_segments
+from toolkit.errors import Preempted, RuntimeFailure, ToolkitError, UsageError
+from toolkit.outputs import MANIFEST, STATE_DIR, read_segments, refuse_links, write_segments
 from toolkit.trainer import quiet_libraries, trackers
 from toolkit.trainer.checkpoints import CheckpointMarker, Preemption, find_resume
 from toolkit.trainer.files import make_written_readable, snapshot
@@ -30,12 +31,14 @@ from toolkit.trainer.throughput import (
 
 def start_run(cfg: Config) -> tuple[RunLog, ProgressLog, Resolved]:
     """Create output_dir, its train.log and the progress callback; seed everything;
-    resolve what depends on the hardware, and log it."""
+    resolve what depends on the hardware, and log it. A link where the run writes is
+    refused first (exit 2): it may have been planted since the command checked."""
     import transformers
 
     quiet_libraries()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    refuse_links(out)
     log = RunLog(out / "train.log")
     transformers.set_seed(cfg.seed)
     resolved = resolve(cfg)
@@ -65,6 +68,48 @@ class SaveFirstStep(TrainerCallback):
             control.should_save = True
 
 
+class SetAside(TrainerCallback):
+    """Moves a finished run's record (run.json) aside once this segment has started
+    training: from then until this run is saved whole, the folder holds no finished run,
+    so nothing merges a half-written adapter. Not before: a resume that fails while it
+    loads its checkpoint leaves the finished run as it was, merge-lora included."""
+
+    def __init__(self, out: Path | None) -> None:
+        self.out, self.done = out, False  # out: None on ranks other than 0
+
+    def on_step_begin(self, args, state, control, **kwargs) -> None:
+        self.set_aside()
+
+    def set_aside(self) -> None:
+        """Move output_dir/run.json to .toolkit/superseded-run.json (once)."""
+        if not self.done and self.out and (self.out / MANIFEST).exists():
+            os.replace(self.out / MANIFEST, self.out / STATE_DIR / f"superseded-{MANIFEST}")
+        self.done = True
+
+
+class LinkGuard(TrainerCallback):
+    """Before each save, the planned names are looked at again: a link planted while the
+    run trained (at the checkpoint about to be written, say) stops the run, exit 2,
+    instead of being written through by transformers, which writes by path. Added last,
+    so that it sees every callback's decision to save."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        if control.should_save:
+            refuse_links(self.out)
+
+
+def _unloadable(exc: Exception) -> bool:
+    """Whether `exc`, raised before the first step of a resume, says the checkpoint could
+    not be loaded (a pickle or tensor file that does not parse) rather than that the
+    machine failed (memory, disk: those keep their own messages) or toolkit said why."""
+    import torch
+
+    return not isinstance(exc, (OSError, MemoryError, torch.OutOfMemoryError, ToolkitError))
+
+
 def train_and_save(
     trainer, tokenizer, loaded: LoadedConfig, progress: ProgressLog, recipe: str, **facts
 ) -> Path:
@@ -78,11 +123,14 @@ def train_and_save(
     before = snapshot(out)
     trainer.remove_callback(PrinterCallback)  # ProgressLog prints one line per log step
     resume = find_resume(cfg, progress.log)
+    if main and resume is None and (out / MANIFEST).exists():
+        progress.log(
+            f"note: {out} holds a finished run (run.json); this run from step 0 replaces "
+            "it and its adapter once it has trained"
+        )
     segments = _start_segment(out, resume) if main else []
-    if main and (out / MANIFEST).exists():
-        # A finished run continued (a longer max_steps): until this one is saved whole,
-        # the folder holds no finished run, so nothing merges a half-written adapter.
-        os.replace(out / MANIFEST, out / STATE_DIR / f"superseded-{MANIFEST}")
+    started_training = SetAside(out if main else None)
+    trainer.add_callback(started_training)
     trainer.add_callback(CheckpointMarker(cfg.training_digest()))
     if cfg.early_stopping_patience:
         from transformers import EarlyStoppingCallback
@@ -96,6 +144,8 @@ def train_and_save(
     trainer.add_callback(divergence)
     for callback in getattr(trainer.model, "toolkit_callbacks", ()):  # qat's, from load_base
         trainer.add_callback(callback)
+    if main:
+        trainer.add_callback(LinkGuard(out))
     resolved = facts["resolved"]
     board = TensorBoard(out / "tensorboard") if main else None
     progress.measure(
@@ -108,6 +158,18 @@ def train_and_save(
     try:
         with preemption.installed():
             result = trainer.train(resume_from_checkpoint=resume)
+    except Exception as exc:
+        if resume is None or started_training.done or not _unloadable(exc):
+            raise
+        _end_segment(out, segments, trainer.state.global_step, "failed")
+        said = re.split(r"(?<=\.)\s|\n", str(exc).strip(), maxsplit=1)[0][:200]
+        raise UsageError(
+            f"resume: {resume} passed its checks but could not be loaded "
+            f"({type(exc).__name__}: {said}); nothing was trained. Move "
+            f"{Path(resume).name} out of {out} to resume from an older checkpoint, or run "
+            "the same command with --restart (resume_from_checkpoint: false) to train "
+            "from step 0"
+        ) from exc
     finally:
         if board:
             board.close()
@@ -118,9 +180,15 @@ def train_and_save(
         progress.log(f"preempted: SIGTERM at step {step}; checkpoint saved")
         _end_segment(out, segments, step, "preempted")
         make_written_readable(out, before)
+        again = (
+            "Run the same command again without --restart (resume_from_checkpoint: auto) "
+            "to resume from it"
+            if cfg.resume_from_checkpoint is False
+            else "Run the same command again to resume from it"
+        )
         raise Preempted(
             f"stopped by SIGTERM at step {step}; checkpoint {out}/checkpoint-{step} "
-            "was saved. Run the same command again to resume from it"
+            f"was saved. {again}"
         )
     if divergence.step is None and trainer.args.world_size == 1 and not _finite(trainer.model):
         divergence.step, divergence.what = step, "a trainable weight that is not finite"
@@ -129,6 +197,9 @@ def train_and_save(
         _end_segment(out, segments, step, "diverged")
         make_written_readable(out, before)
         raise RuntimeFailure(divergence.message(cfg))
+    started_training.set_aside()  # a run that took no step still replaces the record
+    if main:
+        refuse_links(out)  # transformers and peft write by path: none may be a link now
     trainer.save_model(str(out))  # every rank joins; rank 0 writes
     if not main:
         return out

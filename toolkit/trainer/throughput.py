@@ -17,7 +17,13 @@ unlisted GPU MFU is not reported.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import struct
+import time
 from pathlib import Path
+from typing import BinaryIO
 
 
 def flops_per_token(config, full_finetune: bool, mean_len: float) -> float:
@@ -79,31 +85,91 @@ def write_chart(path: Path, losses, evals, rates) -> bool:
     bottom.set_ylabel("tokens/s")
     bottom.set_xlabel("step")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    from toolkit.trainer.files import replace_atomically
+
+    try:
+        replace_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
     return True
 
 
 class TensorBoard:
-    """Scalars to output_dir/tensorboard through tensorboardX (a no-op if it is missing)."""
+    """Scalars to output_dir/tensorboard as TensorBoard event files (tensorboardX's
+    protos and CRC; a no-op if it is missing).
+
+    Written here, in the calling thread, not through tensorboardX's SummaryWriter: when
+    a write fails (a full disk) its writer thread dies, its bounded queue then blocks
+    training, and its exit hook flushes again and prints a traceback. Here a failed write
+    turns the events off for the rest of the run, quietly (train.log and run.json hold
+    the same numbers), and nothing runs at exit. The event file is created anew, never
+    through a link; a link at tensorboard/ itself is refused (exit 2)."""
 
     def __init__(self, directory: Path) -> None:
+        self.writer: BinaryIO | None = None
         try:
-            from tensorboardX import SummaryWriter
+            from tensorboardX.proto.event_pb2 import Event
+            from tensorboardX.proto.summary_pb2 import Summary
+            from tensorboardX.record_writer import masked_crc32c
         except ImportError:
-            self.writer = None
             return
-        self.writer = SummaryWriter(logdir=str(directory))
+        from toolkit.outputs import open_folder
+
+        self._event, self._summary, self._crc = Event, Summary, masked_crc32c
+        try:
+            directory.mkdir(exist_ok=True)
+            folder = open_folder(directory)
+            try:
+                fd = self._create(folder)
+            finally:
+                os.close(folder)
+            self.writer = os.fdopen(fd, "wb")
+            self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+        except OSError:
+            self.close()
+            self.writer = None
+
+    @staticmethod
+    def _create(folder: int) -> int:
+        """A new event file, by TensorBoard's naming; a resume in the same second (and
+        process) gets the next free name."""
+        from toolkit.safe_io import create_new
+
+        stem = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        n = 0
+        while True:  # a name that exists, a link included, is never opened
+            try:
+                return create_new(f"{stem}.{n}", dir_fd=folder)
+            except FileExistsError:
+                n += 1
+
+    def _write(self, event) -> None:
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        record = header + struct.pack("<I", self._crc(header)) + data
+        if self.writer is None:  # closed after a failed write: the events end there
+            return
+        self.writer.write(record + struct.pack("<I", self._crc(data)))
+        self.writer.flush()
 
     def scalars(self, step: int, values: dict) -> None:
-        if self.writer is None:
+        if self.writer is None or self.writer.closed:
             return
-        for name, value in values.items():
-            if value is not None:
-                self.writer.add_scalar(name, value, step)
+        shown = [
+            self._summary.Value(tag=name, simple_value=float(value))
+            for name, value in values.items()
+            if value is not None
+        ]
+        try:
+            self._write(
+                self._event(wall_time=time.time(), step=step, summary=self._summary(value=shown))
+            )
+        except OSError:
+            self.close()
 
     def close(self) -> None:
+        """Close the event file; a failure to (a full disk) only ends the events. The
+        file closes even then: nothing is left to flush at exit."""
         if self.writer is not None:
-            self.writer.close()
+            with contextlib.suppress(OSError):
+                self.writer.close()
