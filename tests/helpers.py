@@ -133,3 +133,34 @@ def plant(out: Path, name: str, target: str, outside: Path) -> str:
     )
     path.symlink_to(to)
     return to
+
+
+def ends(call, *fifos: Path, deadline: float = 60):
+    """call() in a thread: its result (or its exception, raised here) if it ends within
+    `deadline` seconds; else the pipes `fifos` are opened from both ends to free it and the
+    test fails: a command blocked on a pipe fails the test instead of hanging the suite."""
+    import threading
+
+    result: dict = {}
+
+    def target() -> None:
+        try:
+            result["value"] = call()
+        except BaseException as exc:  # a traceback: the test reports it
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(deadline)
+    hung = thread.is_alive()
+    for fifo in fifos:
+        for flags in (os.O_WRONLY, os.O_RDONLY):
+            try:
+                os.close(os.open(fifo, flags | os.O_NONBLOCK))
+            except OSError:
+                pass  # no reader waits on it: good
+    thread.join(5)
+    assert not hung, f"{call} blocked"
+    if "error" in result:
+        raise result["error"]
+    return result["value"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import ends
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,30 +35,9 @@ DEADLINE_S = 120
 
 
 def run_cli(argv: list[str], unblock: list[Path] = ()) -> int:
-    """main(argv) in a thread: it must finish before DEADLINE_S (pipes in `unblock` are
-    then opened for writing, so a reader stuck on one ends and the test fails)."""
-    result: dict = {}
-
-    def target() -> None:
-        try:
-            result["code"] = main(argv)
-        except BaseException as exc:  # a traceback: the test reports it
-            result["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(DEADLINE_S)
-    hung = thread.is_alive()
-    for fifo in unblock:
-        try:
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            pass  # no reader waits on it: good
-    thread.join(5)
-    assert not hung, f"toolkit {' '.join(map(str, argv))} blocked"
-    if "error" in result:
-        raise result["error"]
-    return result["code"]
+    """main(argv), which must end before DEADLINE_S (pipes in `unblock` are then opened,
+    so a reader stuck on one ends and the test fails)."""
+    return ends(lambda: main(argv), *unblock, deadline=DEADLINE_S)
 
 
 def refused(capsys, argv: list[str], *needles: str, unblock: list[Path] = ()) -> str:

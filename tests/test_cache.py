@@ -21,6 +21,7 @@ import pytest
 import yaml
 from conftest import DEMO_DATA
 from fakes import FakeRuntime
+from helpers import ends
 from hubstub import HubStub
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -634,37 +635,6 @@ def test_an_object_whose_key_leads_out_of_the_copy_is_refused(tmp_path, monkeypa
 
 # --- hostile marks, a swap during removal, a damaged registry on a run's path -------------
 
-DEADLINE_S = 60
-
-
-def within(call, *fifos: Path):
-    """call() in a thread that must end within DEADLINE_S; else the pipes are opened from
-    the writing end (a reader stuck on one ends) and the test fails."""
-    import threading
-
-    result: dict = {}
-
-    def target() -> None:
-        try:
-            result["value"] = call()
-        except BaseException as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(DEADLINE_S)
-    hung = thread.is_alive()
-    for fifo in fifos:
-        try:
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
-    thread.join(5)
-    assert not hung, "blocked on a pipe"
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
 
 def test_a_planted_mark_in_a_shared_prepared_folder_is_not_listed(tmp_path, monkeypatch, capsys):
     """dataset_prepared_path may be shared with other tools: a .toolkit-entry someone put
@@ -683,9 +653,9 @@ def test_a_planted_mark_in_a_shared_prepared_folder_is_not_listed(tmp_path, monk
     os.mkfifo(fifo)
     before = tree(p.base, [p.toolkit])
     capsys.readouterr()
-    assert within(lambda: main(["cache", "list"]), fifo) == 0
+    assert ends(lambda: main(["cache", "list"]), fifo) == 0
     assert capsys.readouterr().out == "toolkit keeps nothing here yet\n"
-    assert within(lambda: main(["cache", "prune", "prepared"]), fifo) == 0
+    assert ends(lambda: main(["cache", "prune", "prepared"]), fifo) == 0
     assert capsys.readouterr().out == "removed 0 B in 0 entries\n"
     assert tree(p.base, [p.toolkit]) == before
 
@@ -771,12 +741,12 @@ def test_a_damaged_registry_warns_a_run_once_and_the_run_goes_on(
         cache.record_prepared(p.prepared)
         return [compiled, copied, model]
 
-    compiled, copied, model = within(run_path, p.registry)
+    compiled, copied, model = ends(run_path, p.registry)
     assert compiled.is_dir() and copied.read_bytes() == b'{"a": 1}\n' and model.is_dir()
     assert capsys.readouterr().err == run_warning(p.registry, why)
     assert cache.made("compile") == [] and cache.find("data", copied.parent.parent.name) is None
     assert capsys.readouterr().err == "", "said once"
-    assert within(lambda: main(["cache", "list"]), p.registry) == 2
+    assert ends(lambda: main(["cache", "list"]), p.registry) == 2
     assert capsys.readouterr().err == damaged_message(p.registry, why)
     assert stat.S_ISFIFO(p.registry.lstat().st_mode) or p.registry.read_text() == "{not json"
 

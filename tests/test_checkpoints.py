@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import preempt_at, read_run
+from helpers import ends, preempt_at, read_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -283,7 +283,7 @@ def test_a_sizes_only_marker_still_checks_sizes_links_and_pipes(
     optimizer.unlink()
     os.mkfifo(optimizer)
     with pytest.raises(UsageError) as info:
-        within(lambda: find_resume(cfg, print), optimizer)
+        ends(lambda: find_resume(cfg, print), optimizer)
     assert (
         "checkpoint-4 (optimizer.pt is a named pipe (FIFO), not a regular file); "
         "checkpoint-3 (optimizer.pt is a link or not a file inside the checkpoint)"
@@ -303,37 +303,6 @@ def test_a_newer_verified_checkpoint_is_preferred_to_a_sizes_only_one(
 
 
 # --- pipes where a resume reads: skipped, never blocked on ---------------------------------
-
-DEADLINE_S = 60
-
-
-def within(call, *fifos: Path):
-    """call() in a thread that must end within DEADLINE_S; else the pipes are opened from
-    the writing end (a reader stuck on one ends) and the test fails."""
-    import threading
-
-    result: dict = {}
-
-    def target() -> None:
-        try:
-            result["value"] = call()
-        except BaseException as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(DEADLINE_S)
-    hung = thread.is_alive()
-    for fifo in fifos:
-        try:
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
-    thread.join(5)
-    assert not hung, "the resume blocked on a pipe"
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 @pytest.mark.parametrize("swapped", [False, True], ids=["planted", "swapped-after-stat"])
@@ -357,14 +326,14 @@ def test_a_pipe_in_a_checkpoint_is_skipped_never_blocked_on(
     os.mkfifo(fifo)
     if swapped:
         monkeypatch.setattr(safe_io, "_kind_at", lambda *args: None)
-    found, lines = within(lambda: resume_of(path), fifo)
+    found, lines = ends(lambda: resume_of(path), fifo)
     assert lines == [
         f"resume: skipping checkpoint-4: {why}",
         "resume: continuing from checkpoint-3 (step 3)",
     ]
     assert found == str(out / "checkpoint-3")
     with pytest.raises(UsageError, match=re.escape(f"cannot be resumed: {why}")):
-        within(lambda: resume_of(path, resume_from_checkpoint=str(out / "checkpoint-4")), fifo)
+        ends(lambda: resume_of(path, resume_from_checkpoint=str(out / "checkpoint-4")), fifo)
 
 
 def test_a_marker_nested_5000_deep_is_skipped(preempted, tiny_model_dir, tmp_path):

@@ -14,46 +14,15 @@ import json
 import os
 import socket
 import stat
-import threading
 from pathlib import Path
 
 import pytest
+from helpers import ends
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from toolkit import safe_io
 from toolkit.errors import UsageError
-
-DEADLINE_S = 20
-
-
-def ends(call, *fifos: Path):
-    """call() in a thread: its result (or its exception, raised here) if it ends within
-    DEADLINE_S; else the pipes `fifos` are opened from both ends to free it and the test
-    fails."""
-    result: dict = {}
-
-    def target() -> None:
-        try:
-            result["value"] = call()
-        except BaseException as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(DEADLINE_S)
-    hung = thread.is_alive()
-    for fifo in fifos:
-        for flags in (os.O_WRONLY, os.O_RDONLY):
-            try:
-                os.close(os.open(fifo, flags | os.O_NONBLOCK))
-            except OSError:
-                pass
-    thread.join(5)
-    assert not hung, f"{call} blocked"
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 @pytest.fixture
