@@ -29,6 +29,7 @@ def s3(monkeypatch, tmp_path):
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": f"http://{host}:{port}",
         "TOOLKIT_DATA_CACHE": str(tmp_path / "cache"),
+        "TOOLKIT_CACHE": str(tmp_path / "toolkit"),  # the registry of what toolkit made
     }.items():
         monkeypatch.setenv(name, value)
     import boto3
@@ -140,3 +141,42 @@ def test_a_store_without_its_package_says_what_to_install(monkeypatch):
         r"install 'qwen-posttrain\[remote\]'",
     ):
         fetch("gs://bucket/chat.jsonl", None, "datasets[0]", log=print)
+
+
+def test_a_killed_fetchs_leftover_is_removed_by_the_next_and_nothing_else(s3, tmp_path, capsys):
+    """A fetch killed midway leaves its temporary folder (marked, its lock gone with its
+    process): the next fetch of the same data removes it. A folder of that name pattern
+    that toolkit did not mark, one a live fetch still holds, and a link are left alone."""
+    import fcntl
+    import os
+
+    from helpers import someone_elses_files, tree_state
+
+    from toolkit import cache, safe_io
+
+    s3.put_object(Bucket="chats", Key="chat.jsonl", Body=DEMO_DATA.read_bytes())
+    copy = fetch("s3://chats/chat.jsonl", None, "datasets[0]", log=print)
+    folder = copy.parent.parent  # data/<key>/files/chat.jsonl
+    assert main(["cache", "prune", "data"]) == 0 and not folder.exists()
+    outside = someone_elses_files(tmp_path)
+    left = {}
+    for kind in ("killed", "live", "foreign"):
+        left[kind] = folder.with_name(f".{folder.name}.{kind}")
+        (left[kind] / "files").mkdir(parents=True)
+        (left[kind] / "files" / "part.jsonl").write_text("{}\n")
+        if kind != "foreign":
+            cache.mark(left[kind], "data", folder.name)
+    link = folder.with_name(f".{folder.name}.link")
+    link.symlink_to(outside / "folder")
+    live = safe_io.open_dir(left["live"])
+    fcntl.flock(live, fcntl.LOCK_EX)  # a fetch still running holds its folder
+    try:
+        kept = tree_state(left["live"], left["foreign"], link, outside)
+        capsys.readouterr()
+        assert fetch("s3://chats/chat.jsonl", None, "datasets[0]", log=print) == copy
+        assert not os.path.lexists(left["killed"])
+        assert tree_state(left["live"], left["foreign"], link, outside) == kept
+        err = capsys.readouterr().err
+        assert f"data: removed {left['killed']}, left by an interrupted fetch" in err
+    finally:
+        os.close(live)

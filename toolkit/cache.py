@@ -284,6 +284,45 @@ def remove(path: Path, kind: str) -> bool:
         os.close(parent)
 
 
+def remove_leftovers(parent: Path, kind: str, name: str) -> list[Path]:
+    """Remove the temporary folders a killed write left in `parent` for the folder `name`:
+    only those named `.NAME.*` that hold toolkit's mark for that name and kind (written
+    first, under the write's lock) and that no live write holds (its flock ends with its
+    process); never through a link, emptied through the folder's descriptor. Returns
+    what was removed."""
+    removed: list[Path] = []
+    try:
+        parent_fd = safe_io.open_dir(parent)
+    except OSError:
+        return removed
+    try:
+        for entry in sorted(os.listdir(parent_fd)):
+            if entry.startswith(f".{name}.") and _remove_leftover(parent_fd, entry, kind, name):
+                removed.append(parent / entry)
+    finally:
+        os.close(parent_fd)
+    return removed
+
+
+def _remove_leftover(parent: int, entry: str, kind: str, name: str) -> bool:
+    try:
+        folder = safe_io.open_dir(entry, dir_fd=parent)
+    except OSError:  # gone, a link, or not a folder
+        return False
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _mark_in(folder, {"kind": kind, "name": name}) is None:
+            return False
+        _empty(folder, Path(entry))
+        if _same(entry, parent, folder):
+            os.rmdir(entry, dir_fd=parent)
+        return True
+    except OSError:  # held by a live write (BlockingIOError), or changed meanwhile
+        return False
+    finally:
+        os.close(folder)
+
+
 def _empty(folder: int, path: Path) -> None:
     """Remove everything inside the open folder `folder` (at `path`, for warnings), by
     names relative to it: links inside are removed, never followed; toolkit's mark last,

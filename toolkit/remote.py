@@ -15,17 +15,19 @@ config names a remote dataset: `pip install 'qwen-posttrain[remote]'`.
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import hashlib
 import json
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from toolkit import cache
+from toolkit import cache, safe_io
 from toolkit.config import DATA_SUFFIXES
 from toolkit.errors import DataError, UsageError
 
@@ -179,8 +181,15 @@ def _download(fs, root: str, files: list[str], folder: Path, key: str) -> Path:
     from toolkit.bars import bar
 
     folder.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in cache.remove_leftovers(folder.parent, "data", folder.name):
+        print(f"data: removed {leftover}, left by an interrupted fetch", file=sys.stderr)
     total = sum(int(fs.info(f).get("size") or 0) for f in files)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    # Held until the rename, and marked before anything is fetched: a fetch killed
+    # midway leaves a folder the next fetch can prove is toolkit's and no longer in use.
+    held = safe_io.open_dir(tmp)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    ident = cache.mark(tmp, "data", folder.name)
     with bar(total or None, f"fetching {root}", unit="B", scale=True) as shown:
 
         class Shown(Callback):
@@ -203,12 +212,16 @@ def _download(fs, root: str, files: list[str], folder: Path, key: str) -> Path:
             for p in [tmp, *tmp.rglob("*")]:
                 p.chmod(0o755 if p.is_dir() else 0o644)  # readable by a container's other UID
             cache.remove(folder, "data")  # an incomplete copy of toolkit's; nothing else
-            while os.path.lexists(folder):
-                folder = folder.with_name(f"{key}-{secrets.token_hex(4)}")
-            ident = cache.mark(tmp, "data", folder.name)
+            if os.path.lexists(folder):
+                while os.path.lexists(folder):
+                    folder = folder.with_name(f"{key}-{secrets.token_hex(4)}")
+                (tmp / cache.MARK).unlink()  # the mark names the folder it becomes
+                ident = cache.mark(tmp, "data", folder.name)
             os.rename(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            os.close(held)
     cache.record(ident, folder, key)
     return folder
