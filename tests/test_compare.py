@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from helpers import read_run
 
 from toolkit.cli import main
@@ -83,3 +84,35 @@ def test_reproduce_reruns_a_local_run_and_finds_the_same_curve(
     assert again["loss_history"] == first["loss_history"]
     assert again["config"]["gradient_accumulation_steps"] == 1 and again["steps"] == 6
     assert main(["reproduce", str(tmp_path / "out")]) == 2  # the rerun's folder is taken
+
+
+@pytest.mark.parametrize(
+    ("environ", "where"),
+    [
+        ({}, "host"),
+        ({"TOOLKIT_VARIANT": "cu130"}, "host"),  # on the host: only the user's default choice
+        (
+            {"TOOLKIT_IN_CONTAINER": "1", "TOOLKIT_VARIANT": "cu130"},
+            "the cu130 image (tag not recorded)",
+        ),
+        (
+            {"TOOLKIT_IN_CONTAINER": "1", "TOOLKIT_VARIANT": "cpu", "TOOLKIT_IMAGE": "toolkit:x"},
+            "toolkit:x",
+        ),
+    ],
+)
+def test_a_run_started_inside_an_image_by_hand_is_not_called_host(
+    environ, where, tiny_model_dir, write_config, monkeypatch
+):
+    """`docker run IMAGE toolkit train …` (no TOOLKIT_IMAGE from a host command): the
+    record keeps the image's variant, and compare names it rather than "host"."""
+    from toolkit.compare import describe, read_run
+
+    for name in ("TOOLKIT_IN_CONTAINER", "TOOLKIT_VARIANT", "TOOLKIT_IMAGE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    changes = {"max_steps": 1, "logging_steps": 1, "val_set_size": 0.0}
+    path = write_config({"base_model": str(tiny_model_dir), **changes})
+    assert main(["train", str(path), "--runtime", "local"]) == 0
+    assert describe(read_run(str(path.parent / "out"))).split(", ")[1] == where

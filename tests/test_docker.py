@@ -419,3 +419,33 @@ def test_trackers_run_in_the_offline_container(image, shared, monkeypatch, capfd
     client = MlflowClient(tracking_uri=store.as_uri())
     [run] = client.search_runs([client.get_experiment_by_name("qwen3").experiment_id])
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
+
+
+def test_a_cuda_image_on_a_host_without_gpus_trains_on_the_cpu(image, shared, capfd):
+    """A portability check on a CPU machine: a CUDA image (here the cpu image relabelled,
+    as building cu130 takes GBs) asks the engine for no GPU the host lacks, and trains on
+    the CPU, saying so. Skipped where this host has an NVIDIA GPU: that is the GPU path."""
+    import tempfile
+
+    from toolkit.launch import gpu_nodes
+
+    if gpu_nodes("cuda"):
+        pytest.skip("this host has an NVIDIA GPU; the fallback is for hosts without one")
+    tag = "toolkit-test:cuda-on-cpu"
+    with tempfile.TemporaryDirectory() as context:
+        (Path(context) / "Dockerfile").write_text(
+            f"FROM {image}\nLABEL io.toolkit.accelerator=cuda io.toolkit.variant=cu130\n"
+        )
+        subprocess.run(["docker", "build", "-q", "-t", tag, context], check=True)
+    try:
+        config = demo_config(shared, max_steps=2)
+        code = main(["train", str(config), "--runtime", "docker", "--image", tag])
+        err = capfd.readouterr().err
+        assert code == 0, err
+        assert (
+            f"toolkit: no CUDA GPU on this host (/dev/nvidiactl absent): {tag} runs on the CPU"
+            in err
+        )
+        assert read_run(shared / "out")["resolved"]["device"] == "cpu"
+    finally:
+        subprocess.run(["docker", "rmi", tag], capture_output=True, check=False)

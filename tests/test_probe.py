@@ -170,6 +170,21 @@ def test_doctor_refuses_cu130_on_driver_550_and_names_the_alternatives():
     assert image.fix == "use the cu128 image, or upgrade the NVIDIA driver to ≥ 580.65.06"
 
 
+@pytest.mark.parametrize("wanted", ["cu130", "rocm7.2"])
+def test_a_gpu_image_asked_for_on_a_host_with_no_gpu_is_a_portability_check(wanted):
+    """Not a refusal: the image's torch runs on the CPU (same config, same curve, to
+    compare with a GPU run); the doctor says it is slower, and the run asks the engine for
+    no GPU (tests/test_docker.py). With a GPU of the other vendor it stays refused."""
+    image = finding(host_checks(fake_host(docker_ok(), {"docker"}), MATRIX, wanted), "image")
+    assert (image.status, image.fix) == (Status.MARGINAL, "use the cpu image for speed")
+    assert image.message == (
+        f"{wanted}: no GPU on this host; the image runs on the CPU (a portability check), "
+        "slower than the cpu image"
+    )
+    nvidia = nvidia_host("0, NVIDIA H100 80GB HBM3, 9.0, 580.82.07, 81559 MiB, [N/A]\n")
+    assert finding(host_checks(nvidia, MATRIX, "rocm7.2"), "image").status == Status.FAIL
+
+
 def test_doctor_t4_is_told_no_bf16_no_flash_attention():
     host = nvidia_host("0, Tesla T4, 7.5, 575.51.03, 15360 MiB, [N/A]\n")
     precision = finding(host_checks(host, MATRIX), "gpu 0 precision")

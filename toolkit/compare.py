@@ -65,11 +65,23 @@ def compare(a: RunRecord, b: RunRecord, rtol: float, atol: float) -> Comparison:
     return Comparison(steps, max_abs, max_rel, worst, same, notes)
 
 
+def _where(env: record.Environment | None) -> str:
+    """The image a run trained in, or "host": a run started inside an image by hand
+    records no tag, but the image's variant and that it was in a container."""
+    if env is None:
+        return "host"
+    if env.image:
+        return env.image
+    if env.in_container:
+        return f"the {env.variant} image (tag not recorded)" if env.variant else "an image"
+    return "host"
+
+
 def describe(run: RunRecord) -> str:
     env = run.environment
     resolved = run.resolved or {}
     torch = (env.libraries.get("torch") if env else None) or "?"
-    where = (env.image if env else None) or "host"
+    where = _where(env)
     device, dtype = (record.printable(resolved.get(k, "?"), 60) for k in ("device_name", "dtype"))
     return (
         f"{device} ({dtype}), {where}, torch {record.printable(torch, 60)}, "

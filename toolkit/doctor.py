@@ -85,6 +85,16 @@ def _image_finding(host: Host, variants: list, wanted: str | None) -> Finding:
                 "image", Status.FAIL, f"no variant {wanted!r}", "see `toolkit images list`"
             )
         ev = evaluate(host.facts, chosen)
+        if chosen.accelerator != "cpu" and not host.facts.gpus:
+            # Asked for by name on a machine with no GPU at all: a portability check (does
+            # this config train alike in the CUDA or ROCm image?); torch falls back to the CPU.
+            return Finding(
+                "image",
+                Status.MARGINAL,
+                f"{wanted}: no GPU on this host; the image runs on the CPU (a portability "
+                "check), slower than the cpu image",
+                "use the cpu image for speed",
+            )
         if ev.status == Status.OK:
             return Finding("image", ev.status, f"{wanted}: {'; '.join(ev.reasons)}")
         best = select(host.facts, facts)

@@ -132,6 +132,16 @@ def device_flags(
     return Devices(shm_size="1g")
 
 
+# The device node each vendor's driver makes when a GPU is there (what the container
+# runtime passes in).
+GPU_NODES = {"cuda": "/dev/nvidiactl", "rocm": "/dev/kfd"}
+
+
+def gpu_nodes(accelerator: str) -> bool:
+    """Whether this host has the device node of `accelerator`'s GPUs."""
+    return os.path.exists(GPU_NODES[accelerator])
+
+
 def amd_group_ids() -> tuple[int, ...]:
     """Groups owning /dev/kfd and the render nodes on this host."""
     paths = [Path("/dev/kfd"), *sorted(Path("/dev/dri").glob("renderD*"))]
@@ -220,6 +230,15 @@ def run_in_container(
             "`toolkit images build VARIANT` or pull it"
         )
     accelerator = info.labels.get("io.toolkit.accelerator", "cpu")
+    if gpus is None and accelerator in GPU_NODES and not gpu_nodes(accelerator):
+        # A CUDA or ROCm image on a host without that vendor's GPUs (a portability check on
+        # a CPU machine): asking the engine for GPUs would fail; torch falls back to the CPU.
+        print(
+            f"toolkit: no {accelerator.upper()} GPU on this host ({GPU_NODES[accelerator]} "
+            f"absent): {image} runs on the CPU",
+            file=sys.stderr,
+        )
+        accelerator = "cpu"
     gids = amd_group_ids() if accelerator == "rocm" else ()
     for path in writes:
         path.mkdir(parents=True, exist_ok=True)

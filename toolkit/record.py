@@ -62,6 +62,7 @@ class Environment(_Part):
     in_container: bool | None = None
     image: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")] | None = None
     image_id: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
+    variant: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] | None = None
     python: Text | None = None
     platform: Text | None = None
     executable: Text | None = None

@@ -45,10 +45,14 @@ def library_versions() -> dict[str, str | None]:
 
 def environment() -> dict:
     """Where the run happened: host or image, and the versions that decide numerics."""
+    inside = os.environ.get("TOOLKIT_IN_CONTAINER") == "1"
     return {
-        "in_container": os.environ.get("TOOLKIT_IN_CONTAINER") == "1",
+        "in_container": inside,
         "image": os.environ.get("TOOLKIT_IMAGE") or None,
         "image_id": os.environ.get("TOOLKIT_IMAGE_ID") or None,
+        # Inside, the image's own variant (its ENV; on the host TOOLKIT_VARIANT is only the
+        # user's default choice): a run started inside an image by hand has no tag.
+        "variant": (os.environ.get("TOOLKIT_VARIANT") or None) if inside else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "executable": sys.executable,
