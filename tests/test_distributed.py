@@ -24,7 +24,7 @@ def losses(out):
     return run, [loss for _, loss in run["loss_history"]]
 
 
-def test_two_process_ddp_matches_one_process(tiny_model_dir, write_config, tmp_path):
+def test_two_process_ddp_matches_one_process(tiny_model_dir, write_config, tmp_path, capfd):
     base = {"base_model": str(tiny_model_dir), **COMMON}
     single = write_config(
         {**base, "gradient_accumulation_steps": 2, "output_dir": str(tmp_path / "single")},
@@ -35,6 +35,7 @@ def test_two_process_ddp_matches_one_process(tiny_model_dir, write_config, tmp_p
         name="ddp.yaml",
     )
     assert main(["train", str(single), "--runtime", "local"]) == 0
+    capfd.readouterr()
     assert (
         main(
             [
@@ -50,6 +51,8 @@ def test_two_process_ddp_matches_one_process(tiny_model_dir, write_config, tmp_p
         )
         == 0
     )
+    # The closing lines once, by rank 0: not by rank 1 nor by the launching command.
+    assert capfd.readouterr().out.count(f"manifest: {tmp_path / 'ddp'}/run.json") == 1
     one_run, one = losses(tmp_path / "single")
     two_run, two = losses(tmp_path / "ddp")
     assert two_run["world_size"] == 2 and one_run["world_size"] == 1

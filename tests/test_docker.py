@@ -77,8 +77,10 @@ def test_train_and_merge_in_container_match_local(image, shared, monkeypatch, ca
     uid, gid = as_user(monkeypatch, shared)
     config = demo_config(shared)
     assert main(["train", str(config), "--runtime", "docker"]) == 0
-    assert main(["merge-lora", str(config), "--runtime", "docker"]) == 0
     out = shared / "out"
+    closing = f"adapter and tokenizer: {out}\nmanifest: {out}/run.json\nlog: {out}/train.log\n"
+    assert capfd.readouterr().out.count(closing) == 1  # the container's own, once
+    assert main(["merge-lora", str(config), "--runtime", "docker"]) == 0
     printed = capfd.readouterr().out
     assert f"merged model: {out}/merged" in printed
 

@@ -282,3 +282,16 @@ def test_bundled_demo_data_is_what_the_generator_writes(tmp_path):
     from toolkit.tiny import write_demo_dataset
 
     assert write_demo_dataset(tmp_path / "demo.jsonl").read_text() == DEMO_DATA.read_text()
+
+
+def test_the_closing_lines_are_printed_once(tiny_model_dir, write_config, capsys):
+    """Where the adapter, the record and the log are: said once on stdout by the command
+    (the trainer's own line about them goes to train.log alone)."""
+    path = write_config({**FAST, "max_steps": 2, "base_model": str(tiny_model_dir)})
+    assert main(["train", str(path), "--runtime", "local"]) == 0
+    out = path.parent / "out"
+    printed = capsys.readouterr().out
+    closing = f"adapter and tokenizer: {out}\nmanifest: {out}/run.json\nlog: {out}/train.log\n"
+    assert printed.count(closing) == 1 and printed.endswith(closing)
+    assert "saved adapter and tokenizer to" not in printed
+    assert f"saved adapter and tokenizer to {out}; " in (out / "train.log").read_text()

@@ -114,7 +114,10 @@ def train(config, overrides, as_json, restart, **options) -> int:
     if code:
         return code
     publish.after_train(cfg)
-    return _summary(cfg, as_json, "trained")
+    # The closing lines once: by the container's own `toolkit train` in the image, by
+    # torchrun's rank 0 (not by the command that launched it, nor by the other ranks).
+    said = runtime != "local" or bool(distributed) or os.environ.get("RANK", "0") != "0"
+    return _summary(cfg, as_json, "trained", said=said)
 
 
 def gpus_here(runtime: str) -> int:
@@ -128,8 +131,9 @@ def gpus_here(runtime: str) -> int:
     return len(probe.gather(common.new_runtime()).facts.gpus)
 
 
-def _summary(cfg, as_json: bool, status: str) -> int:
-    """Where the outputs are (stdout), or train's final summary as JSON."""
+def _summary(cfg, as_json: bool, status: str, said: bool = False) -> int:
+    """Where the outputs are (stdout), or train's final summary as JSON; `said`: the
+    closing lines were printed already (by the container's own command)."""
     out = Path(cfg.output_dir)
     if as_json:
         from toolkit import record as run_record
@@ -159,7 +163,7 @@ def _summary(cfg, as_json: bool, status: str) -> int:
                 indent=2,
             )
         )
-    elif status == "trained":
+    elif status == "trained" and not said:
         what = "adapter" if cfg.uses_lora else "model"
         print(f"{what} and tokenizer: {out}\nmanifest: {out}/run.json\nlog: {out}/train.log")
     return 0

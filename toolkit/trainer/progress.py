@@ -38,6 +38,11 @@ class RunLog:
         print(line, flush=True)
         self._append(line + "\n")
 
+    def note(self, line: str) -> None:
+        """A line for train.log alone (what the command prints itself at the end)."""
+        if self.main:
+            self._append(line + "\n")
+
     def _append(self, text: str) -> None:
         # Never through a link planted at train.log (exit 2 naming it).
         fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)

@@ -237,7 +237,7 @@ def train_and_save(
         chart="loss.png" if charted else None,
         tensorboard="tensorboard" if board and board.writer else None,
     )
-    progress.log(
+    progress.log.note(  # the command prints where they are as its closing lines
         f"saved {'adapter' if cfg.uses_lora else 'model'} and tokenizer to {out}; "
         f"manifest {manifest}; log {out / 'train.log'}"
     )
