@@ -295,3 +295,18 @@ def test_the_closing_lines_are_printed_once(tiny_model_dir, write_config, capsys
     assert printed.count(closing) == 1 and printed.endswith(closing)
     assert "saved adapter and tokenizer to" not in printed
     assert f"saved adapter and tokenizer to {out}; " in (out / "train.log").read_text()
+
+
+def test_a_run_shorter_than_logging_steps_records_its_last_loss(
+    tiny_model_dir, write_config, capsys
+):
+    """3 steps with logging_steps 5: the last step is logged all the same, so run.json
+    has a final loss, and compare (and reproduce) can use the run."""
+    changes = {**FAST, "max_steps": 3, "logging_steps": 5, "save_steps": 100}
+    path = write_config({**changes, "base_model": str(tiny_model_dir)})
+    assert main(["train", str(path), "--runtime", "local"]) == 0
+    run = read_run(path.parent / "out")
+    assert [step for step, _ in run["loss_history"]] == [3]
+    assert run["final_loss"] == run["loss_history"][-1][1]
+    capsys.readouterr()
+    assert main(["compare", str(path.parent / "out"), str(path.parent / "out")]) == 0

@@ -68,6 +68,15 @@ class SaveFirstStep(TrainerCallback):
             control.should_save = True
 
 
+class LogLastStep(TrainerCallback):
+    """The last step's loss is logged, and so recorded, when max_steps is not a multiple
+    of logging_steps: a short run has a final loss that compare and reproduce can use."""
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        if state.max_steps and state.global_step == state.max_steps:
+            control.should_log = True
+
+
 class SetAside(TrainerCallback):
     """Moves a finished run's record (run.json) aside once this segment has started
     training: from then until this run is saved whole, the folder holds no finished run,
@@ -132,6 +141,7 @@ def train_and_save(
     started_training = SetAside(out if main else None)
     trainer.add_callback(started_training)
     trainer.add_callback(CheckpointMarker(cfg.training_digest()))
+    trainer.add_callback(LogLastStep())
     if cfg.early_stopping_patience:
         from transformers import EarlyStoppingCallback
 
