@@ -310,3 +310,21 @@ def test_a_run_shorter_than_logging_steps_records_its_last_loss(
     assert run["final_loss"] == run["loss_history"][-1][1]
     capsys.readouterr()
     assert main(["compare", str(path.parent / "out"), str(path.parent / "out")]) == 0
+
+
+def test_merge_after_a_shortened_training_needs_no_repeated_overrides(
+    tiny_model_dir, write_config, capsys
+):
+    """`train --max-steps 2` then `merge-lora` with the YAML alone: the run's length does
+    not change what is merged (said in a note); the adapter's shape still must agree."""
+    path = write_config({**FAST, "base_model": str(tiny_model_dir)})
+    assert main(["train", str(path), "--runtime", "local", "--max-steps", "2"]) == 0
+    capsys.readouterr()
+    assert main(["merge-lora", str(path), "--runtime", "local"]) == 0
+    err = capsys.readouterr().err
+    assert "differs only in how it trains (max_steps (2 → 12))" in err
+    merged = path.parent / "out" / "merged"
+    assert (merged / "model.safetensors").is_file()
+    (merged / "merge.json").unlink()  # so that the next merge does not stop at "already"
+    assert main(["merge-lora", str(path), "--runtime", "local", "--lora-alpha", "32"]) == 2
+    assert "differs in: lora_alpha (16 → 32)" in capsys.readouterr().err

@@ -41,6 +41,31 @@ def adapter_sha256(out: Path) -> str:
     return h.hexdigest()
 
 
+# Keys that shape a training but not what a merge of its adapter is: the run's length,
+# its batches, its optimizer and schedule, its data. `train --max-steps 4` then
+# `merge-lora` needs no repeated overrides; the base, the adapter's shape, the dtype, the
+# template and the heads must still agree.
+TRAINING_ONLY = (
+    "max_steps",
+    "num_epochs",
+    "micro_batch_size",
+    "gradient_accumulation_steps",
+    "eval_batch_size",
+    "sequence_len",
+    "sample_packing",
+    "learning_rate",
+    "lr_scheduler",
+    "warmup_steps",
+    "warmup_ratio",
+    "weight_decay",
+    "optimizer",
+    "seed",
+    "datasets",
+    "val_set_size",
+    "early_stopping_patience",
+)
+
+
 def check_inputs(
     loaded: LoadedConfig, allow_mismatch: bool = False, hub_inputs: bool = False
 ) -> dict | None:
@@ -62,6 +87,14 @@ def check_inputs(
 
         recorded = named_by_repo(recorded, [Pin(**p) for p in run.get("hub") or []])
     differences = config_differences(recorded, loaded.config.model_dump(mode="json"))
+    how_trained = [d for d in differences if d.split(" ", 1)[0] in TRAINING_ONLY]
+    if how_trained:
+        print(
+            f"note: merging the adapter in {out} as it was trained; this config differs "
+            f"only in how it trains ({'; '.join(how_trained)}), not in what is merged",
+            file=sys.stderr,
+        )
+        differences = [d for d in differences if d not in how_trained]
     if differences and not allow_mismatch:
         shown = "; ".join(differences[:6]) + (
             f" and {len(differences) - 6} more" if len(differences) > 6 else ""

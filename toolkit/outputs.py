@@ -81,7 +81,7 @@ WRITTEN = (
 # Beyond WRITTEN (which publish reads too): the trackers' local stores, W&B's offline
 # runs (WANDB_DIR is output_dir) and MLflow's default store.
 PLANNED = (*WRITTEN, "wandb", "mlruns")
-WANDB_OWN_LINKS = ("latest-run", "debug*.log")
+WANDB_OWN_LINKS = ("debug*.log",)
 LINK_ADVICE = "toolkit never writes through links: remove it, or choose another output_dir"
 
 
@@ -127,9 +127,9 @@ def planted_links(output_dir: str | Path) -> list[tuple[Path, str]]:
     """(path, target) of each symbolic link at a name toolkit writes in output_dir: a
     `PLANNED` name, or any name inside a planned folder (checkpoint-*, tensorboard,
     merged, .toolkit, wandb, mlruns), dangling or not. W&B's own links inside wandb/ are
-    not counted: any pointing inside it, and those W&B makes by name (latest-run, and
-    debug*.log, which it links to its log cache in the home folder); it replaces them
-    rather than writing through them, and each run writes a new run folder. Nor is
+    not counted: any pointing inside it (latest-run, debug.log), and debug*.log, which it
+    links to its log cache in the home folder; it makes them anew rather than writing
+    through them, in a new run folder each run. Nor is
     output_dir itself counted, nor what is beside the planned names."""
     out = Path(output_dir).expanduser()
     try:
