@@ -48,13 +48,17 @@ def tiny_tokenizer(tiny_model_dir):
 
 
 @pytest.fixture
-def write_config(tmp_path):
-    """Write a config (the demo's, updated with `changes`) and return its path."""
+def write_config(tmp_path, tiny_model_dir):
+    """Write a config (the demo's, updated with `changes`) and return its path. Its
+    base_model is the tiny model built for the session: the demo's `.cache/tiny-qwen3`
+    exists only after `toolkit tiny-model`, and a missing folder is refused."""
 
     def write(
         changes: dict | None = None, name: str = "config.yaml", base: dict | None = None
     ) -> Path:
         data = base if base is not None else yaml.safe_load(DEMO_CONFIG.read_text())
+        if base is None:
+            data["base_model"] = str(tiny_model_dir)
         data["datasets"][0]["path"] = str(DEMO_DATA)
         data["output_dir"] = str(tmp_path / "out")
         data.update(changes or {})

@@ -318,3 +318,15 @@ def test_validate_output_loads_back_as_the_same_values(write_config, capsys):
         expected = loaded.config.model_dump(mode="json")
         expected["gradient_accumulation_steps"] = loaded.config.accumulation_steps
         assert shown == expected
+
+
+@pytest.mark.parametrize("ref", [".cache/tiny-qwen3", "-models/qwen", "org/na--me", "org/name."])
+def test_a_missing_folder_that_cannot_be_a_hub_id_is_not_looked_up(ref, write_config, tmp_path):
+    """The demo's `.cache/tiny-qwen3` before `toolkit tiny-model`: no Hub repository can
+    have that name, so validate says the folder is missing (exit 2), with no Hub call."""
+    from toolkit.config import load_config
+    from toolkit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config({"base_model": ref}))
+    assert any(p.startswith(f"base_model: {ref!r} does not exist") for p in info.value.problems)

@@ -103,9 +103,10 @@ def test_a_training_needs_exactly_its_trackers_credentials(write_config, changes
     present=st.sets(st.sampled_from([*ALL, "WANDB_MODE", "MY_TOKEN"])),
 )
 def test_no_config_ever_needs_a_host_credential(
-    tmp_path_factory, wandb, use_wandb, use_mlflow, uri, present
+    tmp_path_factory, tiny_model_dir, wandb, use_wandb, use_mlflow, uri, present
 ):
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw["base_model"] = str(tiny_model_dir)
     raw["datasets"][0]["path"] = str(DEMO_DATA)
     raw["output_dir"] = str(tmp_path_factory.mktemp("o"))
     raw.update({"wandb_project": "p", "mlflow_experiment_name": "e"})
@@ -209,13 +210,20 @@ def test_the_receiver_runs_nothing_without_its_line_and_echoes_no_value(sent):
 # --- launch files -------------------------------------------------------------------
 
 
+# A VM fetches its base model from the Hub (it cannot read this machine's files).
+VM_MODEL = "Qwen/Qwen3-0.6B"
+
+
 def test_launch_files_name_only_what_the_run_needs(write_config, tmp_path, monkeypatch):
     from toolkit.cloud import cloud_init, skypilot_task
 
     values = {name: f"v-{name}-{uuid.uuid4().hex}" for name in ALL}
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    remote = {"datasets": [{"path": "s3://bucket/chat.jsonl", "type": "chat_template"}]}
+    remote = {
+        "base_model": VM_MODEL,
+        "datasets": [{"path": "s3://bucket/chat.jsonl", "type": "chat_template"}],
+    }
     plain = load_config(write_config(remote))
     online = load_config(
         write_config({**remote, "wandb_project": "p", "wandb_mode": "online"}, name="w.yaml")
@@ -266,7 +274,10 @@ def test_launch_files_ask_the_vm_not_this_machine_about_w_and_b(
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    remote = {"datasets": [{"path": "s3://bucket/chat.jsonl", "type": "chat_template"}]}
+    remote = {
+        "base_model": VM_MODEL,
+        "datasets": [{"path": "s3://bucket/chat.jsonl", "type": "chat_template"}],
+    }
     changes = {**remote, "wandb_project": "p", **({"wandb_mode": mode} if mode else {})}
     loaded = load_config(write_config(changes))
     config_file = tmp_path / "vm.yaml"
@@ -291,6 +302,7 @@ def test_the_vm_scripts_secrets_reach_the_command_through_the_pipe(write_config,
     loaded = load_config(
         write_config(
             {
+                "base_model": VM_MODEL,
                 "datasets": [{"path": "s3://bucket/chat.jsonl", "type": "chat_template"}],
                 "mlflow_experiment_name": "e",
                 "mlflow_tracking_uri": "https://ml.example",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -546,4 +547,13 @@ def is_local_ref(ref: str) -> bool:
         return False
     if ref.startswith(("/", "./", "../", "~")) or os.path.exists(os.path.expanduser(ref)):
         return True
-    return Path(ref).suffix in DATA_SUFFIXES or ref.count("/") != 1
+    if Path(ref).suffix in DATA_SUFFIXES or ref.count("/") != 1:
+        return True
+    # What the Hub cannot name (huggingface_hub's validate_repo_id): `.cache/tiny-qwen3`
+    # is a folder not made yet, not a repository to look up.
+    return not all(HUB_NAME.fullmatch(part) for part in ref.split("/"))
+
+
+# A Hub namespace or repository name: letters, digits, - _ . (at most 96), neither
+# starting nor ending with - or ., with no -- or .. inside.
+HUB_NAME = re.compile(r"(?!.*(--|\.\.))[A-Za-z0-9_](?:[\w.-]{0,94}[A-Za-z0-9_])?")
