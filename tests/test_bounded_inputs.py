@@ -24,6 +24,7 @@ from helpers import ends
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from toolkit import cache
 from toolkit.cli import main
 from toolkit.config import load_config, parse_overrides
 from toolkit.config.load import INT_MAX, INT_MIN
@@ -635,9 +636,16 @@ def test_an_empty_path_in_the_config_is_an_error(key, value, write_config):
 # --- leftovers of an interrupted preparation -------------------------------------------------
 
 
-def plant(prepared: Path, name: str, files=("input_ids.npy",), age_s: float = 600) -> Path:
+def plant(
+    prepared: Path, name: str, files=("input_ids.npy",), age_s: float = 600, marked=True
+) -> Path:
+    """A temporary folder as a killed _write leaves it: marked for its key (as _write
+    marks it under its lock, first), or, unmarked, as another tool's or as one between
+    mkdtemp and its lock."""
     folder = prepared / name
     folder.mkdir(parents=True)
+    if marked:
+        cache.mark(folder, "prepared", name[1:].rsplit(".", 1)[0])
     for file in files:
         (folder / file).write_bytes(b"partial")
     past = time.time() - age_s
@@ -651,14 +659,16 @@ def test_the_next_preparation_removes_only_its_own_leftovers(
     prepared = tmp_path / "prepared"
     killed = plant(prepared, ".0123456789abcdef.k2_9zq1x", ("input_ids.npy", "labels.npy"))
     empty = plant(prepared, ".fedcba9876543210.abcdefgh", ())
-    foreign = plant(prepared, ".0123456789abcdef.userdata", ("input_ids.npy", "notes.txt"))
-    fresh = plant(prepared, ".0123456789abcdef.justmade", age_s=0)
+    foreign = plant(
+        prepared, ".0123456789abcdef.userdata", ("input_ids.npy", "notes.txt"), marked=False
+    )
+    fresh = plant(prepared, ".0123456789abcdef.justmade", age_s=0, marked=False)
     held = plant(prepared, ".0123456789abcdef.writing1")
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "input_ids.npy").write_text("theirs")
     (prepared / ".0123456789abcdef.linkedto").symlink_to(outside)
-    nested = plant(prepared, ".0123456789abcdef.nested12", ())
+    nested = plant(prepared, ".0123456789abcdef.nested12", (), marked=False)
     (nested / "input_ids.npy").mkdir()
     os.utime(nested, (time.time() - 600, time.time() - 600))
     lock = os.open(held, os.O_RDONLY | os.O_DIRECTORY)

@@ -284,12 +284,12 @@ def remove(path: Path, kind: str) -> bool:
         os.close(parent)
 
 
-def remove_leftovers(parent: Path, kind: str, name: str) -> list[Path]:
-    """Remove the temporary folders a killed write left in `parent` for the folder `name`:
-    only those named `.NAME.*` that hold toolkit's mark for that name and kind (written
-    first, under the write's lock) and that no live write holds (its flock ends with its
-    process); never through a link, emptied through the folder's descriptor. Returns
-    what was removed."""
+def remove_leftovers(parent: Path, kind: str, name: str | None = None) -> list[Path]:
+    """Remove the temporary folders killed writes of `kind` left in `parent` (for the
+    folder `name`, or for any): only those named `.NAME.*` that hold toolkit's mark for
+    that NAME and kind (written first, under the write's lock) and that no live write
+    holds (its flock ends with its process); never through a link, emptied through the
+    folder's descriptor. Returns what was removed."""
     removed: list[Path] = []
     try:
         parent_fd = safe_io.open_dir(parent)
@@ -297,7 +297,12 @@ def remove_leftovers(parent: Path, kind: str, name: str) -> list[Path]:
         return removed
     try:
         for entry in sorted(os.listdir(parent_fd)):
-            if entry.startswith(f".{name}.") and _remove_leftover(parent_fd, entry, kind, name):
+            target = entry[1:].rsplit(".", 1)[0] if entry.startswith(".") else ""
+            if (
+                target
+                and name in (None, target)
+                and _remove_leftover(parent_fd, entry, kind, target)
+            ):
                 removed.append(parent / entry)
     finally:
         os.close(parent_fd)

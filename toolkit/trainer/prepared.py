@@ -14,11 +14,8 @@ import hashlib
 import itertools
 import json
 import os
-import re
 import shutil
-import stat
 import tempfile
-import time
 from array import array
 from pathlib import Path
 from typing import Any
@@ -161,6 +158,9 @@ def _write(folder: Path, examples: list[Example], report: DataReport) -> None:
     # Held until this process ends the write: remove_leftovers leaves a held folder alone.
     held = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     fcntl.flock(held, fcntl.LOCK_EX)
+    # Marked under the lock, before anything is written: what lets `toolkit cache` prune
+    # the folder, and the next write remove it if this one is killed.
+    cache.mark(tmp, "prepared", folder.name)
     try:
         for name, part in (("input_ids.npy", "input_ids"), ("labels.npy", "labels")):
             flat = b"".join(array("i", getattr(e, part)).tobytes() for e in examples)
@@ -169,7 +169,6 @@ def _write(folder: Path, examples: list[Example], report: DataReport) -> None:
         np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         # report.json last: its presence marks a complete folder (load_or_build).
         (tmp / "report.json").write_text(json.dumps(report.as_dict()))
-        cache.mark(tmp, "prepared", folder.name)  # what lets `toolkit cache` prune it
         make_readable(tmp)
         try:
             os.rename(tmp, folder)
@@ -182,52 +181,11 @@ def _write(folder: Path, examples: list[Example], report: DataReport) -> None:
         os.close(held)
 
 
-# _write's temporary folders: "." + the 16-hex-digit key + "." + mkdtemp's 8 characters.
-_TEMP_NAME = re.compile(r"\.[0-9a-f]{16}\.[a-z0-9_]{8}")
-# Newer ones may be a write between its mkdtemp and its lock.
-_TEMP_GRACE_S = 5
-
-
 def remove_leftovers(parent: Path, log) -> None:
-    """Remove the temporary folders of writes that were killed: only folders named as
-    _write names them, holding nothing but what it writes (regular files), not held by
-    a live write's lock, never through a link (opened with O_NOFOLLOW, emptied by
-    names relative to that handle)."""
-    try:
-        parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        for name in sorted(os.listdir(parent_fd)):
-            if _TEMP_NAME.fullmatch(name) and _remove_if_stale(parent_fd, name):
-                log(f"data: removed {parent / name}, left by an interrupted preparation")
-    finally:
-        os.close(parent_fd)
-
-
-def _remove_if_stale(parent_fd: int, name: str) -> bool:
-    try:
-        fd = safe_io.open_dir(name, dir_fd=parent_fd)
-    except OSError:  # gone, a link, or not a folder
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        st = os.fstat(fd)
-        if time.time() - st.st_mtime < _TEMP_GRACE_S:
-            return False
-        names = os.listdir(fd)
-        if not set(names) <= {*ARRAYS, "report.json", cache.MARK} or not all(
-            stat.S_ISREG(os.stat(n, dir_fd=fd, follow_symlinks=False).st_mode) for n in names
-        ):
-            return False  # not what _write leaves: not toolkit's to remove
-        for n in names:
-            os.unlink(n, dir_fd=fd)
-        os.rmdir(name, dir_fd=parent_fd)
-        return True
-    except OSError:  # held by a live write (BlockingIOError), or changed meanwhile
-        return False
-    finally:
-        os.close(fd)
+    """Remove the temporary folders of writes that were killed (toolkit.cache's rule:
+    marked by _write under its lock, and no longer held)."""
+    for leftover in cache.remove_leftovers(parent, "prepared"):
+        log(f"data: removed {leftover}, left by an interrupted preparation")
 
 
 # Where `toolkit preprocess` writes when the config names no folder: axolotl's default.
