@@ -8,8 +8,8 @@ inspect` reports it, uncompressed) against the target, or "not built".
 
 from __future__ import annotations
 
+from toolkit.containers.seam import Docker, Runtime
 from toolkit.images import load_matrix
-from toolkit.runtime import Docker, Runtime
 
 TARGET_GB = {"cpu": 1.5, "cuda": 6.0, "rocm": None}
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent  # the shared data (data/, golden/) is here
+REPO = TESTS.parent
 DEMO_CONFIG = REPO / "configs" / "tiny-cpu-demo.yaml"
 DEMO_DATA = REPO / "configs" / "data" / "demo-chat.jsonl"
 
@@ -72,7 +73,7 @@ def write_config(tmp_path, tiny_model_dir):
 @pytest.fixture(scope="session")
 def docker_engine():
     """The real engine. Under CI=true a missing engine fails instead of skipping."""
-    from toolkit.runtime import Docker, Runtime
+    from toolkit.containers.seam import Docker, Runtime
 
     version = Docker(Runtime()).server_version() if shutil.which("docker") else None
     if version is None:
@@ -86,29 +87,52 @@ def docker_engine():
 @pytest.fixture(scope="session")
 def image(docker_engine) -> str:
     """The cpu image, built if missing (minutes the first time; layers are reused)."""
+    from toolkit.containers.seam import Runtime
     from toolkit.images import ensure_image, get_variant
-    from toolkit.runtime import Runtime
 
     return ensure_image(get_variant("cpu"), Runtime())
+
+
+# Folders outside pytest's temporary root this session made for its containers (any UID
+# must read them): a container mounting one is this session's.
+SESSION_FOLDERS: list[Path] = []
 
 
 @pytest.fixture(autouse=True)
 def no_leftover_containers(request):
     """After each docker test, no container of toolkit's that the test started is left on
-    the engine, running or not (others' runs on the same engine are not ours to judge)."""
+    the engine, running or not. Others' runs on the same engine (another test session's
+    included) are not ours to judge: a container is this session's when it mounts a
+    folder of this session's (its temporary root, or one in SESSION_FOLDERS)."""
+    import json
     import subprocess
 
-    from toolkit.engine import LABEL
+    from toolkit.containers.engine import LABEL
+
+    roots = [request.config._tmp_path_factory.getbasetemp().resolve(), *SESSION_FOLDERS]
 
     def ours() -> set[str]:
-        return set(
-            subprocess.run(
-                ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label={LABEL}"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.split()
+        ids = subprocess.run(
+            ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label={LABEL}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        if not ids:
+            return set()
+        found = subprocess.run(
+            ["docker", "inspect", *ids], capture_output=True, text=True, check=False
         )
+        containers = json.loads(found.stdout or "[]")  # one gone meanwhile: not listed
+        return {
+            c["Id"]
+            for c in containers
+            if any(
+                Path(m.get("Source") or "/").is_relative_to(root)
+                for m in c.get("Mounts") or []
+                for root in roots
+            )
+        }
 
     docker_test = request.node.get_closest_marker("docker") is not None
     before = ours() if docker_test else set()
@@ -154,7 +178,7 @@ def environment_restored():
     yield
     os.environ.clear()
     os.environ.update(saved)
-    hub_constants.HF_HUB_OFFLINE = offline  # toolkit.hub.go_offline sets it too
+    hub_constants.HF_HUB_OFFLINE = offline  # toolkit.pins.in_use sets it too
 
 
 @pytest.fixture
@@ -165,6 +189,7 @@ def shared(tiny_model_dir):
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="toolkit-docker-test-"))
+    SESSION_FOLDERS.append(root)
     root.chmod(0o755)
     shutil.copytree(tiny_model_dir, root / "model")
     shutil.copy(DEMO_DATA, root / "chat.jsonl")

@@ -41,12 +41,49 @@ def preempt_at(monkeypatch, config_path: Path, step: int) -> None:
 
     from toolkit.config import load_config
     from toolkit.errors import Preempted
-    from toolkit.trainer import run
 
     with monkeypatch.context() as patch:
         sigterm_at(patch, step)
         with pytest.raises(Preempted):
             run(load_config(config_path))
+
+
+def problems_of(path, overrides=None) -> list[str]:
+    """The problems loading the config at `path` reports (it must refuse it)."""
+    import pytest
+
+    from toolkit.config import load_config
+    from toolkit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return info.value.problems
+
+
+def jsonl(path: Path, rows) -> Path:
+    """Write `rows` as JSON Lines at `path`; return it."""
+    import json
+
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def umask() -> int:
+    """This process's umask (read by setting it, and setting it back)."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def run(loaded) -> Path:
+    """Train a loaded config in this process, as `toolkit train --runtime local` does:
+    through the trainer's one entry point, with the plan the host would make."""
+    from toolkit import plan
+    from toolkit.trainer import run as carry_out
+
+    return carry_out(plan.build(plan.Train(), loaded))
 
 
 def tree_state(*tops: Path, mtimes: bool = False) -> dict[str, tuple]:

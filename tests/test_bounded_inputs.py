@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import ends
+from helpers import ends, problems_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -371,12 +371,6 @@ def test_the_largest_integers_still_load(write_config):
 def test_integers_that_overflow_where_they_go_are_bounded(key, value, accepted, write_config):
     (problem,) = [p for p in problems_of(write_config({key: value})) if p.startswith(key)]
     assert f"accepted: {accepted}" in problem
-
-
-def problems_of(path, overrides=None) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load_config(path, overrides)
-    return info.value.problems
 
 
 ROW = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}

@@ -20,13 +20,14 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import DEMO_DATA
-from fakes import FakeRuntime
+from fakes import FakeDocker, FakeRuntime, ListImages, Remove
 from helpers import ends
 from hubstub import HubStub
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from toolkit.cli import main
+from toolkit.containers.spec import ImageInfo
 from toolkit.errors import UsageError
 
 REPO = "Qwen/Qwen3-Tiny"
@@ -85,7 +86,8 @@ def make_own(p: Places) -> dict[str, Path]:
     """One folder of each kind, made by toolkit's own code paths."""
     import fsspec
 
-    from toolkit import cache, hub, launch, remote
+    from toolkit import cache
+    from toolkit.host import hub, place, remote
     from toolkit.images import get_variant
     from toolkit.images.lock import fill_wheelhouse
     from toolkit.trainer.data import DataReport, Example
@@ -103,7 +105,7 @@ def make_own(p: Places) -> dict[str, Path]:
     cache.record_prepared(p.prepared)
     _write(p.prepared / ("e" * 16), [Example([1, 2, 3], [-100, 2, 3])], DataReport(rows=1))
     own["prepared"] = p.prepared / ("e" * 16)
-    own["compile"] = launch.compile_cache(IMAGE)
+    own["compile"] = place.compile_cache(IMAGE)
     (own["compile"] / "triton" / "k.so").write_bytes(b"x" * 2048)
     own["wheels"] = fill_wheelhouse(get_variant("cpu"), FakeRuntime())
     (own["wheels"] / "torch-2-py3-none-any.whl").write_bytes(b"wheel")
@@ -249,7 +251,7 @@ def test_prune_removes_only_what_toolkit_made(
 def test_list_and_prune_what_toolkit_made(
     tmp_path, monkeypatch, capsys, tiny_model_dir, write_config
 ):
-    from toolkit import hub
+    from toolkit.host import hub
 
     p = use_places(tmp_path, monkeypatch)
     with HubStub() as stub:
@@ -274,9 +276,9 @@ def test_list_and_prune_what_toolkit_made(
     (p.prepared / "abc123").mkdir()
     (p.prepared / "abc123" / "report.json").write_text("{}")
     (p.prepared / "notes").mkdir()
-    from toolkit import launch
+    from toolkit.host import place
 
-    compiled = launch.compile_cache(IMAGE)
+    compiled = place.compile_cache(IMAGE)
     (compiled / "triton" / "k.so").write_bytes(b"x" * 2048)
     foreign_compile = p.compile / "0123456789abcdef" / "triton"
     foreign_compile.mkdir(parents=True)
@@ -307,7 +309,7 @@ def test_list_and_prune_what_toolkit_made(
 def test_prune_models_keeps_to_the_cache_each_repo_was_fetched_into(
     tmp_path, monkeypatch, capsys, tiny_model_dir
 ):
-    from toolkit import hub
+    from toolkit.host import hub
 
     p = use_places(tmp_path, monkeypatch)
     with HubStub() as stub:
@@ -401,11 +403,12 @@ def damaged_message(path: Path, why: str) -> str:
 
 @pytest.mark.parametrize(("body", "why"), DAMAGED)
 def test_a_damaged_registry_is_exit_2_naming_it(tmp_path, monkeypatch, capsys, body, why):
-    from toolkit import cache, launch
+    from toolkit import cache
+    from toolkit.host import place
 
     p = use_places(tmp_path, monkeypatch)
     monkeypatch.setattr(cache, "_WARNED", set())
-    compiled = launch.compile_cache(IMAGE)
+    compiled = place.compile_cache(IMAGE)
     p.registry.write_bytes(body)
     capsys.readouterr()
     for argv in (["cache", "list"], ["cache", "prune", "all"], ["cache", "prune", "compile"]):
@@ -414,8 +417,8 @@ def test_a_damaged_registry_is_exit_2_naming_it(tmp_path, monkeypatch, capsys, b
         assert (captured.out, captured.err) == ("", damaged_message(p.registry, why))
     assert compiled.is_dir() and p.registry.read_bytes() == body
     # A run does not need the registry: it says so once, and goes on unrecorded.
-    fresh = launch.compile_cache("sha256:" + "d" * 64)
-    again = launch.compile_cache("sha256:" + "d" * 64)
+    fresh = place.compile_cache("sha256:" + "d" * 64)
+    again = place.compile_cache("sha256:" + "d" * 64)
     assert fresh == p.compile / ("d" * 16) and fresh.is_dir()
     assert again.parent == p.compile and again != fresh, "unrecorded: never reused"
     assert capsys.readouterr().err == run_warning(p.registry, why)
@@ -470,7 +473,8 @@ def test_any_registry_bytes_are_read_or_refused_never_a_traceback(body):
 def test_foreign_folders_at_toolkits_names_are_neither_used_nor_removed(tmp_path, monkeypatch):
     import fsspec
 
-    from toolkit import cache, launch, remote
+    from toolkit import cache
+    from toolkit.host import place, remote
     from toolkit.images import get_variant, wheelhouse_dir
     from toolkit.images.lock import fill_wheelhouse
 
@@ -493,7 +497,7 @@ def test_foreign_folders_at_toolkits_names_are_neither_used_nor_removed(tmp_path
 
     # An image's compile cache goes beside a folder of its name that toolkit did not make.
     (p.compile / ("a" * 16) / "triton").mkdir(parents=True)
-    compiled = launch.compile_cache("sha256:" + "a" * 64)
+    compiled = place.compile_cache("sha256:" + "a" * 64)
     assert compiled.parent == p.compile and compiled.name.startswith("a" * 16 + "-")
     assert [q.name for q in (p.compile / ("a" * 16)).iterdir()] == ["triton"]
 
@@ -513,7 +517,7 @@ def test_foreign_folders_at_toolkits_names_are_neither_used_nor_removed(tmp_path
 def test_a_damaged_hub_json_is_exit_2_a_missing_one_means_no_pins(
     tmp_path, monkeypatch, capsys, tiny_model_dir
 ):
-    from toolkit import hub
+    from toolkit.host import hub
 
     monkeypatch.delenv(hub.PINS_ENV, raising=False)
     assert hub.read_pins(tmp_path / "none") == {}
@@ -563,7 +567,7 @@ def test_a_damaged_hub_json_is_exit_2_a_missing_one_means_no_pins(
         recorded = tmp_path / "run" / ".toolkit" / "hub.json"
         assert json.loads(recorded.read_text())[0]["repo"] == REPO
         recorded.write_text('[{"key": "base_model", "repo": ')
-        monkeypatch.delenv(hub.PINS_ENV)  # set by the first run, as in its own process
+        monkeypatch.delenv(hub.PINS_ENV, raising=False)
         stub.requests.clear()
         capsys.readouterr()
         assert main(["train", str(config), "--runtime", "local", "--max-steps", "2"]) == 2
@@ -578,7 +582,7 @@ def test_a_damaged_hub_json_is_exit_2_a_missing_one_means_no_pins(
 @settings(max_examples=40, deadline=None)
 @given(body=st.binary(max_size=120) | st.text(max_size=120).map(str.encode))
 def test_any_hub_json_bytes_are_pins_or_exit_2(body):
-    from toolkit import hub
+    from toolkit.host import hub
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / ".toolkit").mkdir()
@@ -592,16 +596,17 @@ def test_any_hub_json_bytes_are_pins_or_exit_2(body):
 
 
 def test_each_image_gets_its_own_compile_cache(tmp_path, monkeypatch):
-    from toolkit import cache, launch
+    from toolkit import cache
+    from toolkit.host import place
 
     monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path))
     monkeypatch.setattr(
-        launch, "host_user", lambda: f"{__import__('os').getuid()}:{__import__('os').getgid()}"
+        place, "host_user", lambda: f"{__import__('os').getuid()}:{__import__('os').getgid()}"
     )
-    a = launch.compile_cache("sha256:" + "a" * 64)
-    b = launch.compile_cache("sha256:" + "b" * 64)
+    a = place.compile_cache("sha256:" + "a" * 64)
+    b = place.compile_cache("sha256:" + "b" * 64)
     assert a != b and a.parent == b.parent == tmp_path / "compile"
-    assert launch.compile_cache("sha256:" + "a" * 64) == a, "the same image reuses its folder"
+    assert place.compile_cache("sha256:" + "a" * 64) == a, "the same image reuses its folder"
     env = cache.compile_env(a)
     assert env["TRITON_CACHE_DIR"] == str(a / "triton")
     assert env["TORCHINDUCTOR_CACHE_DIR"] == str(a / "inductor")
@@ -609,8 +614,8 @@ def test_each_image_gets_its_own_compile_cache(tmp_path, monkeypatch):
 
 
 def test_an_object_whose_key_leads_out_of_the_copy_is_refused(tmp_path, monkeypatch):
-    from toolkit import remote
     from toolkit.errors import DataError
+    from toolkit.host import remote
 
     p = use_places(tmp_path, monkeypatch)
 
@@ -665,10 +670,11 @@ def test_a_folder_swapped_in_after_the_check_is_never_removed(tmp_path, monkeypa
     """The mark is checked, then someone puts their own folder (or a link to it) at the
     name: the removal acts on the folder that was checked, never on what the name holds
     now."""
-    from toolkit import cache, launch
+    from toolkit import cache
+    from toolkit.host import place
 
     p = use_places(tmp_path, monkeypatch)
-    compiled = launch.compile_cache(IMAGE)
+    compiled = place.compile_cache(IMAGE)
     (compiled / "triton" / "k.so").write_bytes(b"x" * 2048)
     theirs = p.outside / "theirs"
     (theirs / "sub").mkdir(parents=True)
@@ -698,10 +704,11 @@ def test_a_folder_swapped_in_after_the_check_is_never_removed(tmp_path, monkeypa
 
 
 def test_a_removal_through_the_descriptor_removes_links_never_their_targets(tmp_path, monkeypatch):
-    from toolkit import cache, launch
+    from toolkit import cache
+    from toolkit.host import place
 
     p = use_places(tmp_path, monkeypatch)
-    compiled = launch.compile_cache(IMAGE)
+    compiled = place.compile_cache(IMAGE)
     (compiled / "evil-dir").symlink_to(p.outside / "dir", target_is_directory=True)
     (compiled / "evil-file").symlink_to(p.outside / "secret.txt")
     os.mkfifo(compiled / "pipe")
@@ -720,7 +727,8 @@ def test_a_damaged_registry_warns_a_run_once_and_the_run_goes_on(
     recorded (never listed, never pruned), one warning; `cache list` still exit 2."""
     import fsspec
 
-    from toolkit import cache, hub, launch, remote
+    from toolkit import cache
+    from toolkit.host import hub, place, remote
 
     p = use_places(tmp_path, monkeypatch)
     monkeypatch.setattr(cache, "_WARNED", set())
@@ -734,7 +742,7 @@ def test_a_damaged_registry_warns_a_run_once_and_the_run_goes_on(
     capsys.readouterr()
 
     def run_path() -> list[Path]:
-        compiled = launch.compile_cache(IMAGE)
+        compiled = place.compile_cache(IMAGE)
         fsspec.filesystem("memory").pipe("/chats-damaged/demo.jsonl", b'{"a": 1}\n')
         copied = remote.fetch("memory://chats-damaged/demo.jsonl", log=lambda _: None)
         model = hub._claim_repo_folder("model", REPO)
@@ -754,12 +762,83 @@ def test_a_damaged_registry_warns_a_run_once_and_the_run_goes_on(
 def test_a_run_lists_its_kind_without_measuring_anything(tmp_path, monkeypatch):
     """A run looks for its own folders of one kind (the wheelhouses of older locks):
     never by measuring every entry, a whole Hugging Face cache included."""
-    from toolkit import cache, launch
+    from toolkit import cache
+    from toolkit.host import place
 
     p = use_places(tmp_path, monkeypatch)
-    compiled = launch.compile_cache(IMAGE)
+    compiled = place.compile_cache(IMAGE)
     wheels = cache.create("wheels", p.wheels / "cpu-000000000000", "cpu-000000000000")
     monkeypatch.setattr(cache, "_size", lambda path: pytest.fail(f"measured {path}"))
     assert [(r.label, r.path) for r in cache.made("wheels")] == [("cpu-000000000000", str(wheels))]
     assert [r.path for r in cache.made("compile")] == [str(compiled)]
     assert cache.find("compile", compiled.name) == compiled
+
+
+# ---------------------------------------------------------------------------
+# images (the real engine's are in test_image_cache.py; here the engine is scripted)
+
+
+def image_engine(monkeypatch, current: str) -> FakeRuntime:
+    """An engine with toolkit's cpu image of this source (`current`), an older one, a
+    dangling builder stage, one a container uses; `cache` commands get it."""
+    from toolkit.cli import common
+
+    def image(ident, tags, created, **labels):
+        labels = {"io.toolkit.variant": "cpu", **labels}
+        return ImageInfo(ident, labels, tags=tuple(tags), size=1 << 30, created=created)
+
+    listed = [
+        image("sha256:" + "c" * 64, [current], "2026-12-02T02:00:00Z"),
+        image("sha256:" + "o" * 64, ["toolkit:cpu-000000000000"], "2026-12-01T02:00:00Z"),
+        image("sha256:" + "s" * 64, [], "2026-12-01T01:00:00Z", **{"io.toolkit.stage": "deps"}),
+        image("sha256:" + "u" * 64, ["toolkit:cpu-111111111111"], "2026-12-01T03:00:00Z"),
+    ]
+    engine = FakeDocker(
+        images={(i.tags[0] if i.tags else i.id): i for i in listed}, in_use={"sha256:" + "u" * 64}
+    )
+    fake = FakeRuntime(engine=engine)
+    monkeypatch.setattr(common, "new_runtime", lambda: fake)
+    return fake
+
+
+def test_cache_list_images_names_each_with_its_state(monkeypatch, capsys):
+    from toolkit.images import get_variant
+
+    current = get_variant("cpu").tag
+    fake = image_engine(monkeypatch, current)
+    assert main(["cache", "list", "images"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert ListImages({"io.toolkit.variant": None}) in fake.engine.calls
+    assert lines == [
+        f"images      1.0 GB  <untagged builder stage>  {'s' * 12}  cpu  2026-12-01 01:00:00",
+        f"images      1.0 GB  toolkit:cpu-000000000000  {'o' * 12}  cpu  2026-12-01 02:00:00",
+        f"images      1.0 GB  toolkit:cpu-111111111111  {'u' * 12}  cpu  2026-12-01 03:00:00"
+        "  (in use)",
+        f"images      1.0 GB  {current}  {'c' * 12}  cpu  2026-12-02 02:00:00  (current)",
+        "total       4.0 GB",
+    ]
+
+
+def test_cache_prune_images_removes_the_stale_unused_ones_and_all_leaves_them(
+    tmp_path, monkeypatch, capsys
+):
+    from toolkit.images import get_variant
+
+    use_places(tmp_path, monkeypatch)
+    fake = image_engine(monkeypatch, get_variant("cpu").tag)
+    assert main(["cache", "prune", "all"]) == 0
+    # The engine is shared: `all` is the folders only.
+    assert fake.engine.calls == [] and fake.calls == []
+    assert main(["cache", "prune", "images", "--dry-run"]) == 0
+    assert fake.engine.of(Remove) == []
+    capsys.readouterr()
+    assert main(["cache", "prune", "images"]) == 0
+    assert fake.engine.of(Remove) == [
+        Remove("sha256:" + "s" * 64),
+        Remove("toolkit:cpu-000000000000"),
+    ]
+    assert capsys.readouterr().out.splitlines() == [
+        f"removed images <untagged builder stage> (1.0 GB): sha256:{'s' * 64}",
+        f"removed images toolkit:cpu-000000000000 (1.0 GB): sha256:{'o' * 64}",
+        "removed 2.0 GB in 2 entries",
+    ]

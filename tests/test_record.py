@@ -486,7 +486,7 @@ def test_reproduce_needs_a_config_and_says_so(finished, tmp_path, capsys):
 def test_an_interrupted_reproduce_keeps_its_own_config_file(finished, tmp_path):
     """The config file is created, never written over; the same one from an earlier
     reproduce of the same run is kept (not refused), so the same command runs again."""
-    from toolkit.reproduce import plan, prepare
+    from toolkit.host.reproduce import plan, prepare
 
     w = world(tmp_path, finished)
     first = plan(str(w.run), str(w.root / "again"))
@@ -561,8 +561,8 @@ def test_a_record_of_an_older_toolkit_still_compares(tmp_path, capsys):
 
 
 def test_publish_refuses_a_malformed_record_before_uploading(finished, tmp_path, monkeypatch):
-    from toolkit import publish
     from toolkit.config import load_config
+    from toolkit.host import publish
 
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     w = world(tmp_path, finished)

@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers import ends
+from helpers import ends, umask
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -163,13 +163,7 @@ def test_a_new_file_is_never_made_over_anything(tmp_path):
     assert outside.read_text() == "theirs" and not (tmp_path / "nowhere").exists()
     safe_io.write_new(tmp_path / "new", b"ours", 0o600)
     assert (tmp_path / "new").read_bytes() == b"ours"
-    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o600 & ~_umask()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o600 & ~umask()
 
 
 # --- bounded reads and JSON ---------------------------------------------------------------
@@ -288,9 +282,9 @@ def _read_marker(out: Path):
 
 
 def _pins_read(out: Path):
-    from toolkit import hub
+    from toolkit import pins
 
-    return hub.read_pins(out)
+    return pins.read_pins(out)
 
 
 def _merged(out: Path):
@@ -315,7 +309,7 @@ READERS = {
     ),
     "lock token": (
         _lock,
-        lambda out: __import__("toolkit.outputs").outputs.held_for_us(out),
+        lambda out: __import__("toolkit.outputs").outputs.held_for_us(out, "a-token"),
         False,
         False,
     ),
@@ -341,7 +335,6 @@ READERS = {
 def test_each_reader_of_a_record_treats_a_hostile_one_as_damaged(
     name, shape, tmp_path, monkeypatch
 ):
-    monkeypatch.setenv("TOOLKIT_RUN_LOCK", "a-token")
     monkeypatch.delenv("TOOLKIT_HUB_PINS", raising=False)
     where, read, damaged, piped = READERS[name]
     out = tmp_path / "out"

@@ -12,21 +12,14 @@ import subprocess
 import sys
 
 import pytest
-from helpers import preempt_at, read_run
+from helpers import preempt_at, problems_of, read_run, run
 
 from toolkit.cli import main
 from toolkit.config import load_config
-from toolkit.errors import ConfigError, UsageError
-from toolkit.trainer import run
+from toolkit.errors import UsageError
 from toolkit.trainer.checkpoints import incomplete
 
 FAST = {"max_steps": 6, "logging_steps": 2, "save_steps": 3, "val_set_size": 0.0}
-
-
-def problems_of(path, overrides=None) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load_config(path, overrides)
-    return info.value.problems
 
 
 # --- inputs are never writable -------------------------------------------------------

@@ -1,7 +1,8 @@
 """What toolkit keeps on this machine, and freeing it.
 
-    toolkit cache list [--json]
+    toolkit cache list [KIND...] [--json]
     toolkit cache prune KIND... [--dry-run]  KIND: models data prepared compile wheels
+                                             images, or all (the folder kinds)
 
 models   Hub repositories whose cache folder a toolkit fetch created, in the shared Hugging
          Face cache it was fetched into (HF_HUB_CACHE / HF_HOME, as it was then)
@@ -12,6 +13,12 @@ compile  Triton, TorchInductor, CUDA and torch-extension caches, one folder per 
          (compiled code of one image never meets another's), mounted into the
          container so a run does not pay the warm-up again
 wheels   the wheelhouses images are built from
+images   toolkit's images in the container engine: those labelled io.toolkit.variant
+         (the variants' images and the builder stages the classic builder keeps).
+         Prune removes those that are not the current tag of a variant for this
+         toolkit's source and that no container uses; never forced, never an image
+         without toolkit's label. Named only, never part of `all`: the engine is
+         shared with whoever else uses it
 
 Ownership: toolkit lists and removes only folders it made itself. Each one holds a mark
 (`.toolkit-entry`: its kind, its name, its inode and a random id) written when it was
@@ -41,9 +48,14 @@ import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from toolkit import safe_io
 from toolkit.errors import UsageError
+
+if TYPE_CHECKING:
+    from toolkit.containers.seam import Docker
+    from toolkit.containers.spec import ImageInfo
 
 KINDS = ("models", "data", "prepared", "compile", "wheels")
 MARK = ".toolkit-entry"  # inside each folder toolkit made
@@ -503,7 +515,7 @@ def _update(change) -> None:
     """Apply `change` to the registry. A damaged registry is left as it is and said once
     (`_registry_for_run`); one that cannot be written is a warning: the run does not
     need it."""
-    from toolkit.trainer.files import write_json_atomic
+    from toolkit.safe_io import write_json_atomic
 
     path = root() / REGISTRY
     try:
@@ -537,3 +549,66 @@ def human(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TB"
+
+
+# ---------------------------------------------------------------------------
+# images
+
+IMAGE_LABEL = "io.toolkit.variant"  # on every image toolkit builds, builder stages too
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    image: ImageInfo
+    variant: str
+    current: bool  # tagged as its variant's image for this toolkit's source
+    in_use: bool  # some container (running or stopped) was created from it
+
+    @property
+    def name(self) -> str:
+        """Its tags, or what it is when untagged."""
+        if self.image.tags:
+            return ", ".join(self.image.tags)
+        return (
+            "<untagged builder stage>"
+            if self.image.labels.get("io.toolkit.stage")
+            else "<untagged>"
+        )
+
+
+def images(docker: Docker, current_tags: dict[str, str]) -> list[ImageEntry]:
+    """toolkit's images in the engine (labelled IMAGE_LABEL), oldest first; `current_tags`
+    maps each variant to its tag for this toolkit's source (matrix Variant.tag)."""
+    in_use = docker.images_in_use()
+    found = [
+        ImageEntry(
+            image,
+            image.labels[IMAGE_LABEL],
+            current_tags.get(image.labels[IMAGE_LABEL]) in image.tags,
+            image.id in in_use,
+        )
+        for image in docker.list_images({IMAGE_LABEL: None})
+        if image.labels.get(IMAGE_LABEL)
+    ]
+    return sorted(found, key=lambda e: (e.variant, e.image.created or "", e.image.id))
+
+
+def prune_images(
+    docker: Docker, current_tags: dict[str, str], dry_run: bool = False
+) -> list[ImageEntry]:
+    """Remove toolkit's images that are not a variant's current one and that no container
+    uses; return those removed (or, dry, that would be)."""
+    chosen = [e for e in images(docker, current_tags) if not e.current and not e.in_use]
+    if dry_run:
+        return chosen
+    return [e for e in chosen if remove_image(docker, e.image)]
+
+
+def remove_image(docker: Docker, image: ImageInfo) -> bool:
+    """Remove an image, never forced: tag by tag (the engine refuses to remove by ID an
+    image with several tags), the last removal deleting it; untagged, by its ID."""
+    if not image.tags:
+        return docker.remove_image(image.id)
+    for tag in image.tags:
+        docker.remove_image(tag)
+    return docker.inspect_image(image.id) is None

@@ -37,7 +37,7 @@ def read_run(ref: str | Path) -> RunRecord:
 def compare(a: RunRecord, b: RunRecord, rtol: float, atol: float) -> Comparison:
     la, lb = dict(a.loss_history), dict(b.loss_history)
     steps = sorted(set(la) & set(lb))
-    from toolkit.outputs import config_differences
+    from toolkit.record import config_differences
 
     notes = []
     differences = config_differences(a.config or {}, b.config or {})

@@ -1,7 +1,7 @@
 """Compatibility decisions: pure functions over the tables in compat.yaml.
 
 Nothing here does I/O beyond reading that table once; host facts come in as
-data (`HostFacts`, gathered by `toolkit.probe`). Each decision returns a status
+data (`HostFacts`, gathered by `toolkit.host.probe`). Each decision returns a status
 and words a user can act on. Unknown input yields UNKNOWN, never a guess.
 """
 

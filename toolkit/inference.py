@@ -11,35 +11,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from toolkit.config import LoadedConfig
-from toolkit.errors import UsageError
-
-
-def model_source(loaded: LoadedConfig, use: str) -> tuple[str, Path]:
-    """Which trained weights answer: ('merged', dir), ('adapter', dir) or ('full', dir)."""
-    from toolkit import record
-
-    out = Path(loaded.config.output_dir)
-    merged = out / "merged"
-    # Read and validated, not only found: a damaged or planted record is exit 2 here.
-    if record.read_if_any(out / record.RECORD) is None:
-        raise UsageError(
-            f"{out / 'run.json'} not found: nothing has been trained into output_dir {out}; "
-            "run `toolkit train CONFIG` first"
-        )
-    if use in ("auto", "merged") and (merged / "config.json").exists():
-        return "merged", merged
-    if use == "merged":
-        raise UsageError(
-            f"{merged} holds no merged model; run `toolkit merge-lora CONFIG` first, or "
-            "use --model adapter"
-        )
-    if (out / "adapter_config.json").exists():
-        return "adapter", out
-    return "full", out
+from toolkit.runs import model_source
 
 
 def load(loaded: LoadedConfig, use: str) -> tuple[Any, Any]:
@@ -56,9 +31,10 @@ def load(loaded: LoadedConfig, use: str) -> tuple[Any, Any]:
     if kind == "adapter":
         from peft import PeftModel
 
-        from toolkit.hub import model_kwargs, read_pins
+        from toolkit.pins import model_kwargs
 
-        pinned = model_kwargs(cfg, cfg.base_model, read_pins(cfg.output_dir))
+        pins = {p.key: p for p in loaded.hub}
+        pinned = model_kwargs(cfg.revision_of_model, cfg.base_model, pins)
         base = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dtype, **pinned)
         model = PeftModel.from_pretrained(base, where)
     else:

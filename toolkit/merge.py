@@ -11,7 +11,6 @@ once.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -19,144 +18,26 @@ import tempfile
 from pathlib import Path
 
 from toolkit.config import LoadedConfig
-from toolkit.errors import UsageError
+from toolkit.runs import adapter_sha256, already_merged, check_inputs
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 TMP_PREFIX = ".merged.tmp-"  # a merge's folder until it is complete
 OLD_PREFIX = ".merged.old-"  # the merged folder being replaced
 LEFTOVERS = (TMP_PREFIX, OLD_PREFIX)
 
 
-def adapter_sha256(out: Path) -> str:
-    """The adapter's fingerprint (its files' names and bytes), read as toolkit reads its
-    own files in output_dir: never through a link, never blocking on a pipe (exit 2)."""
-    from toolkit.outputs import open_nofollow
-
-    h = hashlib.sha256()
-    for name in ADAPTER_FILES:
-        h.update(name.encode() + b"\0")
-        with os.fdopen(open_nofollow(out / name, os.O_RDONLY), "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-# Keys that shape a training but not what a merge of its adapter is: the run's length,
-# its batches, its optimizer and schedule, its data. `train --max-steps 4` then
-# `merge-lora` needs no repeated overrides; the base, the adapter's shape, the dtype, the
-# template and the heads must still agree.
-TRAINING_ONLY = (
-    "max_steps",
-    "num_epochs",
-    "micro_batch_size",
-    "gradient_accumulation_steps",
-    "eval_batch_size",
-    "sequence_len",
-    "sample_packing",
-    "learning_rate",
-    "lr_scheduler",
-    "warmup_steps",
-    "warmup_ratio",
-    "weight_decay",
-    "optimizer",
-    "seed",
-    "datasets",
-    "val_set_size",
-    "early_stopping_patience",
-)
-
-
-def check_inputs(
-    loaded: LoadedConfig, allow_mismatch: bool = False, hub_inputs: bool = False
-) -> dict | None:
-    """Validate output_dir before loading anything heavy; return run.json, or None
-    when the run was a full fine-tune and there is nothing to merge. The adapter must
-    have been trained with this config (run.json says so), unless `allow_mismatch`."""
-    from toolkit.outputs import config_differences, read_manifest
-
-    out = Path(loaded.config.output_dir)
-    run = read_manifest(out)
-    if run is None:
-        raise UsageError(
-            f"{out / 'run.json'} not found: nothing has been trained into "
-            f"output_dir {out}; run `toolkit train CONFIG` first"
-        )
-    recorded = run.get("config") or {}
-    if hub_inputs:  # before the Hub datasets are fetched: compare them by repository
-        from toolkit.hub import Pin, named_by_repo
-
-        recorded = named_by_repo(recorded, [Pin(**p) for p in run.get("hub") or []])
-    differences = config_differences(recorded, loaded.config.model_dump(mode="json"))
-    how_trained = [d for d in differences if d.split(" ", 1)[0] in TRAINING_ONLY]
-    if how_trained:
-        print(
-            f"note: merging the adapter in {out} as it was trained; this config differs "
-            f"only in how it trains ({'; '.join(how_trained)}), not in what is merged",
-            file=sys.stderr,
-        )
-        differences = [d for d in differences if d not in how_trained]
-    if differences and not allow_mismatch:
-        shown = "; ".join(differences[:6]) + (
-            f" and {len(differences) - 6} more" if len(differences) > 6 else ""
-        )
-        raise UsageError(
-            f"the run in {out} was trained with another config (differs in: "
-            f"{shown}); merge with the config it was trained with, train this "
-            "one first, or pass --allow-config-mismatch to merge it anyway"
-        )
-    if not run.get("base_model"):
-        raise UsageError(
-            f"{out / 'run.json'} records no base_model, which `toolkit merge-lora` needs; "
-            "restore the run's own run.json, or train the run again"
-        )
-    if not run.get("adapter"):
-        print(
-            f"nothing to merge: the run in {out} is a full fine-tune, and its model in "
-            "output_dir is already complete"
-        )
-        return None
-    missing = [name for name in ADAPTER_FILES if not (out / name).exists()]
-    if missing:
-        raise UsageError(
-            f"{out} lacks {', '.join(missing)}; training did not finish. "
-            "Rerun `toolkit train CONFIG`"
-        )
-    return run
-
-
-def already_merged(out: Path) -> bool:
-    """Whether output_dir/merged holds this very adapter merged (said when it does). A
-    merge.json that is a link or not a regular file is refused (exit 2) like any such
-    name where toolkit writes; one that does not read as toolkit's record is no merge
-    (the merge writes it anew)."""
-    from toolkit.outputs import read_json
-
-    try:
-        record = read_json(out / "merged" / "merge.json")
-    except (OSError, ValueError):  # missing, or damaged
-        return False
-    if not isinstance(record, dict):
-        return False
-    fingerprint = adapter_sha256(out)
-    if record.get("adapter_sha256") != fingerprint:
-        return False
-    print(
-        f"already merged: {out / 'merged'} holds this adapter ({fingerprint[:12]}); nothing to do"
-    )
-    return True
-
-
-def merge_lora(loaded: LoadedConfig, allow_mismatch: bool = False) -> Path:
+def merge_lora(
+    loaded: LoadedConfig, allow_mismatch: bool = False, lock_token: str | None = None
+) -> Path:
     """Merge and return the merged folder (or return it untouched if already merged).
     Holds output_dir's lock (or runs under the command that holds it); a link where the
-    merge writes is refused (exit 2)."""
+    merge writes is refused (exit 2). `lock_token`: the lock the planning command holds."""
     from toolkit import outputs
 
     out = Path(loaded.config.output_dir)
-    run = check_inputs(loaded, allow_mismatch)
+    run = check_inputs(loaded, allow_mismatch, notes=lock_token is None)
     if run is None:
         return out
-    lock = outputs.ensure_held(out, "merge-lora")
+    lock = outputs.ensure_held(out, "merge-lora", lock_token)
     try:
         remove_leftovers(out)
         if already_merged(out):
@@ -185,8 +66,9 @@ def _merge(loaded: LoadedConfig, out: Path, run: dict) -> Path:
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from toolkit.trainer import quiet_libraries
-    from toolkit.trainer.files import make_readable, write_json_atomic
+    from toolkit.safe_io import write_json_atomic
+    from toolkit.trainer.files import make_readable
+    from toolkit.trainer.quiet import quiet_libraries
 
     quiet_libraries()
 
@@ -199,9 +81,10 @@ def _merge(loaded: LoadedConfig, out: Path, run: dict) -> Path:
     # the full-precision weights, not into the 4-bit ones it trained against. A
     # classification head comes from the adapter folder (trained in full beside it).
     auto = getattr(transformers, HEADS[head][0])
-    from toolkit.hub import model_kwargs, read_pins
+    from toolkit.pins import model_kwargs
 
-    pinned = model_kwargs(loaded.config, base_ref, read_pins(out))
+    pins = {p.key: p for p in loaded.hub}
+    pinned = model_kwargs(loaded.config.revision_of_model, base_ref, pins)
     base = auto.from_pretrained(base_ref, dtype="auto", device_map={"": "cpu"}, **pinned, **extra)
     model = PeftModel.from_pretrained(base, str(out), torch_device="cpu")
     model = model.merge_and_unload(progressbar=sys.stderr.isatty())

@@ -6,7 +6,7 @@
   `allow_existing_output_dir: true` says the user means it.
 - `RunLock`: one writer per output folder. An exclusive `flock` on
   `output_dir/.toolkit/lock`, taken by the command that starts the run and held until it
-  ends (the container's reaper inherits it, see toolkit.engine); trainer processes it
+  ends (the container's reaper inherits it, see toolkit.containers.engine); trainer processes it
   launched are told by a token in TOOLKIT_RUN_LOCK, others take it themselves.
 - `previous_run`: what a finished run in output_dir means for this config: the same run
   (nothing to do), the same training continued (resume), or another run (refused).
@@ -31,23 +31,20 @@ import os
 import secrets
 import socket
 import stat
-import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
 from toolkit import safe_io
-from toolkit.config.schema import WEIGHT_NEUTRAL as CONFIG_NEUTRAL
 from toolkit.errors import UsageError
 
 STATE_DIR = ".toolkit"  # toolkit's own files inside output_dir
-RUN_LOCK_ENV = "TOOLKIT_RUN_LOCK"
+# Where preprocess writes when dataset_prepared_path is not set, as axolotl does.
+DEFAULT_PREPARED_PATH = "last_run_prepared"
 MANIFEST = "run.json"
 ALLOW_KEY = "allow_existing_output_dir"
-# Config keys that cannot change the trained weights: a finished run whose config differs
-# only in these is the same run.
-WEIGHT_NEUTRAL = (*CONFIG_NEUTRAL, ALLOW_KEY)
 
 
 # What a run writes into output_dir (transformers, peft and toolkit), by name.
@@ -460,13 +457,12 @@ def _alive(pid: object) -> bool:
 _HELD: list[RunLock] = []
 
 
-def held_for_us(output_dir: str | Path) -> bool:
-    """Whether the lock is this process's, or held for it by the command that launched it
-    (the token that command passed matches the lock file's)."""
+def held_for_us(output_dir: str | Path, token: str | None = None) -> bool:
+    """Whether the lock is this process's, or held for it by the command that planned
+    the run (`token`, from the plan, matches the lock file's)."""
     path = lock_path(output_dir)
     if any(lock.path == path and lock.fd >= 0 for lock in _HELD):
         return True
-    token = os.environ.get(RUN_LOCK_ENV)
     if not token:
         return False
     try:
@@ -476,111 +472,49 @@ def held_for_us(output_dir: str | Path) -> bool:
     return isinstance(holder, dict) and holder.get("token") == token
 
 
-def ensure_held(output_dir: str | Path, command: str) -> RunLock | None:
+def ensure_held(output_dir: str | Path, command: str, token: str | None = None) -> RunLock | None:
     """For a process about to write output_dir: None when the lock is held for it, else
     the lock, taken now, for the caller to release. Either way, a link where the run
     will write is refused first (exit 2)."""
     refuse_links(output_dir)
-    return None if held_for_us(output_dir) else _take(output_dir, command)
+    return None if held_for_us(output_dir, token) else _take(output_dir, command)
 
 
 def hold(output_dir: str | Path, command: str) -> RunLock:
-    """Take the lock for this process and the processes it launches (by token); when it is
-    held for us already, a lock with nothing to release (fd -1). A link where the run will
-    write is refused first (exit 2)."""
+    """Take the lock for this process and the processes it plans runs for (they get its
+    token in the plan); when this process holds it already, that lock's token with
+    nothing to release (fd -1). A link where the run will write is refused first
+    (exit 2)."""
     refuse_links(output_dir)
-    if held_for_us(output_dir):
-        return RunLock(lock_path(output_dir), -1, "")
+    path = lock_path(output_dir)
+    for lock in _HELD:
+        if lock.path == path and lock.fd >= 0:
+            return RunLock(path, -1, lock.token)
     lock = _take(output_dir, command)
     _HELD.append(lock)
-    os.environ[RUN_LOCK_ENV] = lock.token
     return lock
+
+
+@contextlib.contextmanager
+def held(output_dir: str | Path, command: str) -> Iterator[RunLock]:
+    """output_dir (made if missing) locked for this command and the runs it plans, for
+    as long as the block runs."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    lock = hold(output_dir, command)
+    try:
+        yield lock
+    finally:
+        release(lock)
 
 
 def release(lock: RunLock) -> None:
     lock.release()
     if lock in _HELD:
         _HELD.remove(lock)
-    if lock.token and os.environ.get(RUN_LOCK_ENV) == lock.token:
-        del os.environ[RUN_LOCK_ENV]
 
 
 # ---------------------------------------------------------------------------
 # what output_dir already holds
-
-
-@dataclass(frozen=True)
-class Previous:
-    kind: str  # "none", "finished" (this very run), "extend" (same training), "other"
-    run: dict | None = None
-    differences: tuple[str, ...] = ()
-
-
-def read_manifest(output_dir: str | Path) -> dict | None:
-    """output_dir's run.json as JSON values, validated by toolkit.record (exit 2 naming
-    the field when it is malformed); None when there is none."""
-    from toolkit import record
-
-    run = record.read_if_any(Path(output_dir) / MANIFEST)
-    return None if run is None else run.dump()
-
-
-def config_differences(recorded: dict, current: dict) -> list[str]:
-    """`key (recorded → current)` for each top-level key whose value differs."""
-    out = []
-    for key in sorted(set(recorded) | set(current)):
-        if key in WEIGHT_NEUTRAL or key == "output_dir":
-            continue
-        if recorded.get(key) != current.get(key):
-            out.append(f"{key} ({_brief(recorded.get(key))} → {_brief(current.get(key))})")
-    return out
-
-
-def _brief(value) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def previous_run(output_dir: str | Path, config: dict, training_digest: str) -> Previous:
-    """What output_dir's run.json means for a run of `config` (its JSON dump)."""
-    run = read_manifest(output_dir)
-    if run is None:
-        return Previous("none")
-    if run.get("status", "complete") != "complete":
-        return Previous("none", run)
-    differences = tuple(config_differences(run.get("config") or {}, config))
-    if not differences:
-        return Previous("finished", run)
-    if run.get("training_digest") == training_digest:
-        return Previous("extend", run, differences)
-    return Previous("other", run, differences)
-
-
-def refuse_other_run(output_dir: str | Path, previous: Previous) -> None:
-    if previous.kind != "other":
-        return
-    run = previous.run or {}
-    shown = "; ".join(previous.differences[:6]) + (
-        f" and {len(previous.differences) - 6} more" if len(previous.differences) > 6 else ""
-    )
-    raise UsageError(
-        f"output_dir {output_dir} holds a finished run of another config (written "
-        f"{run.get('written_at', '?')}; differs in: {shown}); choose a new "
-        "output_dir, or move that run away first. Nothing was changed"
-    )
-
-
-def check_previous(
-    output_dir: str | Path, config: dict, training_digest: str, what: str = "train"
-) -> bool:
-    """True when output_dir already holds this very run, finished (said so); raises when it
-    holds another finished run; False when training should go on (fresh, or resumed)."""
-    previous = previous_run(output_dir, config, training_digest)
-    if previous.kind == "finished":
-        report_finished(output_dir, previous, what)
-        return True
-    refuse_other_run(output_dir, previous)
-    return False
 
 
 def segments_path(output_dir: str | Path) -> Path:
@@ -597,18 +531,8 @@ def read_segments(output_dir: str | Path) -> list[dict]:
 
 def write_segments(output_dir: str | Path, segments: list[dict]) -> None:
     """Each start of a run (the first, and each resume) with how it ended."""
-    from toolkit.trainer.files import write_json_atomic
+    from toolkit.safe_io import write_json_atomic
 
     path = segments_path(output_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, segments)
-
-
-def report_finished(output_dir: str | Path, previous: Previous, what: str = "train") -> None:
-    run = previous.run or {}
-    print(
-        f"toolkit: {output_dir} already holds this run, complete: {run.get('steps')} steps, "
-        f"final loss {run.get('final_loss')}, finished {run.get('written_at')}; nothing to "
-        f"{what}. To train again, choose another output_dir or remove this one",
-        file=sys.stderr,
-    )

@@ -19,6 +19,8 @@ import errno
 import json
 import math
 import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,6 +35,7 @@ from pydantic import (
 )
 
 from toolkit import safe_io
+from toolkit.config.schema import WEIGHT_NEUTRAL
 from toolkit.errors import UsageError
 
 RECORD = "run.json"
@@ -70,7 +73,7 @@ class Environment(_Part):
 
 
 class HubPin(_Part):
-    """One Hub input at the commit the run trained (toolkit.hub.Pin's fields)."""
+    """One Hub input at the commit the run trained (toolkit.pins.Pin's fields)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
     key: Annotated[
@@ -79,7 +82,7 @@ class HubPin(_Part):
     # Hugging Face repository ids: [owner/]name of letters, digits, '-', '_', '.'.
     repo: Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")]
     kind: Literal["model", "dataset"]
-    revision: Text | None  # required, as toolkit.hub.Pin's fields are
+    revision: Text | None  # required, as toolkit.pins.Pin's fields are
     commit: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
     files: dict[Text, Text]
 
@@ -96,7 +99,7 @@ class HubPin(_Part):
 
 
 class Push(_Part):
-    """One publication of the run to the Hub (toolkit.publish)."""
+    """One publication of the run to the Hub (toolkit.host.publish)."""
 
     what: Text
     repo: Text
@@ -211,7 +214,7 @@ def validate(data: dict, path: str | Path = RECORD) -> dict:
 
 def write(path: str | Path, data: dict) -> Path:
     """Validate and write a record atomically (readers see the old one or the new)."""
-    from toolkit.trainer.files import write_json_atomic
+    from toolkit.safe_io import write_json_atomic
 
     write_json_atomic(path, validate(data, path))
     return Path(path)
@@ -327,3 +330,93 @@ def _show(value: Any, limit: int = 60) -> str:
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------
+# what output_dir's record means for a run about to start
+
+# Config keys that cannot change the trained weights: a finished run whose config differs
+# only in these is the same run.
+CONFIG_NEUTRAL = (*WEIGHT_NEUTRAL, "allow_existing_output_dir")
+
+
+@dataclass(frozen=True)
+class Previous:
+    kind: str  # "none", "finished" (this very run), "extend" (same training), "other"
+    run: dict | None = None
+    differences: tuple[str, ...] = ()
+
+
+def read_manifest(output_dir: str | Path) -> dict | None:
+    """output_dir's run.json as JSON values, validated by toolkit.record (exit 2 naming
+    the field when it is malformed); None when there is none."""
+    run = read_if_any(Path(output_dir) / RECORD)
+    return None if run is None else run.dump()
+
+
+def config_differences(recorded: dict, current: dict) -> list[str]:
+    """`key (recorded → current)` for each top-level key whose value differs."""
+    out = []
+    for key in sorted(set(recorded) | set(current)):
+        if key in CONFIG_NEUTRAL or key == "output_dir":
+            continue
+        if recorded.get(key) != current.get(key):
+            out.append(f"{key} ({_brief(recorded.get(key))} → {_brief(current.get(key))})")
+    return out
+
+
+def _brief(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def previous_run(output_dir: str | Path, config: dict, training_digest: str) -> Previous:
+    """What output_dir's run.json means for a run of `config` (its JSON dump)."""
+    run = read_manifest(output_dir)
+    if run is None:
+        return Previous("none")
+    if run.get("status", "complete") != "complete":
+        return Previous("none", run)
+    differences = tuple(config_differences(run.get("config") or {}, config))
+    if not differences:
+        return Previous("finished", run)
+    if run.get("training_digest") == training_digest:
+        return Previous("extend", run, differences)
+    return Previous("other", run, differences)
+
+
+def refuse_other_run(output_dir: str | Path, previous: Previous) -> None:
+    if previous.kind != "other":
+        return
+    run = previous.run or {}
+    shown = "; ".join(previous.differences[:6]) + (
+        f" and {len(previous.differences) - 6} more" if len(previous.differences) > 6 else ""
+    )
+    raise UsageError(
+        f"output_dir {output_dir} holds a finished run of another config (written "
+        f"{run.get('written_at', '?')}; differs in: {shown}); choose a new "
+        "output_dir, or move that run away first. Nothing was changed"
+    )
+
+
+def check_previous(
+    output_dir: str | Path, config: dict, training_digest: str, what: str = "train"
+) -> bool:
+    """True when output_dir already holds this very run, finished (said so); raises when it
+    holds another finished run; False when training should go on (fresh, or resumed)."""
+    previous = previous_run(output_dir, config, training_digest)
+    if previous.kind == "finished":
+        report_finished(output_dir, previous, what)
+        return True
+    refuse_other_run(output_dir, previous)
+    return False
+
+
+def report_finished(output_dir: str | Path, previous: Previous, what: str = "train") -> None:
+    run = previous.run or {}
+    print(
+        f"toolkit: {output_dir} already holds this run, complete: {run.get('steps')} steps, "
+        f"final loss {run.get('final_loss')}, finished {run.get('written_at')}; nothing to "
+        f"{what}. To train again, choose another output_dir or remove this one",
+        file=sys.stderr,
+    )

@@ -28,8 +28,10 @@ import errno
 import json
 import os
 import stat
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 PathLike = str | os.PathLike[str]
 
@@ -253,3 +255,37 @@ def _deeper_than(value: Any, limit: int) -> bool:
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, depth + 1) for child in children)
     return False
+
+
+def write_json_atomic(path: str | Path, data: dict | list) -> None:
+    """Write JSON so that readers see the old file or the new one, never half of one."""
+
+    def dump(f) -> None:
+        f.write((json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+    replace_atomically(path, dump)
+
+
+def replace_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Put at `path` the bytes `write` writes to a file, with the permissions the umask
+    allows: readers see the old file or the new one, never half of one.
+
+    Never through a link: the temporary file is created anew (mkstemp's O_EXCL fails
+    on any name that exists, a link included), and the rename replaces a link at `path`
+    itself rather than the file it points to."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

@@ -201,8 +201,8 @@ def build_model(
 
 def write_tiny_model(out_dir: str | Path, moe: bool = False, seed: int = 0) -> Path:
     """Build and save the tiny model and tokenizer into `out_dir` (created if missing)."""
-    from toolkit.trainer import quiet_libraries
     from toolkit.trainer.files import make_written_readable, snapshot
+    from toolkit.trainer.quiet import quiet_libraries
 
     quiet_libraries()
     out_dir = Path(out_dir)

@@ -45,7 +45,7 @@ print(json.dumps({
 PY
 
 phase "pytest -m gpu"
-timeout 180 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py -x --no-header 2>&1 \
+timeout 180 $PY -m pytest -m gpu -q -p no:cacheprovider tests/trainer/test_gpu.py -x --no-header 2>&1 \
   | tee "$OUT/pytest.log" | tail -25
 
 phase "bench/gpu_train.py at 2048"

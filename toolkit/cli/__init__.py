@@ -4,9 +4,10 @@ bad input (config, data, command line), 1 for a failed run or environment, 75 wh
 preempted run saved a checkpoint. Heavy libraries are imported inside the commands that
 need them, so `toolkit --help` and `validate` never load torch.
 
-Groups live one per module: run.py (train, preprocess, merge-lora, tiny-model),
-images.py, launch.py, inspect.py (validate, doctor, compare, reproduce); what they share
-is in common.py.
+Groups live one per module: run.py (train, preprocess, merge-lora, inference, fetch,
+tiny-model: each builds a RunPlan and hands it to toolkit.host.place), images.py,
+launch.py, inspect.py (validate, doctor, compare, reproduce), cache.py, examples.py; what
+they share is in common.py.
 
 Shell completion (commands, options, variant names, config keys as overrides):
     eval "$(_TOOLKIT_COMPLETE=bash_source toolkit)"     # zsh_source, fish_source
@@ -21,13 +22,12 @@ import click
 
 from toolkit import __version__
 from toolkit.cli.cache import cache
-from toolkit.cli.common import environment_error
 from toolkit.cli.examples import examples
 from toolkit.cli.images import images
 from toolkit.cli.inspect import compare, doctor, reproduce, validate
 from toolkit.cli.launch import launch
 from toolkit.cli.run import fetch, inference, merge_lora, preprocess, tiny_model, train
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, environment_error
 
 
 @click.group(

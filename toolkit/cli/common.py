@@ -1,5 +1,6 @@
-"""What the command groups share: option decorators, completion, loading a config with
-its overrides, where a heavy command runs, and the output folder's lock.
+"""What the command groups share: option decorators and the typed values they become,
+completion, loading a config with its overrides, and what a container's exit code
+means.
 
 Nothing heavy is imported here: each command imports the stage it calls when it runs,
 so `toolkit --help` and `validate` never load torch.
@@ -7,24 +8,20 @@ so `toolkit --help` and `validate` never load torch.
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from types import SimpleNamespace
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from toolkit.errors import ToolkitError, UsageError
+from toolkit.errors import UsageError
 
 if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
 
     from toolkit.config import LoadedConfig
-    from toolkit.outputs import RunLock
-    from toolkit.runtime import Runtime
+    from toolkit.containers.seam import Runtime
+    from toolkit.host.place import Distributed, Placement
 
 # Commands that take config overrides after the config path: --key value, as in axolotl.
 OVERRIDES = {
@@ -191,123 +188,24 @@ def load(config: str, overrides: tuple[str, ...] | list[str]) -> LoadedConfig:
     return loaded
 
 
-def with_local_data(config: str, overrides: list[str]) -> tuple:
-    """The config with its inputs on this machine: remote datasets (s3://, gs://, az://)
-    copied to the host's cache, and Hub models and datasets fetched into the Hugging
-    Face cache at a pinned commit (toolkit.hub); datasets are pointed at their copies.
-    Returns it and the overrides to pass on."""
-    import dataclasses
+def placement(runtime, image, variant, gpus) -> Placement:
+    """The --runtime, --image, --variant and --gpus options, typed."""
+    from toolkit.host.place import Placement
 
-    from toolkit import hub
-    from toolkit.remote import fetch_remote_datasets, is_remote
-
-    loaded = load(config, overrides)
-    cfg = loaded.config
-    if cfg.dataset_prepared_path:  # for `toolkit cache`
-        from toolkit.cache import record_prepared
-
-        record_prepared(cfg.dataset_prepared_path)
-    remote = any(is_remote(d.path) for d in cfg.datasets)
-    refs = hub.hub_refs(cfg)
-    if not remote and not refs:
-        return loaded, list(overrides)
-    from toolkit.config import load_config, parse_overrides
-
-    extra = list(overrides)
-    if remote:
-        raw = [{"path": d.path, "data_files": d.data_files} for d in cfg.datasets]
-        extra += [f"--{key}={value}" for key, value in fetch_remote_datasets(raw).items()]
-    pins = hub.fetch_all(cfg, hub.read_pins(cfg.output_dir), log) if refs else []
-    extra += [f"--{p.key}={p.snapshot}" for p in pins if p.kind == "dataset"]
-    if pins:  # for the trainer: here, its worker processes, or the container
-        os.environ[hub.PINS_ENV] = hub.pins_json(pins)
-        hub.go_offline()
-    reloaded = load_config(config, parse_overrides(extra)) if extra != list(overrides) else loaded
-    return dataclasses.replace(reloaded, hub=tuple(pins)), extra
+    return Placement(runtime, image, variant, gpus)
 
 
-def log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+def distributed(nproc_per_node, nnodes, node_rank, master_addr, master_port) -> Distributed:
+    """torchrun's options, typed."""
+    from toolkit.host.place import Distributed
 
-
-def runtime_of(args) -> str:
-    from toolkit.launch import default_runtime, in_container
-
-    chosen = args.runtime or default_runtime()
-    if chosen == "docker" and in_container():
-        raise UsageError(
-            "--runtime docker inside the toolkit container: Docker is not "
-            "available here; drop the flag (local is the default inside)"
-        )
-    if chosen == "local":  # the light install (no [train] extra) runs only the image
-        from importlib.util import find_spec
-
-        stack = ("torch", "transformers", "peft", "datasets", "accelerate")
-        missing = [name for name in stack if find_spec(name) is None]
-        if missing:
-            from toolkit.errors import RuntimeFailure
-
-            raise RuntimeFailure(
-                f"--runtime local runs the trainer in this Python environment, which lacks "
-                f"{', '.join(missing)}: pip install 'qwen-posttrain[train]' (or drop "
-                "--runtime local to run in the toolkit image)"
-            )
-    return chosen
+    return Distributed(nproc_per_node, nnodes, node_rank, master_addr, master_port)
 
 
 def new_runtime() -> Runtime:
-    from toolkit.runtime import Runtime
+    from toolkit.containers.seam import Runtime
 
     return Runtime()
-
-
-def image_for(args) -> str:
-    from toolkit.launch import choose_image
-
-    return choose_image(new_runtime(), args.image, args.variant)
-
-
-@contextmanager
-def output_lock(output_dir: str, command: str) -> Iterator[RunLock]:
-    """Hold output_dir's lock for this command and what it launches."""
-    from toolkit import outputs
-
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    lock = outputs.hold(output_dir, command)
-    try:
-        yield lock
-    finally:
-        outputs.release(lock)
-
-
-def in_container(
-    command: str,
-    args,
-    extra,
-    loaded,
-    host_network: bool = False,
-    keep_fds: tuple[int, ...] = (),
-    read_only: bool = False,
-) -> int:
-    """Run this same command in the image, with the config's paths mounted (the outputs
-    read-only too when the command only reads them)."""
-    from toolkit.launch import config_paths, run_in_container, run_secrets
-
-    reads, writes, network = config_paths(loaded.config)
-    if read_only:
-        reads, writes = [*reads, *writes], []
-    argv = ["toolkit", command, str(Path(args.config).absolute()), "--runtime", "local", *extra]
-    code = run_in_container(
-        image_for(args),
-        argv,
-        [Path(args.config), *reads],
-        writes,
-        "host" if host_network else network,
-        args.gpus,
-        keep_fds,
-        run_secrets(command, loaded.config),
-    )
-    return container_failed(code) if code else 0
 
 
 def container_failed(code: int) -> int:
@@ -324,63 +222,14 @@ def container_failed(code: int) -> int:
     return code
 
 
-def environment_error(exc: BaseException, where: str | None = None) -> ToolkitError | None:
-    """An operating-system error (or a library's error that wraps one, such as
-    safetensors' "No space left on device (os error 28)") as one line naming the path and
-    the fix, exit 1; None for any other exception."""
-    import errno
-    import re
-
-    from toolkit.errors import RuntimeFailure
-
-    if isinstance(exc, ToolkitError):
-        return None
-    seen: BaseException | None = exc
-    cause: OSError | None = None
-    while seen is not None and cause is None:
-        if isinstance(seen, OSError) and seen.errno:
-            cause = seen
-        seen = seen.__cause__ or seen.__context__
-    if cause is not None and cause.errno:
-        code = cause.errno
-    else:
-        match = re.search(r"\(os error (\d+)\)", str(exc))
-        if not match:
-            return None
-        code = int(match.group(1))
-    where = (
-        (cause.filename if cause is not None and cause.filename else None)
-        or where
-        or "a file toolkit writes"
-    )
-    strerror = (cause.strerror if cause is not None else None) or os.strerror(code)
-    fixes = {
-        errno.ENOSPC: f"no space left on the device holding {where}; free some space "
-        "(save_total_limit keeps fewer checkpoints) or choose an output_dir on "
-        "a larger disk, then run the same command again to resume",
-        errno.EDQUOT: f"disk quota exceeded writing {where}; free some space or choose an "
-        "output_dir elsewhere",
-        errno.EROFS: f"{where} is on a read-only filesystem; choose an output_dir you can write",
-        errno.EACCES: f"permission denied: {where}; make it writable for you "
-        f"(uid {os.getuid()}) or choose another output_dir",
-        errno.EPERM: f"operation not permitted on {where}; check its owner and permissions",
-    }
-    return RuntimeFailure(fixes.get(code, f"{strerror}: {where}"))
-
-
 def report(findings, as_json: bool) -> int:
     import json
 
     from toolkit.compat import Status
-    from toolkit.doctor import render, worst
+    from toolkit.host.doctor import render, worst
 
     if as_json:
         print(json.dumps([f.as_dict() for f in findings], indent=2))
     else:
         print(render(findings))
     return 1 if worst(findings) == Status.FAIL else 0
-
-
-def args_of(**values) -> SimpleNamespace:
-    """The parsed options as one value the command bodies read."""
-    return SimpleNamespace(**values)

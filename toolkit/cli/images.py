@@ -48,8 +48,8 @@ def select(as_json) -> int:
     """The variant for this host, and why (exit 1 when none fits)."""
     from toolkit.compat import Status
     from toolkit.compat import select as choose
+    from toolkit.host.probe import gather
     from toolkit.images import load_matrix
-    from toolkit.probe import gather
 
     host = gather(common.new_runtime())
     sel = choose(host.facts, [v.facts() for v in load_matrix().values()])

@@ -67,14 +67,14 @@ def validate(config, overrides, explain, as_json) -> int:
 )
 def doctor(as_json, variant) -> int:
     """Will training work here? Each check with its fix (inside the image: what torch sees)."""
-    from toolkit import doctor as checks
-    from toolkit.launch import in_container
+    from toolkit.host import doctor as checks
+    from toolkit.host.place import in_container
 
     if in_container():
         findings = checks.container_checks()
     else:
+        from toolkit.host.probe import gather
         from toolkit.images import load_matrix, variants_here
-        from toolkit.probe import gather
 
         runtime = common.new_runtime()
         matrix = load_matrix()
@@ -142,15 +142,19 @@ def compare(run_a, run_b, rtol, atol, as_json) -> int:
 @tolerances
 def reproduce(run, output_dir, rtol, atol) -> int:
     """Run a finished training again from its run.json, and compare the two."""
-    from toolkit.cli import main
     from toolkit.compare import report as describe
-    from toolkit.reproduce import plan, prepare
+    from toolkit.errors import exit_code_of
+    from toolkit.host.reproduce import plan, prepare
 
     rerun = plan(run, output_dir)  # every check; nothing is written before it passes
     for note in rerun.notes:
         print(f"reproduce: {note}")
     prepare(rerun)
-    code = main(rerun.train_argv)
+    toolkit = click.get_current_context().find_root().command  # `toolkit train`, here
+    try:
+        code = toolkit.main(args=rerun.train_argv, prog_name="toolkit", standalone_mode=False)
+    except Exception as exc:  # as the command line would end: ours as exit codes
+        return exit_code_of(exc)
     if code:
         return code
     text, same = describe(run, str(rerun.output_dir), rtol, atol)

@@ -56,8 +56,8 @@ def launch() -> None:
 def _inputs(
     config, overrides, variant_name: str, outputs: str
 ) -> tuple[LoadedConfig, Variant, str]:
+    from toolkit.host.remote import is_remote
     from toolkit.images import get_variant, pushed_image
-    from toolkit.remote import is_remote
 
     if not is_remote(outputs):
         raise UsageError(
@@ -79,7 +79,7 @@ def skypilot(config, overrides, variant, outputs, output, accelerators, nodes) -
     """A SkyPilot task (sky launch FILE)."""
     import yaml
 
-    from toolkit.cloud import skypilot_task, vm_config
+    from toolkit.host.cloud import skypilot_task, vm_config
 
     loaded, chosen, image = _inputs(config, overrides, variant, outputs)
     if chosen.accelerator != "cpu" and not accelerators:
@@ -105,7 +105,7 @@ def skypilot(config, overrides, variant, outputs, output, accelerators, nodes) -
 @overrides_argument
 def cloud_init(config, overrides, variant, outputs, output) -> int:
     """User-data for one plain VM."""
-    from toolkit.cloud import cloud_init as user_data
+    from toolkit.host.cloud import cloud_init as user_data
 
     loaded, chosen, image = _inputs(config, overrides, variant, outputs)
     out = output or Path(f"{Path(config).stem}.cloud-init.yaml")
@@ -120,7 +120,7 @@ def cloud_init(config, overrides, variant, outputs, output) -> int:
 def _pins(loaded) -> list:
     """The commits of the config's Hub inputs, resolved now (nothing is downloaded here:
     the VM fetches exactly those)."""
-    from toolkit.hub import hub_refs, resolve_all
+    from toolkit.host.hub import hub_refs, resolve_all
 
     if not hub_refs(loaded.config):
         return []

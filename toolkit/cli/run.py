@@ -16,20 +16,15 @@ from toolkit.cli import common
 from toolkit.cli.common import (
     OVERRIDES,
     OverridesCommand,
-    args_of,
     config_argument,
     container_failed,
+    distributed,
     distributed_options,
-    environment_error,
-    image_for,
-    in_container,
     json_option,
     load,
-    output_lock,
     overrides_argument,
-    runtime_of,
+    placement,
     runtime_options,
-    with_local_data,
 )
 from toolkit.errors import UsageError
 
@@ -46,78 +41,87 @@ from toolkit.errors import UsageError
     "(resume_from_checkpoint: false), e.g. when none of them verifies",
 )
 @overrides_argument
-def train(config, overrides, as_json, restart, **options) -> int:
+def train(
+    config,
+    overrides,
+    as_json,
+    restart,
+    runtime,
+    image,
+    variant,
+    gpus,
+    nproc_per_node,
+    nnodes,
+    node_rank,
+    master_addr,
+    master_port,
+) -> int:
     """Train as the config says (SFT, DPO-family, reward or process-reward model).
 
     Config keys can be overridden after the config path: --micro-batch-size 2. Running
     the same command on a finished run trains nothing; after a preemption (exit 75) it
     resumes."""
-    from toolkit import outputs
-
-    if restart:  # an override, so it reaches the trainer in the container as well
-        overrides = (*overrides, "--resume-from-checkpoint", "false")
-    args = args_of(config=config, **options)
-    runtime = runtime_of(args)  # before any Hub fetch: a light install says so at once
-    loaded, extra = with_local_data(config, list(overrides))
-    cfg = loaded.config
-    distributed = _distributed_args(args)
-    code = 0
-    from toolkit import publish
+    from toolkit import outputs, plan, record
     from toolkit.config.axolotl import check_hardware
+    from toolkit.config.parallel import layout
+    from toolkit.host import publish
+    from toolkit.host.inputs import on_this_machine
+    from toolkit.host.place import execute
 
-    if outputs.check_previous(cfg.output_dir, cfg.model_dump(mode="json"), cfg.training_digest()):
+    where = placement(runtime, image, variant, gpus)
+    ranks = distributed(nproc_per_node, nnodes, node_rank, master_addr, master_port)
+    chosen = where.chosen()  # before any Hub fetch: a light install says so at once
+    if restart:  # start at step 0 beside the checkpoints
+        overrides = (*overrides, "--resume-from-checkpoint", "false")
+    loaded = on_this_machine(load(config, overrides))
+    cfg = loaded.config
+    if record.check_previous(cfg.output_dir, cfg.model_dump(mode="json"), cfg.training_digest()):
         publish.after_train(cfg)  # a push that failed after the run is retried
         return _summary(cfg, as_json, "already complete")
-
     if loaded.hardware:  # settings that need GPUs: refused before anything is written
-        check_hardware(loaded, gpus_here(runtime))
-    from toolkit.config.parallel import layout
-
+        check_hardware(loaded, gpus_here(chosen))
     if "WORLD_SIZE" in os.environ:  # a process torchrun started: the launch it is part of
         layout(cfg, int(os.environ["WORLD_SIZE"]), "this torchrun launch")
     else:
-        launch = f"--nproc-per-node {args.nproc_per_node} × --nnodes {args.nnodes}"
-        layout(cfg, args.nproc_per_node * args.nnodes, launch)
+        launch = f"--nproc-per-node {ranks.nproc_per_node} × --nnodes {ranks.nnodes}"
+        layout(cfg, ranks.world_size, launch)
     publish.check(cfg)
     # With --json, stdout carries the summary alone; the training log goes to stderr.
     with (
-        output_lock(cfg.output_dir, "train") as lock,
+        outputs.held(cfg.output_dir, "train") as lock,
         redirect_stdout(sys.stderr) if as_json else nullcontext(),
     ):
         if loaded.hub:  # the commits this run trains: a resume or rerun keeps them
-            from toolkit.hub import write_pins
+            from toolkit.pins import write_pins
 
-            write_pins(cfg.output_dir, loaded.hub)
-        if runtime == "docker":
-            code = in_container(
-                "train",
-                args,
-                [*distributed, *extra],
-                loaded,
-                host_network=args.nnodes > 1,
-                keep_fds=lock.fds,
-            )
-        elif distributed:
-            from toolkit.launch import torchrun
-
-            code = torchrun(common.new_runtime(), args, distributed, extra)
-        else:
-            from toolkit.trainer import run
-
-            try:
-                run(loaded)
-            except Exception as exc:
-                error = environment_error(exc, cfg.output_dir)
-                if error is None:
-                    raise
-                raise error from None
+            write_pins(cfg.output_dir, list(loaded.hub))
+        planned = plan.build(
+            plan.Train(),
+            loaded,
+            lock_token=lock.token,
+            network="host" if ranks.nnodes > 1 else None,
+        )
+        code = _run_here(
+            lambda: execute(planned, where, ranks, lock.fds, common.new_runtime()), cfg.output_dir
+        )
     if code:
-        return code
+        return container_failed(code) if chosen == "docker" else code
     publish.after_train(cfg)
-    # The closing lines once: by the container's own `toolkit train` in the image, by
-    # torchrun's rank 0 (not by the command that launched it, nor by the other ranks).
-    said = runtime != "local" or bool(distributed) or os.environ.get("RANK", "0") != "0"
-    return _summary(cfg, as_json, "trained", said=said)
+    return _summary(cfg, as_json, "trained")
+
+
+def _run_here(carry_out, output_dir: str) -> int:
+    """`carry_out()`, with an operating-system error from a run in this process said as
+    one line naming the path and the fix."""
+    from toolkit.errors import environment_error
+
+    try:
+        return carry_out()
+    except Exception as exc:
+        error = environment_error(exc, output_dir)
+        if error is None:
+            raise
+        raise error from None
 
 
 def gpus_here(runtime: str) -> int:
@@ -126,14 +130,13 @@ def gpus_here(runtime: str) -> int:
         import torch
 
         return torch.cuda.device_count()
-    from toolkit import probe
+    from toolkit.host import probe
 
     return len(probe.gather(common.new_runtime()).facts.gpus)
 
 
-def _summary(cfg, as_json: bool, status: str, said: bool = False) -> int:
-    """Where the outputs are (stdout), or train's final summary as JSON; `said`: the
-    closing lines were printed already (by the container's own command)."""
+def _summary(cfg, as_json: bool, status: str) -> int:
+    """Where the outputs are (stdout), or train's final summary as JSON."""
     out = Path(cfg.output_dir)
     if as_json:
         from toolkit import record as run_record
@@ -163,28 +166,10 @@ def _summary(cfg, as_json: bool, status: str, said: bool = False) -> int:
                 indent=2,
             )
         )
-    elif status == "trained" and not said:
+    elif status == "trained":
         what = "adapter" if cfg.uses_lora else "model"
         print(f"{what} and tokenizer: {out}\nmanifest: {out}/run.json\nlog: {out}/train.log")
     return 0
-
-
-def _distributed_args(args) -> list[str]:
-    """The launch flags to pass on, or [] for one process on one machine."""
-    if args.nproc_per_node == 1 and args.nnodes == 1:
-        return []
-    return [
-        "--nproc-per-node",
-        str(args.nproc_per_node),
-        "--nnodes",
-        str(args.nnodes),
-        "--node-rank",
-        str(args.node_rank),
-        "--master-addr",
-        args.master_addr,
-        "--master-port",
-        str(args.master_port),
-    ]
 
 
 @click.command(cls=OverridesCommand, context_settings=OVERRIDES)
@@ -213,19 +198,20 @@ def _distributed_args(args) -> list[str]:
 def preprocess(config, overrides, debug, debug_num_examples, color, **options) -> int:
     """Tokenize SFT data into dataset_prepared_path (train reuses it); unset, it is
     ./last_run_prepared, as in axolotl."""
-    from toolkit.trainer.prepared import DEFAULT_PREPARED_PATH
+    from toolkit import plan
+    from toolkit.host.inputs import on_this_machine
+    from toolkit.host.place import execute
+    from toolkit.outputs import DEFAULT_PREPARED_PATH
 
-    args = args_of(config=config, **options)
-    runtime = runtime_of(args)  # before any Hub fetch or write
-    overrides = list(overrides)
-    loaded, extra = with_local_data(config, overrides)
+    where = placement(**options)
+    chosen = where.chosen()  # before any Hub fetch or write
+    loaded = on_this_machine(load(config, overrides))
     if not loaded.config.dataset_prepared_path:
         print(
             f"note: dataset_prepared_path is not set; writing to ./{DEFAULT_PREPARED_PATH} "
             "as axolotl does (set dataset_prepared_path, and train reads it from there)",
             file=sys.stderr,
         )
-        extra = [*extra, f"--dataset_prepared_path={DEFAULT_PREPARED_PATH}"]
         from toolkit.cache import record_prepared
 
         record_prepared(DEFAULT_PREPARED_PATH)
@@ -236,16 +222,9 @@ def preprocess(config, overrides, debug, debug_num_examples, color, **options) -
             ),
         )
     colored = color == "always" or (color == "auto" and sys.stdout.isatty())
-    if runtime == "docker":
-        flags = ["--color", "always" if colored else "never"]
-        if debug:
-            flags += ["--debug", "--debug-num-examples", str(debug_num_examples)]
-        return in_container("preprocess", args, [*flags, *extra], loaded)
-    from toolkit.trainer.prepared import preprocess as build
-
-    where = build(loaded, debug_num_examples if debug else 0, colored)
-    print(f"prepared data: {where}")
-    return 0
+    task = plan.Preprocess(debug_rows=debug_num_examples if debug else 0, colored=colored)
+    code = execute(plan.build(task, loaded), where, runtime=common.new_runtime())
+    return container_failed(code) if code and chosen == "docker" else code
 
 
 @click.command("merge-lora", cls=OverridesCommand, context_settings=OVERRIDES)
@@ -259,40 +238,49 @@ def preprocess(config, overrides, debug, debug_num_examples, color, **options) -
 @runtime_options
 @overrides_argument
 def merge_lora(config, overrides, allow_config_mismatch, **options) -> int:
-    """Merge the trained LoRA adapter into the full-precision base (output_dir/merged)."""
-    from toolkit import publish
-    from toolkit.hub import hub_refs
-    from toolkit.merge import already_merged, check_inputs
+    """Merge the trained LoRA adapter into the full-precision base (output_dir/merged).
 
-    args = args_of(config=config, **options)
-    runtime = runtime_of(args)  # before any Hub fetch
-    loaded = load(config, overrides)
+    CONFIG is the YAML the run was trained with, or the run's output_dir (or its
+    run.json): then the config is the one the run recorded."""
+    from toolkit import outputs, plan
+    from toolkit.host import publish
+    from toolkit.host.hub import hub_refs
+    from toolkit.host.inputs import on_this_machine
+    from toolkit.host.place import execute
+    from toolkit.runs import already_merged, check_inputs, is_run_folder, recorded_config
+
+    where = placement(**options)
+    chosen = where.chosen()  # before any Hub fetch
+    if is_run_folder(config):
+        if overrides:
+            raise UsageError(
+                f"{config} is a trained run: merge-lora reads its recorded config, which "
+                f"takes no overrides ({' '.join(overrides)}); pass the YAML to override keys"
+            )
+        loaded = recorded_config(config)
+    else:
+        loaded = load(config, overrides)
     out = loaded.config.output_dir
     if check_inputs(loaded, allow_config_mismatch, hub_inputs=True) is None:
         return 0
     if already_merged(Path(out)):
         publish.after_merge(loaded.config)  # a push that failed after the merge is retried
         return 0
-    extra = list(overrides)
     if hub_refs(loaded.config):
         # The base at the commit the adapter was trained on (from the Hub's cache,
         # fetched again only if the cache lost it).
-        loaded, extra = with_local_data(config, extra)
-        check_inputs(loaded, allow_config_mismatch)
-    with output_lock(out, "merge-lora") as lock:
-        if runtime == "docker":
-            extra = [*extra, *(["--allow-config-mismatch"] if allow_config_mismatch else [])]
-            code = in_container("merge-lora", args, extra, loaded, keep_fds=lock.fds)
-            if code == 0:
-                print(f"merged model: {out}/merged\nadapter: {out}\nlog: {out}/train.log")
-        else:
-            from toolkit.merge import merge_lora as merge
-
-            merge(loaded, allow_config_mismatch)
-            code = 0
-    if code == 0:
-        publish.after_merge(loaded.config)
-    return code
+        loaded = on_this_machine(loaded)
+        check_inputs(loaded, allow_config_mismatch, notes=False)
+    with outputs.held(out, "merge-lora") as lock:
+        task = plan.Merge(allow_config_mismatch=allow_config_mismatch)
+        planned = plan.build(task, loaded, lock_token=lock.token)
+        code = execute(planned, where, keep_fds=lock.fds, runtime=common.new_runtime())
+    if code:
+        return container_failed(code) if chosen == "docker" else code
+    if chosen == "docker":
+        print(f"merged model: {out}/merged\nadapter: {out}\nlog: {out}/train.log")
+    publish.after_merge(loaded.config)
+    return 0
 
 
 @click.command("tiny-model")
@@ -302,33 +290,20 @@ def merge_lora(config, overrides, allow_config_mismatch, **options) -> int:
 @runtime_options
 def tiny_model(out_dir, moe, seed, **options) -> int:
     """Build the tiny random-init Qwen3 and tokenizer the demo and tests use."""
-    args = args_of(**options)
+    from toolkit import plan
+    from toolkit.host.place import execute
+
+    where = placement(**options)
     out = Path(out_dir)
-    if (out / "config.json").exists():
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
         print(f"{out} already holds a model; remove it to build a new one")
         return 0
-    if runtime_of(args) == "docker":
-        from toolkit.launch import run_in_container
-
-        command = [
-            "toolkit",
-            "tiny-model",
-            str(out.absolute()),
-            "--runtime",
-            "local",
-            "--seed",
-            str(seed),
-            *(["--moe"] if moe else []),
-        ]
-        code = run_in_container(image_for(args), command, [], [out], gpus=args.gpus)
-        return container_failed(code) if code else 0
-    from toolkit.tiny import write_tiny_model
-
-    write_tiny_model(out, moe=moe, seed=seed)
-    print(
-        f"wrote a tiny {'Qwen3-MoE' if moe else 'Qwen3'} and its tokenizer to {out}",
-        file=sys.stdout,
-    )
+    chosen = where.chosen()
+    task = plan.TinyModel(out=str(out.absolute()), moe=moe, seed=seed)
+    code = execute(plan.build(task), where, runtime=common.new_runtime())
+    if code:
+        return container_failed(code) if chosen == "docker" else code
+    print(f"wrote a tiny {'Qwen3-MoE' if moe else 'Qwen3'} and its tokenizer to {out}")
     return 0
 
 
@@ -360,32 +335,28 @@ def tiny_model(out_dir, moe, seed, **options) -> int:
 @overrides_argument
 def inference(config, overrides, prompts, use, max_new_tokens, temperature, **options) -> int:
     """Answer prompts with the trained model, streaming tokens as they come."""
-    from toolkit.hub import hub_refs
-    from toolkit.inference import model_source
+    from toolkit import plan
+    from toolkit.host.hub import hub_refs
+    from toolkit.host.inputs import on_this_machine
+    from toolkit.host.place import execute
+    from toolkit.runs import model_source
 
-    args = args_of(config=config, **options)
-    runtime = runtime_of(args)  # before any Hub fetch
+    where = placement(**options)
+    chosen = where.chosen()  # before any Hub fetch
     loaded = load(config, overrides)
     model_source(loaded, use)  # nothing trained yet, or no merged model: say so here
     if hub_refs(loaded.config):  # the base at the run's commit, from the Hub's cache
-        loaded, overrides = with_local_data(config, list(overrides))
-    if runtime == "docker":
-        if not prompts:
-            raise UsageError(
-                "in the container, give the prompts with --prompt (repeat it for a "
-                "conversation), or run with --runtime local to type them"
-            )
-        flags = ["--model", use, "--max-new-tokens", str(max_new_tokens)]
-        flags += ["--temperature", str(temperature)]
-        for prompt in prompts:
-            flags += ["--prompt", prompt]
-        return in_container("inference", args, [*flags, *overrides], loaded, read_only=True)
-    from toolkit.inference import run, stdin_prompts
-
-    asked = list(prompts) or stdin_prompts(sys.stdin.isatty())
-    for _ in run(loaded, asked, use, max_new_tokens, temperature):
-        print()
-    return 0
+        loaded = on_this_machine(loaded)
+    if chosen == "docker" and not prompts:
+        raise UsageError(
+            "in the container, give the prompts with --prompt (repeat it for a "
+            "conversation), or run with --runtime local to type them"
+        )
+    task = plan.Inference(
+        prompts=prompts, model=use, max_new_tokens=max_new_tokens, temperature=temperature
+    )
+    code = execute(plan.build(task, loaded), where, runtime=common.new_runtime())
+    return container_failed(code) if code and chosen == "docker" else code
 
 
 @click.command(cls=OverridesCommand, context_settings=OVERRIDES)
@@ -398,6 +369,8 @@ def fetch(config, overrides) -> int:
     files) names the commits to fetch."""
     from dataclasses import asdict
 
-    loaded, _ = with_local_data(config, list(overrides))
+    from toolkit.host.inputs import on_this_machine
+
+    loaded = on_this_machine(load(config, overrides))
     print(json.dumps([asdict(p) for p in loaded.hub], indent=2))
     return 0

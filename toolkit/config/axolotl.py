@@ -318,7 +318,8 @@ def triage(raw: dict, fields: set[str], dataset_fields: set[str]) -> Triage:
 
 def _sort(where: str, key: str, value: Any, entry: dict, out: Triage) -> None:
     kind, why = entry["class"], entry.get("why", "")
-    if _is_off(value):
+    # `accepts`: the values that ask for what toolkit does anyway (axolotl's default).
+    if _is_off(value) or value in entry.get("accepts", ()):
         return
     if kind == "ignored":
         out.warnings.append(f"{where}: {why}; ignored")

@@ -15,8 +15,8 @@ Classes:
               not applied yet (a warning says so)
     hardware  accepted; a run that sets it needs several GPUs or GPU kernels, checked
               when the run starts (refused there, with the reason)
-    refused   any value but off (null, false, empty, 1 for a size) is refused at
-              validation with why and what to do instead
+    refused   any value but off (null, false, empty, 1 for a size) or one listed in the
+              entry's `accepts` is refused at validation with why and what to do instead
 """
 
 from __future__ import annotations

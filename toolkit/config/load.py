@@ -12,7 +12,13 @@ from pydantic import BaseModel, ValidationError
 
 from toolkit.config.axolotl import LORA_KEYS, OFF_VALUES, drop_nulls, map_deprecated, triage
 from toolkit.config.problems import describe_all, nested_model, show
-from toolkit.config.rules import cross_field_problems, open_regular, path_problems, special_kind
+from toolkit.config.rules import (
+    context_warnings,
+    cross_field_problems,
+    open_regular,
+    path_problems,
+    special_kind,
+)
 from toolkit.config.schema import Config, DatasetConfig, LoadedConfig
 from toolkit.errors import ConfigError
 
@@ -67,7 +73,7 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         raise ConfigError(f"{path}: {len(problems)} {noun}", problems)
     for name in Config.model_fields:
         sources.setdefault(name, "default")
-    warnings = mapped + sorted_.warnings
+    warnings = mapped + sorted_.warnings + context_warnings(config)
     if raw.get("hub_strategy") not in (None, "end"):
         warnings.append(
             f"hub_strategy: {raw['hub_strategy']!r}: toolkit pushes once, when the run "

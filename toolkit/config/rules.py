@@ -20,6 +20,7 @@ from toolkit.config.schema import (
     PRM_TYPES,
     RM_TYPES,
     SFT_TYPES,
+    Config,
     is_local_ref,
     recipe_of,
 )
@@ -335,7 +336,7 @@ def path_problems(raw: dict) -> list[str]:
                 f"{Path(ref).expanduser().resolve()}){hint}"
             )
         elif isinstance(ref, str) and is_local_ref(ref):
-            out += _model_folder_problems(key, ref)
+            out += _model_folder_problems(key, ref, raw)
     datasets = raw.get("datasets")
     for i, ds in enumerate(datasets if isinstance(datasets, list) else []):
         ref = ds.get("path") if isinstance(ds, dict) else None
@@ -399,8 +400,14 @@ def local_inputs(raw: dict) -> list[tuple[str, Path]]:
     ]
 
 
-def _model_folder_problems(key: str, ref: str) -> list[str]:
-    """A local model folder must hold a model: config.json (an adapter folder is not one)."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+NO_TOKENIZER = "no tokenizer (no tokenizer.json or tokenizer_config.json)"
+
+
+def _model_folder_problems(key: str, ref: str, raw: dict) -> list[str]:
+    """A local model folder must hold a model: config.json, safetensors weights, and a
+    tokenizer unless tokenizer_config names another folder (an adapter folder is not one).
+    Found here, not as a traceback from transformers once the container has started."""
     where = Path(ref).expanduser()
     if not where.is_dir():
         return [
@@ -424,14 +431,39 @@ def _model_folder_problems(key: str, ref: str) -> list[str]:
             f"{key}: {ref!r} holds no model (no config.json); give the folder a model was "
             "saved to (save_pretrained) or a hub id like Qwen/Qwen3-8B"
         ]
-    if key == "tokenizer_config" and not any(
-        (where / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")
-    ):
-        return [
-            f"{key}: {ref!r} holds no tokenizer (no tokenizer.json or "
-            "tokenizer_config.json); give the folder a tokenizer was saved to"
-        ]
-    return []
+    has_tokenizer = any((where / n).is_file() for n in TOKENIZER_FILES)
+    if key == "tokenizer_config":
+        if has_tokenizer:
+            return []
+        return [f"{key}: {ref!r} holds {NO_TOKENIZER}; give the folder a tokenizer was saved to"]
+    missing = []
+    if not _has_weights(where):
+        missing.append("no weights (no *.safetensors or model.safetensors.index.json)")
+    if not has_tokenizer and not raw.get("tokenizer_config"):
+        missing.append(NO_TOKENIZER + " and tokenizer_config is not set")
+    if not missing:
+        return []
+    demo = (
+        f"for the bundled demo remove it and run `toolkit tiny-model {ref}`; otherwise "
+        if "tiny" in ref
+        else ""
+    )
+    return [
+        f"{key}: {ref!r} has config.json but {' and '.join(missing)}; {demo}point {key} "
+        "at a folder holding config.json, the *.safetensors weights and the tokenizer "
+        "(as save_pretrained writes it), or at a hub id like Qwen/Qwen3-8B"
+    ]
+
+
+def _has_weights(folder: Path) -> bool:
+    """Whether a model folder holds safetensors weights (toolkit loads no other format)."""
+    if (folder / "model.safetensors.index.json").is_file():
+        return True
+    try:
+        with os.scandir(folder) as entries:
+            return any(e.name.endswith(".safetensors") and e.is_file() for e in entries)
+    except OSError:
+        return False
 
 
 def _data_file_problems(key: str, ref: str, where: Path) -> list[str]:
@@ -620,3 +652,61 @@ def data_patterns(data_files) -> list[str]:
     if isinstance(data_files, list):
         return [p for p in data_files if isinstance(p, str)]
     return [data_files] if isinstance(data_files, str) else ["*"]
+
+
+def context_warnings(config: Config) -> list[str]:
+    """sequence_len past the positions the model was trained on, with no rope_scaling
+    to stretch them. The model's config.json is read from a local base_model, or from
+    the Hugging Face cache when the model was fetched already: never from the network."""
+    if config.rope_scaling:
+        return []
+    model = _model_config(config.base_model, config.revision_of_model)
+    trained = model.get("max_position_embeddings")
+    if model.get("rope_scaling") or not isinstance(trained, int) or isinstance(trained, bool):
+        return []
+    if config.sequence_len <= trained:
+        return []
+    factor = math.ceil(config.sequence_len / trained)
+    return [
+        f"sequence_len: {config.sequence_len} is beyond {config.base_model}'s "
+        f"max_position_embeddings {trained} and rope_scaling is not set: positions past "
+        f"{trained} are untrained; lower sequence_len or set rope_scaling (yarn), e.g. "
+        f"{{rope_type: yarn, factor: {factor}, original_max_position_embeddings: {trained}}}"
+    ]
+
+
+def _model_config(ref: str, revision: str | None) -> dict:
+    """The model's config.json, if it is here to read (a local folder, or the Hub cache);
+    {} otherwise."""
+    if is_local_ref(ref):
+        where: str | Path | None = Path(ref).expanduser() / "config.json"
+    else:
+        where = _cached_config(ref, revision)
+    if not isinstance(where, str | Path):  # not cached, or cached as missing
+        return {}
+    try:
+        found = read_json(where, 1 << 20, follow=True)
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _cached_config(repo: str, revision: str | None) -> str | Path | None:
+    """A Hub model's config.json in the Hugging Face cache: at the revision asked for
+    when the cache knows it, else the newest snapshot there (toolkit fetches by commit,
+    which records no branch); None when the model was never fetched."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from toolkit.pins import hub_cache, repo_folder
+
+    try:
+        found = try_to_load_from_cache(repo, "config.json", hub_cache(), revision)
+    except (OSError, ValueError):  # a revision no cache folder can hold
+        return None
+    if isinstance(found, str):
+        return found
+    try:
+        configs = list((repo_folder("model", repo) / "snapshots").glob("*/config.json"))
+        return max(configs, key=lambda p: p.lstat().st_mtime, default=None)
+    except OSError:
+        return None

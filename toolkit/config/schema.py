@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from toolkit.pins import Pin
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 
@@ -426,7 +428,7 @@ class Config(_Strict):
     hf_mlflow_log_artifacts: bool = False
     use_tensorboard: bool = False
 
-    # Publishing, from the host with HF_TOKEN (toolkit.publish): the result to
+    # Publishing, from the host with HF_TOKEN (toolkit.host.publish): the result to
     # hub_model_id when the run completes, the merged model to hub_model_id-merged.
     hub_model_id: str | None = None
     push_to_hub: bool | None = None  # unset: push when hub_model_id is set, as in axolotl
@@ -492,7 +494,7 @@ REPORTING_KEYS = (
 
 # Keys that cannot change the trained weights: how often a run logs, evaluates and
 # saves, where it caches and reports, how it waits. A finished run whose config differs
-# only in these is the same run (outputs.config_differences); a checkpoint may be
+# only in these is the same run (record.config_differences); a checkpoint may be
 # resumed across them (training_digest, which also frees the run's length).
 WEIGHT_NEUTRAL = (
     "logging_steps",
@@ -526,8 +528,8 @@ class LoadedConfig:
     # axolotl settings that need several GPUs or GPU kernels (key: what it is), which
     # the run checks when it starts.
     hardware: dict[str, str] = field(default_factory=dict)
-    # The Hub inputs fetched on the host, each pinned to a commit (toolkit.hub.Pin).
-    hub: tuple = ()
+    # The Hub inputs fetched on the host, each pinned to a commit.
+    hub: tuple[Pin, ...] = ()
 
 
 def recipe_of(raw: dict) -> str:

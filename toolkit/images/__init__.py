@@ -34,11 +34,11 @@ from toolkit.images.matrix import (
     get_variant,
     list_rows,
     load_matrix,
+    render_dockerfile,
     say,
     source_sha256,
 )
 from toolkit.images.registry import push_image, pushed_file, pushed_image
-from toolkit.images.render import render_dockerfile
 from toolkit.images.verify import verify_image
 
 __all__ = [

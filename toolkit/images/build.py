@@ -5,8 +5,10 @@ only when none of its tag is here.
 The tag is the variant's identity (matrix.Variant.image_sha256): its lock, its rendered
 Dockerfile and the content of the toolkit source the build copies in. A checkout and a
 wheel of one source compute one tag and share the image; two sources get two tags, so
-neither rebuilds over the other. The labels say where the image came from (version,
-revision, creation time) and do not enter the tag."""
+neither rebuilds over the other, and a build removes the variant's images of older
+sources that no container uses (`replaced_images`). The labels say where the image came
+from (version, revision, creation time) and do not enter the tag. The builder's log goes
+to stderr: stdout stays the answer of the command that needed the image."""
 
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit import cache
+from toolkit.containers.seam import Docker, Runtime
+from toolkit.containers.spec import ImageInfo
 from toolkit.errors import RuntimeFailure, UsageError
 from toolkit.images.lock import fill_wheelhouse
 from toolkit.images.matrix import (
@@ -25,12 +30,11 @@ from toolkit.images.matrix import (
     PACKAGE_DIR,
     REPO_ROOT,
     Variant,
+    render_dockerfile,
     say,
     source_files,
     source_sha256,
 )
-from toolkit.images.render import render_dockerfile
-from toolkit.runtime import Docker, Runtime
 
 # ---------------------------------------------------------------------------
 # building
@@ -77,8 +81,7 @@ def ensure_image(variant: Variant, runtime: Runtime) -> str:
 def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
     """Build the variant's image from the running toolkit's source and return its tag;
     nothing to do when that tag is here already (unless --no-cache, --tag or a base is
-    asked for). Afterwards the image the tag named before and the builder stages this
-    build replaced are removed, each only if no container uses it."""
+    asked for). Afterwards what it replaced (`replaced_images`) is removed."""
     docker = runtime.docker()
     docker.require()
     if opts.online and opts.wheelhouse:
@@ -110,7 +113,7 @@ def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
             "BUILD_ID": build_id,
         }
         tag = opts.tag or variant.tag_for(source)
-        replaced = docker.inspect_image(tag)
+        before = docker.inspect_image(tag)
         say(f"building {tag} from {base}")
         res = docker.build(str(context), tag, args, env, no_cache=opts.no_cache)
     if not res.ok:
@@ -119,15 +122,46 @@ def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
             "build log above shows the failing step"
         )
     say(f"built {tag} in {time.monotonic() - started:.0f} s")
-    if env.get("DOCKER_BUILDKIT") == "0":
-        _remove_builder_stages(variant, runtime, build_id)
-    if replaced is not None:
-        # The image the tag named before: untagged now and of no use; removed unless a
-        # container still uses it (never forced), so rebuilds do not fill Docker's disk.
-        built = docker.inspect_image(tag)
-        if built is not None and built.id != replaced.id:
-            docker.remove_image(replaced.id)
+    built = docker.inspect_image(tag)
+    if built is not None:
+        for image in replaced_images(docker, variant, built, before, build_id, bool(opts.tag)):
+            if cache.remove_image(docker, image):
+                say(f"removed {image.tags[0] if image.tags else image.id[7:19]}, replaced by {tag}")
     return tag
+
+
+def replaced_images(
+    docker: Docker,
+    variant: Variant,
+    built: ImageInfo,
+    before: ImageInfo | None,
+    build_id: str,
+    hand_tagged: bool,
+) -> list[ImageInfo]:
+    """What the build of `built` replaced, so rebuilds do not fill Docker's disk: the
+    image its tag named `before` (untagged now), the variant's images of older sources
+    (tagged `toolkit:VARIANT-…` or untagged; a --tag build replaces only what its tag
+    named) and the builder stages of this lock that other builds left (the classic
+    builder keeps each; this build's stays, the next one's layer cache). Never an image a
+    container uses (and removal is never forced), nor one tagged by hand."""
+    in_use = docker.images_in_use()
+    ours = f"toolkit:{variant.name}-"
+    out = [before] if before and before.id != built.id and before.id not in in_use else []
+    for image in docker.list_images({"io.toolkit.variant": variant.name}):
+        if image.id in (built.id, *in_use, *(i.id for i in out)):
+            continue
+        if image.labels.get("io.toolkit.stage") == "deps":
+            stale = (
+                image.labels.get("io.toolkit.lock-sha256") == variant.lock_sha256
+                and image.labels.get("io.toolkit.build") != build_id
+            )
+        else:
+            older = (image.created or "") < (built.created or "")
+            tags_ok = not hand_tagged and all(t.startswith(ours) for t in image.tags)
+            stale = older and tags_ok
+        if stale:
+            out.append(image)
+    return out
 
 
 def _stage_context(variant: Variant, context: Path, opts: BuildOptions, runtime: Runtime) -> str:
@@ -252,24 +286,6 @@ def make_local_base(variant: Variant, docker: Docker) -> str:
         if not imported.ok:
             raise RuntimeFailure(f"docker import failed: {imported.stderr.strip()[-400:]}")
     return tag
-
-
-def _remove_builder_stages(variant: Variant, runtime: Runtime, build_id: str) -> None:
-    """Remove the untagged builder stages (the classic builder keeps each) of this variant
-    and lock that this build replaced; the one it made stays, as the next build's cache.
-    `docker image prune` removes untagged images only, never one a container uses. Other
-    locks' stages stay for the checkouts that use them (`toolkit cache` prunes those)."""
-    if runtime.which("docker") is None:  # the API alone builds; the CLI only tidies
-        return
-    argv = ["docker", "image", "prune", "--force"]
-    for condition in (
-        "label=io.toolkit.stage=deps",
-        f"label=io.toolkit.variant={variant.name}",
-        f"label=io.toolkit.lock-sha256={variant.lock_sha256}",
-        f"label!=io.toolkit.build={build_id}",
-    ):
-        argv += ["--filter", condition]
-    runtime.run(argv, timeout=300)
 
 
 def _git(runtime: Runtime, *args: str) -> str | None:

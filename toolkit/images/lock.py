@@ -9,9 +9,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from toolkit.containers.seam import Runtime
 from toolkit.errors import RuntimeFailure
 from toolkit.images.matrix import CACHE_DIR, Variant, say
-from toolkit.runtime import Runtime
 
 
 def wheelhouse_root() -> Path:

@@ -8,10 +8,10 @@ import re
 import time
 from pathlib import Path
 
+from toolkit.containers.seam import Runtime
 from toolkit.errors import RuntimeFailure, UsageError
 from toolkit.images.build import ensure_image
 from toolkit.images.matrix import CHECKOUT, IMAGES_DIR, Variant
-from toolkit.runtime import Runtime
 
 
 def pushed_file() -> Path:
@@ -34,12 +34,11 @@ def push_image(variant: Variant, runtime: Runtime, registry: str) -> dict:
             f"--registry {registry!r}: expected HOST[:PORT][/NAMESPACE], e.g. "
             "ghcr.io/acme or 127.0.0.1:5000"
         )
-    from toolkit import engine
-
-    runtime.docker().require()
+    docker = runtime.docker()
+    docker.require()
     local = ensure_image(variant, runtime)
     remote = f"{registry}/{local}"
-    info = engine.push(local, remote)
+    info = docker.push(local, remote)
     repo = remote.rsplit(":", 1)[0]
     digest = next((d for d in info.digests if d.startswith(repo + "@")), None)
     if digest is None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import re
 
+from toolkit.containers.seam import Runtime
+from toolkit.containers.spec import RunSpec
 from toolkit.errors import UsageError
 from toolkit.images.matrix import get_variant
-from toolkit.runtime import RunSpec, Runtime
 
 # ---------------------------------------------------------------------------
 # verifying a built image
@@ -48,7 +49,7 @@ def verify_image(tag: str, runtime: Runtime) -> list:
             )
         )
     res = docker.output(
-        RunSpec(image=tag, command=["python", "-m", "toolkit.envreport"], network="none")
+        RunSpec(image=tag, command=["python", "-m", "toolkit.trainer.envreport"], network="none")
     )
     if not res.ok:
         return [

@@ -1,58 +1,76 @@
-"""Training recipes, one file each. They import their heavy libraries themselves;
-nothing here is imported by the host CLI."""
+"""What runs where the training stack is: the recipes (one file each), preprocessing,
+and the stages that run beside them (toolkit.merge, toolkit.inference, toolkit.tiny).
+The host reaches all of it through `run(plan)` alone, in this process or through
+`python -m toolkit.trainer PLAN` (the image, torchrun's ranks); nothing here imports
+the host side (toolkit.cli, toolkit.host, toolkit.containers, toolkit.images). Heavy
+libraries are imported where they are used."""
 
 from __future__ import annotations
 
-import logging
 from importlib import import_module
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-# Set before the libraries load: peft imports torchao and bitsandbytes when they are
-# installed, and at import they report GPU-only pieces they cannot load on this
-# machine (and torchao re-registers enums with torch), on every run.
-for _name in ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops"):
-    logging.getLogger(_name).setLevel(logging.ERROR)
+from toolkit.trainer import quiet  # noqa: F401 (quiets the libraries' import-time logs)
 
-
-def quiet_libraries() -> None:
-    """Keep our logs readable: no per-file progress bars, no deprecation chatter
-    from inside the libraries (their real warnings still show)."""
-    import os
-    import sys
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    # datasets reads these when it is imported (only some paths need it: not JSON Lines).
-    # Its own error log lines repeat what the DataError we raise says, as a traceback.
-    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
-    os.environ["DATASETS_VERBOSITY"] = "critical"
-    if sys.modules.get("datasets") is not None:
-        sys.modules["datasets"].disable_progress_bars()
-        sys.modules["datasets"].utils.logging.set_verbosity(50)
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+if TYPE_CHECKING:
+    from toolkit.plan import RunPlan
 
 
 RECIPES = {"sft": "sft", "preference": "preference", "reward": "reward", "prm": "prm"}
 
 
-def run(loaded) -> Path:
+def run(plan: RunPlan) -> Path | None:
+    """Carry out a plan the host made: the one way in to everything that runs where the
+    training stack is (the image, torchrun's ranks, or this process). Returns the output
+    folder, the merged model or the prepared data's folder; nothing for inference."""
+    from toolkit import pins
+    from toolkit.plan import Inference, Merge, Preprocess, TinyModel
+
+    task = plan.task
+    if isinstance(task, TinyModel):
+        from toolkit.tiny import write_tiny_model
+
+        write_tiny_model(Path(task.out), moe=task.moe, seed=task.seed)
+        return Path(task.out)
+    with pins.in_use(plan.pins):
+        if isinstance(task, Preprocess):
+            from toolkit.trainer.prepared import preprocess
+
+            where = preprocess(plan.loaded, task.debug_rows, task.colored)
+            print(f"prepared data: {where}")
+            return where
+        if isinstance(task, Merge):
+            from toolkit.merge import merge_lora
+
+            return merge_lora(plan.loaded, task.allow_config_mismatch, plan.lock_token)
+        if isinstance(task, Inference):
+            import sys
+
+            from toolkit.inference import run as answer
+            from toolkit.inference import stdin_prompts
+
+            asked = task.prompts or stdin_prompts(sys.stdin.isatty())
+            for _ in answer(plan.loaded, asked, task.model, task.max_new_tokens, task.temperature):
+                print()
+            return None
+        return _train(plan)
+
+
+def _train(plan: RunPlan) -> Path:
     """Train with the recipe the config calls for; return the output directory.
 
-    The output folder's lock must be ours (or held for us by the command that launched
-    us); a run that is already complete there is not trained again, and a finished run
-    of another config is refused, before anything is loaded."""
-    from pathlib import Path
+    The output folder's lock must be held for us by the command that planned the run
+    (its token is in the plan), or it is taken here; a finished run of another config is
+    refused before anything is loaded."""
+    from toolkit import outputs, record
 
-    from toolkit import outputs
-
+    loaded = plan.loaded
     cfg = loaded.config
-    check_hardware(loaded)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    lock = outputs.ensure_held(cfg.output_dir, "train")
+    lock = outputs.ensure_held(cfg.output_dir, "train", plan.lock_token)
     try:
-        if outputs.check_previous(
+        if plan.lock_token is None and record.check_previous(
             cfg.output_dir, cfg.model_dump(mode="json"), cfg.training_digest()
         ):
             return Path(cfg.output_dir)
@@ -62,17 +80,6 @@ def run(loaded) -> Path:
     finally:
         if lock:
             lock.release()
-
-
-def check_hardware(loaded) -> None:
-    """Refuse, before anything is written, axolotl settings this machine cannot run
-    (several GPUs for tensor/context/expert parallelism, GPU kernels for QAT or FP8)."""
-    if loaded.hardware:
-        import torch
-
-        from toolkit.config.axolotl import check_hardware as refuse
-
-        refuse(loaded, torch.cuda.device_count())
 
 
 def _close_process_group() -> None:

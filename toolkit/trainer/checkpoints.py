@@ -35,7 +35,7 @@ from transformers import TrainerCallback
 from toolkit import safe_io
 from toolkit.config import Config
 from toolkit.errors import UsageError
-from toolkit.trainer.files import write_json_atomic
+from toolkit.safe_io import write_json_atomic
 
 MARKER = "toolkit-complete.json"
 MARKER_FORMAT = 2  # 1 (unversioned): sizes only, which same-size damage passes

@@ -3,13 +3,9 @@ through a link."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 from toolkit import safe_io
 
@@ -30,7 +26,7 @@ def make_readable(root: str | Path) -> None:
 def _chmod(paths) -> None:
     """Set each regular file's and folder's mode through a descriptor opened without
     following a link: a link put at a name meanwhile is never followed to its target."""
-    umask = _umask()
+    umask = safe_io.current_umask()
     for path in paths:
         try:
             st = path.lstat()
@@ -80,37 +76,3 @@ def make_written_readable(root: str | Path, before: Snapshot) -> None:
         for p, ident in after.items()
         if before.get(p) != ident and not (p.is_dir() and p in before)
     )
-
-
-def write_json_atomic(path: str | Path, data: dict | list) -> None:
-    """Write JSON so that readers see the old file or the new one, never half of one."""
-
-    def dump(f) -> None:
-        f.write((json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-
-    replace_atomically(path, dump)
-
-
-def replace_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Put at `path` the bytes `write` writes to a file, with the permissions the umask
-    allows: readers see the old file or the new one, never half of one.
-
-    Never through a link: the temporary file is created anew (mkstemp's O_EXCL fails
-    on any name that exists, a link included), and the rename replaces a link at `path`
-    itself rather than the file it points to."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask

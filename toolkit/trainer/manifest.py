@@ -17,7 +17,6 @@ from pathlib import Path
 
 from toolkit import __version__, record
 from toolkit.config import LoadedConfig
-from toolkit.hub import read_pins
 
 MANIFEST = record.RECORD
 LIBRARIES = (
@@ -74,7 +73,7 @@ def write_manifest(output_dir: str | Path, loaded: LoadedConfig, recipe: str, **
         else cfg.base_model,
         "adapter": cfg.adapter if cfg.uses_lora else None,
         "seed": cfg.seed,
-        "hub": [asdict(p) for p in read_pins(output_dir).values()],
+        "hub": [asdict(p) for p in loaded.hub],
         "environment": environment(),
         **facts,
     }

@@ -143,10 +143,10 @@ def attention_kernels() -> frozenset[str]:
 
 def hub_kwargs(cfg: Config, ref: str) -> dict:
     """from_pretrained keywords for a model the config names: a Hub model at the commit
-    the run pinned, read from the cache alone (toolkit.hub)."""
-    from toolkit.hub import model_kwargs, read_pins
+    the run's plan pinned, read from the cache alone (toolkit.pins)."""
+    from toolkit.pins import model_kwargs, used
 
-    return model_kwargs(cfg, ref, read_pins(cfg.output_dir))
+    return model_kwargs(cfg.revision_of_model, ref, used())
 
 
 def load_tokenizer(cfg: Config) -> Any:

@@ -188,16 +188,12 @@ def remove_leftovers(parent: Path, log) -> None:
         log(f"data: removed {leftover}, left by an interrupted preparation")
 
 
-# Where `toolkit preprocess` writes when the config names no folder: axolotl's default.
-DEFAULT_PREPARED_PATH = "last_run_prepared"
-
-
 def preprocess(loaded, debug: int = 0, color: bool = False) -> Path:
     """`toolkit preprocess`: tokenize into dataset_prepared_path (or find it done); with
     `debug`, print that many rows with their trained tokens marked."""
     from toolkit.errors import UsageError
-    from toolkit.trainer import quiet_libraries
     from toolkit.trainer.chat import build_encoder
+    from toolkit.trainer.quiet import quiet_libraries
 
     cfg = loaded.config
     if cfg.recipe != "sft":

@@ -14,12 +14,13 @@ from transformers import TrainerCallback
 from toolkit.config import Config, LoadedConfig
 from toolkit.errors import Preempted, RuntimeFailure, ToolkitError, UsageError
 from toolkit.outputs import MANIFEST, STATE_DIR, read_segments, refuse_links, write_segments
-from toolkit.trainer import quiet_libraries, trackers
+from toolkit.trainer import trackers
 from toolkit.trainer.checkpoints import CheckpointMarker, Preemption, find_resume
 from toolkit.trainer.files import make_written_readable, snapshot
 from toolkit.trainer.manifest import write_manifest
 from toolkit.trainer.model import Resolved, resolve
 from toolkit.trainer.progress import Divergence, ProgressLog, RunLog
+from toolkit.trainer.quiet import quiet_libraries
 from toolkit.trainer.throughput import (
     TensorBoard,
     flops_per_token,

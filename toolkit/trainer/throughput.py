@@ -85,7 +85,7 @@ def write_chart(path: Path, losses, evals, rates) -> bool:
     bottom.set_ylabel("tokens/s")
     bottom.set_xlabel("step")
     fig.tight_layout()
-    from toolkit.trainer.files import replace_atomically
+    from toolkit.safe_io import replace_atomically
 
     try:
         replace_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
