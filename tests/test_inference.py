@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from helpers import answer_of
 
@@ -76,3 +78,32 @@ def test_preprocess_debug_marks_the_trained_tokens(
     )
     colored = capsys.readouterr().out
     assert "\033[32m" in colored and "[[" not in colored
+
+
+def test_inference_and_preprocess_debug_print_no_library_bars_or_warnings(
+    tiny_model_dir, write_config, tmp_path, monkeypatch
+):
+    """What a user reads is toolkit's: no "Loading weights" bar, no FutureWarning of
+    transformers' or peft's, on either stream (each command in a process of its own, as
+    a user runs it: nothing quieted beforehand by another)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    monkeypatch.chdir(tmp_path)
+    config = write_config({"base_model": str(tiny_model_dir), "max_steps": 2})
+    assert main(["train", str(config), "--runtime", "local"]) == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def toolkit(*argv: str) -> subprocess.CompletedProcess:
+        run = [sys.executable, "-m", "toolkit", *argv, "--runtime", "local"]
+        return subprocess.run(run, capture_output=True, text=True, env=env, check=True)
+
+    answered = toolkit("inference", str(config), "--prompt", PROMPT, "--max-new-tokens", "4")
+    shown = toolkit("preprocess", str(config), "--debug")
+    assert "inference: the adapter model in" in answered.stderr
+    assert "debug: the first 3 rows" in shown.stdout
+    for text in (answered.stdout, answered.stderr, shown.stdout, shown.stderr):
+        assert "it/s]" not in text and "Loading weights" not in text
+        assert "Warning" not in text and "warnings.warn" not in text

@@ -5,7 +5,7 @@ this machine: the task and its options, the validated config, the Hub pins, the 
 the run reads and may write (the container's mounts), the network it needs, the
 credentials it needs (by name: their values go on the container's stdin, never here),
 and the token of the output folder's lock the host holds for it. It is written once, as
-JSON, to a private temporary file the container gets read-only (`write`), and read once
+JSON, to a private temporary file the container gets read-only (`written`), and read once
 where the work runs (`read`) — the image, torchrun's ranks, or this process for
 `--runtime local` — then handed to `toolkit.trainer.run`, the trainer's one entry point.
 No environment variable or command-line round trip carries any of it.
@@ -15,6 +15,7 @@ No torch and no host-side import: the trainer reads plans through this module.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -31,8 +32,7 @@ from toolkit.errors import RuntimeFailure, UsageError
 from toolkit.pins import Pin
 
 VERSION = 1
-# Where the plan's file is named for the process that reads it (a command-line
-# argument of the trainer's entry point, `python -m toolkit.trainer PLAN`).
+# A plan is kilobytes (the config, the pins' file hashes): far beyond any real one.
 MAX_BYTES = 16 << 20
 
 
@@ -97,9 +97,6 @@ class RunPlan(_Frozen):
         if self.config is None or self.config_path is None:
             raise ValueError(f"a {self.command} plan has no config")
         return LoadedConfig(config=self.config, path=Path(self.config_path), hub=self.pins)
-
-    def with_lock(self, token: str) -> RunPlan:
-        return self.model_copy(update={"lock_token": token})
 
 
 def build(
@@ -184,6 +181,8 @@ def read(path: str | os.PathLike) -> RunPlan:
     except safe_io.NotRegular as exc:
         raise UsageError(f"{path} is {exc.kind}, not a run plan toolkit wrote") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(f"{path} is a link, not a run plan toolkit wrote") from None
         raise RuntimeFailure(
             f"cannot read the run plan {path} ({exc.strerror or exc}): it is written by the "
             "toolkit command that starts the run, for the user the run is started as"

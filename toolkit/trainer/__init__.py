@@ -11,7 +11,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from toolkit.trainer import quiet  # noqa: F401 (quiets the libraries' import-time logs)
+from toolkit.trainer import quiet  # first: it quiets the libraries' import-time logs
 
 if TYPE_CHECKING:
     from toolkit.plan import RunPlan
@@ -33,6 +33,7 @@ def run(plan: RunPlan) -> Path | None:
 
         write_tiny_model(Path(task.out), moe=task.moe, seed=task.seed)
         return Path(task.out)
+    quiet.quiet_libraries()  # no per-file bars or deprecation chatter in what we print
     with pins.in_use(plan.pins):
         if isinstance(task, Preprocess):
             from toolkit.trainer.prepared import preprocess
