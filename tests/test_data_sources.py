@@ -111,7 +111,6 @@ def test_shards_are_contiguous_and_cover_everything():
 
 def test_several_datasets_are_mixed(tiny_model_dir, tmp_path, write_config):
     from datasets import Dataset
-
     from helpers import run
 
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in CHATS))
