@@ -71,14 +71,16 @@ def write(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
-def workspace(tmp: Path, rows: int, sequence_len: int, **settings) -> tuple[Path, Path, Path]:
+def workspace(
+    tmp: Path, rows: int, sequence_len: int, seed: int = 0, **settings
+) -> tuple[Path, Path, Path]:
     """The generated set, the tiny model and an SFT config over them, in `tmp`:
     (config, model, data)."""
     import yaml
 
     from toolkit.tiny import write_tiny_model
 
-    data = write(tmp / "chat.jsonl", rows)
+    data = write(tmp / "chat.jsonl", rows, seed)
     model = write_tiny_model(tmp / "tiny")
     config = tmp / "config.yaml"
     config.write_text(

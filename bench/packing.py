@@ -7,7 +7,7 @@ tiny demo tokenizer once, then for each sequence length packs the rows that fit
 (longer ones are what excess_length_strategy drops or truncates; counted) and
 prints the packed rows, the fill (real tokens / (packed rows × sequence_len)),
 the padding an unpacked run would carry at micro_batch_size 4, and the time the
-packing took.
+packing took (the bins, from the lengths alone; each packed row is made when read).
 """
 
 from __future__ import annotations
@@ -24,26 +24,30 @@ import longtail  # noqa: E402
 
 def main() -> None:
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
+    import numpy as np
+
     from toolkit.config import load_config
     from toolkit.trainer.chat import build_encoder
     from toolkit.trainer.data import build_examples
     from toolkit.trainer.packing import pack
+    from toolkit.trainer.tokenized import collect
 
     with tempfile.TemporaryDirectory(prefix="toolkit-bench-") as tmp:
         config, _, _ = longtail.workspace(Path(tmp), rows, 1_000_000)
         cfg = load_config(config).config
         _, encoder = build_encoder(cfg)
-        examples, _ = build_examples(cfg, encoder)
-    print(f"data: {rows} generated conversations, {sum(len(e.input_ids) for e in examples)} tokens")
+        examples = collect(build_examples(cfg, encoder)[0])
+    every = examples.lengths()
+    print(f"data: {rows} generated conversations, {int(every.sum())} tokens")
     for seq in (2048, 4096):
-        fit = [e for e in examples if len(e.input_ids) <= seq]
+        fit = examples.select(np.flatnonzero(every <= seq))
         started = time.perf_counter()
         packed, fill = pack(fit, seq)
         took = time.perf_counter() - started
         # Unpacked, rows are padded to the longest of each random batch of 4.
         order = list(range(len(fit)))
         random.Random(0).shuffle(order)
-        lengths = [len(fit[i].input_ids) for i in order]
+        lengths = fit.lengths()[order].tolist()
         padded = sum(4 * max(lengths[i : i + 4]) for i in range(0, len(lengths), 4))
         print(
             f"sequence_len {seq}: {len(fit)} rows fit ({len(examples) - len(fit)} longer), "

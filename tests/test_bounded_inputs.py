@@ -699,7 +699,8 @@ def test_a_write_in_progress_holds_its_folder(tmp_path, monkeypatch):
     """_write holds its temporary folder while it writes: a cleaner running meanwhile
     (another rank, another run) leaves it."""
     from toolkit.trainer import prepared as module
-    from toolkit.trainer.data import DataReport, Example
+    from toolkit.trainer.data import DataReport
+    from toolkit.trainer.tokenized import Example
 
     seen: list[bool] = []
     real_save = np.save

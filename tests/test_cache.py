@@ -90,8 +90,9 @@ def make_own(p: Places) -> dict[str, Path]:
     from toolkit.host import hub, place, remote
     from toolkit.images import get_variant
     from toolkit.images.lock import fill_wheelhouse
-    from toolkit.trainer.data import DataReport, Example
+    from toolkit.trainer.data import DataReport
     from toolkit.trainer.prepared import _write
+    from toolkit.trainer.tokenized import Example
 
     own = {}
     own["models"] = hub._claim_repo_folder("model", REPO)

@@ -412,8 +412,9 @@ def test_a_pipe_at_train_log_is_exit_2_not_a_hang(tmp_path, monkeypatch, swapped
 
 def test_prepared_data_whose_report_is_deep_is_prepared_anew(tmp_path):
     from toolkit.errors import DataError
-    from toolkit.trainer.data import DataReport, Example
+    from toolkit.trainer.data import DataReport
     from toolkit.trainer.prepared import _read, _write
+    from toolkit.trainer.tokenized import Example
 
     folder = tmp_path / ("e" * 16)
     _write(folder, [Example([1, 2, 3], [-100, 2, 3])], DataReport(rows=1))

@@ -26,6 +26,7 @@ tokenization, merges included.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -140,6 +141,13 @@ class Encoded(NamedTuple):
     ids: list[int]
     labels: list[int]
     # Turns that should have trained but render nothing (empty content, no tool call).
+    empty_turns: int = 0
+
+
+class TooLong(NamedTuple):
+    """A conversation whose text certainly has more tokens than asked for: not tokenized
+    (a row of megabytes would take gigabytes as tokens), only its empty turns counted."""
+
     empty_turns: int = 0
 
 
@@ -356,6 +364,7 @@ class ChatEncoder:
         single = [tokenizer.encode(t, add_special_tokens=False) for t in eot_tokens]
         self._eot_ids = {ids[0] for ids in single if len(ids) == 1}
         self._eos_id = tokenizer.eos_token_id
+        self._reach = token_reach(tokenizer)
 
     def render(
         self,
@@ -380,21 +389,42 @@ class ChatEncoder:
             **extra,
         )
 
-    def encode(self, conversation: Conversation | list[dict], rule: TurnRule) -> Encoded:
-        """Token ids and labels (IGNORE_INDEX where no loss) for one conversation."""
-        [encoded] = self.encode_many([conversation], rule)
+    def encode(
+        self, conversation: Conversation | list[dict], rule: TurnRule, longest: int | None = None
+    ) -> Encoded | TooLong:
+        """Token ids and labels (IGNORE_INDEX where no loss) for one conversation; TooLong
+        when its text certainly has more than `longest` tokens."""
+        [encoded] = self.encode_many([conversation], rule, longest)
         return encoded
 
     def encode_many(
-        self, conversations: Sequence[Conversation | list[dict]], rule: TurnRule
-    ) -> list[Encoded]:
+        self,
+        conversations: Sequence[Conversation | list[dict]],
+        rule: TurnRule,
+        longest: int | None = None,
+    ) -> list[Encoded | TooLong]:
         """`encode` for many conversations: their texts are tokenized in one batch."""
         convs = [c if isinstance(c, Conversation) else Conversation(c) for c in conversations]
         texts = [self.render(c.messages, tools=c.tools) for c in convs]
-        return [
-            self._label(conv, text, ids, locate, rule)
-            for conv, text, (ids, locate) in zip(convs, texts, self._tokenize(texts), strict=True)
-        ]
+        # No token stands for more than `reach` characters: a longer text has more tokens.
+        limit = None if longest is None or self._reach is None else longest * self._reach
+        short = [t for t in texts if limit is None or len(t) <= limit]
+        tokenized = iter(self._tokenize(short))
+        out: list[Encoded | TooLong] = []
+        for conv, text in zip(convs, texts, strict=True):
+            if limit is not None and len(text) > limit:
+                out.append(TooLong(self._empty_turns(conv, text, rule)))
+            else:
+                ids, locate = next(tokenized)
+                out.append(self._label(conv, text, ids, locate, rule))
+        return out
+
+    def _empty_turns(self, conv: Conversation, text: str, rule: TurnRule) -> int:
+        """The turns that train but render nothing, as _label counts them."""
+        return sum(
+            conv.trains(i, rule) and self._turn_span(conv, i, text) is None
+            for i in range(len(conv.messages))
+        )
 
     def _label(
         self, conv: Conversation, text: str, ids: list[int], locate, rule: TurnRule
@@ -512,6 +542,39 @@ class ChatEncoder:
                 backend.encode_batch(texts, add_special_tokens=False), texts, strict=True
             )
         ]
+
+
+# Normalizers that never shrink a text to less than a quarter of its characters: Unicode
+# composition joins at most four characters (a canonical decomposition's longest) into one.
+BOUNDED_NORMALIZERS = {"NFC": 4, "NFD": 1, "NFKC": 4, "NFKD": 1}
+
+
+def token_reach(tokenizer) -> int | None:
+    """The most characters of a text that one token can stand for, when that can be
+    known: a fast byte-level BPE tokenizer (Qwen's, GPT-2's) whose pre-tokenizer drops
+    no character and whose normalizer shrinks text by a bounded factor. Each of its
+    tokens covers at most as many bytes (so characters) of the normalized text as its
+    vocabulary entry has characters, or an added token's text; times the factor. None
+    for any other tokenizer: every text is then tokenized."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or type(backend.model).__name__ != "BPE":
+        return None
+    normalizer = backend.normalizer
+    shrink = 1 if normalizer is None else BOUNDED_NORMALIZERS.get(type(normalizer).__name__)
+    pre = json.loads(backend.pre_tokenizer.__getstate__()) if backend.pre_tokenizer else None
+    steps = (pre or {}).get("pretokenizers", [pre])
+    keeps_all = all(
+        step
+        and (step["type"] == "ByteLevel" or step["type"] == "Split")
+        and step.get("behavior", "Isolated") != "Removed"
+        and not step.get("invert")
+        for step in steps
+    )
+    if shrink is None or not keeps_all or steps[-1]["type"] != "ByteLevel":
+        return None
+    added = [t.content for t in tokenizer.added_tokens_decoder.values()]
+    longest = max(map(len, itertools.chain(backend.get_vocab(), added)))
+    return shrink * longest
 
 
 def _offsets_locator(starts: list[int], ends: list[int]) -> Callable[[int, int], tuple[int, int]]:

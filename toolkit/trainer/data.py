@@ -8,18 +8,20 @@ are counted in the report, as are rows left with no trained token.
 
 from __future__ import annotations
 
+import bisect
 import gc
 import hashlib
+import itertools
 import json
 import os
 import random
 import re
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from toolkit.bars import bar
 from toolkit.config import DATA_SUFFIXES, Config, DatasetConfig, is_local_ref
@@ -39,15 +41,22 @@ from toolkit.trainer.chat import (
     IGNORE_INDEX,
     ChatEncoder,
     RowError,
+    TooLong,
     TurnRule,
     encode_alpaca,
     normalize_conversation,
     resolve_template,
 )
+from toolkit.trainer.tokenized import Example
+
+if TYPE_CHECKING:
+    from toolkit.trainer.tokenized import Examples
 
 MAX_REPORTED_ROWS = 10
 
 T = TypeVar("T")
+# What a split expression or a shard slices: a list, or a dataset's rows unread.
+Sliced = TypeVar("Sliced", list, "DatasetRows")
 
 
 @dataclass
@@ -117,17 +126,15 @@ class DataReport:
         return asdict(self)
 
 
-@dataclass
-class Example:
-    """One tokenized row: int arrays (array('i')) from tokenization and the cache, which
-    the training sets turn into lists; any int sequence works."""
-
-    input_ids: Sequence[int]
-    labels: Sequence[int]
-
-
 def read_rows(ds: DatasetConfig, index: int) -> list[dict]:
     """All rows of one dataset entry, as dicts: its split expression and shard applied."""
+    rows = open_rows(ds, index)
+    return rows.take(range(len(rows)))
+
+
+def open_rows(ds: DatasetConfig, index: int) -> DatasetRows:
+    """The rows of one dataset entry, its split expression and shard applied, read only
+    as they are taken."""
     where = f"datasets[{index}] ({ds.path})"
     path = Path(ds.path).expanduser()
     if is_local_ref(ds.path):
@@ -135,29 +142,97 @@ def read_rows(ds: DatasetConfig, index: int) -> list[dict]:
     if not is_local_ref(ds.path) or path.parent.name == "snapshots":
         # A Hub id, or the snapshot of one toolkit fetched on the host (toolkit.hub):
         # `datasets` finds its files and splits as the Hub lays them out.
-        rows = _read_hub(ds, where)
+        rows = DatasetRows([_Table(_read_hub(ds, where))])
     else:
         name, _ = parse_split(ds.split, where)
         if path.is_dir() and _is_saved_dataset(path):
-            rows = _read_saved(path, name, where)
+            rows = DatasetRows([_Table(_read_saved(path, name, where))])
         else:
             if name != "train":
                 raise DataError(
                     f"{where}: split {ds.split!r}: local files hold one split, "
                     "'train'; use train, or a slice of it like train[:20%]"
                 )
-            rows = []
+            parts: list[RowPart] = []
             for file in _data_files(path, ds, index):
                 kind = ds.ds_type or DATA_SUFFIXES.get(file.suffix)
-                rows += (
-                    _read_json(file, where, index)
+                parts.append(
+                    _json_file(file, where, index)
                     if kind == "json"
-                    else _read_with_datasets(kind, [file], where)
+                    else _Table(_read_with_datasets(kind, [file], where))
                 )
+            rows = DatasetRows(parts)
         rows = apply_split(rows, ds.split, where)
     if ds.shards:
         rows = shard(rows, ds.shards, ds.shards_idx, where)
     return rows
+
+
+class RowPart(Protocol):
+    """One file's (or table's) rows: how many, and those at some indices, parsed."""
+
+    def __len__(self) -> int: ...
+    def read(self, indices: list[int]) -> list[dict]: ...
+
+
+class DatasetRows:
+    """The rows of one dataset entry, parsed only when taken, so a dataset of any size
+    is read in bounded memory: JSON Lines files are indexed (where each row's line lies),
+    tables stay in Arrow, and only a whole-file JSON array is held as objects. A slice
+    selects rows (split expressions, shards), `shuffled` orders them."""
+
+    def __init__(self, parts: list[RowPart], order: Sequence[int] | None = None) -> None:
+        self.parts = parts
+        self.starts = list(itertools.accumulate((len(p) for p in parts), initial=0))
+        self.order = range(self.starts[-1]) if order is None else order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, key: slice) -> DatasetRows:
+        return DatasetRows(self.parts, self.order[key])
+
+    def shuffled(self, rng: random.Random) -> DatasetRows:
+        """The same rows in the order `rng.shuffle` gives a list of them."""
+        order = list(self.order)
+        rng.shuffle(order)
+        return DatasetRows(self.parts, order)
+
+    def take(self, positions: Iterable[int]) -> list[dict]:
+        """The rows at `positions` of this selection, in that order."""
+        out: list[dict] = []
+        indices = [self.order[p] for p in positions]
+        part_of = lambda i: bisect.bisect_right(self.starts, i) - 1  # noqa: E731
+        for number, group in itertools.groupby(indices, key=part_of):
+            first = self.starts[number]
+            out += self.parts[number].read([i - first for i in group])
+        return out
+
+
+class _Listed:
+    """Rows already in memory."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def read(self, indices: list[int]) -> list[dict]:
+        return [self.rows[i] for i in indices]
+
+
+class _Table:
+    """Rows of a `datasets` table, which stays memory-mapped Arrow until read."""
+
+    def __init__(self, table) -> None:
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def read(self, indices: list[int]) -> list[dict]:
+        return list(self.table.select(indices))
 
 
 _SPLIT = re.compile(r"^(?P<name>[\w.-]+)(?:\[(?P<start>-?\d*%?):(?P<end>-?\d*%?)\])?$")
@@ -175,7 +250,7 @@ def parse_split(split: str, where: str = "split") -> tuple[str, tuple[str, str] 
     return match["name"], bounds
 
 
-def apply_split(rows: list, split: str, where: str = "split") -> list:
+def apply_split(rows: Sliced, split: str, where: str = "split") -> Sliced:
     """Slice rows as the split expression says (percentages round to the nearest row)."""
     _, bounds = parse_split(split, where)
     if bounds is None:
@@ -191,7 +266,7 @@ def apply_split(rows: list, split: str, where: str = "split") -> list:
     return rows[index(bounds[0]) : index(bounds[1])]
 
 
-def shard(rows: list, shards: int, index: int, where: str = "shards") -> list:
+def shard(rows: Sliced, shards: int, index: int, where: str = "shards") -> Sliced:
     """The index-th of `shards` contiguous pieces (axolotl's shards / shards_idx)."""
     if not 0 <= index < shards:
         raise DataError(f"{where}: shards_idx {index} is outside 0…{shards - 1}; lower it")
@@ -205,7 +280,7 @@ def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
 
 
-def _read_saved(path: Path, name: str, where: str) -> list[dict]:
+def _read_saved(path: Path, name: str, where: str) -> Any:
     import datasets
 
     try:
@@ -221,7 +296,7 @@ def _read_saved(path: Path, name: str, where: str) -> list[dict]:
                 f"{name!r}; set split to one of them"
             )
         saved = saved[name]
-    return list(saved)
+    return saved
 
 
 def _refuse_special(path: Path, index: int) -> None:
@@ -348,8 +423,106 @@ def _deeper_than(value, limit: int, text: str) -> bool:
     return False
 
 
-def _read_json(file: Path, where: str, index: int) -> list[dict]:
-    """JSON Lines, or one JSON array; errors name the line."""
+def _json_file(file: Path, where: str, index: int) -> RowPart:
+    """A JSON Lines file, indexed; or one JSON array, read whole."""
+    lines = _JsonLines(file, where, index)
+    return _Listed(_read_json_array(file, where, index)) if lines.is_array else lines
+
+
+# What str.splitlines ends a line at, besides "\n": rows are the file's lines as
+# splitlines finds them, as when the file was read whole.
+_LINE_ENDS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+class _JsonLines:
+    """A JSON Lines file read row by row. One pass checks that it is UTF-8 and notes
+    where each non-blank line lies (24 bytes a row); rows are parsed as they are read,
+    errors naming the row and line."""
+
+    def __init__(self, file: Path, where: str, index: int) -> None:
+        self.file, self.where, self.key = file, where, f"datasets[{index}].path"
+        self.starts, self.ends, self.lines = array("q"), array("q"), array("q")
+        self.is_array = False
+        pos = line = 0
+        with open_regular(file, self.key, DataError) as f:
+            for physical, raw in enumerate(f, start=1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DataError(
+                        f"{where}: {file.name} line {physical} is not UTF-8; re-encode the "
+                        "file as UTF-8"
+                    ) from None
+                parts = text.splitlines(keepends=True)
+                at = pos
+                for part in parts:
+                    line += 1
+                    size = len(raw) if len(parts) == 1 else len(part.encode())
+                    if part.strip():
+                        if not self.starts and part.lstrip().startswith("["):
+                            self.is_array = True  # one JSON array: read whole
+                            return
+                        body = part.rstrip(_LINE_ENDS) if len(parts) > 1 else part
+                        self.starts.append(at)
+                        self.ends.append(at + len(body.encode()) if len(parts) > 1 else at + size)
+                        self.lines.append(line)
+                    at += size
+                pos += len(raw)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def read(self, indices: list[int]) -> list[dict]:
+        out = []
+        with open_regular(self.file, self.key, DataError) as f:
+            for run in _runs(indices):
+                base, size = self.starts[run[0]], self.ends[run[-1]] - self.starts[run[0]]
+                data = os.pread(f.fileno(), size, base)
+                if len(data) != size:
+                    raise self._changed()
+                for i in run:
+                    out.append(self._row(i, data[self.starts[i] - base : self.ends[i] - base]))
+        return out
+
+    def _row(self, i: int, raw: bytes) -> dict:
+        name, line = self.file.name, self.lines[i]
+        try:
+            row = _loads(raw.decode("utf-8"), f"{self.where}: {name} row {i + 1} (line {line})")
+        except UnicodeDecodeError:
+            raise self._changed() from None
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{self.where}: {name} line {line} is not valid JSON ({exc.msg}); "
+                "each line must be one JSON object"
+            ) from None
+        if not isinstance(row, dict):
+            raise DataError(
+                f"{self.where}: {name} row {i + 1} is {_json_kind(row)}; each row must be a "
+                "JSON object"
+            )
+        return row
+
+    def _changed(self) -> DataError:
+        return DataError(
+            f"{self.where}: {self.file.name} changed while it was read; run again once "
+            "nothing writes to it"
+        )
+
+
+def _runs(indices: list[int]) -> Iterator[list[int]]:
+    """`indices` cut into runs of consecutive numbers (each read in one call)."""
+    run: list[int] = []
+    for i in indices:
+        if run and i != run[-1] + 1:
+            yield run
+            run = []
+        run.append(i)
+    if run:
+        yield run
+
+
+def _read_json_array(file: Path, where: str, index: int) -> list[dict]:
+    """A file that is one JSON array of rows."""
     with open_regular(file, f"datasets[{index}].path", DataError) as f:
         data = f.read()
     try:
@@ -359,26 +532,12 @@ def _read_json(file: Path, where: str, index: int) -> list[dict]:
         raise DataError(
             f"{where}: {file.name} line {bad_line} is not UTF-8; re-encode the file as UTF-8"
         ) from None
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            rows = _loads(text, f"{where}: {file.name}", array=True)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{where}: {file.name} is not valid JSON at line {exc.lineno}: {exc.msg}"
-            ) from None
-    else:
-        rows = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(_loads(line, f"{where}: {file.name} row {len(rows) + 1} (line {n})"))
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"{where}: {file.name} line {n} is not valid JSON ({exc.msg}); "
-                    "each line must be one JSON object"
-                ) from None
+    try:
+        rows = _loads(text, f"{where}: {file.name}", array=True)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{where}: {file.name} is not valid JSON at line {exc.lineno}: {exc.msg}"
+        ) from None
     for n, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise DataError(
@@ -399,17 +558,17 @@ def _json_kind(value) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _read_with_datasets(kind: str | None, files: list[Path], where: str) -> list[dict]:
+def _read_with_datasets(kind: str | None, files: list[Path], where: str) -> Any:
     import datasets
 
     try:
         table = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
     except Exception as exc:  # datasets raises many types; the message is what matters
         raise DataError(f"{where}: could not read as {kind}: {str(exc).splitlines()[0]}") from None
-    return list(table)
+    return table
 
 
-def _read_hub(ds: DatasetConfig, where: str) -> list[dict]:
+def _read_hub(ds: DatasetConfig, where: str) -> Any:
     import datasets
 
     try:
@@ -422,52 +581,63 @@ def _read_hub(ds: DatasetConfig, where: str) -> list[dict]:
             f"{str(exc).splitlines()[0]}; check the id, your network and HF_TOKEN, "
             "or download it and point path at the files"
         ) from None
-    return list(table)
+    return table
 
 
-def build_examples(cfg: Config, encoder: ChatEncoder) -> tuple[list[Example], DataReport]:
-    """Tokenize every dataset; raise DataError naming the bad rows, if any."""
+def build_examples(cfg: Config, encoder: ChatEncoder) -> tuple[Iterator[Example], DataReport]:
+    """Every dataset tokenized, as a stream of examples in order, and the report, which
+    is complete once the stream has ended. Rows are read, tokenized and handed on in
+    chunks, so memory does not grow with the data. The stream raises DataError naming the
+    bad rows, if any, at the end of their dataset."""
     report = DataReport()
-    examples: list[Example] = []
+    return _examples(cfg, encoder, report), report
+
+
+def _examples(cfg: Config, encoder: ChatEncoder, report: DataReport) -> Iterator[Example]:
     seen: set[bytes] = set()
     for index, ds in enumerate(cfg.datasets):
-        rows = read_rows(ds, index)
+        rows = open_rows(ds, index)
         if cfg.shuffle_before_merging_datasets:
-            random.Random(cfg.seed + index).shuffle(rows)
+            rows = rows.shuffled(random.Random(cfg.seed + index))
         bad: list[str] = []
-        before = len(examples)
-        encoded = encode_rows(
+        before = report.kept
+        encoded = encode_stream(
             encoder_for(cfg, ds, encoder),
             ds,
             TurnRule.from_config(cfg, ds),
             rows,
             processes_for(cfg, len(rows)),
             cfg.default_system_message,
+            # Dropped anyway: a row certainly too long need not be tokenized.
+            cfg.sequence_len if cfg.excess_length_strategy == "drop" else None,
         )
         for n, result in enumerate(encoded, start=1):
             report.rows += 1
             if isinstance(result, str):
                 bad.append(f"row {n}: {result}")
                 continue
+            if isinstance(result, TooLong):
+                report.empty_turns += result.empty_turns
+                report.dropped_too_long += 1
+                continue
             row_ids, row_labels, empty = result
             report.empty_turns += empty
             for ids, labels in _pieces(cfg, row_ids, row_labels, report):
                 if _keep(cfg, ids, labels, report, seen):
-                    examples.append(Example(ids, labels))
+                    report.kept += 1
+                    yield Example(ids, labels)
         if bad:
             raise bad_rows_error(index, ds, bad, len(rows))
-        if not rows:
+        if not len(rows):
             raise DataError(
                 f"datasets[{index}].path: {ds.path!r} holds no rows (only blank "
                 "lines, or an empty table); point it at the file with your rows"
             )
         report.per_dataset.append(
-            {"path": ds.path, "rows": len(rows), "kept": len(examples) - before}
+            {"path": ds.path, "rows": len(rows), "kept": report.kept - before}
         )
-    report.kept = len(examples)
-    if not examples:
+    if not report.kept:
         raise DataError("no usable rows after tokenization; " + " ".join(report.lines(cfg)))
-    return examples, report
 
 
 def encoder_for(cfg: Config, ds: DatasetConfig, encoder: ChatEncoder) -> ChatEncoder:
@@ -545,21 +715,38 @@ def encode_rows(
     encoder: ChatEncoder,
     ds: DatasetConfig,
     rule: TurnRule,
-    rows: list[dict],
+    rows: Sequence[dict] | DatasetRows,
     processes: int,
     default_system: str | None = None,
-) -> list[Encoded | str]:
-    """Each row's (ids, labels) as int arrays, or the reason it cannot be used — in row
-    order, over `processes` forked workers when more than one."""
+    longest: int | None = None,
+) -> list[Encoded | TooLong | str]:
+    """encode_stream's results, gathered in a list."""
+    return list(encode_stream(encoder, ds, rule, rows, processes, default_system, longest))
+
+
+def encode_stream(
+    encoder: ChatEncoder,
+    ds: DatasetConfig,
+    rule: TurnRule,
+    rows: Sequence[dict] | DatasetRows,
+    processes: int,
+    default_system: str | None = None,
+    longest: int | None = None,
+) -> Iterator[Encoded | TooLong | str]:
+    """Each row's (ids, labels) as int arrays, TooLong for a conversation certainly
+    longer than `longest` tokens, or the reason a row cannot be used — in row order, over
+    `processes` forked workers when more than one. A worker is sent only where its chunk
+    of rows lies and reads the rows itself; only the tokens come back."""
     global _JOB
-    chunks = [rows[i : i + CHUNK] for i in range(0, len(rows), CHUNK)]
-    _JOB = (encoder, ds, rule, default_system)
+    if not isinstance(rows, DatasetRows):
+        rows = DatasetRows([_Listed(list(rows))])
+    chunks = [range(i, min(i + CHUNK, len(rows))) for i in range(0, len(rows), CHUNK)]
+    _JOB = (encoder, ds, rule, default_system, longest, rows)
     # Encoding makes millions of small objects and frees few: the collector's full
     # passes over them would take a fifth of the time, and find nothing to free.
     collecting = gc.isenabled()
     gc.disable()
     main = os.environ.get("RANK", "0") == "0"
-    done = []
     try:
         with ExitStack() as stack:
             shown = (
@@ -567,7 +754,7 @@ def encode_rows(
                 if len(chunks) > 1 and main
                 else None
             )
-            work: Iterable[list[Encoded | str]]
+            work: Iterable[list[Encoded | TooLong | str]]
             if processes == 1:
                 work = map(_encode_chunk, chunks)
             else:
@@ -579,20 +766,20 @@ def encode_rows(
                 pool = stack.enter_context(multiprocessing.get_context("fork").Pool(processes))
                 work = pool.imap(_encode_chunk, chunks)  # in order, as each chunk is done
             for chunk in work:
-                done.append(chunk)
                 if shown:
                     shown.update(len(chunk))
+                yield from chunk
     finally:
         _JOB = None
         if collecting:
             gc.enable()
-    return [result for chunk in done for result in chunk]
 
 
-def _encode_chunk(rows: list[dict]) -> list[Encoded | str]:
+def _encode_chunk(positions: range) -> list[Encoded | TooLong | str]:
     if _JOB is None:
-        raise RuntimeError("encode_rows sets the job before any chunk runs")
-    encoder, ds, rule, default_system = _JOB
+        raise RuntimeError("encode_stream sets the job before any chunk runs")
+    encoder, ds, rule, default_system, longest, source = _JOB
+    rows = source.take(positions)
     out: list = [None] * len(rows)
     if ds.type == "alpaca":
         for i, row in enumerate(rows):
@@ -609,18 +796,18 @@ def _encode_chunk(rows: list[dict]) -> list[Encoded | str]:
         except RowError as exc:
             out[i] = str(exc)
     try:
-        encoded: list = encoder.encode_many([c for _, c in good], rule)
+        encoded: list = encoder.encode_many([c for _, c in good], rule, longest)
     except RowError:  # one row cannot be encoded: encode each alone to name it
         encoded = []
         for _, conversation in good:
             try:
-                encoded.append(encoder.encode(conversation, rule))
+                encoded.append(encoder.encode(conversation, rule, longest))
             except RowError as exc:
                 encoded.append(str(exc))
     for (i, _), result in zip(good, encoded, strict=True):
         out[i] = (
             result
-            if isinstance(result, str)
+            if isinstance(result, str | TooLong)
             else (array("i", result.ids), array("i", result.labels), result.empty_turns)
         )
     return out
@@ -637,13 +824,22 @@ def bad_rows_error(index: int, ds: DatasetConfig, bad: list[str], total: int) ->
     )
 
 
+@overload
+def split_validation(
+    examples: Examples, size: float, seed: int, shuffle: bool = True
+) -> tuple[Examples, Examples]: ...
+@overload
 def split_validation(
     examples: list[T], size: float, seed: int, shuffle: bool = True
-) -> tuple[list[T], list[T]]:
+) -> tuple[list[T], list[T]]: ...
+def split_validation(examples, size, seed, shuffle=True):
     """Hold out a fraction (size < 1) or a count (size ≥ 1) of rows, chosen by `seed`
-    (shuffle_merged_datasets: false holds out the last rows, in file order)."""
+    (shuffle_merged_datasets: false holds out the last rows, in file order). Tokenized
+    Examples split into two views of the same arrays; a list into two lists."""
+    from toolkit.trainer.tokenized import Examples
+
     if size <= 0:
-        return examples, []
+        return examples, examples[:0]
     count = int(size) if size >= 1 else max(1, round(len(examples) * size))
     if count >= len(examples):
         raise DataError(
@@ -653,6 +849,13 @@ def split_validation(
         return examples[: len(examples) - count], examples[len(examples) - count :]
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
+    if isinstance(examples, Examples):
+        import numpy as np
+
+        held_out = np.zeros(len(examples), dtype=bool)
+        held_out[order[:count]] = True
+        del order
+        return examples.select(np.flatnonzero(~held_out)), examples.select(np.flatnonzero(held_out))
     held = set(order[:count])
     train = [e for i, e in enumerate(examples) if i not in held]
     val = [e for i, e in enumerate(examples) if i in held]

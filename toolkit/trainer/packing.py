@@ -13,9 +13,17 @@ would otherwise be predicted from the previous sequence's last token.
 from __future__ import annotations
 
 import bisect
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, overload
 
 from toolkit.trainer.chat import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from toolkit.trainer.tokenized import Examples, Rows
 
 
 @dataclass(frozen=True)
@@ -54,24 +62,72 @@ def bins(lengths: list[int], capacity: int) -> list[list[int]]:
     return out
 
 
-def pack(examples: list, capacity: int) -> tuple[list[Packed], float]:
-    """Pack tokenized examples (with .input_ids and .labels) into rows of at most
-    `capacity` tokens; return the rows and their fill (real tokens / (rows × capacity))."""
-    groups = bins([len(e.input_ids) for e in examples], capacity)
-    rows = []
-    for group in groups:
-        ids: list[int] = []
-        labels: list[int] = []
-        positions: list[int] = []
-        for i in group:
-            e = examples[i]
-            ids += e.input_ids
-            labels.append(IGNORE_INDEX)
-            labels += e.labels[1:]
-            positions += range(len(e.input_ids))
-        rows.append(Packed(ids, labels, positions))
-    real = sum(len(e.input_ids) for e in examples)
-    return rows, (real / (len(rows) * capacity) if rows else 0.0)
+def pack(examples: Sequence, capacity: int) -> tuple[PackedRows, float]:
+    """Pack tokenized examples (Examples, or any with .input_ids and .labels) into rows of
+    at most `capacity` tokens; return the rows and their fill (real tokens / (rows ×
+    capacity)). The bins are decided from the lengths alone; each packed row is made
+    from the examples' arrays when it is read."""
+    import numpy as np
+
+    from toolkit.trainer.tokenized import Examples, collect
+
+    if not isinstance(examples, Examples):
+        examples = collect(examples)
+    lengths = examples.lengths()
+    groups = bins(lengths.tolist(), capacity)
+    members = np.fromiter(itertools.chain.from_iterable(groups), np.int64, len(examples))
+    starts = np.zeros(len(groups) + 1, np.int64)
+    np.cumsum([len(g) for g in groups], out=starts[1:])
+    real = int(lengths.sum())
+    rows = PackedRows(examples.select(members), starts)
+    return rows, (real / (len(rows) * capacity) if len(rows) else 0.0)
+
+
+class PackedRows(Sequence[Packed]):
+    """Packed rows over a view of examples ordered bin by bin: row r holds the examples
+    starts[r] to starts[r + 1] of that view."""
+
+    def __init__(self, examples: Examples, starts: np.ndarray) -> None:
+        self.examples, self.starts = examples, starts
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    @overload
+    def __getitem__(self, r: int) -> Packed: ...
+    @overload
+    def __getitem__(self, r: slice) -> list[Packed]: ...
+    def __getitem__(self, r):
+        if isinstance(r, slice):
+            return [self[i] for i in range(len(self))[r]]
+        return Packed(**self.row(r))
+
+    def row(self, r: int) -> dict:
+        """Packed row r as the collator takes it: lists of ints."""
+        import numpy as np
+
+        if not -len(self) <= r < len(self):
+            raise IndexError(f"packed row {r} of {len(self)}")
+        r %= len(self)
+        e = self.examples
+        spans = [e.bounds(int(i)) for i in e.base_indices()[self.starts[r] : self.starts[r + 1]]]
+        ids = np.concatenate([e.ids[a:b] for a, b in spans])
+        labels = np.concatenate([e.labels[a:b] for a, b in spans])
+        sizes = np.array([b - a for a, b in spans])
+        firsts = np.cumsum(sizes) - sizes
+        labels[firsts] = IGNORE_INDEX
+        positions = np.arange(len(ids)) - np.repeat(firsts, sizes)
+        return {
+            "input_ids": ids.tolist(),
+            "labels": labels.tolist(),
+            "position_ids": positions.tolist(),
+        }
+
+    def as_rows(self) -> Rows:
+        """The packed rows as a training set: each made when the trainer asks for it."""
+        from toolkit.trainer.tokenized import Rows
+
+        return Rows(self)
 
 
 class PackedCollator:

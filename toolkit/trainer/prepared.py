@@ -10,23 +10,28 @@ rerun reuses the folder.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
-import itertools
 import json
 import os
 import shutil
 import tempfile
 from array import array
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit import __version__, cache, safe_io
 from toolkit.config import Config, is_local_ref
 from toolkit.config.rules import open_regular
 from toolkit.errors import DataError
 from toolkit.trainer.chat import LABEL_RULES
-from toolkit.trainer.data import DataReport, Example, build_examples
+from toolkit.trainer.data import DataReport, build_examples
 from toolkit.trainer.files import make_readable
+from toolkit.trainer.tokenized import Example
+
+if TYPE_CHECKING:
+    from toolkit.trainer.tokenized import Examples
 
 # Config keys that change the tokens of an SFT example.
 TOKENIZATION_KEYS = (
@@ -101,56 +106,82 @@ def _hash_file(h, file: Path, key: str) -> None:
             h.update(block)
 
 
-def load_or_build(cfg: Config, encoder, log) -> tuple[list[Example], DataReport]:
+def load_or_build(cfg: Config, encoder, log) -> tuple[Examples, DataReport]:
     """The examples from the cache when it holds this key, else tokenized (and cached
-    when dataset_prepared_path is set)."""
+    when dataset_prepared_path is set). From the cache they are memory-mapped; without
+    one, gathered in memory as flat arrays."""
+    from toolkit.trainer.tokenized import collect
+
     if not cfg.dataset_prepared_path:
-        return build_examples(cfg, encoder)
+        examples, report = build_examples(cfg, encoder)
+        return collect(examples), report
     folder = Path(cfg.dataset_prepared_path).expanduser() / cache_key(cfg, encoder.template)
     remove_leftovers(folder.parent, log)
     if (folder / "report.json").exists():
         log(f"data: reusing prepared data from {folder}")
         return _read(folder)
-    examples, report = build_examples(cfg, encoder)
-    _write(folder, examples, report)
+    _write(folder, *build_examples(cfg, encoder))
     log(f"data: prepared data written to {folder}")
-    return examples, report
+    return _read(folder)
 
 
-# The examples as three flat arrays: every row's ids end to end, its labels likewise,
-# and where each row starts (numpy's .npy: read back in a fraction of a second).
+# The examples as three flat arrays (numpy's .npy, memory-mapped when read): every
+# row's ids end to end (int32), its labels likewise, and where each row starts (int64).
 ARRAYS = ("input_ids.npy", "labels.npy", "offsets.npy")
+DTYPES = {"input_ids.npy": "int32", "labels.npy": "int32", "offsets.npy": "int64"}
 
 
-def _read(folder: Path) -> tuple[list[Example], DataReport]:
-    import numpy as np
-
-    def load(name: str) -> Any:
-        with open_regular(folder / name, "dataset_prepared_path", DataError) as f:
-            # report.json is a few counts: bounded in size and depth like any record.
-            return (
-                np.load(f)
-                if name in ARRAYS
-                else safe_io.load_json(safe_io.read_limited(f, 1 << 20))
-            )
+def _read(folder: Path) -> tuple[Examples, DataReport]:
+    from toolkit.trainer.tokenized import Examples
 
     try:
-        ids, labels, offsets = (load(name) for name in ARRAYS)
-        ids, labels = array("i", ids.tobytes()), array("i", labels.tobytes())
-        bounds = offsets.tolist()
-        examples = [Example(ids[a:b], labels[a:b]) for a, b in itertools.pairwise(bounds)]
-        report = DataReport(**load("report.json"))
+        ids, labels, offsets = _map_arrays(folder)
+        with open_regular(folder / "report.json", "dataset_prepared_path", DataError) as f:
+            # report.json is a few counts: bounded in size and depth like any record.
+            report = DataReport(**safe_io.load_json(safe_io.read_limited(f, 1 << 20)))
     except (OSError, ValueError, TypeError, EOFError) as exc:
         raise DataError(
             f"dataset_prepared_path: the prepared data in {folder} cannot be read "
             f"({str(exc).splitlines()[0][:200]}); remove that folder and run again to "
             "prepare it anew"
         ) from None
-    return examples, report
+    return Examples(ids, labels, offsets, reopen=functools.partial(_map_arrays, folder)), report
 
 
-def _write(folder: Path, examples: list[Example], report: DataReport) -> None:
-    """Into a temporary folder, then a rename: a half-written cache is never read."""
+def _map_arrays(folder: Path) -> tuple[Any, Any, Any]:
+    """The three arrays of a prepared folder, memory-mapped (read, never loaded), checked
+    to fit together."""
+    ids, labels, offsets = (_map(folder / name, DTYPES[name]) for name in ARRAYS)
+    if len(ids) != len(labels):
+        raise ValueError(f"{len(ids)} ids but {len(labels)} labels")
+    if not len(offsets) or offsets[0] != 0 or offsets[-1] != len(ids):
+        raise ValueError("offsets.npy does not span the ids")
+    if len(offsets) > 1 and (offsets[1:] < offsets[:-1]).any():
+        raise ValueError("offsets.npy goes backwards")
+    return ids, labels, offsets
+
+
+def _map(path: Path, dtype: str) -> Any:
+    import numpy as np
+    from numpy.lib import format as npy
+
+    with open_regular(path, "dataset_prepared_path", DataError) as f:
+        version = npy.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"{path.name}: .npy version {version}")
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran_order, found = read_header(f)
+        if found != np.dtype(dtype) or len(shape) != 1 or fortran_order:
+            raise ValueError(f"{path.name} holds {found} of shape {shape}, not {dtype} values")
+        if shape[0] == 0:
+            return np.zeros(0, dtype)
+        return np.memmap(f, dtype=found, mode="r", offset=f.tell(), shape=shape)
+
+
+def _write(folder: Path, examples: Iterable[Example], report: DataReport) -> None:
+    """Into a temporary folder, then a rename: a half-written cache is never read.
+    `examples` is consumed once, each written as it comes; `report` is written after
+    them, so a report filled while they are made (build_examples) is complete."""
     import numpy as np
 
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -162,11 +193,15 @@ def _write(folder: Path, examples: list[Example], report: DataReport) -> None:
     # the folder, and the next write remove it if this one is killed.
     cache.mark(tmp, "prepared", folder.name)
     try:
-        for name, part in (("input_ids.npy", "input_ids"), ("labels.npy", "labels")):
-            flat = b"".join(array("i", getattr(e, part)).tobytes() for e in examples)
-            np.save(tmp / name, np.frombuffer(flat, np.int32))
-        lengths = [len(e.input_ids) for e in examples]
-        np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        offsets = array("q", [0])
+        with _Appender(tmp / "input_ids.npy") as ids, _Appender(tmp / "labels.npy") as labels:
+            for e in examples:
+                ids.add(e.input_ids)
+                labels.add(e.labels)
+                if ids.count != labels.count:
+                    raise ValueError(f"example {len(offsets)} has more ids than labels")
+                offsets.append(ids.count)
+        np.save(tmp / "offsets.npy", np.frombuffer(offsets, np.int64))
         # report.json last: its presence marks a complete folder (load_or_build).
         (tmp / "report.json").write_text(json.dumps(report.as_dict()))
         make_readable(tmp)
@@ -179,6 +214,44 @@ def _write(folder: Path, examples: list[Example], report: DataReport) -> None:
         raise
     finally:
         os.close(held)
+
+
+class _Appender:
+    """An int32 .npy file written as its values come: numpy's header leaves room for the
+    length to grow in place (numpy.lib.format's GROWTH_AXIS_MAX_DIGITS), so the header
+    is written first and rewritten with the final count at the end."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "xb", buffering=1 << 20)  # noqa: SIM115 (closed by __exit__)
+        self.count = 0
+        self.data_start = self._header()
+
+    def _header(self) -> int:
+        import numpy as np
+        from numpy.lib import format as npy
+
+        header = {"descr": npy.dtype_to_descr(np.dtype(np.int32)), "fortran_order": False}
+        npy.write_array_header_1_0(self.file, {**header, "shape": (self.count,)})
+        return self.file.tell()
+
+    def add(self, values) -> None:
+        ints = (
+            values if isinstance(values, array) and values.typecode == "i" else array("i", values)
+        )
+        self.file.write(ints)
+        self.count += len(ints)
+
+    def __enter__(self) -> _Appender:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        try:
+            if kind is None:
+                self.file.seek(0)
+                if self._header() != self.data_start:
+                    raise ValueError("the .npy header outgrew the room numpy leaves for it")
+        finally:
+            self.file.close()
 
 
 def remove_leftovers(parent: Path, log) -> None:

@@ -37,11 +37,11 @@ def train(loaded: LoadedConfig) -> Path:
     )
     log(f"data: {len(train_rows)} training rows, {len(val_rows)} held out")
     packing = {}
-    train_set = [{"input_ids": list(e.input_ids), "labels": list(e.labels)} for e in train_rows]
-    val_set = [{"input_ids": list(e.input_ids), "labels": list(e.labels)} for e in val_rows]
+    # Rows made as the trainer reads them, from the prepared data mapped in memory.
+    train_set, val_set = train_rows.as_rows(), val_rows.as_rows()
     if cfg.sample_packing:
         packed, fill = pack(train_rows, cfg.sequence_len)
-        train_set = [p.as_row() for p in packed]
+        train_set = packed.as_rows()
         packing["train"] = {"rows": len(train_rows), "packed_rows": len(packed), "fill": fill}
         log(
             f"packing: {len(train_rows)} rows into {len(packed)} rows of {cfg.sequence_len} "
@@ -51,7 +51,7 @@ def train(loaded: LoadedConfig) -> Path:
         cfg.sample_packing if cfg.eval_sample_packing is None else cfg.eval_sample_packing
     ):
         packed, fill = pack(val_rows, cfg.sequence_len)
-        val_set = [p.as_row() for p in packed]
+        val_set = packed.as_rows()
         packing["eval"] = {"rows": len(val_rows), "packed_rows": len(packed), "fill": fill}
 
     model = load_model(cfg, resolved)

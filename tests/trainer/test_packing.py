@@ -9,9 +9,9 @@ from helpers import read_run
 
 from toolkit.config import load_config
 from toolkit.trainer.chat import IGNORE_INDEX
-from toolkit.trainer.data import Example
 from toolkit.trainer.packing import PackedCollator, bins, pack
 from toolkit.trainer.sft import train
+from toolkit.trainer.tokenized import Example
 
 
 def test_bins_hold_every_row_once_and_never_overflow():
