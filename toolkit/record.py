@@ -139,6 +139,7 @@ class RunRecord(_Part):
     mfu: float | None = None
     train_seconds: float | None = None
     world_size: Annotated[int, Field(ge=1, le=1 << 20)] | None = None
+    nodes: Annotated[int, Field(ge=1, le=1 << 20)] | None = None
     pushed: list[Push] = []
     _path: Path = PrivateAttr(default=Path(RECORD))
 
@@ -293,6 +294,7 @@ _ACCEPTED = {
     "hub[].repo": "a Hugging Face repository id such as Qwen/Qwen3-8B",
     "hub[].commit": "a commit id of 40 hex digits",
     "world_size": "a whole number of processes from 1 to 1048576",
+    "nodes": "a whole number of machines from 1 to 1048576",
     "num_labels": "a whole number of labels from 1 to 1048576, or null",
     "steps": "a whole number from 0 to 2**63-1, or null",
     "loss_history*": "a list of [step, loss] pairs: a whole number and a number",

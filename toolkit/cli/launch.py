@@ -1,4 +1,5 @@
-"""toolkit launch: files that run a config on cloud VMs (SkyPilot, cloud-init)."""
+"""toolkit launch: files that run a config on cloud VMs (SkyPilot, cloud-init) or a Slurm
+cluster."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def launch_options(func) -> Callable[..., Any]:
 
 @click.group()
 def launch() -> None:
-    """Files that run a config on cloud VMs."""
+    """Files that run a config on cloud VMs or a Slurm cluster."""
 
 
 def _inputs(
@@ -114,6 +115,104 @@ def cloud_init(config, overrides, variant, outputs, output) -> int:
         f"wrote {out}; pass it as the VM's user-data (secrets go in /etc/toolkit/secrets.env "
         "on the VM, never in this file)"
     )
+    return 0
+
+
+@launch.command(cls=OverridesCommand, context_settings=OVERRIDES)
+@config_argument
+@click.option(
+    "--variant",
+    required=True,
+    envvar="TOOLKIT_VARIANT",
+    show_envvar=True,
+    shell_complete=complete_variants,
+    help="the image variant (its pushed digest, unless --image-archive)",
+)
+@click.option("--nodes", type=click.IntRange(min=1), required=True)
+@click.option("--gpus-per-node", type=click.IntRange(min=1), help="GPUs per node (one rank each)")
+@click.option(
+    "--nproc-per-node",
+    type=click.IntRange(min=1),
+    help="ranks per node  [default: --gpus-per-node, or 1]",
+)
+@click.option("--partition", help="Slurm partition")
+@click.option("--time", "time_limit", help="Slurm time limit, e.g. 24:00:00")
+@click.option("--account", help="Slurm account")
+@click.option(
+    "--outputs",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="output_dir: a folder on storage every node mounts",
+)
+@click.option(
+    "--image-archive",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="a `docker save` archive on shared storage, loaded on each node (air-gapped "
+    "clusters), instead of pulling the pushed digest",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["docker", "podman", "apptainer"]),
+    default="docker",
+    show_default=True,
+    help="the nodes' container engine (apptainer: written, untested)",
+)
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="the script to write (shared storage)"
+)
+@overrides_argument
+def slurm(
+    config,
+    overrides,
+    variant,
+    nodes,
+    gpus_per_node,
+    nproc_per_node,
+    partition,
+    time_limit,
+    account,
+    outputs,
+    image_archive,
+    engine,
+    output,
+) -> int:
+    """An sbatch script: one container and one torchrun per node (sbatch FILE)."""
+    import yaml
+
+    from toolkit.host.cloud import vm_config
+    from toolkit.host.slurm import Allocation, Image, archive_image, batch_script, job_files
+    from toolkit.images import get_variant, pushed_image
+
+    loaded = load(config, overrides)
+    chosen = get_variant(variant)
+    if chosen.accelerator != "cpu" and not gpus_per_node:
+        raise UsageError(
+            f"--gpus-per-node: the {chosen.name} image needs GPUs; say how many each node "
+            "has, e.g. --gpus-per-node 8"
+        )
+    image = (
+        archive_image(image_archive) if image_archive else Image(pushed_image(chosen.name)["image"])
+    )
+    out = (output or Path(f"{Path(config).stem}.slurm.sh")).absolute()
+    config_file, folder = job_files(out)
+    allocation = Allocation(
+        nodes, nproc_per_node or gpus_per_node or 1, gpus_per_node, partition, time_limit, account
+    )
+    script = batch_script(
+        loaded,
+        image,
+        chosen.accelerator,
+        allocation,
+        out,
+        outputs.absolute(),
+        engine,
+        _pins(loaded),
+    )
+    folder.mkdir(exist_ok=True)
+    config_file.write_text(yaml.safe_dump(vm_config(loaded)[0], sort_keys=False))
+    out.write_text(script)
+    out.chmod(0o755)
+    print(f"wrote {out} (and {config_file}); submit it with `sbatch {out}`")
     return 0
 
 

@@ -85,27 +85,33 @@ def train(
     else:
         launch = f"--nproc-per-node {ranks.nproc_per_node} × --nnodes {ranks.nnodes}"
         layout(cfg, ranks.world_size, launch)
-    publish.check(cfg)
+    # The first machine of a multi-node run writes the run (its lock, pins, records and
+    # pushes); the others train beside it in the same output_dir and write none of it.
+    leader = ranks.node_rank == 0
+    if leader:
+        publish.check(cfg)
     # With --json, stdout carries the summary alone; the training log goes to stderr.
     with (
-        outputs.held(cfg.output_dir, "train") as lock,
+        outputs.held(cfg.output_dir, "train") if leader else nullcontext() as lock,
         redirect_stdout(sys.stderr) if as_json else nullcontext(),
     ):
-        if loaded.hub:  # the commits this run trains: a resume or rerun keeps them
+        if loaded.hub and leader:  # the commits this run trains: a resume keeps them
             from toolkit.pins import write_pins
 
             write_pins(cfg.output_dir, list(loaded.hub))
         planned = plan.build(
             plan.Train(),
             loaded,
-            lock_token=lock.token,
+            lock_token=lock.token if lock else None,
             network="host" if ranks.nnodes > 1 else None,
         )
-        code = _run_here(
-            lambda: execute(planned, where, ranks, lock.fds, common.new_runtime()), cfg.output_dir
-        )
+        runtime = common.new_runtime()
+        fds = lock.fds if lock else ()
+        code = _run_here(lambda: execute(planned, where, ranks, fds, runtime), cfg.output_dir)
     if code:
         return container_failed(code) if chosen == "docker" else code
+    if not leader:
+        return 0
     publish.after_train(cfg)
     return _summary(cfg, as_json, "trained")
 

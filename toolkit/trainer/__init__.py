@@ -61,15 +61,20 @@ def run(plan: RunPlan) -> Path | None:
 def _train(plan: RunPlan) -> Path:
     """Train with the recipe the config calls for; return the output directory.
 
-    The output folder's lock must be held for us by the command that planned the run
+    The output folder's lock must be held for rank 0 by the command that planned the run
     (its token is in the plan), or it is taken here; a finished run of another config is
     refused before anything is loaded."""
+    import os
+
     from toolkit import outputs, record
 
     loaded = plan.loaded
     cfg = loaded.config
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    lock = outputs.ensure_held(cfg.output_dir, "train", plan.lock_token)
+    # Rank 0 alone writes the run's records, so it alone holds the lock (on several
+    # machines sharing output_dir, the others could not take it).
+    writer = os.environ.get("RANK", "0") == "0"
+    lock = outputs.ensure_held(cfg.output_dir, "train", plan.lock_token) if writer else None
     try:
         if plan.lock_token is None and record.check_previous(
             cfg.output_dir, cfg.model_dump(mode="json"), cfg.training_digest()

@@ -245,6 +245,8 @@ def train_and_save(
         peak_memory_of=memory_kind,
         train_seconds=elapsed,
         world_size=trainer.args.world_size,
+        # torchrun's layout: the ranks over the ranks on each machine.
+        nodes=trainer.args.world_size // int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1),
         chart="loss.png" if charted else None,
         tensorboard="tensorboard" if board and board.writer else None,
     )
