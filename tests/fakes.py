@@ -10,7 +10,7 @@ from typing import Literal, TypeVar
 
 from toolkit.containers.seam import Docker, Runtime
 from toolkit.containers.spec import ImageInfo, Result, RunSpec
-from toolkit.errors import RuntimeFailure
+from toolkit.errors import RuntimeFailure, UsageError
 
 # --- what FakeDocker logs: one record a call, in order ---------------------------------
 
@@ -75,7 +75,20 @@ class Output:
     spec: RunSpec
 
 
-Call = Ask | Inspect | ListImages | Remove | Build | Pull | Import | Push | Run | Output
+@dataclass(frozen=True)
+class Save:
+    ref: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Load:
+    path: str
+
+
+Call = (
+    Ask | Inspect | ListImages | Remove | Build | Pull | Import | Push | Run | Output | Save | Load
+)
 C = TypeVar("C", bound=Call)
 A = TypeVar("A")
 
@@ -194,6 +207,31 @@ class FakeDocker(Docker):
 
     def output(self, spec: RunSpec) -> Result:
         return self._logged(self.output_answer, Output(spec))
+
+    def save(self, ref: str, path: str) -> ImageInfo:
+        """An archive naming the image's ID and its tags (JSON, for the double's load)."""
+        import json
+        from pathlib import Path
+
+        self._logged(None, Save(ref, path))
+        image = self._find(ref)
+        if image is None:
+            raise UsageError(f"{ref}: no such image on this engine")
+        saved = {"id": image.id, "labels": image.labels, "tags": self._refs(image.id)}
+        Path(path).write_text(json.dumps(saved))
+        return image
+
+    def load(self, path: str) -> list[ImageInfo]:
+        """What `save` wrote, back on this engine under its tags."""
+        import json
+        from pathlib import Path
+
+        self._logged(None, Load(path))
+        saved = json.loads(Path(path).read_text())
+        image = ImageInfo(saved["id"], saved["labels"], tags=tuple(saved["tags"]))
+        for ref in saved["tags"]:
+            self.tag(ref, image)
+        return [image]
 
     def push(self, local: str, remote: str) -> ImageInfo:
         answer = self._logged(self.push_answer, Push(local, remote))

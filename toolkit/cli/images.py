@@ -1,4 +1,5 @@
-"""toolkit images: the image matrix — list, select, render, lock, build, push, verify."""
+"""toolkit images: the image matrix — list, select, render, lock, build, push, export,
+import, verify."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def variant_argument(func) -> Callable[..., Any]:
 
 @click.group()
 def images() -> None:
-    """The image matrix: list, select, render, lock, build, push and verify variants."""
+    """The image matrix: list, select, render, lock, build, push, export, import and verify
+    variants."""
 
 
 @images.command("list")
@@ -135,6 +137,45 @@ def build(variant, base, local_base, wheelhouse, online, ca_bundle, no_cache, ta
         tag=tag,
     )
     print(build_image(get_variant(variant), common.new_runtime(), opts))
+    return 0
+
+
+@images.command("export")
+@variant_argument
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the archive to write (default: toolkit-VARIANT-ID.tar here); never over a file",
+)
+@click.option("--image", "tag", default=None, help="this image tag instead of the variant's")
+def export(variant, output, tag) -> int:
+    """Write a variant's image (built if missing) as an archive, for machines that cannot
+    pull it: `toolkit images import FILE` there (or `toolkit launch slurm
+    --image-archive FILE`)."""
+    from toolkit.images import ensure_image, get_variant
+
+    runtime = common.new_runtime()
+    ref = tag or ensure_image(get_variant(variant), runtime)
+    docker = runtime.docker()
+    found = docker.inspect_image(ref)
+    if found is None:
+        raise UsageError(f"--image {ref}: no such image on this engine")
+    out = output or Path(f"toolkit-{variant}-{found.id.removeprefix('sha256:')[:12]}.tar")
+    image = docker.save(ref, str(out))
+    print(f"wrote {out}: {ref} ({image.id})")
+    return 0
+
+
+@images.command("import")
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+def import_(archive) -> int:
+    """Load an archive `toolkit images export` wrote; print the images it held."""
+    loaded = common.new_runtime().docker().load(str(archive))
+    for image in loaded:
+        name = ", ".join(image.tags) or "(untagged)"
+        theirs = "" if image.labels.get("io.toolkit.variant") else " (not a toolkit image)"
+        print(f"loaded {name} {image.id}{theirs}")
     return 0
 
 

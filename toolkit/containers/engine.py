@@ -194,6 +194,57 @@ def _layer_progress(events, what: str) -> str | None:
     return None
 
 
+def save(ref: str, path: str) -> ImageInfo:
+    """Write the image `ref` names, with its tags, as a `docker save` archive at `path`:
+    a file created now (never over another, never through a link), complete or absent,
+    readable by this user alone (mkstemp's 0600)."""
+    import tempfile
+
+    from docker.errors import ImageNotFound
+
+    try:
+        image = client().images.get(ref)
+    except ImageNotFound:
+        raise UsageError(f"{ref}: no such image on this engine") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.lexists(path):
+        raise UsageError(f"{path} exists; toolkit writes an archive only as a new file")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in image.save(named=True):
+                f.write(chunk)
+        os.link(tmp, path)  # the name, only if it is still free
+    except FileExistsError:
+        raise UsageError(f"{path} appeared meanwhile; nothing was written over it") from None
+    finally:
+        os.unlink(tmp)
+    return ImageInfo.from_inspect(image.attrs)
+
+
+def load(path: str) -> list[ImageInfo]:
+    """Load a `docker save` archive; the images it held."""
+    from docker.errors import APIError, ImageLoadError
+
+    from toolkit import safe_io
+
+    try:
+        fd = safe_io.open_file(path, follow=True)  # the user's own file, wherever it is
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file; give a `toolkit images export` archive") from None
+    except safe_io.NotRegular as exc:
+        raise UsageError(f"{path} is {exc.kind}, not an image archive") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            loaded = client().images.load(f)
+    except (APIError, ImageLoadError) as exc:
+        detail = exc.explanation if isinstance(exc, APIError) else str(exc)
+        raise UsageError(
+            f"{path}: not an image archive the engine can load ({detail or exc})"
+        ) from None
+    return [ImageInfo.from_inspect(image.attrs) for image in loaded]
+
+
 def push(local: str, remote: str) -> ImageInfo:
     """Tag `local` as `remote` and push it, showing the bytes sent (a bar on a terminal,
     plain lines in a log); return the pushed image (its digests name the registry's)."""

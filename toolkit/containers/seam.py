@@ -156,6 +156,18 @@ class Docker:
 
         return engine.run(spec, keep_fds)
 
+    def save(self, ref: str, path: str) -> ImageInfo:
+        """Write the image `ref` names as a `docker save` archive at `path` (a new file)."""
+        from toolkit.containers import engine
+
+        return engine.save(ref, path)
+
+    def load(self, path: str) -> list[ImageInfo]:
+        """Load a `docker save` archive; the images it held."""
+        from toolkit.containers import engine
+
+        return engine.load(path)
+
     def push(self, local: str, remote: str) -> ImageInfo:
         """Tag `local` as `remote`, push it, and return what the engine then knows of it
         (its registry digests among them)."""
