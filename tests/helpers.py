@@ -77,6 +77,36 @@ def umask() -> int:
     return mask
 
 
+def build_wheel(work: Path) -> Path:
+    """The wheel of this checkout's files (those git lists, committed or not), built in
+    `work`: never from the checkout itself, whose setuptools build/lib keeps modules
+    removed since and would put them in the wheel (and so change its image tags)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    source, dist = work / "source", work / "dist"
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    )
+    for rel in filter(None, listed.stdout.decode().split("\0")):
+        if (REPO / rel).is_file():
+            (source / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, source / rel)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(dist), str(source)],
+        check=True,
+    )
+    [wheel] = dist.glob("qwen_posttrain-*.whl")
+    return wheel
+
+
 def run(loaded) -> Path:
     """Train a loaded config in this process, as `toolkit train --runtime local` does:
     through the trainer's one entry point, with the plan the host would make."""

@@ -141,7 +141,10 @@ class HubStub:
                     path,
                 )
                 resolve = re.fullmatch(r"/(datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
-                if api:
+                if path == "/api/agent-harnesses":  # huggingface_hub's agent registry
+                    body = json.dumps({"standardEnvVars": [], "harnesses": {}}).encode()
+                    self._send(200, body, {"Content-Type": "application/json"})
+                elif api:
                     kind = api.group(1)[:-1]
                     what, revision = api.group(3) or "revision", api.group(4) or "main"
                     self._api(kind, api.group(2), what, revision)

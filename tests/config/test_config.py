@@ -327,3 +327,22 @@ def test_a_missing_folder_that_cannot_be_a_hub_id_is_not_looked_up(ref, write_co
     with pytest.raises(ConfigError) as info:
         load_config(write_config({"base_model": ref}))
     assert any(p.startswith(f"base_model: {ref!r} does not exist") for p in info.value.problems)
+
+
+@pytest.mark.parametrize("micro", [None, 1])
+def test_kto_with_one_row_a_batch_is_refused_at_validate(write_config, capsys, micro):
+    """TRL's KTO estimates its KL term from the other rows of a batch: one row a batch
+    is a traceback in the trainer, so validate refuses it (the default included)."""
+    from toolkit.cli import main
+
+    changes = {"rl": "kto", "datasets": [{"path": "trl-lib/kto-mix-14k", "type": "kto"}]}
+    config = write_config({**changes, "micro_batch_size": micro})
+    if micro is None:  # unset: the default, 1
+        data = yaml.safe_load(config.read_text())
+        del data["micro_batch_size"]
+        config.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "micro_batch_size: 1 with rl: kto; KTO estimates its KL term" in err
+    assert "Traceback" not in err
+    assert main(["validate", str(config), "--micro-batch-size", "2"]) == 0

@@ -13,31 +13,15 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from helpers import build_wheel
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    """The wheel built from this checkout."""
-    root = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(root),
-            str(REPO),
-        ],
-        check=True,
-    )
-    [built] = root.glob("qwen_posttrain-*.whl")
-    return built
+    """The wheel built from this checkout's files."""
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture(scope="module")

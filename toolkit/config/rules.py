@@ -184,6 +184,14 @@ def _batch_rules(raw: dict) -> list[str]:
             f"batch_size {raw['batch_size']} is not a multiple of micro_batch_size "
             f"{raw.get('micro_batch_size', 1)}; change one of them"
         )
+    micro = raw.get("micro_batch_size", 1)
+    if raw.get("rl") == "kto" and isinstance(micro, int) and micro == 1:
+        # TRL's KTO estimates its KL term from the other completions of a batch.
+        out.append(
+            "micro_batch_size: 1 with rl: kto; KTO estimates its KL term from the other "
+            "rows of each batch, so it needs at least 2 rows per device: set "
+            "micro_batch_size: 2 or more (gradient_accumulation_steps keeps the batch size)"
+        )
     return out
 
 
