@@ -274,3 +274,45 @@ def test_skypilot_fetches_the_pinned_commits_in_setup_and_trains_offline(write_c
     run = task["run"]
     assert "env -u HF_TOKEN -u HUGGING_FACE_HUB_TOKEN" in run and "HF_HUB_OFFLINE=1" in run
     assert commit in run and "toolkit train" in run
+
+
+@pytest.mark.parametrize(
+    "infra, kind",
+    [("k8s", "Kubernetes"), ("k8s/my-context", "Kubernetes"), ("slurm/my-cluster", "Slurm")],
+)
+def test_skypilot_runs_the_same_task_on_a_kubernetes_or_slurm_cluster(
+    pushed, tiny_model_dir, write_config, tmp_path, infra, kind
+):
+    """The task is the same; `--infra` says where, and SkyPilot's own loader reads it as
+    a task for that cluster."""
+    _validator(SKY_PYTHON, "SkyPilot")
+    config = write_config({"base_model": str(tiny_model_dir)})
+    out = tmp_path / "task.yaml"
+    flags = ["--variant", "cu130", "--outputs", "s3://bucket/runs/demo", "-o", str(out)]
+    argv = ["launch", "skypilot", str(config), *flags, "--accelerators", "H100:8"]
+    assert main([*argv, "--nodes", "2", "--infra", infra]) == 0
+    task = yaml.safe_load(out.read_text())
+    assert task["resources"]["infra"] == infra and task["num_nodes"] == 2
+    check = subprocess.run(
+        [
+            str(SKY_PYTHON),
+            "-c",
+            "import sys, sky\nprint(sky.Task.from_yaml(sys.argv[1]).resources)",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert check.returncode == 0, check.stderr[-2000:]
+    assert check.stdout.startswith("{" + kind + "(")
+
+
+@pytest.mark.parametrize("infra", ["", "k8s;rm -rf", "Slurm/x", "slurm//x"])
+def test_an_infra_skypilot_cannot_read_is_refused(pushed, write_config, tmp_path, capsys, infra):
+    config = write_config({})
+    flags = ["--variant", "cu130", "--outputs", "s3://b/r", "--accelerators", "H100:8"]
+    flags += ["-o", str(tmp_path / "t.yaml")]
+    assert main(["launch", "skypilot", str(config), *flags, "--infra", infra]) == 2
+    assert f"--infra {infra!r}: expected SkyPilot's form" in capsys.readouterr().err
+    assert not (tmp_path / "t.yaml").exists()

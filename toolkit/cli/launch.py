@@ -3,6 +3,7 @@ cluster."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -75,8 +76,15 @@ def _inputs(
 @launch_options
 @click.option("--accelerators", help="SkyPilot's accelerators, e.g. H100:8")
 @click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--infra",
+    default=None,
+    help="where SkyPilot runs it: a cloud (aws, gcp/us-central1 …), k8s[/CONTEXT] for a "
+    "Kubernetes cluster, slurm[/CLUSTER] for a Slurm cluster SkyPilot knows (default: "
+    "SkyPilot chooses)",
+)
 @overrides_argument
-def skypilot(config, overrides, variant, outputs, output, accelerators, nodes) -> int:
+def skypilot(config, overrides, variant, outputs, output, accelerators, nodes, infra) -> int:
     """A SkyPilot task (sky launch FILE)."""
     import yaml
 
@@ -91,7 +99,13 @@ def skypilot(config, overrides, variant, outputs, output, accelerators, nodes) -
     out = output or Path(f"{Path(config).stem}.sky.yaml")
     config_file = out.with_name(f"{Path(config).stem}.vm.yaml")
     config_file.write_text(yaml.safe_dump(vm_config(loaded)[0], sort_keys=False))
-    task = skypilot_task(loaded, image, config_file, accelerators, nodes, outputs, _pins(loaded))
+    if infra is not None and not re.fullmatch(r"[a-z0-9]+(/[\w.:@-]+)*", infra):
+        raise UsageError(
+            f"--infra {infra!r}: expected SkyPilot's form, a name and optional parts "
+            "after slashes: aws, gcp/us-central1, k8s, k8s/my-context, slurm/my-cluster"
+        )
+    pins = _pins(loaded)
+    task = skypilot_task(loaded, image, config_file, accelerators, nodes, outputs, pins, infra)
     out.write_text(yaml.safe_dump(task, sort_keys=False, width=1000))
     print(
         f"wrote {out} (and {config_file}); run it with `sky launch {out}`, adding "

@@ -98,16 +98,21 @@ def skypilot_task(
     nodes: int,
     outputs: str,
     pins: list | None = None,
+    infra: str | None = None,
 ) -> dict:
     """A SkyPilot task: the image by digest, file mounts in, outputs to a bucket, the
     doctor and the Hub fetch (at the commits pinned at launch, with HF_TOKEN) as setup,
-    torchrun over SkyPilot's nodes as run, offline for the Hub and without the token."""
+    torchrun over SkyPilot's nodes as run, offline for the Hub and without the token.
+    `infra`: where SkyPilot runs it (a cloud, `k8s[/CONTEXT]`, `slurm[/CLUSTER]`); the
+    task is the same everywhere."""
     _data, copies = vm_config(loaded)
     mounts: dict = {str(VM / "config.yaml"): str(config_file.resolve()), **copies}
     mounts[str(VM / "outputs")] = {"source": outputs, "mode": "MOUNT"}
     resources: dict = {"image_id": f"docker:{image}"}
     if accelerators:
         resources["accelerators"] = accelerators
+    if infra:
+        resources["infra"] = infra
     launch = (
         "toolkit train /toolkit/config.yaml --runtime local "
         '--nproc-per-node "${SKYPILOT_NUM_GPUS_PER_NODE:-1}" '
