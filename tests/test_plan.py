@@ -69,10 +69,8 @@ def test_the_container_gets_the_plan_read_only_and_no_state_in_its_environment(
     assert spec.command == [
         "python3",
         "-m",
-        "torch.distributed.run",
+        "toolkit.trainer.ranks",
         *Distributed(2).flags(),
-        "-m",
-        "toolkit.trainer",
         str(file),
     ]
     assert [m.read_only for m in spec.mounts if m.container == str(file)] == [True]

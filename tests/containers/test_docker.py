@@ -232,8 +232,10 @@ def test_dpo_runs_in_the_container_as_sft_does(image, shared, monkeypatch, capfd
     assert (shared / "out" / "merged" / "model.safetensors").stat().st_uid == uid
 
 
-def test_docker_stop_then_train_again_resumes(image, shared):
-    """A preempted VM: `docker stop` mid-run, then the same command again."""
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_docker_stop_then_train_again_resumes(image, shared, nproc):
+    """A preempted VM: `docker stop` mid-run, then the same command again; with two
+    ranks, the launcher in the container passes the signal on and says 75 too."""
     import sys
     import time
 
@@ -250,8 +252,10 @@ def test_docker_stop_then_train_again_resumes(image, shared):
     )
     log = shared / "out" / "train.log"
     toolkit = str(Path(sys.executable).parent / "toolkit")
+    command = [toolkit, "train", str(config), "--runtime", "docker"]
+    command += ["--nproc-per-node", "2"] if nproc == 2 else []
     proc = subprocess.Popen(
-        [toolkit, "train", str(config), "--runtime", "docker"],
+        command,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -275,17 +279,18 @@ def test_docker_stop_then_train_again_resumes(image, shared):
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 75, output[-2000:]
     assert "it was preempted (SIGTERM) and saved a checkpoint" in output
+    assert "Traceback" not in output and "SignalException" not in output, output[-2000:]
     [checkpoint] = list((shared / "out").glob("checkpoint-*"))
     assert (checkpoint / "toolkit-complete.json").exists()
 
-    resumed = subprocess.run(
-        [toolkit, "train", str(config), "--runtime", "docker"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert f"resume: continuing from {checkpoint.name}" in resumed.stdout
+    run = read_run(shared / "out")
+    assert [s["outcome"] for s in run["segments"]] == ["preempted", "complete"]
+    assert run["world_size"] == nproc and run["steps"] == 600
+    if nproc == 2:
+        return  # two ranks' batches: the one-process reference below is not theirs
 
     from toolkit.trainer.sft import train
 

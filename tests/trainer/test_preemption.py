@@ -50,3 +50,43 @@ def test_preempted_run_resumes_to_the_same_weights(
 # are tested in test_trust.py; damage that keeps a file's size (the SHA-256 each
 # checkpoint's marker records), the fallback and the stop when none verifies in
 # test_checkpoints.py.
+
+
+def test_ranks_agree_on_the_stop_and_a_signal_during_the_agreement_is_not_lost(monkeypatch):
+    """The flag the ranks reduce at each step end: a SIGTERM that lands while the
+    all-reduce runs (the rank waits there for the others) counts at the next step."""
+    from dataclasses import dataclass
+
+    import torch
+    import torch.distributed as dist
+    from transformers import TrainerControl
+
+    from toolkit.trainer.checkpoints import Preemption
+
+    @dataclass
+    class Args:
+        world_size: int = 2
+        device: str = "cpu"
+
+    preemption = Preemption()
+    others: list[int] = []  # what the other rank brings to each reduction
+
+    def all_reduce(flag, op):
+        if not others:
+            preemption._on_signal(15, None)  # the signal, in the middle of the reduction
+        flag.copy_(torch.maximum(flag, torch.tensor([others.pop(0) if others else 0])))
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    control = TrainerControl()
+    preemption.on_step_end(Args(), None, control)  # this rank had no signal, nor the other
+    assert not control.should_training_stop
+    preemption.on_step_end(Args(), None, control)  # now it brings its own
+    assert control.should_training_stop and control.should_save
+
+    # The other rank's signal alone stops this one at the same step.
+    other_rank = Preemption()
+    others.append(1)
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    control = TrainerControl()
+    other_rank.on_step_end(Args(), None, control)
+    assert control.should_training_stop and not other_rank.signalled

@@ -58,27 +58,23 @@ class Runtime:
         """The Docker engine, as this runtime reaches it."""
         return Docker(self)
 
-    def run_child(self, argv: list[str]) -> tuple[int, int | None]:
+    def run_child(self, argv: list[str]) -> int:
         """Run `argv` as our child for as long as we live: SIGTERM, SIGINT and SIGHUP to us
         go to it (SIGHUP as SIGTERM: a closed terminal stops a run gracefully), and it gets
-        SIGTERM if we die first (Linux's parent-death signal). Returns its exit code and
-        the last signal forwarded, if any."""
+        SIGTERM if we die first (Linux's parent-death signal). Returns its exit code."""
         import signal
         import threading
 
         proc = subprocess.Popen(argv, preexec_fn=_terminate_with_parent)
-        forwarded: list[int] = []
 
         def forward(signum, frame) -> None:
-            sent = signal.SIGTERM if signum == signal.SIGHUP else signum
-            forwarded.append(sent)
-            proc.send_signal(sent)
+            proc.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
 
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         main = threading.current_thread() is threading.main_thread()
         previous = {s: signal.signal(s, forward) for s in handled} if main else {}
         try:
-            return proc.wait(), (forwarded[-1] if forwarded else None)
+            return proc.wait()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

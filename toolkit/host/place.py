@@ -265,11 +265,11 @@ def execute(
 
 def trainer_argv(python: str, plan_file: Path, distributed: Distributed) -> list[str]:
     """The command that carries out a plan file: the trainer's entry point, once, or once
-    per process under torchrun (DDP; gloo on CPU, NCCL on GPU)."""
-    entry = ["-m", "toolkit.trainer", str(plan_file)]
+    per process under torch's launcher (DDP; gloo on CPU, NCCL on GPU), which
+    toolkit.trainer.ranks runs so that its exit codes and messages are toolkit's."""
     if distributed.world_size == 1:
-        return [python, *entry]
-    return [python, "-m", "torch.distributed.run", *distributed.flags(), *entry]
+        return [python, "-m", "toolkit.trainer", str(plan_file)]
+    return [python, "-m", "toolkit.trainer.ranks", *distributed.flags(), str(plan_file)]
 
 
 def container_spec(
@@ -388,16 +388,7 @@ def run_in_image(
 
 def torchrun(runtime: Runtime, plan_file: Path, distributed: Distributed) -> int:
     """One process per rank on this machine, each carrying out the plan; rank 0 writes
-    the outputs."""
+    the outputs and says how the run ended (75: preempted with a checkpoint)."""
     argv = trainer_argv(sys.executable, plan_file, distributed)
     print(f"toolkit: torchrun {' '.join(distributed.flags())}", file=sys.stderr, flush=True)
-    code, signalled = runtime.run_child(argv)
-    if code and signalled is not None:
-        from toolkit.errors import Preempted
-
-        raise Preempted(
-            f"stopped by signal {signalled}: torchrun's processes saved a checkpoint "
-            "where they could. Run the same command again to resume from the "
-            "newest complete one"
-        )
-    return code
+    return runtime.run_child(argv)

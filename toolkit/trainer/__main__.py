@@ -1,9 +1,10 @@
 """`python -m toolkit.trainer PLAN`: carry out the run plan the host wrote (in the image,
 or as one of torchrun's ranks); exit codes as the toolkit command's."""
 
+import os
 import sys
 
-from toolkit.errors import exit_code_of
+from toolkit.errors import Preempted, exit_code_of
 from toolkit.plan import read
 from toolkit.trainer import run
 
@@ -14,6 +15,10 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         run(read(argv[0]))
+    except Preempted as exc:
+        if os.environ.get("RANK", "0") != "0":  # the ranks stop together; rank 0 says so
+            return exc.exit_code
+        return exit_code_of(exc)
     except BaseException as exc:
         return exit_code_of(exc)
     return 0

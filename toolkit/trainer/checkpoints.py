@@ -212,9 +212,16 @@ def _unreadable(folder: Path, record: dict) -> str | None:
 
 
 class Preemption(TrainerCallback):
-    """On SIGTERM: finish the current step, save a checkpoint, stop training."""
+    """On SIGTERM: finish the current step, save a checkpoint, stop training.
+
+    With several ranks, they agree at the end of each step (one all-reduce of a flag):
+    the signal reaches each rank, on each machine, at its own moment, and a rank that
+    stopped a step before the others would leave them waiting in a collective.
+    `signalled` is this rank's (set by the handler, at any moment, never cleared);
+    `requested` is what the ranks agreed, the step they stop at."""
 
     def __init__(self) -> None:
+        self.signalled = False
         self.requested = False
 
     @contextmanager
@@ -226,9 +233,18 @@ class Preemption(TrainerCallback):
             signal.signal(signal.SIGTERM, previous)
 
     def _on_signal(self, signum, frame) -> None:
-        self.requested = True
+        self.signalled = True
 
     def on_step_end(self, args, state, control, **kwargs) -> None:
+        if args.world_size > 1:
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([int(self.signalled)], device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            self.requested = self.requested or bool(flag.item())
+        else:
+            self.requested = self.signalled
         if self.requested:
             control.should_save = True
             control.should_training_stop = True
