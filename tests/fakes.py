@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 from toolkit.containers.seam import Docker, Runtime
-from toolkit.containers.spec import ImageInfo, Result, RunSpec
+from toolkit.containers.spec import Engine, ImageInfo, Result, RunSpec
 from toolkit.errors import RuntimeFailure, UsageError
 
 # --- what FakeDocker logs: one record a call, in order ---------------------------------
@@ -105,6 +105,8 @@ class FakeDocker(Docker):
     `*_answer`. `buildkit_env` is the real one, over the FakeRuntime's programs."""
 
     version: str | RuntimeFailure = "27.5.1"
+    name: str = "docker"  # or "podman"
+    rootless: bool = False
     root: str | None = "/var/lib/docker"
     runtimes: tuple[str, ...] = ("runc",)
     images: dict[str, ImageInfo] = field(default_factory=dict)
@@ -144,6 +146,9 @@ class FakeDocker(Docker):
 
     def _refs(self, image_id: str) -> list[str]:
         return [ref for ref, i in self.images.items() if i.id == image_id]
+
+    def engine(self) -> Engine:
+        return Engine(self.name, self.require(), self.rootless)
 
     def require(self) -> str:
         self.calls.append(Ask("version"))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from toolkit.trainer.progress import ProgressLog
@@ -231,3 +234,20 @@ def ends(call, *fifos: Path, deadline: float = 60):
     if "error" in result:
         raise result["error"]
     return result["value"]
+
+
+def python_for(user) -> str:
+    """A Python the user can run (this one may lie under root's 0700 home, as pyenv's)."""
+    for python in (sys._base_executable, "/usr/bin/python3", shutil.which("python3")):
+        if python and as_user(user, [python, "-c", ""], Path("/"), {}).returncode == 0:
+            return python
+    raise AssertionError(f"no Python that {user.pw_name} can run: install python3")
+
+
+def as_user(user, argv, cwd: Path, env: dict[str, str], timeout: int = 900):
+    """argv run as `user` (as root; else as ourselves) with nothing but `env` in its environment."""
+    clean = ["env", "-i", *(f"{k}={v}" for k, v in env.items())]
+    prefix = ["runuser", "-u", user.pw_name, "--"] if os.geteuid() == 0 else []
+    return subprocess.run(
+        [*prefix, *clean, *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )

@@ -15,16 +15,14 @@ import os
 import pwd
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO, SESSION_FOLDERS
-from helpers import build_wheel, someone_elses_files, tree_state
+from helpers import as_user, build_wheel, python_for, someone_elses_files, tree_state
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -79,23 +77,6 @@ def venv(home, user, image) -> Path:
     tags = {row["variant"]: row["tag"] for row in json.loads(listed.stdout)}
     assert tags["cpu"] == image, "the checkout changed between the image build and the wheel"
     return bin_dir
-
-
-def python_for(user) -> str:
-    """A Python the user can run (this one may lie under root's 0700 home, as pyenv's)."""
-    for python in (sys._base_executable, "/usr/bin/python3", shutil.which("python3")):
-        if python and as_user(user, [python, "-c", ""], Path("/"), {}).returncode == 0:
-            return python
-    raise AssertionError(f"no Python that {user.pw_name} can run: install python3")
-
-
-def as_user(user, argv, cwd: Path, env: dict[str, str], timeout: int = 900):
-    """argv run as `user` (as root; else as ourselves) with nothing but `env` in its environment."""
-    clean = ["env", "-i", *(f"{k}={v}" for k, v in env.items())]
-    prefix = ["runuser", "-u", user.pw_name, "--"] if os.geteuid() == 0 else []
-    return subprocess.run(
-        [*prefix, *clean, *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def test_the_wheel_ships_every_example_tested_here(venv, user, home):

@@ -27,6 +27,7 @@ from toolkit.cli.images import images
 from toolkit.cli.inspect import compare, doctor, reproduce, validate
 from toolkit.cli.launch import launch
 from toolkit.cli.run import fetch, inference, merge_lora, preprocess, tiny_model, train
+from toolkit.containers.spec import ENGINE_ENV, ENGINES
 from toolkit.errors import ToolkitError, environment_error
 
 
@@ -38,8 +39,18 @@ from toolkit.errors import ToolkitError, environment_error
     'eval "$(_TOOLKIT_COMPLETE=bash_source toolkit)".',
 )
 @click.version_option(__version__, "--version", prog_name="toolkit", message="%(prog)s %(version)s")
-def cli() -> None:
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    envvar=ENGINE_ENV,
+    help="the container engine: docker (the default socket, or DOCKER_HOST) or podman "
+    "(your rootless Podman service's socket, or DOCKER_HOST/CONTAINER_HOST); "
+    "CONTAINER_HOST alone also selects it",
+)
+def cli(engine: str | None) -> None:
     """Containerized, reproducible post-training for Qwen3 and Qwen3-MoE."""
+    if engine:  # for this process and those it starts (the reaper, the builder)
+        os.environ[ENGINE_ENV] = engine
 
 
 for command in (

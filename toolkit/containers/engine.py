@@ -47,12 +47,16 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from toolkit.containers.spec import (
+    ENGINE_ENV,
     SECRETS_RECEIVER,
+    Engine,
     ImageInfo,
     Result,
     RunSpec,
+    engine_address,
     secrets_payload,
     unreachable,
+    wanted_engine,
 )
 from toolkit.errors import RuntimeFailure, UsageError
 
@@ -63,18 +67,60 @@ LABEL = "io.toolkit.run"  # every container toolkit starts carries it
 STOP_GRACE_S = 120  # time a stopped trainer gets to save its checkpoint
 
 
-def client() -> DockerClient:
-    """A client for the engine DOCKER_HOST names (or the default socket), or a
-    RuntimeFailure that says which socket failed and how to fix it."""
+def _connect(timeout: int) -> DockerClient:
+    """A client for the engine spec.engine_address names: DOCKER_HOST, CONTAINER_HOST,
+    Podman's socket for --engine podman, or Docker's default socket."""
     import docker
+
+    address, _ = engine_address()
+    if address is None:
+        return docker.from_env(timeout=timeout)
+    return docker.DockerClient(base_url=address, timeout=timeout)
+
+
+def client() -> DockerClient:
+    """A client for the engine (see _connect), or a RuntimeFailure that says which socket
+    failed and how to fix it; with --engine, one of that engine or exit 2."""
     from docker.errors import DockerException
 
+    wanted = wanted_engine()
     try:
-        c = docker.from_env(timeout=600)
+        c = _connect(600)
         c.ping()
-        return c
     except DockerException as exc:
         raise unreachable(str(exc)) from None
+    if wanted is not None and describe(c).name != wanted:
+        address, named_by = engine_address()
+        raise UsageError(
+            f"--engine {wanted}: the engine at {address or 'the default socket'} "
+            f"({named_by}) is {describe(c).name.capitalize()}; point DOCKER_HOST at "
+            f"{wanted.capitalize()}'s socket, or unset {ENGINE_ENV} (--engine) to use "
+            "the engine it names"
+        )
+    return c
+
+
+_described: dict[str, Engine] = {}
+
+
+def describe(c: DockerClient | None = None) -> Engine:
+    """Which engine answers (Podman names itself among the version's components), its
+    version, and whether it is rootless: Podman's own info says so; Docker lists
+    `name=rootless` among its security options."""
+    c = c or client()
+    key = str(c.api.base_url)
+    if key not in _described:
+        version = c.version()
+        names = [str(part.get("Name", "")) for part in version.get("Components") or []]
+        if any(name.startswith("Podman") for name in names):
+            libpod = c.api._result(c.api._get(c.api._url("/libpod/info")), json=True)
+            rootless = bool(libpod.get("host", {}).get("security", {}).get("rootless"))
+            _described[key] = Engine("podman", str(version.get("Version", "?")), rootless)
+        else:
+            options = c.info().get("SecurityOptions") or []
+            rootless = any("name=rootless" in str(o) for o in options)
+            _described[key] = Engine("docker", str(version.get("Version", "?")), rootless)
+    return _described[key]
 
 
 def image_info(ref: str) -> ImageInfo | None:
@@ -132,12 +178,21 @@ def pull(ref: str) -> Result:
 
 
 def import_rootfs(tarball: str, tag: str, changes: list[str]) -> Result:
-    """A base image from a root filesystem tarball (`docker import`)."""
+    """A base image from a root filesystem tarball (`docker import`), imported unnamed
+    and then tagged: Podman's import ignores the API's `tag` (it would name the image
+    docker.io/library/REPO:latest)."""
+    import re
+
     from docker.errors import DockerException
 
     repo, name = _split_ref(tag)
     try:
-        client().api.import_image(src=tarball, repository=repo, tag=name, changes=changes)
+        api = client().api
+        answer = str(api.import_image(src=tarball, changes=changes))
+        ids = re.findall(r"sha256:[0-9a-f]{64}", answer)
+        if not ids:
+            return Result(1, "", f"the engine did not name the imported image: {answer[-300:]}")
+        api.tag(ids[-1], repo, name)
     except DockerException as exc:
         return Result(1, "", str(exc))
     return Result(0)
@@ -270,9 +325,10 @@ def push(local: str, remote: str) -> ImageInfo:
     return info
 
 
-def create_kwargs(spec: RunSpec, name: str) -> dict:
+def create_kwargs(spec: RunSpec, name: str, rootless: bool = False) -> dict:
     """The API's fields for a spec (pure). Secrets are not among them: a spec that has
-    some gets an open stdin and the receiver before its command."""
+    some gets an open stdin and the receiver before its command. On a rootless engine
+    the container's root is the invoking user, so no user is asked for (spec.Engine)."""
     from docker.types import DeviceRequest, Mount, Ulimit
 
     env = [f"{k}={v}" for k, v in spec.env.items()]
@@ -283,7 +339,7 @@ def create_kwargs(spec: RunSpec, name: str) -> dict:
         command=[*SECRETS_RECEIVER, *spec.command] if spec.secrets else spec.command,
         name=name,
         labels={LABEL: "1"},
-        user=spec.user,
+        user=None if rootless else spec.user,
         working_dir=spec.workdir,
         environment=env,
         init=True,
@@ -329,7 +385,8 @@ def run(spec: RunSpec, keep_fds: tuple[int, ...] = (), stdout: BinaryIO | None =
     # creating it and starting it leaves nothing behind either.
     with _reaper(name, keep_fds):
         try:
-            container = engine.containers.create(**create_kwargs(spec, name))
+            rootless = describe(engine).rootless
+            container = engine.containers.create(**create_kwargs(spec, name, rootless))
         except ImageNotFound:
             raise UsageError(
                 f"image {spec.image}: not on this engine; build it with "
@@ -464,11 +521,10 @@ def reap(container_id: str, read_end: int) -> None:
     container is gone."""
     while os.read(read_end, 1024):
         pass
-    import docker
     from docker.errors import DockerException, NotFound
 
     try:
-        container = docker.from_env(timeout=STOP_GRACE_S + 60).containers.get(container_id)
+        container = _connect(STOP_GRACE_S + 60).containers.get(container_id)
     except NotFound:
         return
     except DockerException:

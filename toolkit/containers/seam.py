@@ -14,7 +14,7 @@ import subprocess
 import sys
 from typing import TextIO
 
-from toolkit.containers.spec import ImageInfo, Result, RunSpec
+from toolkit.containers.spec import Engine, ImageInfo, Result, RunSpec
 from toolkit.errors import RuntimeFailure
 
 
@@ -111,6 +111,13 @@ class Docker:
 
         return str(engine.client().version().get("Version", "unknown"))
 
+    def engine(self) -> Engine:
+        """Which engine answers (Docker or Podman), its version, and whether it is
+        rootless (then containers run as the invoking user)."""
+        from toolkit.containers import engine
+
+        return engine.describe()
+
     def info(self) -> tuple[str | None, tuple[str, ...]]:
         """The engine's data root and the container runtimes it knows (nvidia among them
         when the NVIDIA Container Toolkit is set up)."""
@@ -190,8 +197,11 @@ class Docker:
 
         A modern Docker builds with BuildKit through the CLI's buildx plugin. Without it
         the build goes through the API's (classic) builder — the Dockerfile works with
-        both — and we say so.
+        both — and we say so. Podman builds through its API (Buildah), BuildKit's
+        equivalent there.
         """
+        if self.engine().name == "podman":
+            return {"DOCKER_BUILDKIT": "0"}, None
         if (
             self.runtime.which("docker")
             and self.runtime.run(["docker", "buildx", "version"], timeout=20).ok

@@ -27,29 +27,99 @@ class Result:
         return self.returncode == 0
 
 
+ENGINES = ("docker", "podman")
+ENGINE_ENV = "TOOLKIT_ENGINE"  # what --engine sets: docker or podman
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Which engine answers, and whether it runs as the invoking user (rootless Podman or
+    rootless Docker): then the container's root is that user, and asking for the host's
+    uid inside would map it to a subordinate one that may write nothing of theirs."""
+
+    name: str  # "docker" or "podman"
+    version: str
+    rootless: bool = False
+
+    def __str__(self) -> str:
+        kind = "rootless, containers run as you" if self.rootless else "rootful"
+        return f"{self.name.capitalize()} {self.version} ({kind})"
+
+
+def podman_socket() -> str:
+    """Where Podman's service listens by default: the user's own (rootless) socket under
+    XDG_RUNTIME_DIR, or root's."""
+    if os.geteuid() == 0:
+        return "/run/podman/podman.sock"
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+    return f"{runtime_dir}/podman/podman.sock"
+
+
+def engine_address() -> tuple[str | None, str]:
+    """The engine's address for the client, and what named it: DOCKER_HOST when set, else
+    CONTAINER_HOST (Podman's variable), else with --engine podman (TOOLKIT_ENGINE) the
+    Podman socket; None: Docker's default socket."""
+    for name in ("DOCKER_HOST", "CONTAINER_HOST"):
+        if os.environ.get(name):
+            return os.environ[name], name
+    if os.environ.get(ENGINE_ENV) == "podman":
+        return f"unix://{podman_socket()}", "--engine podman"
+    return None, "the default socket"
+
+
+def wanted_engine() -> str | None:
+    """The engine --engine (TOOLKIT_ENGINE) asks for, or None; a value that names none is
+    exit 2."""
+    from toolkit.errors import UsageError
+
+    wanted = os.environ.get(ENGINE_ENV) or None
+    if wanted is not None and wanted not in ENGINES:
+        raise UsageError(
+            f"{ENGINE_ENV}={wanted}: not an engine toolkit knows; use docker or podman "
+            f"(or unset {ENGINE_ENV})"
+        )
+    return wanted
+
+
 def unreachable(detail: str) -> RuntimeFailure:
     """Our message for an engine that does not answer, from what the client said: a socket
-    we may not use is not an engine that is down, and DOCKER_HOST is named when set."""
-    host = os.environ.get("DOCKER_HOST")
-    where = f"DOCKER_HOST={host}" if host else "the default socket /var/run/docker.sock"
+    we may not use is not an engine that is down, and the variable that named the address
+    is named."""
+    address, named_by = engine_address()
+    podman = os.environ.get(ENGINE_ENV) == "podman" or "podman" in (address or "")
+    if named_by.isupper():  # DOCKER_HOST or CONTAINER_HOST
+        where = f"{named_by}={address}"
+    else:
+        where = f"{address} ({named_by})" if address else "the default socket /var/run/docker.sock"
     line = (detail.strip().splitlines() or ["no answer"])[0][:160]
+    kind = "Podman service" if podman else "Docker engine"
     if "permission denied" in detail.lower() or "permissionerror" in detail.lower():
-        return RuntimeFailure(
-            f"permission denied on the Docker engine at {where}; add your "
-            "user to the docker group (`sudo usermod -aG docker $USER`, then "
-            "log in again) or run as a user that may use it"
-            + ("; or unset DOCKER_HOST to use the default socket" if host else "")
+        fix = (
+            "the Podman socket is its user's alone: run as that user, or start your own "
+            "rootless service"
+            if podman
+            else "add your user to the docker group (`sudo usermod -aG docker $USER`, then "
+            "log in again) or run as a user that may use it; or use rootless Podman "
+            "(--engine podman)"
         )
-    if host:
+        other = f"; or unset {named_by} to use the default socket" if named_by.isupper() else ""
+        return RuntimeFailure(f"permission denied on the {kind} at {where}; {fix}{other}")
+    if podman:
         return RuntimeFailure(
-            f"no Docker engine answers at DOCKER_HOST={host} ({line}); check "
-            "the address, or unset DOCKER_HOST to use the default socket, or "
+            f"no Podman service answers at {where} ({line}); start yours with "
+            f"`podman system service --time=0 unix://{podman_socket()} &` (or "
+            "`systemctl --user start podman.socket`), or pass --runtime local"
+        )
+    if named_by.isupper():
+        return RuntimeFailure(
+            f"no {kind} answers at {where} ({line}); check "
+            f"the address, or unset {named_by} to use the default socket, or "
             "pass --runtime local"
         )
     return RuntimeFailure(
         f"the Docker engine does not answer at {where} ({line}); start it "
         "(`sudo systemctl start docker`, or `dockerd &`) and check "
-        "`docker info`, or pass --runtime local"
+        "`docker info`, or use rootless Podman (--engine podman), or pass --runtime local"
     )
 
 

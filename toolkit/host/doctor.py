@@ -138,7 +138,7 @@ def _docker_findings(
             )
         )
         return out
-    out.append(Finding("docker", Status.OK, f"engine {host.docker_version}"))
+    out.append(Finding("docker", Status.OK, f"engine {host.docker_engine or host.docker_version}"))
     vendors = host.facts.vendors
     if "nvidia" in vendors:
         if "nvidia" in host.docker_runtimes or host.nvidia_ctk:

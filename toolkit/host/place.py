@@ -364,7 +364,9 @@ def run_in_image(
         accelerator = "cpu"
     gids = amd_group_ids() if accelerator == "rocm" else ()
     uid, gid = (int(x) for x in host_user().split(":"))
-    if os.geteuid() == 0 and uid != 0:  # root on the host, another user in the container
+    engine = docker.engine()
+    # A rootless engine's containers run as the invoking user (spec.Engine): no other.
+    if os.geteuid() == 0 and uid != 0 and not engine.rootless:
         for private in (plan_file.parent, plan_file):
             os.chown(private, uid, gid)
     for path in plan.writes:
@@ -382,7 +384,8 @@ def run_in_image(
     }[plan.network]
     if spec.secrets:  # names only
         note += f", given {', '.join(spec.secrets)} on its stdin"
-    print(f"toolkit: running in {image} as {spec.user}, {note}", file=sys.stderr, flush=True)
+    who = f"you (rootless {engine.name.capitalize()})" if engine.rootless else spec.user
+    print(f"toolkit: running in {image} as {who}, {note}", file=sys.stderr, flush=True)
     return docker.run(spec, keep_fds)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from toolkit.compat import Gpu, HostFacts
 from toolkit.containers.seam import Runtime
+from toolkit.containers.spec import Engine
 from toolkit.errors import RuntimeFailure
 
 NVIDIA_QUERY = "index,name,compute_cap,driver_version,memory.total,mig.mode.current"
@@ -154,6 +155,7 @@ class Host:
     facts: HostFacts
     sources: list[str] = field(default_factory=list)  # which probe answered what
     docker_version: str | None = None
+    docker_engine: Engine | None = None  # which engine answers (Docker or Podman), rootless?
     docker_error: str | None = None  # why no engine answers, as the client said it
     docker_root: str | None = None
     docker_runtimes: tuple[str, ...] = ()
@@ -240,12 +242,14 @@ def gather(
         version, docker_error = docker.require(), None
     except RuntimeFailure as exc:
         version, docker_error = None, str(exc)
+    engine = docker.engine() if version else None
     root, runtimes = docker.info() if version else (None, ())
     disk = _free_gb(root) if root else _free_gb("/var/lib/docker")
     return Host(
         facts=HostFacts(gpus=tuple(gpus + amd), nvidia_driver=driver, cuda_driver=cuda),
         sources=sources,
         docker_version=version,
+        docker_engine=engine,
         docker_error=docker_error,
         docker_root=root,
         docker_runtimes=runtimes,

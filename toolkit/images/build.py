@@ -104,7 +104,7 @@ def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
             say(note)
         build_id = uuid.uuid4().hex
         args = {
-            "BASE_IMAGE": base,
+            "BASE_IMAGE": _full_name(base, base_info),
             "PIP_SOURCE": pip_source,
             "BASE_ID": base_info.id if base_info else "",
             "SOURCE_SHA256": source,
@@ -128,6 +128,14 @@ def build_image(variant: Variant, runtime: Runtime, opts: BuildOptions) -> str:
             if cache.remove_image(docker, image):
                 say(f"removed {image.tags[0] if image.tags else image.id[7:19]}, replaced by {tag}")
     return tag
+
+
+def _full_name(ref: str, info: ImageInfo | None) -> str:
+    """`ref` as the engine names the image: Podman keeps what it imported or built as
+    localhost/NAME:TAG, and its builder takes a short NAME:TAG for a Docker Hub name."""
+    if info is None or ref in info.tags:
+        return ref
+    return next((t for t in info.tags if t.endswith(f"/{ref}")), ref)
 
 
 def replaced_images(
@@ -228,52 +236,35 @@ def resolve_base(variant: Variant, docker: Docker, opts: BuildOptions) -> str:
 
 
 def make_local_base(variant: Variant, docker: Docker) -> str:
-    """debootstrap a minimal Debian with Python into a folder and `docker import` it."""
+    """A minimal Debian with Python from Debian's archive, imported into the engine:
+    debootstrap as root; as an ordinary user (rootless Podman), mmdebstrap in a user
+    namespace."""
     tag = variant.local_base_tag
     if docker.inspect_image(tag) is not None:
         return tag
     runtime = docker.runtime
-    if runtime.which("debootstrap") is None:
-        raise RuntimeFailure(
-            "building a local base needs debootstrap; install it "
-            "(`sudo apt-get install debootstrap`) or pass --base IMAGE"
-        )
-    if os.geteuid() != 0:
-        raise RuntimeFailure(
-            "debootstrap must run as root; run `sudo toolkit images build "
-            f"{variant.name} --local-base` once, or pass --base IMAGE"
-        )
     mirror = os.environ.get("TOOLKIT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-    say(f"building {tag} with debootstrap from {mirror} (about a minute)")
+    include = "--include=" + ",".join(variant.local_base_packages)
     with tempfile.TemporaryDirectory(prefix="toolkit-rootfs-") as tmp:
-        root = Path(tmp) / "root"
-        res = runtime.run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                "--include=" + ",".join(variant.local_base_packages),
-                variant.local_base_suite,
-                str(root),
-                mirror,
-            ],
-            timeout=1800,
-        )
-        if not res.ok:
-            raise RuntimeFailure(
-                f"debootstrap failed: {res.stderr.strip()[-400:]}\n"
-                "Set TOOLKIT_DEBIAN_MIRROR to a reachable mirror, or pass "
-                "--base IMAGE"
-            )
-        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            for item in (root / cache).glob("*"):
-                if item.is_file():
-                    item.unlink()
         tarball = Path(tmp) / "rootfs.tar"
-        tar = runtime.run(
-            ["tar", "--numeric-owner", "-C", str(root), "-cf", str(tarball), "."], timeout=600
-        )
-        if not tar.ok:
-            raise RuntimeFailure(f"packing the base failed: {tar.stderr.strip()[-400:]}")
+        if os.geteuid() == 0:
+            _debootstrap(runtime, variant, include, mirror, Path(tmp), tarball)
+        else:
+            if runtime.which("mmdebstrap") is None:
+                raise RuntimeFailure(
+                    "building a local base as an ordinary user needs mmdebstrap, which "
+                    "builds it in a user namespace (`sudo apt-get install mmdebstrap`); or "
+                    f"run `sudo toolkit images build {variant.name} --local-base` once, or "
+                    "pass --base IMAGE"
+                )
+            say(f"building {tag} with mmdebstrap from {mirror} (about a minute)")
+            argv = ["mmdebstrap", "--mode=unshare", "--variant=minbase", include]
+            res = runtime.run([*argv, variant.local_base_suite, str(tarball), mirror], timeout=1800)
+            if not res.ok:
+                raise RuntimeFailure(
+                    f"mmdebstrap failed: {res.stderr.strip()[-400:]}\n"
+                    "Set TOOLKIT_DEBIAN_MIRROR to a reachable mirror, or pass --base IMAGE"
+                )
         imported = docker.import_rootfs(
             str(tarball),
             tag,
@@ -284,8 +275,40 @@ def make_local_base(variant: Variant, docker: Docker) -> str:
             ],
         )
         if not imported.ok:
-            raise RuntimeFailure(f"docker import failed: {imported.stderr.strip()[-400:]}")
+            raise RuntimeFailure(f"importing the base failed: {imported.stderr.strip()[-400:]}")
     return tag
+
+
+def _debootstrap(
+    runtime: Runtime, variant: Variant, include: str, mirror: str, tmp: Path, tarball: Path
+) -> None:
+    """debootstrap into a folder (root only), empty apt's caches, pack it as `tarball`."""
+    if runtime.which("debootstrap") is None:
+        raise RuntimeFailure(
+            "building a local base needs debootstrap; install it "
+            "(`sudo apt-get install debootstrap`) or pass --base IMAGE"
+        )
+    say(f"building {variant.local_base_tag} with debootstrap from {mirror} (about a minute)")
+    root = tmp / "root"
+    res = runtime.run(
+        ["debootstrap", "--variant=minbase", include, variant.local_base_suite, str(root), mirror],
+        timeout=1800,
+    )
+    if not res.ok:
+        raise RuntimeFailure(
+            f"debootstrap failed: {res.stderr.strip()[-400:]}\n"
+            "Set TOOLKIT_DEBIAN_MIRROR to a reachable mirror, or pass "
+            "--base IMAGE"
+        )
+    for apt_cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        for item in (root / apt_cache).glob("*"):
+            if item.is_file():
+                item.unlink()
+    tar = runtime.run(
+        ["tar", "--numeric-owner", "-C", str(root), "-cf", str(tarball), "."], timeout=600
+    )
+    if not tar.ok:
+        raise RuntimeFailure(f"packing the base failed: {tar.stderr.strip()[-400:]}")
 
 
 def _git(runtime: Runtime, *args: str) -> str | None:
