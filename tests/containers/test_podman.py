@@ -92,6 +92,7 @@ def service(user, home) -> dict[str, str]:
         + [f"unix://{socket}"],
         stdout=subprocess.DEVNULL,
         stderr=(home / "service.log").open("w"),
+        start_new_session=True,  # runuser and the service: one group to stop at the end
     )
     deadline = time.monotonic() + 60
     while not socket.exists():
@@ -99,8 +100,11 @@ def service(user, home) -> dict[str, str]:
         assert time.monotonic() < deadline, "Podman's service did not start"
         time.sleep(0.2)
     yield {**env, "PODMAN_SOCKET": str(socket)}
-    proc.terminate()
+    os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(30)
+    # And Podman's pause process (catatonit), which outlives a rootless service by design:
+    # USER is these tests' own.
+    subprocess.run(["pkill", "-u", USER], check=False)
 
 
 @pytest.fixture(scope="module")
