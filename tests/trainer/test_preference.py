@@ -300,6 +300,32 @@ def test_packing_with_rl_and_wrong_dataset_types_are_refused(write_config, pairs
             {"messages": [{"role": "user", "content": "a"}], "chosen": "", "rejected": "no"},
             "row 1: chosen is empty",
         ),
+        *(
+            (
+                "chat_template.default",
+                rl,
+                {
+                    "messages": [
+                        {"role": "user", "content": "a"},
+                        {"role": "system", "content": "be brief"},
+                    ],
+                    "chosen": "yes",
+                    "rejected": "no",
+                },
+                f"row 1: the prompt ends with a system message; rl: {rl} needs the reply",
+            )
+            for rl in ("orpo", "simpo")
+        ),
+        (
+            "kto",
+            "kto",
+            {
+                "prompt": [{"role": "system", "content": "s"}],
+                "completion": "yes",
+                "label": True,
+            },
+            "row 1: the prompt ends with a system message; rl: kto needs the reply",
+        ),
         (
             "stepwise_supervised",
             None,

@@ -142,6 +142,22 @@ NORMALIZERS = {
 }
 
 
+# TRL's ORPO, CPO (SimPO) and KTO trainers render the prompt themselves and raise on a
+# prompt whose last message is not a user, tool or assistant turn (trl.data_utils).
+RENDERS_THE_PROMPT = {"orpo", "simpo", "kto"}
+BEFORE_A_REPLY = ("user", "tool", "assistant")
+
+
+def _reply_follows_a_turn(row: dict, rl: str) -> None:
+    last = row["prompt"][-1]["role"] if row.get("prompt") else None
+    if isinstance(row.get("prompt"), list) and last not in BEFORE_A_REPLY:
+        raise RowError(
+            f"the prompt ends with a {last} message; rl: {rl} needs the reply to follow a "
+            "user (or tool) turn: move that message to the start of the prompt, or drop "
+            "the row (rl: dpo takes such prompts)"
+        )
+
+
 def read_all(cfg: Config) -> list[dict]:
     """Every row of every dataset in canonical shape; bad rows stop the run, named."""
     out: list[dict] = []
@@ -151,7 +167,10 @@ def read_all(cfg: Config) -> list[dict]:
         bad = []
         for n, row in enumerate(rows, start=1):
             try:
-                out.append(normalize(row, ds))
+                shaped = normalize(row, ds)
+                if cfg.rl in RENDERS_THE_PROMPT:
+                    _reply_follows_a_turn(shaped, cfg.rl)
+                out.append(shaped)
             except RowError as exc:
                 bad.append(f"row {n}: {exc}")
         if bad:
