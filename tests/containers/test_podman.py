@@ -160,7 +160,7 @@ def _read(path: Path) -> str:
 
 
 def workdir(home: Path, user, name: str) -> Path:
-    """A working folder of the user's with the demo, someone else's files and a link out."""
+    """A working folder of the user's with the demo and files that are not toolkit's."""
     here = home / name
     (here / "configs" / "data").mkdir(parents=True)
     shutil.copy(DEMO_CONFIG, here / "demo.yaml")
