@@ -84,10 +84,6 @@ def build_wheel(work: Path) -> Path:
     """The wheel of this checkout's files (those git lists, committed or not), built in
     `work`: never from the checkout itself, whose setuptools build/lib keeps modules
     removed since and would put them in the wheel (and so change its image tags)."""
-    import shutil
-    import subprocess
-    import sys
-
     from conftest import REPO
 
     source, dist = work / "source", work / "dist"

@@ -139,12 +139,10 @@ def toolkit(user, venv, service, cwd: Path, *args: str, how: str = "--engine", *
     """`toolkit ARGS` as the user, the engine named as `how` says."""
     env = {**service, "PATH": f"{venv}:{service['PATH']}", **extra}
     socket = f"unix://{env.pop('PODMAN_SOCKET')}"
-    argv = ["toolkit", *args]
-    if how == "--engine":
-        argv = ["toolkit", "--engine", "podman", *args]
-    else:  # DOCKER_HOST or CONTAINER_HOST
+    if how != "--engine":  # DOCKER_HOST or CONTAINER_HOST
         env[how] = socket
-    return as_user(user, argv, cwd, env)
+    flags = ["--engine", "podman"] if how == "--engine" else []
+    return as_user(user, ["toolkit", *flags, *args], cwd, env)
 
 
 def containers(user, service) -> list[str]:

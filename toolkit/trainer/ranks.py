@@ -48,7 +48,12 @@ def main(argv: list[str]) -> int:
     except SignalException as exc:
         if _preempted(output_dir, before):
             return Preempted.exit_code
-        print(f"toolkit: stopped by {_name(exc.sigval)} before a checkpoint", file=sys.stderr)
+        print(
+            f"toolkit: stopped by {_name(exc.sigval)} before a checkpoint of this run was "
+            "saved; run the same command again to resume from the newest complete one "
+            "(or from step 0 if there is none)",
+            file=sys.stderr,
+        )
         return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         if _preempted(output_dir, before):
