@@ -158,6 +158,81 @@ def test_other_engines_are_written_and_parse(
         assert f"docker://{DIGEST}" in inner and ":/toolkit/outputs:rw" in inner
 
 
+# A stand-in engine for the node step: the container runs in the background and ends
+# with CODE after SECONDS; the `run` client dies at once of a SIGTERM (as Slurm's signal
+# to the step kills it) and the first KILLED `wait` clients too, as srun's second signal
+# to the step does when another node exits 75 first.
+FAKE_ENGINE = r"""#!/bin/bash
+state="$FAKE/state"; name="${@: -1}"
+case "$1" in
+  run) [ "$NEVER" = created ] && exit 125
+       [ "$NEVER" = started ] && { echo "created 0" > "$state"; exit 125; }
+       echo "running 0" > "$state"
+       ( sleep "$SECONDS_TO_END"; echo "exited $CODE" > "$state" ) &
+       kill -TERM $$ ;;
+  wait) n=$(cat "$FAKE/waits" 2>/dev/null || echo 0); echo $((n + 1)) > "$FAKE/waits"
+        [ "$n" -lt "$KILLED" ] && kill -TERM $$
+        while grep -q '^running' "$state"; do sleep 0.1; done; cut -d' ' -f2 "$state" ;;
+  inspect) [ -f "$state" ] || { echo "Error: No such container: $name" >&2; exit 1; }
+           cat "$state" ;;
+  rm) [ "$2" = -f ] || echo "rm" >> "$FAKE/removed"; rm -f "$state" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(
+    ("never", "killed", "code", "expect"),
+    [
+        ("", 0, 75, 75),
+        ("", 3, 75, 75),
+        ("", 2, 0, 0),
+        ("created", 0, 0, 125),
+        ("started", 0, 0, 125),
+    ],
+)
+def test_the_node_step_reads_the_exit_code_even_when_its_clients_are_killed(
+    pushed, tiny_model_dir, tmp_path, never, killed, code, expect
+):
+    """The step's code is the container's, whichever engine clients Slurm's signals end
+    on the way; a container that never ran is 125 at once, not a wait."""
+    config = _config(tmp_path, tiny_model_dir, DEMO_CONFIG.parent / "data" / "demo-chat.jsonl")
+    assert (
+        _launch(config, tmp_path / "job.sh", "--nodes", "2", "--outputs", str(tmp_path / "runs"))
+        == 0
+    )
+    script = (tmp_path / "job.sh").read_text()
+    step = script.split("srun --kill-on-bad-exit=1 bash -c ", 1)[1].rsplit(" || status=$?", 1)
+    [inner] = shlex.split(step[0])
+    engine = tmp_path / "engine"
+    engine.write_text(FAKE_ENGINE)
+    engine.chmod(0o755)
+    env = {
+        "PATH": os.environ["PATH"],
+        "ENGINE": str(engine),
+        "IMAGE": "img",
+        "FAKE": str(tmp_path),
+        "JOB": str(tmp_path / "job.d"),
+        "OUTPUTS": str(tmp_path / "runs"),
+        "SLURM_NODEID": "0",
+        "SLURM_JOB_ID": "7",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29500",
+        "NEVER": never,
+        "KILLED": str(killed),
+        "CODE": str(code),
+        "SECONDS_TO_END": "1",
+    }
+    started = time.monotonic()
+    done = subprocess.run(
+        ["bash", "-c", inner], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == expect, done.stderr
+    assert (tmp_path / "job.d" / "exit-0").read_text().strip() == str(expect)
+    assert time.monotonic() - started < 12
+    if not never:
+        assert (tmp_path / "removed").read_text() == "rm\n"  # removed once its code was read
+
+
 def test_an_archive_that_is_not_docker_save_output_is_exit_2(tiny_model_dir, tmp_path, capsys):
     config = _config(tmp_path, tiny_model_dir, DEMO_CONFIG.parent / "data" / "demo-chat.jsonl")
     bogus = tmp_path / "image.tar"

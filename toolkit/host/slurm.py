@@ -288,12 +288,38 @@ def _node_step(train: RunSpec, engine: Engine, image: Image) -> str:
             f"{run} {RANK_FLAGS} &",
             "client=$!",
             'while kill -0 "$client" 2>/dev/null; do wait "$client" || true; done',
-            'status=$("$ENGINE" wait "$NAME" 2>/dev/null || echo 125)',
+            *_container_exit_code(),
             '"$ENGINE" rm "$NAME" >/dev/null 2>&1 || true',
             'echo "$status" > "$JOB/exit-$SLURM_NODEID"',
             'exit "$status"',
         ]
     )
+
+
+def _container_exit_code() -> list[str]:
+    """Shell: `status`, the container's exit code once it has ended, read from the engine
+    until it answers: a `wait` or `inspect` client can itself be ended by the signals
+    Slurm sends the step (srun ends the step when another node exits 75 first), and the
+    ranks may still be saving then. A container the engine does not know (never created)
+    or never started is 125, the engine's own code for a container that did not run."""
+    state = '"$ENGINE" inspect --format \'{{.State.Status}} {{.State.ExitCode}}\' "$NAME"'
+    return [
+        'status=""',
+        "for try in $(seq 900); do",
+        f"  if state=$({state} 2>/dev/null); then",
+        '    case "${state%% *}" in',
+        "      exited|stopped|dead) status=${state##* }; break ;;",
+        "      created|configured) status=125; break ;;",
+        '      *) "$ENGINE" wait "$NAME" >/dev/null 2>&1 || sleep 1 || true ;;',
+        "    esac",
+        '  elif [ "$try" -ge 5 ]; then',
+        "    break",
+        "  else",
+        "    sleep 1 || true",
+        "  fi",
+        "done",
+        "status=${status:-125}",
+    ]
 
 
 def _after_the_first() -> list[str]:
