@@ -334,8 +334,6 @@ def _tools(value, where: str) -> list[dict] | None:
     return out or None
 
 
-# Two placeholders with different first and last characters (axolotl's): a template
-# may glue an edge character of one onto its neighbours, never of both.
 # The placeholder a turn's content is replaced by, of private-use characters no text
 # holds: what differs from the real rendering is the turn.
 SENTINEL = "\ue000toolkit-turn\ue001"

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from toolkit.compat import VARLEN
@@ -149,11 +150,23 @@ def hub_kwargs(cfg: Config, ref: str) -> dict:
     return model_kwargs(cfg.revision_of_model, ref, used())
 
 
-def load_tokenizer(cfg: Config) -> Any:
-    from transformers import AutoTokenizer
+# Qwen3's tokenizer classes, as AutoTokenizer picks them for these model types from
+# tokenizer_config.json's tokenizer_class (transformers 5; tests/trainer/test_model.py
+# checks the choice against AutoTokenizer's for each).
+QWEN3_MODEL_TYPES = frozenset({"qwen3", "qwen3_moe"})
+QWEN3_TOKENIZER_CLASSES = ("Qwen2Tokenizer", "TokenizersBackend")
 
+
+def load_tokenizer(cfg: Config) -> Any:
     source = cfg.tokenizer_config or cfg.base_model
-    tokenizer = AutoTokenizer.from_pretrained(source, **hub_kwargs(cfg, source))
+    kwargs = hub_kwargs(cfg, source)
+    cls = qwen3_tokenizer_class(source, kwargs)
+    if cls is not None:
+        tokenizer = cls.from_pretrained(source, _from_auto=True, **kwargs)
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     vocab = tokenizer.get_vocab()
     for role, token in (cfg.special_tokens or {}).items():
         if token not in vocab:
@@ -167,6 +180,42 @@ def load_tokenizer(cfg: Config) -> Any:
         # Qwen3 ships <|endoftext|> as its pad token; fall back to EOS elsewhere.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def qwen3_tokenizer_class(source: str, kwargs: dict) -> Any:
+    """The class AutoTokenizer loads for a Qwen3 or Qwen3-MoE model's own tokenizer,
+    found from its two JSON files; None for any other (AutoTokenizer then decides).
+
+    AutoTokenizer's import loads transformers' model configuration code, which imports
+    torch: about a second, and 180 MB in each tokenizing process, for `toolkit
+    preprocess`, which needs neither (bench/README.md, Data at scale)."""
+    import json
+
+    import transformers
+    from transformers.utils import cached_file
+
+    def read(name: str) -> Any:
+        path = cached_file(
+            source,
+            name,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **kwargs,
+        )
+        return json.loads(Path(path).read_text(encoding="utf-8")) if path else None
+
+    try:
+        config, tokenizer_config = read("config.json"), read("tokenizer_config.json")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or not isinstance(tokenizer_config, dict):
+        return None
+    if config.get("model_type") not in QWEN3_MODEL_TYPES:
+        return None
+    if "auto_map" in config or "auto_map" in tokenizer_config:
+        return None
+    name = str(tokenizer_config.get("tokenizer_class") or "").removesuffix("Fast")
+    return getattr(transformers, name) if name in QWEN3_TOKENIZER_CLASSES else None
 
 
 # The model class for each kind of head a recipe trains.
