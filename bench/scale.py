@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -137,6 +138,8 @@ def main() -> None:
             dataset_prepared_path=str(tmp / "prepared"),
             output_dir=str(tmp / "out"),
         )
+        # A cold cache, also when --keep reuses the folder.
+        shutil.rmtree(tmp / "prepared", ignore_errors=True)
         floor = json.loads(
             subprocess.run(
                 [sys.executable, __file__, "--floor", str(data), str(model / "tokenizer.json")],

@@ -474,3 +474,28 @@ def test_a_reply_that_looks_like_the_placeholder_is_still_trained_whole(tiny_tok
             ("\n", False),
         ],
     )
+
+
+def test_the_differing_span_is_the_one_reversed_texts_give():
+    """_diff_span compares in place (a huge text is never reversed or copied whole); its
+    answer is the plain one: common prefix, then common suffix not reaching into it."""
+    import random
+
+    from toolkit.trainer.chat import _diff_span
+
+    def plain(full: str, dummy: str) -> tuple[int, int]:
+        limit = min(len(full), len(dummy))
+        start = next((k for k in range(limit) if full[k] != dummy[k]), limit)
+        tail = 0
+        while tail < limit - start and full[-1 - tail] == dummy[-1 - tail]:
+            tail += 1
+        return start, len(full) - tail
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        full = "".join(rng.choice("ab") for _ in range(rng.randint(0, 12)))
+        dummy = "".join(rng.choice("ab\ue000") for _ in range(rng.randint(0, 12)))
+        if rng.random() < 0.5:  # a shared start and end around a replaced middle
+            cut = rng.randint(0, len(full))
+            dummy = full[:cut] + dummy + full[cut + rng.randint(0, len(full) - cut) :]
+        assert _diff_span(full, dummy) == plain(full, dummy), (full, dummy)

@@ -23,7 +23,9 @@ from toolkit.errors import DataError
 from toolkit.tiny import demo_conversations
 from toolkit.trainer.chat import IGNORE_INDEX, TooLong, TurnRule, build_encoder, token_reach
 from toolkit.trainer.data import (
+    BIG_ROW,
     Example,
+    _runs,
     apply_split,
     build_examples,
     open_rows,
@@ -55,6 +57,20 @@ def test_json_lines_are_the_lines_splitlines_finds(tmp_path):
     path.write_text(text, encoding="utf-8", newline="")
     assert read_rows(DatasetConfig(path=str(path)), 0) == CHATS[:6]
     assert [json.loads(x) for x in text.splitlines() if x.strip()] == CHATS[:6]
+
+
+def test_a_huge_row_is_read_alone_and_its_neighbours_whole(tmp_path):
+    """A row over BIG_ROW bytes is read by itself (its bytes freed once parsed); the
+    rows on either side of it, in any selection, are the file's."""
+    rows = [*CHATS[:3], {"messages": [{"role": "user", "content": "é" * (BIG_ROW + 5)}]}]
+    rows += CHATS[3:6]
+    path = tmp_path / "chats.jsonl"
+    path.write_text(jsonl(rows), encoding="utf-8")
+    assert read_rows(DatasetConfig(path=str(path)), 0) == rows
+    opened = open_rows(DatasetConfig(path=str(path)), 0)
+    for picked in ([2, 3, 4], [3], [0, 1, 2, 4, 5, 6], [6, 3, 2]):
+        assert opened.take(picked) == [rows[i] for i in picked]
+    assert list(_runs([1, 2, 3, 4, 5, 7], lambda i: i == 3)) == [[1, 2], [3], [4, 5], [7]]
 
 
 @pytest.mark.parametrize(
@@ -269,8 +285,9 @@ CAPPED = textwrap.dedent(
 def test_preprocessing_50k_rows_stays_under_a_memory_cap(tiny_model_dir, tmp_path):
     """50 000 long-tailed rows (one of them 4.5 MB) prepared with each process's data
     segment capped (RLIMIT_DATA, inherited by the tokenizing workers). Streaming needs
-    about 310 MB here; the reading that held every row and token in memory needed 510 MB
-    in the main process and 1.47 GB in a worker (the long row, tokenized whole)."""
+    about 100 MB here (310 MB while the tokenizer's loading imported torch); the reading
+    that held every row and token in memory needed 510 MB in the main process and 1.47 GB
+    in a worker (the long row, tokenized whole). 100 MB fails (seen)."""
     rows = long_tailed(50_000, seed=2)
     rows[123]["messages"][0]["content"] = "ka lo mi ren " * 350_000
     data = tmp_path / "chats.jsonl"
@@ -288,7 +305,7 @@ def test_preprocessing_50k_rows_stays_under_a_memory_cap(tiny_model_dir, tmp_pat
             }
         )
     )
-    cap = 640 << 20
+    cap = 192 << 20
     done = subprocess.run(
         [sys.executable, "-c", CAPPED, str(cap), str(config)],
         capture_output=True,

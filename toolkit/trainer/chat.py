@@ -605,17 +605,34 @@ def _diff_span(full: str, dummy: str) -> tuple[int, int]:
     the suffix never reaching into the prefix."""
     limit = min(len(full), len(dummy))
     start = _common_prefix(full, dummy, limit)
-    tail = _common_prefix(full[::-1], dummy[::-1], limit - start)
+    tail = _common_suffix(full, dummy, limit - start)
     return start, len(full) - tail
 
 
 def _common_prefix(a: str, b: str, limit: int) -> int:
     """Length of the common prefix of a and b, at most limit; compared in blocks, so
-    the scan runs in C."""
+    the scan runs in C (and only the shorter text's blocks are copied)."""
+    if len(b) > len(a):
+        a, b = b, a
     lo, hi = 0, limit
     while lo < hi:  # binary search on the longest equal prefix
         mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
+        if a.startswith(b[:mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _common_suffix(a: str, b: str, limit: int) -> int:
+    """Length of the common suffix of a and b, at most limit (as _common_prefix; neither
+    text is reversed, which would copy a huge one whole)."""
+    if len(b) > len(a):
+        a, b = b, a
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a.endswith(b[len(b) - mid :]):
             lo = mid
         else:
             hi = mid - 1

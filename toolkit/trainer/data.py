@@ -17,7 +17,7 @@ import os
 import random
 import re
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -475,19 +475,23 @@ class _JsonLines:
     def read(self, indices: list[int]) -> list[dict]:
         out = []
         with open_regular(self.file, self.key, DataError) as f:
-            for run in _runs(indices):
+            for run in _runs(indices, lambda i: self.ends[i] - self.starts[i] > BIG_ROW):
                 base, size = self.starts[run[0]], self.ends[run[-1]] - self.starts[run[0]]
                 data = os.pread(f.fileno(), size, base)
                 if len(data) != size:
                     raise self._changed()
+                view = memoryview(data)  # rows decoded from it in place, not copied out
                 for i in run:
-                    out.append(self._row(i, data[self.starts[i] - base : self.ends[i] - base]))
+                    out.append(self._row(i, view[self.starts[i] - base : self.ends[i] - base]))
+                del view, data  # a huge row's bytes go before the next run is read
         return out
 
-    def _row(self, i: int, raw: bytes) -> dict:
+    def _row(self, i: int, raw: memoryview) -> dict:
         name, line = self.file.name, self.lines[i]
         try:
-            row = _loads(raw.decode("utf-8"), f"{self.where}: {name} row {i + 1} (line {line})")
+            text = str(raw, "utf-8")
+            raw.release()
+            row = _loads(text, f"{self.where}: {name} row {i + 1} (line {line})")
         except UnicodeDecodeError:
             raise self._changed() from None
         except json.JSONDecodeError as exc:
@@ -509,11 +513,19 @@ class _JsonLines:
         )
 
 
-def _runs(indices: list[int]) -> Iterator[list[int]]:
-    """`indices` cut into runs of consecutive numbers (each read in one call)."""
+# A row of more bytes than this is read alone: its bytes are freed once it is parsed,
+# not held until its neighbours are.
+BIG_ROW = 1 << 20
+
+
+def _runs(
+    indices: list[int], alone: Callable[[int], bool] = lambda i: False
+) -> Iterator[list[int]]:
+    """`indices` cut into runs of consecutive numbers (each read in one call); an index
+    for which `alone` is true is a run of its own."""
     run: list[int] = []
     for i in indices:
-        if run and i != run[-1] + 1:
+        if run and (i != run[-1] + 1 or alone(i) or alone(run[-1])):
             yield run
             run = []
         run.append(i)
