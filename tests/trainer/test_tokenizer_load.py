@@ -117,3 +117,15 @@ def test_preprocess_never_imports_torch(tmp_path, tiny_model_dir):
     assert done.returncode == 0, done.stderr
     assert "prepared data:" in done.stdout
     assert "torch imported: False" in done.stdout
+
+
+def test_a_transformers_without_its_rust_backed_classes_decides_through_autotokenizer(
+    tiny_model_dir, monkeypatch
+):
+    """transformers 4 has no TokenizersBackend, and its Qwen2Tokenizer is the slow one
+    (AutoTokenizer would load Qwen2TokenizerFast): the choice is then AutoTokenizer's."""
+    import transformers
+
+    assert qwen3_tokenizer_class(str(tiny_model_dir), {}) is not None
+    monkeypatch.setattr(transformers, "TokenizersBackend", None)
+    assert qwen3_tokenizer_class(str(tiny_model_dir), {}) is None

@@ -215,7 +215,14 @@ def qwen3_tokenizer_class(source: str, kwargs: dict) -> Any:
     if "auto_map" in config or "auto_map" in tokenizer_config:
         return None
     name = str(tokenizer_config.get("tokenizer_class") or "").removesuffix("Fast")
-    return getattr(transformers, name) if name in QWEN3_TOKENIZER_CLASSES else None
+    if name not in QWEN3_TOKENIZER_CLASSES:
+        return None
+    # transformers 5's Rust-backed classes; another version decides through AutoTokenizer.
+    cls, backend = (
+        getattr(transformers, name, None),
+        getattr(transformers, "TokenizersBackend", None),
+    )
+    return cls if isinstance(cls, type) and backend and issubclass(cls, backend) else None
 
 
 # The model class for each kind of head a recipe trains.
