@@ -151,8 +151,8 @@ def hub_kwargs(cfg: Config, ref: str) -> dict:
 
 
 # Qwen3's tokenizer classes, as AutoTokenizer picks them for these model types from
-# tokenizer_config.json's tokenizer_class (transformers 5; tests/trainer/test_model.py
-# checks the choice against AutoTokenizer's for each).
+# tokenizer_config.json's tokenizer_class (transformers 5;
+# tests/trainer/test_tokenizer_load.py checks the choice against AutoTokenizer's).
 QWEN3_MODEL_TYPES = frozenset({"qwen3", "qwen3_moe"})
 QWEN3_TOKENIZER_CLASSES = ("Qwen2Tokenizer", "TokenizersBackend")
 
