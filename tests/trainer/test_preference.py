@@ -434,3 +434,14 @@ def test_more_methods_with_qlora_and_full(kind, adapter, configure, pairs, kto_r
     run_json = manifest(run(loaded))
     assert run_json["adapter"] == adapter and run_json["steps"] == 2
     assert all(math.isfinite(loss) for _, loss in run_json["loss_history"])
+
+
+def test_the_reply_check_reads_only_conversational_prompts():
+    """ORPO/SimPO/KTO's check of a prompt's last turn: a text prompt (a stepwise row's)
+    has no turns to check and passes; a conversation ending in a system turn does not."""
+    from toolkit.trainer.rows import RowError, _reply_follows_a_turn
+
+    _reply_follows_a_turn({"prompt": "What is 2+2?"}, "kto")
+    _reply_follows_a_turn({"prompt": [{"role": "user", "content": "hi"}]}, "orpo")
+    with pytest.raises(RowError, match="the prompt ends with a system message"):
+        _reply_follows_a_turn({"prompt": [{"role": "system", "content": "x"}]}, "simpo")

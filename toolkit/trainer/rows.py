@@ -149,8 +149,9 @@ BEFORE_A_REPLY = ("user", "tool", "assistant")
 
 
 def _reply_follows_a_turn(row: dict, rl: str) -> None:
-    last = row["prompt"][-1]["role"] if row.get("prompt") else None
-    if isinstance(row.get("prompt"), list) and last not in BEFORE_A_REPLY:
+    prompt = row.get("prompt")
+    last = prompt[-1]["role"] if isinstance(prompt, list) and prompt else None
+    if last is not None and last not in BEFORE_A_REPLY:
         raise RowError(
             f"the prompt ends with a {last} message; rl: {rl} needs the reply to follow a "
             "user (or tool) turn: move that message to the start of the prompt, or drop "
