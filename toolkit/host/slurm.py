@@ -300,21 +300,24 @@ def _container_exit_code() -> list[str]:
     """Shell: `status`, the container's exit code once it has ended, read from the engine
     until it answers: a `wait` or `inspect` client can itself be ended by the signals
     Slurm sends the step (srun ends the step when another node exits 75 first), and the
-    ranks may still be saving then. A container the engine does not know (never created)
-    or never started is 125, the engine's own code for a container that did not run."""
+    ranks may still be saving then. A container the engine does not know (five
+    inspections in a row unanswered: never created) or never started is 125, the
+    engine's own code for a container that did not run."""
     state = '"$ENGINE" inspect --format \'{{.State.Status}} {{.State.ExitCode}}\' "$NAME"'
     return [
         'status=""',
-        "for try in $(seq 900); do",
+        "missed=0  # inspections in a row that got no answer",
+        "for _ in $(seq 900); do",
         f"  if state=$({state} 2>/dev/null); then",
+        "    missed=0",
         '    case "${state%% *}" in',
         "      exited|stopped|dead) status=${state##* }; break ;;",
         "      created|configured) status=125; break ;;",
         '      *) "$ENGINE" wait "$NAME" >/dev/null 2>&1 || sleep 1 || true ;;',
         "    esac",
-        '  elif [ "$try" -ge 5 ]; then',
-        "    break",
         "  else",
+        "    missed=$((missed + 1))",
+        '    if [ "$missed" -ge 5 ]; then break; fi',
         "    sleep 1 || true",
         "  fi",
         "done",
