@@ -610,29 +610,23 @@ def _diff_span(full: str, dummy: str) -> tuple[int, int]:
 
 
 def _common_prefix(a: str, b: str, limit: int) -> int:
-    """Length of the common prefix of a and b, at most limit; compared in blocks, so
-    the scan runs in C (and only the shorter text's blocks are copied)."""
-    if len(b) > len(a):
-        a, b = b, a
-    lo, hi = 0, limit
-    while lo < hi:  # binary search on the longest equal prefix
-        mid = (lo + hi + 1) // 2
-        if a.startswith(b[:mid]):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    """Length of the common prefix of a and b, at most limit."""
+    return _longest(limit, lambda n: a.startswith(b[:n]))
 
 
 def _common_suffix(a: str, b: str, limit: int) -> int:
-    """Length of the common suffix of a and b, at most limit (as _common_prefix; neither
-    text is reversed, which would copy a huge one whole)."""
-    if len(b) > len(a):
-        a, b = b, a
+    """Length of the common suffix of a and b, at most limit (neither text is reversed,
+    which would copy a huge one whole)."""
+    return _longest(limit, lambda n: a.endswith(b[len(b) - n :]))
+
+
+def _longest(limit: int, holds: Callable[[int], bool]) -> int:
+    """The largest n <= limit for which `holds` (true up to some n, false after): a binary
+    search, each test one comparison in C of at most n characters."""
     lo, hi = 0, limit
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if a.endswith(b[len(b) - mid :]):
+        if holds(mid):
             lo = mid
         else:
             hi = mid - 1

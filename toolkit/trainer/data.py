@@ -518,9 +518,7 @@ class _JsonLines:
 BIG_ROW = 1 << 20
 
 
-def _runs(
-    indices: list[int], alone: Callable[[int], bool] = lambda i: False
-) -> Iterator[list[int]]:
+def _runs(indices: list[int], alone: Callable[[int], bool]) -> Iterator[list[int]]:
     """`indices` cut into runs of consecutive numbers (each read in one call); an index
     for which `alone` is true is a run of its own."""
     run: list[int] = []

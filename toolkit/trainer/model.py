@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from toolkit.compat import VARLEN
@@ -189,10 +188,10 @@ def qwen3_tokenizer_class(source: str, kwargs: dict) -> Any:
     AutoTokenizer's import loads transformers' model configuration code, which imports
     torch: about a second, and 180 MB in each tokenizing process, for `toolkit
     preprocess`, which needs neither (bench/README.md, Data at scale)."""
-    import json
-
     import transformers
     from transformers.utils import cached_file
+
+    from toolkit.safe_io import read_json
 
     def read(name: str) -> Any:
         path = cached_file(
@@ -202,7 +201,7 @@ def qwen3_tokenizer_class(source: str, kwargs: dict) -> Any:
             _raise_exceptions_for_connection_errors=False,
             **kwargs,
         )
-        return json.loads(Path(path).read_text(encoding="utf-8")) if path else None
+        return read_json(path, 16 << 20, follow=True) if path else None
 
     try:
         config, tokenizer_config = read("config.json"), read("tokenizer_config.json")
