@@ -105,10 +105,13 @@ def unreachable(detail: str) -> RuntimeFailure:
         other = f"; or unset {named_by} to use the default socket" if named_by.isupper() else ""
         return RuntimeFailure(f"permission denied on the {kind} at {where}; {fix}{other}")
     if podman:
+        socket = address if address and address.startswith("unix://") else None
         return RuntimeFailure(
             f"no Podman service answers at {where} ({line}); start yours with "
-            f"`podman system service --time=0 unix://{podman_socket()} &` (or "
-            "`systemctl --user start podman.socket`), or pass --runtime local"
+            f"`podman system service --time=0 {socket or 'unix://' + podman_socket()} &` "
+            "(or `systemctl --user start podman.socket`)"
+            + (f", or unset {named_by} to use your own socket" if named_by.isupper() else "")
+            + ", or pass --runtime local"
         )
     if named_by.isupper():
         return RuntimeFailure(

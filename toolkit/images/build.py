@@ -253,9 +253,15 @@ def make_local_base(variant: Variant, docker: Docker) -> str:
             if runtime.which("mmdebstrap") is None:
                 raise RuntimeFailure(
                     "building a local base as an ordinary user needs mmdebstrap, which "
-                    "builds it in a user namespace (`sudo apt-get install mmdebstrap`); or "
-                    f"run `sudo toolkit images build {variant.name} --local-base` once, or "
-                    "pass --base IMAGE"
+                    "builds it in a user namespace (`sudo apt-get install mmdebstrap`), "
+                    "or pass --base IMAGE"
+                    # sudo would build into root's engine, not this user's rootless one.
+                    + (
+                        ""
+                        if docker.engine().rootless
+                        else f"; or run `sudo toolkit images build {variant.name} "
+                        "--local-base` once"
+                    )
                 )
             say(f"building {tag} with mmdebstrap from {mirror} (about a minute)")
             argv = ["mmdebstrap", "--mode=unshare", "--variant=minbase", include]
