@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from toolkit.images import Variant
 
 
+FORCE = click.option(
+    "--force", is_flag=True, help="replace launch files of these names (never an input or a link)"
+)
+
+
 def launch_options(func) -> Callable[..., Any]:
     options = [
         click.option(
@@ -44,6 +49,7 @@ def launch_options(func) -> Callable[..., Any]:
             help="where output_dir goes: an s3://, gs:// or az:// URL",
         ),
         click.option("-o", "--output", type=click.Path(path_type=Path), help="the file to write"),
+        FORCE,
     ]
     for option in reversed(options):
         func = option(func)
@@ -84,12 +90,18 @@ def _inputs(
     "SkyPilot chooses)",
 )
 @overrides_argument
-def skypilot(config, overrides, variant, outputs, output, accelerators, nodes, infra) -> int:
+def skypilot(config, overrides, variant, outputs, output, force, accelerators, nodes, infra) -> int:
     """A SkyPilot task (sky launch FILE)."""
     import yaml
 
     from toolkit.host.cloud import skypilot_task, vm_config
+    from toolkit.host.launchfiles import LaunchFile, write_all
 
+    if infra is not None and not re.fullmatch(r"[a-z0-9]+(/[\w.:@-]+)*", infra):
+        raise UsageError(
+            f"--infra {infra!r}: expected SkyPilot's form, a name and optional parts "
+            "after slashes: aws, gcp/us-central1, k8s, k8s/my-context, slurm/my-cluster"
+        )
     loaded, chosen, image = _inputs(config, overrides, variant, outputs)
     if chosen.accelerator != "cpu" and not accelerators:
         raise UsageError(
@@ -98,15 +110,16 @@ def skypilot(config, overrides, variant, outputs, output, accelerators, nodes, i
         )
     out = output or Path(f"{Path(config).stem}.sky.yaml")
     config_file = out.with_name(f"{Path(config).stem}.vm.yaml")
-    config_file.write_text(yaml.safe_dump(vm_config(loaded)[0], sort_keys=False))
-    if infra is not None and not re.fullmatch(r"[a-z0-9]+(/[\w.:@-]+)*", infra):
-        raise UsageError(
-            f"--infra {infra!r}: expected SkyPilot's form, a name and optional parts "
-            "after slashes: aws, gcp/us-central1, k8s, k8s/my-context, slurm/my-cluster"
-        )
     pins = _pins(loaded)
     task = skypilot_task(loaded, image, config_file, accelerators, nodes, outputs, pins, infra)
-    out.write_text(yaml.safe_dump(task, sort_keys=False, width=1000))
+    write_all(
+        [
+            LaunchFile(config_file, yaml.safe_dump(vm_config(loaded)[0], sort_keys=False), "-o"),
+            LaunchFile(out, yaml.safe_dump(task, sort_keys=False, width=1000), "-o"),
+        ],
+        _reads(loaded),
+        force,
+    )
     print(
         f"wrote {out} (and {config_file}); run it with `sky launch {out}`, adding "
         "--secret NAME for each secret the run needs (e.g. --secret HF_TOKEN)"
@@ -118,13 +131,15 @@ def skypilot(config, overrides, variant, outputs, output, accelerators, nodes, i
 @config_argument
 @launch_options
 @overrides_argument
-def cloud_init(config, overrides, variant, outputs, output) -> int:
+def cloud_init(config, overrides, variant, outputs, output, force) -> int:
     """User-data for one plain VM."""
     from toolkit.host.cloud import cloud_init as user_data
+    from toolkit.host.launchfiles import LaunchFile, write_all
 
     loaded, chosen, image = _inputs(config, overrides, variant, outputs)
     out = output or Path(f"{Path(config).stem}.cloud-init.yaml")
-    out.write_text(user_data(loaded, image, chosen.accelerator, outputs, _pins(loaded)))
+    text = user_data(loaded, image, chosen.accelerator, outputs, _pins(loaded))
+    write_all([LaunchFile(out, text, "-o")], _reads(loaded), force)
     print(
         f"wrote {out}; pass it as the VM's user-data (secrets go in /etc/toolkit/secrets.env "
         "on the VM, never in this file)"
@@ -174,6 +189,7 @@ def cloud_init(config, overrides, variant, outputs, output) -> int:
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), help="the script to write (shared storage)"
 )
+@FORCE
 @overrides_argument
 def slurm(
     config,
@@ -189,11 +205,13 @@ def slurm(
     image_archive,
     engine,
     output,
+    force,
 ) -> int:
     """An sbatch script: one container and one torchrun per node (sbatch FILE)."""
     import yaml
 
     from toolkit.host.cloud import vm_config
+    from toolkit.host.launchfiles import LaunchFile, write_all
     from toolkit.host.slurm import Allocation, Image, archive_image, batch_script, job_files
     from toolkit.images import get_variant, pushed_image
 
@@ -222,12 +240,28 @@ def slurm(
         engine,
         _pins(loaded),
     )
-    folder.mkdir(exist_ok=True)
-    config_file.write_text(yaml.safe_dump(vm_config(loaded)[0], sort_keys=False))
-    out.write_text(script)
-    out.chmod(0o755)
+    write_all(
+        [
+            LaunchFile(out, script, "-o", mode=0o700),  # sbatch reads it; you may run it
+            LaunchFile(config_file, yaml.safe_dump(vm_config(loaded)[0], sort_keys=False), "-o"),
+        ],
+        [*_reads(loaded), outputs, *([image_archive] if image_archive else [])],
+        force,
+        # Slurm opens the job's log there before the script runs.
+        folders=[(folder, "-o")],
+    )
     print(f"wrote {out} (and {config_file}); submit it with `sbatch {out}`")
     return 0
+
+
+def _reads(loaded) -> list[str]:
+    """What the run reads, which no launch file may cover: the config and its local
+    inputs."""
+    from toolkit.host.cloud import vm_inputs
+    from toolkit.host.remote import is_remote
+
+    found = [f.source for f in vm_inputs(loaded.config) if not is_remote(f.source)]
+    return [str(loaded.path), *found]
 
 
 def _pins(loaded) -> list:

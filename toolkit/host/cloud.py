@@ -18,6 +18,7 @@ and hands each container its own on its stdin, never as its environment (which
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -25,6 +26,7 @@ import yaml
 from toolkit.config import Config, LoadedConfig, is_local_ref, trackers
 from toolkit.containers.spec import Mount, RunSpec, run_argv
 from toolkit.errors import UsageError
+from toolkit.host.launchfiles import check_text
 from toolkit.host.place import device_flags
 from toolkit.host.remote import is_remote
 
@@ -38,18 +40,27 @@ def vm_secrets(cfg: Config) -> tuple[str, ...]:
     return trackers.credentials(cfg, {name: "on the VM" for name in trackers.WANDB_CREDENTIALS})
 
 
-def vm_config(loaded: LoadedConfig) -> tuple[dict, dict[str, str]]:
-    """The validated config with the VM's paths, and {VM path: source} for what must be
-    copied in (a local path on this machine, or a URL)."""
-    cfg = loaded.config
-    data = cfg.model_dump(mode="json", exclude_none=True)
-    copies: dict[str, str] = {}
-    if is_local_ref(cfg.base_model):
-        copies[str(VM / "model")] = str(Path(cfg.base_model).expanduser().resolve())
-        data["base_model"] = str(VM / "model")
-    if cfg.tokenizer_config and is_local_ref(cfg.tokenizer_config):
-        copies[str(VM / "tokenizer")] = str(Path(cfg.tokenizer_config).expanduser().resolve())
-        data["tokenizer_config"] = str(VM / "tokenizer")
+@dataclass(frozen=True)
+class VMInput:
+    """What a VM must be given of the config's inputs: the config key naming it, where
+    it is (a local path, resolved, or a URL) and where the container sees it."""
+
+    key: str
+    source: str
+    target: str
+    dataset: int | None = None  # its index in `datasets`
+
+
+def vm_inputs(cfg: Config) -> list[VMInput]:
+    """The config's local and object-store inputs and their VM paths (a Hub model or
+    dataset is fetched on the VM instead)."""
+    found: list[VMInput] = []
+    for key, ref, target in (
+        ("base_model", cfg.base_model, VM / "model"),
+        ("tokenizer_config", cfg.tokenizer_config, VM / "tokenizer"),
+    ):
+        if ref and is_local_ref(ref):
+            found.append(VMInput(key, str(Path(ref).expanduser().resolve()), str(target)))
     for i, ds in enumerate(cfg.datasets):
         local = is_local_ref(ds.path)
         if not local and not is_remote(ds.path):
@@ -57,12 +68,35 @@ def vm_config(loaded: LoadedConfig) -> tuple[dict, dict[str, str]]:
         source = str(Path(ds.path).expanduser().resolve()) if local else ds.path
         name = Path(ds.path.rstrip("/")).name
         target = VM / "data" / str(i) / name
-        copies[str(target)] = source
-        data["datasets"][i]["path"] = str(target)
+        found.append(VMInput(f"datasets[{i}].path", source, str(target), dataset=i))
+    return found
+
+
+def vm_config(loaded: LoadedConfig) -> tuple[dict, dict[str, str]]:
+    """The validated config with the VM's paths, and {VM path: source} for what must be
+    copied in (a local path on this machine, or a URL)."""
+    cfg = loaded.config
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    copies: dict[str, str] = {}
+    for found in vm_inputs(cfg):
+        copies[found.target] = found.source
+        if found.dataset is not None:
+            data["datasets"][found.dataset]["path"] = found.target
+        else:
+            data[found.key] = found.target
     data["output_dir"] = str(VM / "outputs")
     if cfg.dataset_prepared_path:
         data["dataset_prepared_path"] = str(VM / "prepared")
     return data, copies
+
+
+def check_launch_values(loaded: LoadedConfig, outputs: str) -> None:
+    """Every path a launch file carries free of control characters (launchfiles), named
+    by its config key; and the outputs' place."""
+    check_text(str(loaded.path), "the config file")
+    for found in vm_inputs(loaded.config):
+        check_text(found.source, found.key)
+    check_text(outputs, "--outputs")
 
 
 def needs_network(loaded: LoadedConfig) -> bool:
@@ -105,6 +139,7 @@ def skypilot_task(
     torchrun over SkyPilot's nodes as run, offline for the Hub and without the token.
     `infra`: where SkyPilot runs it (a cloud, `k8s[/CONTEXT]`, `slurm[/CLUSTER]`); the
     task is the same everywhere."""
+    check_launch_values(loaded, outputs)
     _data, copies = vm_config(loaded)
     mounts: dict = {str(VM / "config.yaml"): str(config_file.resolve()), **copies}
     mounts[str(VM / "outputs")] = {"source": outputs, "mode": "MOUNT"}
@@ -150,6 +185,7 @@ def cloud_init(
     the NVIDIA Container Toolkit), pull by digest, preflight, fetch the Hub inputs at
     the commits pinned at launch (the image's huggingface_hub, with HF_TOKEN, into a
     cache on the VM's disk), train offline from it, copy outputs out."""
+    check_launch_values(loaded, outputs)
     data, copies = vm_config(loaded)
     local = {target: src for target, src in copies.items() if not is_remote(src)}
     if local:

@@ -37,7 +37,16 @@ from typing import Literal
 from toolkit.config import LoadedConfig
 from toolkit.containers.spec import Mount, RunSpec, run_argv
 from toolkit.errors import Preempted, UsageError
-from toolkit.host.cloud import VM, VM_HF, hub_steps, vm_config, vm_secrets
+from toolkit.host.cloud import (
+    VM,
+    VM_HF,
+    check_launch_values,
+    hub_steps,
+    vm_config,
+    vm_inputs,
+    vm_secrets,
+)
+from toolkit.host.launchfiles import check_text, slurm_value
 from toolkit.host.place import device_flags
 from toolkit.host.remote import is_remote
 from toolkit.outputs import STATE_DIR
@@ -126,7 +135,10 @@ def batch_script(
     pins: list | None = None,
 ) -> str:
     """The sbatch script (pure): the image on each node, the Hub fetch once, one
-    torchrun per node, requeue after a preemption."""
+    torchrun per node, requeue after a preemption. Every value it carries is checked
+    for where it lands (toolkit.host.launchfiles): UsageError naming the first that
+    could be read as anything but data."""
+    _check_values(loaded, image, allocation, script, outputs, engine)
     _data, copies = vm_config(loaded)
     remote = sorted(src for src in copies.values() if is_remote(src))
     if remote:
@@ -177,7 +189,11 @@ def batch_script(
         f"# Written by `toolkit launch slurm` for {loaded.path}; submit it with sbatch",
         "# (`sbatch --wait` returns the job's exit code). Its paths must be on storage",
         "# every node mounts.",
-        *allocation.directives(f"toolkit-{Path(loaded.path).stem}", job / "slurm-%j.log"),
+        # sbatch expands %-patterns in the log's name: the folder's own % are doubled.
+        *allocation.directives(
+            f"toolkit-{Path(loaded.path).stem}",
+            Path(str(job).replace("%", "%%")) / "slurm-%j.log",
+        ),
         "set -euo pipefail",
         f"ENGINE={q(engine)}",
         f"IMAGE={q(image.ref)}",
@@ -221,6 +237,49 @@ def batch_script(
         "",
     ]
     return "\n".join(lines)
+
+
+def _check_values(
+    loaded: LoadedConfig,
+    image: Image,
+    allocation: Allocation,
+    script: Path,
+    outputs: Path,
+    engine: Engine,
+) -> None:
+    """Refuse what the script could not carry as data: control characters in any path
+    (a newline would end a `#SBATCH` line or a comment, and the next line would run),
+    option values not in Slurm's forms, a backslash in the script's name (sbatch then
+    reads its log's name without patterns), and, for Apptainer, a `,` or `:` in a bound
+    path (its --bind list has no escape: a comma adds a bind of its own)."""
+    check_launch_values(loaded, str(outputs))
+    check_text(str(script), "-o")
+    if "\\" in str(script):
+        raise UsageError(
+            f"-o {script}: a backslash in the script's name makes sbatch ignore the "
+            "patterns of its log's name (slurm-%j.log); choose a name without one"
+        )
+    if image.archive is not None:
+        check_text(str(image.archive), "--image-archive")
+    check_text(image.ref, "--variant's image")
+    for option in ("partition", "time", "account"):
+        slurm_value(f"--{option}", getattr(allocation, option))
+    if engine != "apptainer":
+        return
+    config_file, job = job_files(script)
+    binds = [(found.key, found.source) for found in vm_inputs(loaded.config)]
+    binds += [("-o", str(config_file)), ("-o", str(job)), ("--outputs", str(outputs))]
+    binds += [(found.key, found.target) for found in vm_inputs(loaded.config)]
+    for where, path in binds:
+        bad = sorted({c for c in ",:\\" if c in path})
+        if bad:
+            raise UsageError(
+                f"{where} {path}: Apptainer reads its binds as a list split at ',' and "
+                f"':', with no escape, so {' and '.join(repr(c) for c in bad)} in a bound "
+                "path would add or cut a bind; rename it (or link it from a name without "
+                "them), or run the nodes with --engine docker or podman, whose mounts "
+                "carry any name"
+            )
 
 
 def _image_steps(image: Image) -> list[str]:
